@@ -1,0 +1,72 @@
+"""The one exception family of activestorage.
+
+Every error the library raises on purpose is an :class:`ActiveStorageError`, so callers can catch
+one type; subclasses say what went wrong and carry the context (file, variable, field, status) that
+makes the message actionable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ActiveStorageError(Exception):
+    """Base class of every error raised by activestorage."""
+
+
+class RequestValidationError(ActiveStorageError, ValueError):
+    """A chunk-reduction request is malformed; ``field`` names the offending request field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class UnsupportedError(ActiveStorageError, NotImplementedError):
+    """A dtype, codec, filter or layout this library cannot reduce."""
+
+
+class DecodeError(ActiveStorageError):
+    """A chunk's bytes could not be decoded: corrupt data, checksum mismatch, wrong size."""
+
+
+class FormatError(ActiveStorageError):
+    """A dataset could not be opened or its metadata is not understood."""
+
+
+class VariableNotFoundError(ActiveStorageError, KeyError):
+    """The requested variable is not in the dataset."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SelectionError(ActiveStorageError, IndexError):
+    """An index or selection does not fit the variable's shape."""
+
+
+class StorageError(ActiveStorageError):
+    """Reading from a store failed. ``status`` is the HTTP status to report (e.g. 401, 400, 502, 504)."""
+
+    def __init__(self, message: str, *, status: int = 502, store: str | None = None,
+                 causes: list[str] | None = None) -> None:
+        self.status = status
+        self.store = store
+        self.causes = list(causes or [])
+        super().__init__(message)
+
+
+class ObjectChangedError(StorageError):
+    """The object no longer matches the ETag/version id its locator was pinned to."""
+
+
+class ServerError(ActiveStorageError):
+    """A reduction server answered with an error; carries its status and decoded error body."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None,
+                 body: Any = None) -> None:
+        self.status = status
+        self.url = url
+        self.body = body
+        super().__init__(message)
