@@ -1,0 +1,68 @@
+"""The backend interface: run chunk reductions somewhere and count what it cost.
+
+A backend turns :class:`~activestorage.request.ChunkRequest`s (which carry ``url``, ``offset`` and
+``size``) into :class:`~activestorage.kernel.Partial`s. The POSIX and fetch backends read bytes and
+run the kernel in-process; the server backend asks a reduction server. ``reduce_chunks`` takes a
+batch so a backend can amortise per-call costs (one pread loop, one HTTP request for many chunks).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+from ..kernel import Partial
+from ..request import ChunkRequest
+
+
+@dataclass
+class BackendStats:
+    """Work done, summed over calls: bytes read from storage, bytes received by this process,
+    requests made to storage or a server."""
+
+    bytes_read: int = 0
+    bytes_received: int = 0
+    requests: int = 0
+
+    def add(self, other: "BackendStats") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def copy(self) -> "BackendStats":
+        return BackendStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+class Backend(ABC):
+    """Reduces chunks. Thread-safe: ``reduce_chunks`` is called from a thread pool."""
+
+    #: a short name for reports ("posix", "fetch", "server")
+    name: str = "backend"
+
+    def __init__(self) -> None:
+        self._stats_lock = threading.Lock()
+        self.stats = BackendStats()
+
+    def _account(self, bytes_read: int = 0, bytes_received: int = 0, requests: int = 0) -> None:
+        with self._stats_lock:
+            self.stats.bytes_read += bytes_read
+            self.stats.bytes_received += bytes_received
+            self.stats.requests += requests
+
+    @abstractmethod
+    def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
+        """Reduce the chunk ``request`` describes (its ``url``/``offset``/``size`` say where)."""
+
+    def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
+        """Reduce several chunks, results in the order given. Override to batch."""
+        return [self.reduce_chunk(r, operation) for r in requests]
+
+    def close(self) -> None:
+        """Release files, sessions and connections."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

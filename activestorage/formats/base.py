@@ -1,0 +1,111 @@
+"""What every format reader produces: a :class:`Variable` with a chunk index of :class:`Locator`s.
+
+A format (netCDF-4/HDF5, netCDF-3, Zarr, a manifest) is read once into a Variable; from then on
+planning and reduction never look at the format again. A chunk is just a byte range of an object,
+so backends need nothing format-specific.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from ..request import ChunkRequest, Missing
+
+
+@dataclass(frozen=True, slots=True)
+class Locator:
+    """Where one stored chunk's bytes are: ``size`` bytes at ``offset`` of the object ``url``.
+
+    ``url`` is a local path or an ``s3://``/``https://`` URL. ``etag``/``version_id`` pin the object
+    (a read of a changed object must fail). ``compression``/``filters`` override the variable's
+    codecs for this one chunk (HDF5 may skip optional filters per chunk); ``None`` means "as the
+    variable".
+    """
+
+    url: str
+    offset: int
+    size: int
+    etag: str | None = None
+    version_id: str | None = None
+    compression: Mapping[str, Any] | None = None
+    filters: tuple[Mapping[str, Any], ...] | None = None
+    no_compression: bool = False
+
+
+@dataclass(slots=True)
+class Variable:
+    """A variable's metadata and chunk index, independent of the format it came from.
+
+    ``dtype`` is native-order; ``byte_order`` is how the bytes are stored. ``chunks`` maps chunk
+    grid coordinates to locators; coordinates absent from it are unallocated and read as
+    ``fill_value``. ``missing`` is the netCDF-4 reader's notion of missing data in stored units;
+    ``scale_factor``/``add_offset`` unpack results.
+    """
+
+    name: str
+    source: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    chunk_shape: tuple[int, ...]
+    chunks: Mapping[tuple[int, ...], Locator]
+    byte_order: str = "little"
+    order: str = "C"
+    compression: Mapping[str, Any] | None = None
+    filters: tuple[Mapping[str, Any], ...] = ()
+    missing: Missing = field(default_factory=Missing)
+    fill_value: Any = None
+    scale_factor: Any = None
+    add_offset: Any = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    dimensions: tuple[str, ...] = ()
+    format: str = ""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of chunks along each axis."""
+        return tuple(math.ceil(n / c) if c else 0 for n, c in zip(self.shape, self.chunk_shape))
+
+    @property
+    def nchunks(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(loc.size for loc in self.chunks.values())
+
+    @property
+    def packed(self) -> bool:
+        return self.scale_factor is not None or self.add_offset is not None
+
+    def chunk_origin(self, coords: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(i * c for i, c in zip(coords, self.chunk_shape))
+
+    def iter_coords(self) -> Iterator[tuple[int, ...]]:
+        return iter(np.ndindex(*self.grid))
+
+    def request_for(self, coords: tuple[int, ...], **kwargs: Any) -> ChunkRequest | None:
+        """The :class:`ChunkRequest` reading chunk ``coords`` (None if it was never written).
+
+        ``kwargs`` (selection, axis) are passed through to the request.
+        """
+        loc = self.chunks.get(coords)
+        if loc is None:
+            return None
+        compression = self.compression if loc.compression is None else loc.compression
+        if loc.no_compression:
+            compression = None
+        filters = self.filters if loc.filters is None else loc.filters
+        return ChunkRequest(
+            dtype=self.dtype, shape=self.chunk_shape, offset=loc.offset, size=loc.size,
+            url=loc.url, byte_order=self.byte_order, order=self.order,
+            compression=compression, filters=tuple(filters),
+            missing=None if self.missing.is_empty() else self.missing,
+            etag=loc.etag, version_id=loc.version_id, **kwargs)
