@@ -1,0 +1,140 @@
+"""Planning: a NumPy basic index over a variable -> which chunks, which part of each, where it lands.
+
+A selection is normalised to one positive-step ``(start, stop, step)`` per axis (negative steps are
+planned as positive ones and the output flipped afterwards; integer indices become length-1 ranges
+whose axes are dropped at the end). Each touched chunk gets a :class:`ChunkTask`: the chunk's grid
+coordinates, the selection inside the chunk, and the slice of the output it fills.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import SelectionError
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """A normalised basic index: per-axis positive-step ranges, plus what to undo at the end."""
+
+    ranges: tuple[tuple[int, int, int], ...]  # (start, stop, step), step > 0, stop exclusive
+    dropped: tuple[int, ...]                   # axes indexed by an integer (removed from the result)
+    flipped: tuple[int, ...]                   # axes selected with a negative step (reversed)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the selection with every axis kept (dropped axes have length 1)."""
+        return tuple(len(range(a, b, c)) for a, b, c in self.ranges)
+
+    @property
+    def result_axes(self) -> tuple[int, ...]:
+        """Variable axes that remain in ``x[sel]`` (NumPy semantics), in order."""
+        return tuple(i for i in range(len(self.ranges)) if i not in self.dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTask:
+    """One chunk's share of a selection."""
+
+    coords: tuple[int, ...]
+    selection: tuple[tuple[int, int, int], ...]  # inside the chunk
+    out: tuple[slice, ...]                       # where the chunk's selected part lands
+
+
+def normalize_key(key: Any, shape: Sequence[int], where: str = "") -> Selection:
+    """Turn ``key`` (int, slice, Ellipsis or a tuple of them) into a :class:`Selection`."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    ndim = len(shape)
+    n_ellipsis = sum(1 for k in key if k is Ellipsis)
+    if n_ellipsis > 1:
+        raise SelectionError(f"{where}an index can only have a single ellipsis ('...')")
+    explicit = len(key) - n_ellipsis
+    if explicit > ndim:
+        raise SelectionError(f"{where}too many indices: {explicit} given for {ndim} dimensions")
+    if n_ellipsis:
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - explicit) + key[i + 1:]
+    else:
+        key = key + (slice(None),) * (ndim - explicit)
+    ranges, dropped, flipped = [], [], []
+    for axis, (k, n) in enumerate(zip(key, shape)):
+        if isinstance(k, slice):
+            for part in (k.start, k.stop, k.step):
+                if part is not None and not _is_index(part):
+                    raise SelectionError(f"{where}slice {k} on axis {axis} must use integers")
+            if k.step is not None and operator.index(k.step) == 0:
+                raise SelectionError(f"{where}slice step on axis {axis} cannot be zero")
+            a, b, c = k.indices(n)
+            if c < 0:
+                m = len(range(a, b, c))
+                if m == 0:
+                    a, b, c = 0, 0, 1
+                else:
+                    lo = a + (m - 1) * c
+                    a, b, c = lo, a + 1, -c
+                    flipped.append(axis)
+            ranges.append((a, b, c))
+        elif _is_index(k):
+            i = operator.index(k)
+            if not -n <= i < n:
+                raise SelectionError(
+                    f"{where}index {i} is out of bounds for axis {axis} with size {n}")
+            i %= n
+            ranges.append((i, i + 1, 1))
+            dropped.append(axis)
+        else:
+            raise SelectionError(
+                f"{where}only integers, slices and '...' are supported as indices (basic NumPy "
+                f"indexing); got {type(k).__name__} on axis {axis}")
+    return Selection(tuple(ranges), tuple(dropped), tuple(flipped))
+
+
+def _is_index(k: Any) -> bool:
+    if isinstance(k, bool):
+        return False
+    try:
+        operator.index(k)
+    except TypeError:
+        return False
+    return True
+
+
+def _axis_plan(rng: tuple[int, int, int], chunk: int) -> list[tuple[int, tuple[int, int, int], slice]]:
+    """For one axis: (chunk index, selection inside that chunk, output slice) for each touched chunk."""
+    start, stop, step = rng
+    m = len(range(start, stop, step))
+    if m == 0:
+        return []
+    last = start + (m - 1) * step
+    out = []
+    for c in range(start // chunk, last // chunk + 1):
+        lo, hi = c * chunk, (c + 1) * chunk
+        first = start if start >= lo else start + -(-(lo - start) // step) * step
+        end = min(stop, hi, last + 1)
+        if first >= end:
+            continue
+        k = len(range(first, end, step))
+        o = (first - start) // step
+        out.append((c, (first - lo, end - lo, step), slice(o, o + k)))
+    return out
+
+
+def plan_chunks(sel: Selection, chunk_shape: Sequence[int]) -> list[ChunkTask]:
+    """Every chunk a selection touches, in C order of the chunk grid."""
+    per_axis = [_axis_plan(r, c) for r, c in zip(sel.ranges, chunk_shape)]
+    if any(not p for p in per_axis):
+        return []
+    tasks = []
+    for combo in itertools.product(*per_axis):
+        tasks.append(ChunkTask(tuple(c for c, _, _ in combo), tuple(s for _, s, _ in combo),
+                               tuple(o for _, _, o in combo)))
+    return tasks
+
+
+def count_chunks(sel: Selection, chunk_shape: Sequence[int]) -> int:
+    return math.prod(len(_axis_plan(r, c)) for r, c in zip(sel.ranges, chunk_shape))
