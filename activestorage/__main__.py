@@ -1,0 +1,7 @@
+"""``python -m activestorage``: the same command line as ``activestorage``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,506 @@
+"""The ``activestorage`` command: demo, reduce, info, serve, manifest.
+
+One entry point with argparse subcommands. Exit codes: 0 success, 1 the command was understood but
+failed (missing file, unknown variable, unreachable server, index out of range), 2 the command line
+itself is wrong (unknown option or operation, unparsable selection or axis). Errors are one line on
+stderr; ``--debug`` prints the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import traceback
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import SelectionError
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = ("mean", "min", "max", "sum", "count")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit code 2)."""
+
+
+# ------------------------------------------------------------------------------ parsing helpers
+
+def parse_selection(text: str | None) -> tuple[Any, ...]:
+    """Parse ``"0:12,:,10:20"`` (NumPy basic indexing: ints, slices with steps, ``...``)."""
+    if text is None or not text.strip():
+        return (Ellipsis,)
+    out: list[Any] = []
+    for part in text.split(","):
+        p = part.strip()
+        if p in ("...", "…"):
+            out.append(Ellipsis)
+            continue
+        pieces = p.split(":")
+        if len(pieces) > 3:
+            raise UsageError(f"--sel: {p!r} has too many ':' (expected start:stop:step)")
+        try:
+            nums = [int(x) if x.strip() else None for x in pieces]
+        except ValueError:
+            raise UsageError(f"--sel: {p!r} is not an index or start:stop:step of integers "
+                             f"(in {text!r})") from None
+        if len(pieces) == 1:
+            if nums[0] is None:
+                raise UsageError(f"--sel: empty index in {text!r} (use ':' for a whole axis)")
+            out.append(nums[0])
+        else:
+            if len(nums) == 3 and nums[2] == 0:
+                raise UsageError(f"--sel: step must not be zero in {p!r}")
+            out.append(slice(*nums))
+    if sum(1 for x in out if x is Ellipsis) > 1:
+        raise UsageError(f"--sel: at most one '...' allowed in {text!r}")
+    return tuple(out)
+
+
+def parse_axis(text: str | None) -> tuple[int, ...] | None:
+    """Parse ``"0"`` or ``"0,2"`` into a tuple of axes (None: reduce over all axes)."""
+    if text is None:
+        return None
+    try:
+        axes = tuple(int(a) for a in text.split(","))
+    except ValueError:
+        raise UsageError(f"--axis: {text!r} is not an integer or comma-separated integers") from None
+    if len(set(axes)) != len(axes):
+        raise UsageError(f"--axis: {text!r} repeats an axis")
+    return axes
+
+
+def parse_storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """fsspec/s3fs storage options from ``--endpoint-url``, ``--anon`` and ``-o key=value``.
+
+    Credentials are not taken on the command line (they would land in shell history and process
+    listings): s3fs reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or ``~/.aws`` itself.
+    """
+    opts: dict[str, Any] = {}
+    for item in args.option or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-o/--storage-option: {item!r} is not KEY=VALUE")
+        try:
+            opts[key] = json.loads(value)
+        except ValueError:
+            opts[key] = value
+    if args.endpoint_url:
+        opts.setdefault("client_kwargs", {})["endpoint_url"] = args.endpoint_url
+    if args.anon:
+        opts["anon"] = True
+    return opts or None
+
+
+def format_selection(sel: tuple[Any, ...]) -> str:
+    def one(x: Any) -> str:
+        if x is Ellipsis:
+            return "..."
+        if isinstance(x, slice):
+            s = "" if x.start is None else str(x.start)
+            s += ":" + ("" if x.stop is None else str(x.stop))
+            return s + (f":{x.step}" if x.step is not None else "")
+        return str(x)
+    return ",".join(one(x) for x in sel)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def to_jsonable(value: Any) -> Any:
+    """A result (scalar, array, masked array) as JSON: masked/missing elements become null."""
+    arr = np.ma.asarray(value)
+    mask = np.ma.getmaskarray(arr)
+    data = np.asarray(arr.filled(0) if np.ma.isMaskedArray(arr) else arr)
+    out = np.empty(data.shape, dtype=object)
+    for idx in np.ndindex(*data.shape):
+        x = data[idx]
+        if mask[idx] or (isinstance(x, np.floating) and not np.isfinite(x)):
+            out[idx] = None
+        elif isinstance(x, np.float32):
+            out[idx] = float(str(x))  # 304.4, not 304.3999938964844
+        else:
+            out[idx] = x.item()
+    return out.tolist() if out.ndim else out[()]
+
+
+def stats_dict(stats: Any) -> dict[str, Any]:
+    """The Active call record as a plain dict, whatever record type it is."""
+    if stats is None:
+        return {}
+    if isinstance(stats, dict):
+        return dict(stats)
+    try:
+        import dataclasses
+        if dataclasses.is_dataclass(stats):
+            return dataclasses.asdict(stats)
+    except TypeError:  # pragma: no cover
+        pass
+    if hasattr(stats, "_asdict"):
+        return dict(stats._asdict())
+    return {k: v for k, v in vars(stats).items() if not k.startswith("_")}
+
+
+def summarize_stats(stats: dict[str, Any]) -> str:
+    """One line: backend, chunks, bytes read and received, requests, time."""
+    parts = [f"{stats.get('backend') or 'backend'}:"]
+    if "chunks_touched" in stats:
+        parts.append(f"{stats['chunks_touched']} chunks,")
+    for key, label in (("bytes_read", "read"), ("bytes_received", "received")):
+        if isinstance(stats.get(key), int):
+            parts.append(f"{label} {human_bytes(stats[key])},")
+    if isinstance(stats.get("requests"), int):
+        parts.append(f"{stats['requests']} requests,")
+    if isinstance(stats.get("seconds"), (int, float)):
+        parts.append(f"{stats['seconds']:.3f} s")
+    return " ".join(parts).rstrip(",")
+
+
+# ------------------------------------------------------------------------------ subcommands
+
+def _open_active(args: argparse.Namespace, variable: str) -> Any:
+    from .active import Active
+
+    kwargs: dict[str, Any] = {}
+    opts = parse_storage_options(args)
+    if opts:
+        kwargs["storage_options"] = opts
+    if getattr(args, "server", None):
+        kwargs["active_storage_url"] = args.server
+    if getattr(args, "threads", None):
+        kwargs["max_threads"] = args.threads
+    return Active(args.dataset, variable, **kwargs)
+
+
+def cmd_reduce(args: argparse.Namespace) -> int:
+    sel = parse_selection(args.sel)
+    axis = parse_axis(args.axis)
+    active = _open_active(args, args.variable)
+    method = getattr(active, args.op)
+    reducer = method(axis=axis) if axis is not None else method
+    result = reducer[sel]
+    stats = stats_dict(getattr(active, "stats", None))
+    if args.json:
+        arr = np.ma.asarray(result)
+        print(json.dumps({
+            "dataset": str(args.dataset), "variable": args.variable, "op": args.op,
+            "selection": format_selection(sel), "axis": list(axis) if axis is not None else None,
+            "dtype": str(arr.dtype), "shape": list(arr.shape), "result": to_jsonable(result),
+            "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float, str, type(None)))},
+        }))
+    else:
+        label = f"{args.op}({args.variable}[{format_selection(sel)}]"
+        label += f", axis={','.join(map(str, axis))})" if axis is not None else ")"
+        if np.ndim(result) == 0:
+            print(f"{label} = {result}")
+        else:
+            with np.printoptions(threshold=200, edgeitems=3):
+                print(f"{label}, shape {list(np.shape(result))}:\n{result}")
+        if stats:
+            print(summarize_stats(stats), file=sys.stderr)
+    return EXIT_OK
+
+
+def list_variables(dataset: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Names of the numeric variables of a netCDF-4/HDF5 dataset (bare dimensions left out)."""
+    import h5py
+
+    from .errors import FormatError
+    from .formats.hdf5 import list_variables as hdf5_variables
+    from .storage import open_url
+
+    with open_url(str(dataset), storage_options) as f:
+        try:
+            h5 = h5py.File(f, "r")
+        except OSError as exc:
+            raise FormatError(f"{dataset}: cannot list variables of a file that is not "
+                              f"netCDF-4/HDF5 (name the variable: activestorage info "
+                              f"{dataset} VAR)") from exc
+        with h5:
+            return [n for n in hdf5_variables(h5) if not _bare_dimension(h5[n])]
+
+
+def _bare_dimension(ds: Any) -> bool:
+    """netCDF-4 stores a dimension without a coordinate variable as a placeholder dataset."""
+    name = ds.attrs.get("NAME", b"")
+    name = name.tobytes() if hasattr(name, "tobytes") else name
+    return b"This is a netCDF dimension but not a netCDF variable" in bytes(name or b"")
+
+
+def _fmt_codecs(var: Any) -> str:
+    parts = []
+    for f in var.filters or ():
+        parts.append(str(f.get("id")))
+    if var.compression:
+        c = dict(var.compression)
+        cid = c.pop("id", "?")
+        parts.append(cid + (f"(level={c['level']})" if "level" in c else ""))
+    return " + ".join(parts) if parts else "none"
+
+
+def _num(x: Any, dtype: np.dtype) -> str:
+    """A stored value printed at its own precision (1e+20, not 1.0000000200408773e+20)."""
+    try:
+        return str(np.asarray(x).astype(dtype)[()])
+    except (TypeError, ValueError, OverflowError):
+        return str(x)
+
+
+def _fmt_missing(var: Any) -> str:
+    m = var.missing
+    items = []
+    if var.fill_value is not None:
+        items.append(f"_FillValue={_num(var.fill_value, var.dtype)}")
+    vals = [v for v in (m.values if m else ()) if not (var.fill_value is not None
+                                                       and _same(v, var.fill_value))]
+    if vals:
+        items.append("missing=" + ",".join(_num(v, var.dtype) for v in vals))
+    if m is not None and m.valid_min is not None:
+        items.append(f"valid_min={_num(m.valid_min, var.dtype)}")
+    if m is not None and m.valid_max is not None:
+        items.append(f"valid_max={_num(m.valid_max, var.dtype)}")
+    if var.scale_factor is not None:
+        items.append(f"scale_factor={var.scale_factor}")
+    if var.add_offset is not None:
+        items.append(f"add_offset={var.add_offset}")
+    return ", ".join(items) if items else "none"
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b or (np.isnan(a) and np.isnan(b)))
+    except TypeError:
+        return False
+
+
+#: estimated bytes of one chunk's answer from a reduction server: sum value + count + HTTP headers
+RESPONSE_BYTES_PER_CHUNK = 400
+
+
+def describe_variable(var: Any) -> dict[str, Any]:
+    """Everything ``info`` reports about one variable, as plain data."""
+    sizes = sorted(loc.size for loc in var.chunks.values())
+    decoded_chunk = math.prod(var.chunk_shape) * var.dtype.itemsize if var.chunk_shape else 0
+    stored = sum(sizes)
+    n = len(sizes)
+    return {
+        "name": var.name,
+        "dimensions": list(var.dimensions),
+        "shape": list(var.shape),
+        "dtype": str(var.dtype),
+        "byte_order": var.byte_order,
+        "chunk_shape": list(var.chunk_shape),
+        "codecs": _fmt_codecs(var),
+        "missing": _fmt_missing(var),
+        "chunks_total": var.nchunks,
+        "chunks_allocated": n,
+        "chunk_bytes_decoded": decoded_chunk,
+        "chunk_bytes_stored": {
+            "min": sizes[0] if sizes else 0, "median": sizes[n // 2] if sizes else 0,
+            "max": sizes[-1] if sizes else 0, "total": stored},
+        "mean_moves_without_active_storage": stored,
+        "mean_moves_with_server_estimate": n * RESPONSE_BYTES_PER_CHUNK,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    opts = parse_storage_options(args)
+    names = [args.variable] if args.variable else list_variables(args.dataset, opts)
+    reports, skipped = [], []
+    for name in names:
+        try:
+            reports.append(describe_variable(_open_active(args, name).variable))
+        except Exception as exc:  # noqa: BLE001 - one unreadable variable must not hide the others
+            if args.variable:
+                raise
+            skipped.append({"name": name, "reason": str(exc)})
+    if args.json:
+        print(json.dumps({"dataset": str(args.dataset), "variables": reports,
+                          "skipped": skipped}, indent=2))
+        return EXIT_OK
+    print(f"{args.dataset}")
+    for r in reports:
+        cs = r["chunk_bytes_stored"]
+        print(f"\n  {r['name']}({', '.join(r['dimensions'])})  {r['dtype']} ({r['byte_order']}-endian)")
+        print(f"    shape        {r['shape']}")
+        print(f"    chunks       {r['chunk_shape']}  ({r['chunks_allocated']} of "
+              f"{r['chunks_total']} allocated, {human_bytes(r['chunk_bytes_decoded'])} decoded each)")
+        print(f"    stored size  min {human_bytes(cs['min'])}, median {human_bytes(cs['median'])}, "
+              f"max {human_bytes(cs['max'])}, total {human_bytes(cs['total'])}")
+        print(f"    codecs       {r['codecs']}")
+        print(f"    missing      {r['missing']}")
+        print(f"    whole-variable mean moves {human_bytes(r['mean_moves_without_active_storage'])} "
+              f"to the client without active storage, about "
+              f"{human_bytes(r['mean_moves_with_server_estimate'])} with a reduction server")
+    for s in skipped:
+        print(f"\n  {s['name']}: skipped ({s['reason']})")
+    return EXIT_OK
+
+
+def _delegate(module: str, func: str, what: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        try:
+            target = getattr(importlib.import_module(module), func)
+        except ModuleNotFoundError as exc:
+            if exc.name and not exc.name.startswith("activestorage"):
+                raise RuntimeError(f"'{what}' needs the package {exc.name!r}: "
+                                   f"pip install 'activestorage[server]'") from exc
+            raise RuntimeError(f"'{what}' is not available in this build "
+                               f"({module}.{func} is not installed yet)") from exc
+        except AttributeError as exc:
+            raise RuntimeError(f"'{what}' is not available in this build "
+                               f"({module}.{func} is not installed yet)") from exc
+        rc = target(list(args.rest))
+        return int(rc or 0)
+    return run
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(size_mb=args.size_mb, keep_running=args.keep_running, workdir=args.workdir,
+                    backends=args.backends)
+
+
+# ------------------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logging")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress (INFO)")
+
+    parser = argparse.ArgumentParser(
+        prog="activestorage", parents=[common],
+        description="Reductions over chunked netCDF-4/HDF5 data where the data lives.",
+        epilog="Exit codes: 0 success, 1 the command failed, 2 bad command line. "
+               "Run 'activestorage COMMAND --help' for each command.")
+    parser.add_argument("--version", action="version", version=f"activestorage {__version__}")
+    parser.set_defaults(debug=False, verbose=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def storage_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--endpoint-url", metavar="URL",
+                       help="S3 endpoint for s3:// datasets (credentials come from the "
+                            "AWS_* environment variables or ~/.aws)")
+        p.add_argument("--anon", action="store_true", help="anonymous S3 access (public bucket)")
+        p.add_argument("-o", "--storage-option", dest="option", action="append", metavar="KEY=VALUE",
+                       help="extra fsspec/s3fs storage option (VALUE parsed as JSON if it can be)")
+
+    p = sub.add_parser("demo", parents=[common], help="run the end-to-end demo on local servers",
+                       description="Create a sample dataset, start a local S3 server (moto) and a "
+                                   "reduction server, and compare backends on a few reductions.")
+    p.add_argument("--size-mb", type=float, default=256.0,
+                   help="decoded size of the sample variable in MiB (default 256)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the servers up (until Ctrl-C) and print how to use them")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="directory for the sample data (default: a temporary directory, removed)")
+    p.add_argument("--backends", default="posix,fetch,server",
+                   help="comma-separated backends to compare (default posix,fetch,server)")
+    p.set_defaults(func=cmd_demo, subparser=p)
+
+    p = sub.add_parser("reduce", parents=[common], help="reduce one variable",
+                       description="Compute a reduction of a variable, e.g. "
+                                   "activestorage reduce data.nc tas --op mean --sel 0:12,:,10:20")
+    p.add_argument("dataset", help="path or s3:// / https:// URL of a netCDF-4/HDF5 file")
+    p.add_argument("variable", help="variable name")
+    p.add_argument("--op", required=True, choices=OPERATIONS, help="the reduction")
+    p.add_argument("--sel", metavar="INDEX",
+                   help="NumPy-style selection, comma-separated per axis, e.g. '0:12,:,10:20' "
+                        "or '-1,...' (default: everything)")
+    p.add_argument("--axis", metavar="AXES", help="reduce over these axes only, e.g. '0' or '1,2'")
+    p.add_argument("--server", metavar="URL", help="reduction server URL (active storage)")
+    p.add_argument("--threads", type=int, metavar="N", help="parallel chunk tasks")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    storage_args(p)
+    p.set_defaults(func=cmd_reduce, subparser=p)
+
+    p = sub.add_parser("info", parents=[common], help="describe variables, chunking and codecs",
+                       description="Show variables, shapes, dtypes, chunking, codecs, missing-data "
+                                   "attributes, chunk sizes, and what a whole-variable mean would "
+                                   "move with and without active storage.")
+    p.add_argument("dataset", help="path or s3:// / https:// URL of a netCDF-4/HDF5 file")
+    p.add_argument("variable", nargs="?", help="one variable (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    storage_args(p)
+    p.set_defaults(func=cmd_info, subparser=p)
+
+    for name, module, func, helptext in (
+            ("serve", "activestorage.server", "serve_main", "run the reduction server"),
+            ("manifest", "activestorage.formats.manifest", "manifest_main",
+             "write a chunk manifest for a dataset")):
+        p = sub.add_parser(name, help=helptext, add_help=False,
+                           description=f"{helptext}; all arguments are passed on "
+                                       f"(see 'activestorage {name} --help').")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(module, func, name), subparser=p)
+    return parser
+
+
+# ------------------------------------------------------------------------------ main
+
+def _error_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    text = msg[0] if msg else type(exc).__name__
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)) and exc.filename:
+        text = f"{exc.filename}: {exc.strerror}"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ("serve", "manifest"):
+        args.rest = list(extra) + list(args.rest)
+    elif extra:
+        args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = bool(getattr(args, "debug", False))
+    # serve/manifest parse their own options, including --debug
+    if args.command in ("serve", "manifest"):
+        debug = debug or "--debug" in args.rest
+    level = logging.DEBUG if debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SelectionError as exc:  # an index that does not fit the data: the command line is wrong
+        if debug:
+            traceback.print_exc()
+        print(f"activestorage {args.command}: error: {_error_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        getattr(args, "subparser", parser).print_usage(sys.stderr)
+        print(f"activestorage {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("activestorage: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        if debug:
+            traceback.print_exc()
+        print(f"activestorage {args.command}: error: {_error_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
