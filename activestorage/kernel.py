@@ -122,11 +122,16 @@ def _check_fletcher32(buf: Any, where: str) -> memoryview:
 
 
 def _unshuffle(buf: Any, element_size: int) -> np.ndarray:
+    """Undo HDF5's byte shuffle; trailing bytes that don't fill an element stay as they are
+    (netCDF-C puts a Fletcher-32 checksum before the shuffle, so the tail is 4 bytes)."""
     a = np.frombuffer(buf, np.uint8)
-    if element_size <= 1 or a.size % element_size:
+    n = a.size // element_size if element_size > 1 else 0
+    if n == 0:
         return a
-    n = a.size // element_size
-    return np.ascontiguousarray(a.reshape(element_size, n).T).reshape(-1)
+    body = a[:n * element_size].reshape(element_size, n).T.reshape(-1)
+    if n * element_size == a.size:
+        return body
+    return np.concatenate([body, a[n * element_size:]])
 
 
 def decode(raw: Any, req: ChunkRequest) -> np.ndarray:
