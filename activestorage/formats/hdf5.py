@@ -194,6 +194,9 @@ def list_variables(h5file: Any) -> list[str]:
 
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "iuf":
+            label = obj.attrs.get("NAME", b"")
+            if isinstance(label, bytes) and label.startswith(b"This is a netCDF dimension but not"):
+                return  # a bare netCDF dimension, not a variable
             names.append(name)
     h5file.visititems(visit)
     return names

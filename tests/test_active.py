@@ -1,0 +1,318 @@
+"""Active against the oracle: netCDF4-python's masked read of the same file, reduced by numpy.ma."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import h5py
+import netCDF4
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from activestorage import Active, ActiveStorageError, FormatError, SelectionError, VariableNotFoundError
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "netcdf"
+DTYPES = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"]
+OPS = ["mean", "min", "max", "sum", "count"]
+
+
+def oracle(x: np.ma.MaskedArray, op: str, axis=None, keepdims=False):
+    """numpy.ma's answer; where no value contributes (including empty selections, where NumPy
+    would give NaN or 0) the documented answer is masked."""
+    x = np.ma.asarray(x)
+    n = np.ma.count(x, axis=axis, keepdims=keepdims)
+    if op == "count":
+        return n
+    if x.size == 0:  # every result element has no contributing value
+        return np.ma.masked_all(np.shape(n)) if np.ndim(n) else np.ma.masked
+    return getattr(np.ma, op)(x, axis=axis, keepdims=keepdims)
+
+
+def assert_same(got, want, dtype, op):
+    got_m = np.ma.getmaskarray(np.ma.asarray(got))
+    want_m = np.ma.getmaskarray(np.ma.asarray(want))
+    assert np.shape(got) == np.shape(want), (np.shape(got), np.shape(want))
+    np.testing.assert_array_equal(got_m, want_m)
+    g = np.ma.getdata(np.ma.asarray(got))[~got_m]
+    w = np.ma.getdata(np.ma.asarray(want))[~want_m]
+    if op in ("min", "max", "count", "select") or (op == "sum" and np.dtype(dtype).kind in "iu"):
+        np.testing.assert_array_equal(g, w)
+    else:
+        rtol = 2e-5 if np.dtype(dtype) == np.float32 else 1e-9
+        np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol,
+                                   atol=rtol * (np.abs(w).max() if w.size else 0))
+
+
+def write_nc(path, data, *, chunks=None, zlib=False, shuffle=False, fletcher32=False,
+             endian="native", attrs=None, fill_value=None, compression=None):
+    with netCDF4.Dataset(path, "w") as ds:
+        dims = []
+        for i, n in enumerate(data.shape):
+            ds.createDimension(f"d{i}", n)
+            dims.append(f"d{i}")
+        kw = {}
+        if compression:
+            kw["compression"] = compression
+        v = ds.createVariable("v", data.dtype, dims, zlib=zlib, shuffle=shuffle,
+                              fletcher32=fletcher32, endian=endian,
+                              chunksizes=chunks, contiguous=chunks is None and not zlib,
+                              fill_value=fill_value, **kw)
+        v.set_auto_maskandscale(False)
+        for k, val in (attrs or {}).items():
+            v.setncattr(k, val)
+        v[...] = data
+    return path
+
+
+@st.composite
+def datasets(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.integers(1, 7)) for _ in range(ndim))
+    n = int(np.prod(shape))
+    if dtype.kind == "f":
+        data = np.asarray(draw(st.lists(st.integers(-1000, 1000), min_size=n, max_size=n)),
+                          dtype) / 8
+    else:
+        info = np.iinfo(dtype)
+        lo, hi = max(info.min, -100), min(info.max, 100)
+        data = np.asarray(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)), dtype)
+    data = data.reshape(shape)
+    layout = draw(st.sampled_from(["contiguous", "chunked", "zlib", "zlib+shuffle+fletcher32"]))
+    chunks = None if layout == "contiguous" else [draw(st.integers(1, s)) for s in shape]
+    attrs, fill = {}, None
+    kind = draw(st.sampled_from(["none", "fill", "missing", "missing2", "range", "min", "max",
+                                 "fill+range"]))
+    pick = lambda: dtype.type(data.flat[draw(st.integers(0, n - 1))])  # noqa: E731
+    if kind in ("fill", "fill+range"):
+        fill = pick()
+    if kind == "missing":
+        attrs["missing_value"] = pick()
+    if kind == "missing2":
+        attrs["missing_value"] = np.array([pick(), pick()], dtype)
+    if kind in ("range", "fill+range"):
+        a, b = sorted([pick(), pick()])
+        attrs["valid_range"] = np.array([a, b], dtype)
+    if kind == "min":
+        attrs["valid_min"] = pick()
+    if kind == "max":
+        attrs["valid_max"] = pick()
+    endian = draw(st.sampled_from(["native", "big"]))
+    return dict(data=data, chunks=chunks, layout=layout, attrs=attrs, fill=fill, endian=endian)
+
+
+@st.composite
+def keys(draw, shape):
+    key = []
+    for n in shape:
+        if draw(st.integers(0, 3)) == 0:
+            key.append(draw(st.integers(-n, n - 1)))
+        else:
+            key.append(slice(draw(st.none() | st.integers(-n, n)), draw(st.none() | st.integers(-n, n)),
+                             draw(st.none() | st.integers(-3, 3).filter(bool))))
+    return tuple(key)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(spec=datasets(), data=st.data())
+def test_reductions_match_netcdf4(tmp_path_factory, spec, data):
+    path = tmp_path_factory.mktemp("nc") / "x.nc"
+    layout = spec["layout"]
+    write_nc(path, spec["data"], chunks=spec["chunks"], zlib="zlib" in layout,
+             shuffle="shuffle" in layout, fletcher32="fletcher32" in layout,
+             endian=spec["endian"], attrs=spec["attrs"], fill_value=spec["fill"])
+    with netCDF4.Dataset(path) as ds:
+        full = ds["v"][...]
+    key = data.draw(keys(full.shape))
+    x = full[key]
+    threads = data.draw(st.sampled_from([1, 2, 3]))
+    with Active(str(path), "v", max_threads=threads) as a:
+        np.testing.assert_array_equal(np.ma.getmaskarray(a[key]), np.ma.getmaskarray(x))
+        np.testing.assert_array_equal(np.ma.filled(a[key], 0), np.ma.filled(x, 0))
+        op = data.draw(st.sampled_from(OPS))
+        nd = np.ndim(x)
+        axis = None
+        if nd and data.draw(st.booleans()):
+            axis = tuple(sorted(data.draw(st.sets(st.integers(0, nd - 1), min_size=1))))
+        keepdims = data.draw(st.booleans())
+        want = oracle(x, op, axis, keepdims)
+        got = getattr(a, op)(axis=axis, keepdims=keepdims)[key]
+        assert_same(got, want, spec["data"].dtype, op)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_default_fill_values_and_unwritten_chunks(tmp_path, dtype):
+    """No _FillValue: netCDF's default fill masks; chunks never written read as fill (masked)."""
+    path = tmp_path / "x.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("t", 8)
+        ds.createDimension("y", 6)
+        v = ds.createVariable("v", dtype, ("t", "y"), chunksizes=(2, 3))
+        v[0:2, :] = np.arange(12).reshape(2, 6).astype(dtype)  # chunks in rows 2..7 never written
+    with netCDF4.Dataset(path) as ds:
+        x = ds["v"][...]
+    with Active(str(path), "v") as a:
+        for op in OPS:
+            assert_same(getattr(a, op)[...], oracle(x, op), dtype, op)
+            assert_same(getattr(a, op)(axis=0)[...], oracle(x, op, 0), dtype, op)
+        assert a.stats.chunks_unallocated == 6
+        np.testing.assert_array_equal(np.ma.getmaskarray(a[...]), np.ma.getmaskarray(x))
+
+
+@pytest.mark.parametrize("scale,offset", [(0.5, 10.0), (-2.0, None), (None, 3.0)])
+def test_packed_data_is_unpacked(tmp_path, scale, offset):
+    path = tmp_path / "p.nc"
+    data = np.arange(-50, 70, dtype="i2").reshape(12, 10)
+    attrs = {"_FillValue": np.int16(-32767)}
+    if scale is not None:
+        attrs["scale_factor"] = np.float32(scale)
+    if offset is not None:
+        attrs["add_offset"] = np.float32(offset)
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("a", 12)
+        ds.createDimension("b", 10)
+        v = ds.createVariable("v", "i2", ("a", "b"), chunksizes=(5, 4),
+                              fill_value=attrs.pop("_FillValue"))
+        v.set_auto_maskandscale(False)
+        for k, val in attrs.items():
+            v.setncattr(k, val)
+        data[3, 3] = -32767
+        v[...] = data
+    with netCDF4.Dataset(path) as ds:
+        x = ds["v"][...]
+    with Active(str(path), "v") as a:
+        for op in OPS:
+            for axis in (None, 1):
+                assert_same(getattr(a, op)(axis=axis)[2:11:2], oracle(x[2:11:2], op, axis), "f8", op)
+        assert_same(a[1:4, ::3], x[1:4, ::3], "f8", "sum")
+
+
+def test_components_have_keepdims_shape_and_combine(tmp_path):
+    data = np.random.default_rng(0).normal(size=(6, 4, 5)).astype("f4")
+    path = write_nc(tmp_path / "c.nc", data, chunks=[2, 2, 5], attrs={"valid_max": np.float32(1.0)})
+    with netCDF4.Dataset(path) as ds:
+        x = ds["v"][...]
+    with Active(str(path), "v", components=True) as a:
+        c = a.mean[0:3]
+        assert set(c) == {"sum", "n"} and np.shape(c["sum"]) == (1, 1, 1)
+        c2 = a.mean[3:6]
+        total = (np.ma.getdata(c["sum"]) + np.ma.getdata(c2["sum"])) / (c["n"] + c2["n"])
+        np.testing.assert_allclose(total.ravel()[0], x.mean(), rtol=1e-5)
+        m = a.max(axis=1)[:, 1:3]
+        assert set(m) == {"max", "n"} and m["max"].shape == (6, 1, 5)
+        assert_same(m["max"], x[:, 1:3].max(axis=1, keepdims=True), "f4", "max")
+        np.testing.assert_array_equal(m["n"], np.ma.count(x[:, 1:3], axis=1, keepdims=True))
+
+
+def test_integer_index_drops_axis_and_axis_counts_after_selection(tmp_path):
+    data = np.arange(60, dtype="f8").reshape(3, 4, 5)
+    path = write_nc(tmp_path / "i.nc", data, chunks=[1, 2, 5])
+    with Active(str(path), "v") as a:
+        r = a.mean(axis=0)[1, :, 2:4]          # x[1, :, 2:4] is (4, 2); axis 0 is its first axis
+        np.testing.assert_allclose(r, data[1, :, 2:4].mean(axis=0))
+        assert a.max[2, 3, 4] == data[2, 3, 4]
+        assert a[2, 3, 4] == data[2, 3, 4]
+        np.testing.assert_array_equal(a[-1, ::-2, 1], data[-1, ::-2, 1])
+
+
+def test_method_attribute_like_pyactivestorage(tmp_path):
+    data = np.arange(24, dtype="f4").reshape(4, 6)
+    path = write_nc(tmp_path / "m.nc", data, chunks=[2, 3])
+    a = Active(str(path), "v")
+    a.method = "max"
+    assert a[1:3] == data[1:3].max()
+
+
+def test_stats_record_work(tmp_path):
+    data = np.zeros((8, 8), "f4")
+    path = write_nc(tmp_path / "s.nc", data, chunks=[2, 8])
+    with Active(str(path), "v") as a:
+        a.sum[0:3]
+        s = a.stats
+        assert s.chunks_touched == 2 and s.requests == 2
+        assert s.bytes_read == 2 * 2 * 8 * 4 == s.bytes_without_active
+        assert s.operation == "sum" and s.backend == "posix"
+
+
+def test_deterministic_across_thread_counts(tmp_path):
+    data = np.random.default_rng(1).normal(size=(64, 50)).astype("f4") * 1e4
+    path = write_nc(tmp_path / "d.nc", data, chunks=[1, 50])
+    results = set()
+    for threads in (1, 2, 2, 2):
+        with Active(str(path), "v", max_threads=threads) as a:
+            results.add(float(a.sum[...]))
+    assert len(results) == 1
+
+
+def test_h5py_variable_with_filters_and_filter_mask(tmp_path):
+    path = tmp_path / "h.h5"
+    data = np.arange(4000, dtype=">i4").reshape(40, 100)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=data, chunks=(10, 25), compression="gzip", shuffle=True,
+                         fletcher32=True)
+    with h5py.File(path, "r") as f:
+        a = Active(f["v"])
+        assert a.sum[...] == data.sum()
+        np.testing.assert_array_equal(a.max(axis=1)[5:35:3], data[5:35:3].max(axis=1))
+
+
+def test_open_variable_objects(tmp_path):
+    data = np.arange(30, dtype="f8").reshape(5, 6)
+    path = write_nc(tmp_path / "o.nc", data, chunks=[5, 2])
+    with netCDF4.Dataset(path) as ds:
+        assert Active(ds["v"]).sum[...] == data.sum()
+    import h5netcdf
+
+    with h5netcdf.File(path, "r") as ds:
+        assert Active(ds.variables["v"]).min[...] == 0
+
+
+def test_errors_are_typed_and_name_things(tmp_path):
+    path = write_nc(tmp_path / "e.nc", np.zeros((3, 4), "f4"))
+    with pytest.raises(VariableNotFoundError, match=r"no variable 'nope'.*variables: v"):
+        Active(str(path), "nope")
+    with pytest.raises(FormatError, match="no such file"):
+        Active(str(tmp_path / "missing.nc"), "v")
+    junk = tmp_path / "junk.nc"
+    junk.write_bytes(b"hello world" * 10)
+    with pytest.raises(FormatError, match="junk.nc"):
+        Active(str(junk), "v")
+    a = Active(str(path), "v")
+    with pytest.raises(SelectionError, match=r"e.nc.*index 3 is out of bounds"):
+        a.mean[3]
+    with pytest.raises(SelectionError, match="axis 2 is out of bounds"):
+        a.mean(axis=2)[...]
+    with pytest.raises(ActiveStorageError):
+        Active(str(path), "v", max_threads=0)
+
+
+def test_corrupt_chunk_is_an_error_not_a_number(tmp_path):
+    path = write_nc(tmp_path / "z.nc", np.arange(1000, dtype="f4").reshape(10, 100), chunks=[5, 100],
+                    zlib=True)
+    a = Active(str(path), "v")
+    loc = next(iter(a.variable.chunks.values()))
+    with open(path, "r+b") as f:
+        f.seek(loc.offset + 2)
+        f.write(b"\xff" * 16)
+    with pytest.raises(ActiveStorageError, match="corrupt|zlib"):
+        Active(str(path), "v").sum[...]
+
+
+REAL = [("CMIP6_IPSL-CM6A-LR_tas.nc", "tas"), ("cesm2_native.nc", "TREFHT"),
+        ("daily_data.nc", "ta"), ("daily_data_masked.nc", "ta")]
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/netcdf (real climate files) is absent")
+@pytest.mark.parametrize("name,var", REAL)
+def test_real_files(name, var):
+    path = SHARED / name
+    with netCDF4.Dataset(path) as ds:
+        x = ds[var][...]
+    with Active(str(path), var) as a:
+        sels = [Ellipsis, (slice(0, 12), slice(None), slice(1, 3)), (slice(None, None, 2), 0)]
+        for sel, op in itertools.product(sels, OPS):
+            assert_same(getattr(a, op)[sel], oracle(x[sel], op), x.dtype, op)
+            assert_same(getattr(a, op)(axis=0)[sel], oracle(x[sel], op, 0), x.dtype, op)

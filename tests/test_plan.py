@@ -1,0 +1,59 @@
+"""Planning must cover exactly the elements NumPy's basic indexing selects, each once, in place."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from activestorage.errors import SelectionError
+from activestorage.plan import normalize_key, plan_chunks
+
+
+@st.composite
+def shape_chunks_key(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.integers(1, 9)) for _ in range(ndim))
+    chunks = tuple(draw(st.integers(1, n)) for n in shape)
+    key = []
+    for n in shape:
+        if draw(st.booleans()):
+            key.append(slice(draw(st.none() | st.integers(-n - 2, n + 2)),
+                             draw(st.none() | st.integers(-n - 2, n + 2)),
+                             draw(st.none() | st.integers(-4, 4).filter(bool))))
+        else:
+            key.append(draw(st.integers(-n, n - 1)))
+    return shape, chunks, tuple(key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape_chunks_key())
+def test_plan_reassembles_numpy_selection(args):
+    shape, chunks, key = args
+    x = np.arange(int(np.prod(shape))).reshape(shape)
+    sel = normalize_key(key, shape)
+    out = np.full(sel.shape, -1)
+    for t in plan_chunks(sel, chunks):
+        origin = [c * k for c, k in zip(t.coords, chunks)]
+        block = x[tuple(slice(o, o + k) for o, k in zip(origin, chunks))]
+        part = block[tuple(slice(a, b, c) for a, b, c in t.selection)]
+        assert (out[t.out] == -1).all(), "an output element was written twice"
+        out[t.out] = part
+    assert (out >= 0).all() or out.size == 0
+    if sel.flipped:
+        out = np.flip(out, axis=sel.flipped)
+    out = out.reshape(tuple(n for i, n in enumerate(out.shape) if i not in sel.dropped))
+    np.testing.assert_array_equal(out, x[key])
+
+
+def test_ellipsis_and_errors():
+    sel = normalize_key((Ellipsis, 1), (4, 5, 6))
+    assert sel.ranges == ((0, 4, 1), (0, 5, 1), (1, 2, 1)) and sel.dropped == (2,)
+    with pytest.raises(SelectionError, match="out of bounds"):
+        normalize_key(7, (5,))
+    with pytest.raises(SelectionError, match="too many indices"):
+        normalize_key((1, 2), (5,))
+    with pytest.raises(SelectionError, match="cannot be zero"):
+        normalize_key(slice(None, None, 0), (5,))
+    with pytest.raises(SelectionError, match="basic NumPy"):
+        normalize_key([1, 2], (5,))
+    with pytest.raises(SelectionError, match="single ellipsis"):
+        normalize_key((Ellipsis, Ellipsis), (5,))
