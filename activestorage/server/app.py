@@ -1,0 +1,591 @@
+"""The reduction server: Reductionist v1/v2 routes plus our batch extension, as a FastAPI app.
+
+A request goes: bounded body read -> JSON/CBOR parse -> routing fields (allow-listed upstream) ->
+:meth:`ChunkRequest.from_wire` validation -> reserve its bytes in the memory budget -> range GET
+(:mod:`.upstream`) -> :func:`activestorage.kernel.reduce_chunk` in a thread pool -> v1 raw bytes with
+``x-activestorage-*`` headers, or v2 CBOR. Every error leaves as ``{"error": {"message",
+"caused_by"}}`` with the spec's status; nothing else (no FastAPI 422 shape, no tracebacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Sequence
+
+import cbor2
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError as FastAPIValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from .. import __version__
+from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
+                      UnsupportedError)
+from ..kernel import Partial, reduce_chunk
+from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
+from . import schema
+from .limits import ByteBudget, LimitError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from .settings import Settings
+from .upstream import Target, Upstream, check_allowed, parse_basic_auth, s3_url
+
+log = logging.getLogger("activestorage.server")
+access_log = logging.getLogger("activestorage.server.access")
+
+OPTIONS = ("option_wide_sum", "option_shape_as_bytes", "option_count_as_bytes", "etag",
+           "version_id", "missing_multiple")
+
+
+# ------------------------------------------------------------------------------ a prepared item
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One validated chunk reduction: what to read, how to reduce, what it may cost."""
+
+    req: ChunkRequest
+    target: Target
+    operation: str
+    read_size: int | None  # None: to the end of the object (bounded by max_raw)
+    max_raw: int
+    wide_sum: bool = False
+    shape_as_bytes: bool = False
+    count_as_bytes: bool = False
+
+    @property
+    def cost(self) -> int:
+        """Bytes this item may hold at once: the raw range plus the decoded array."""
+        return (self.read_size if self.read_size is not None else self.max_raw) + self.req.nbytes
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    v = body.get(name)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise RequestValidationError(name, "must be true or false")
+    return v
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    v = body.get(name)
+    if v is None or v == "":
+        raise RequestValidationError(name, "is required")
+    if not isinstance(v, str):
+        raise RequestValidationError(name, "must be a string")
+    return v
+
+
+def _target(body: dict[str, Any], api: str, auth: tuple[str, str] | None,
+            allow: Sequence[str]) -> Target:
+    """The upstream object named by the routing fields of a v1 or v2 body."""
+    if api == "v1":
+        source, bucket, key = (_string(body, f) for f in ("source", "bucket", "object"))
+        check_allowed(source, allow, "source")
+        url, kind = s3_url(source, bucket, key), "s3"
+    else:
+        kind = body.get("interface_type")
+        if kind is None:
+            raise RequestValidationError("interface_type", "is required")
+        if kind not in ("s3", "http", "https"):
+            raise RequestValidationError("interface_type", f"must be s3, http or https; got {kind!r}")
+        url = _string(body, "url")
+        check_allowed(url, allow, "url")
+        if kind in ("http", "https"):
+            if not url.startswith(kind + "://"):
+                raise RequestValidationError("url", f"must be an {kind}:// URL for interface_type "
+                                             f"{kind!r}")
+            kind = "http"
+    etag, version = body.get("etag"), body.get("version_id")
+    return Target(kind=kind, url=url, auth=auth, etag=etag if isinstance(etag, str) else None,
+                  version_id=version if isinstance(version, str) else None)
+
+
+def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
+            settings: Settings) -> Item:
+    """Validate one request body (routing, numeric description, options) into an :class:`Item`."""
+    req = ChunkRequest.from_wire(body, max_elements=settings.max_bytes_in_flight)
+    target = _target(body, api, auth, settings.allow_upstream)
+    if req.size is not None:
+        read_size: int | None = req.size
+    elif req.compression is None:
+        read_size = req.nbytes  # the exact range: never fetch more than the array needs
+    else:
+        read_size = None
+    max_raw = req.nbytes + req.nbytes // 8 + (64 << 10)
+    return Item(req=req, target=target, operation=operation, read_size=read_size, max_raw=max_raw,
+                wide_sum=_flag(body, "option_wide_sum"),
+                shape_as_bytes=_flag(body, "option_shape_as_bytes") and api != "v1",
+                count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")
+
+
+# ------------------------------------------------------------------- numeric work (off the loop)
+
+@dataclass(slots=True)
+class Result:
+    values: np.ndarray      # C-contiguous, native byte order
+    counts: np.ndarray      # per result element (reductions) or a 0-d total (select)
+    select: bool
+
+
+def compute(raw: bytes, item: Item) -> Result:
+    """Run the shared kernel and shape its keepdims partial into the API's result."""
+    try:
+        p: Partial = reduce_chunk(raw, item.req, item.operation)
+    except (DecodeError, UnsupportedError) as exc:
+        raise type(exc)(f"{item.target.name}: {exc}") from exc
+    if item.operation == "select":
+        return Result(np.ascontiguousarray(p.values), np.asarray(int(p.counts.sum())), True)
+    axes = set(item.req.reduce_axes)
+    shape = tuple(n for i, n in enumerate(p.values.shape) if i not in axes)
+    values = p.values.reshape(shape)
+    if item.operation == "sum" and not item.wide_sum and values.dtype != item.req.dtype:
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = values.astype(item.req.dtype)  # the spec's result dtype (wraps like NumPy)
+    return Result(np.ascontiguousarray(values), p.counts.reshape(shape), False)
+
+
+def v2_map(res: Result, item: Item) -> dict[str, Any]:
+    """The v2 CBOR response map for one result."""
+    shape = list(res.values.shape)
+    counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
+    out: dict[str, Any] = {"bytes": res.values.tobytes(), "dtype": res.values.dtype.name,
+                           "shape": shape, "count": counts, "byte_order": NATIVE_BYTE_ORDER}
+    if item.shape_as_bytes:
+        out["shape_as_bytes"] = np.asarray(shape, dtype=np.uint64).tobytes()
+        out["shape"] = []
+    if item.count_as_bytes:
+        out["count_as_bytes"] = np.asarray(counts, dtype=np.int64).tobytes()
+        out["count"] = []
+    return out
+
+
+def v1_parts(res: Result) -> tuple[bytes, dict[str, str]]:
+    """The v1 response body and ``x-activestorage-*`` headers for one result."""
+    if res.select or res.counts.ndim == 0:
+        count = str(int(res.counts))
+    else:
+        count = json.dumps(res.counts.tolist(), separators=(",", ":"))
+    headers = {"x-activestorage-dtype": res.values.dtype.name,
+               "x-activestorage-shape": json.dumps(list(res.values.shape)),
+               "x-activestorage-count": count,
+               "x-activestorage-byte-order": NATIVE_BYTE_ORDER}
+    return res.values.tobytes(), headers
+
+
+def _compute_v1(raw: bytes, item: Item) -> tuple[bytes, dict[str, str]]:
+    return v1_parts(compute(raw, item))
+
+
+def _compute_v2(raw: bytes, item: Item) -> bytes:
+    return cbor2.dumps(v2_map(compute(raw, item), item))
+
+
+def _compute_maps(pairs: list[tuple[int, bytes, Item]]) -> list[tuple[int, dict[str, Any]]]:
+    out = []
+    for i, raw, item in pairs:
+        try:
+            out.append((i, v2_map(compute(raw, item), item)))
+        except ActiveStorageError as exc:
+            raise at_item(exc, i) from exc
+    return out
+
+
+# ------------------------------------------------------------------------------------- errors
+
+def status_of(exc: BaseException) -> int:
+    if isinstance(exc, (StorageError, LimitError)):
+        return exc.status
+    if isinstance(exc, (RequestValidationError, UnsupportedError, DecodeError)):
+        return 400
+    if isinstance(exc, ActiveStorageError):
+        return 400
+    return 500
+
+
+def error_response(status: int, message: str, caused_by: Sequence[str] = ()) -> JSONResponse:
+    err: dict[str, Any] = {"message": message}
+    if caused_by:
+        err["caused_by"] = list(caused_by)
+    headers = {"retry-after": "1"} if status == 503 else None
+    return JSONResponse({"error": err}, status_code=status, headers=headers)
+
+
+def _causes(exc: BaseException) -> list[str]:
+    causes = list(getattr(exc, "causes", []) or [])
+    c = exc.__cause__
+    while c is not None and len(causes) < 8:
+        text = str(c)
+        if text and text not in causes and text != str(exc):
+            causes.append(text)
+        c = c.__cause__
+    return causes
+
+
+def at_item(exc: ActiveStorageError, i: int) -> ActiveStorageError:
+    """The same error, its message (or field) naming batch item ``i``."""
+    if isinstance(exc, RequestValidationError):
+        field = f"requests[{i}].{exc.field}" if exc.field else f"requests[{i}]"
+        return RequestValidationError(field, exc.message)
+    msg = f"requests[{i}]: {exc}"
+    if isinstance(exc, StorageError):
+        return type(exc)(msg, status=exc.status, store=exc.store, causes=exc.causes)
+    if isinstance(exc, LimitError):
+        return LimitError(msg, exc.status)
+    try:
+        return type(exc)(msg)
+    except TypeError:
+        return ActiveStorageError(msg)
+
+
+# ------------------------------------------------------------------------------ the app itself
+
+class Server:
+    """Per-app state: settings, upstream pool, memory budget, kernel threads, metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.budget = ByteBudget(settings.max_bytes_in_flight, settings.memory_wait_seconds)
+        self.upstream = Upstream(max_concurrency=settings.max_upstream_concurrency,
+                                 connect_timeout=settings.upstream_connect_timeout,
+                                 read_timeout=settings.upstream_read_timeout,
+                                 region=settings.s3_region)
+        self.pool = ThreadPoolExecutor(settings.kernel_threads, thread_name_prefix="as-kernel")
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        parts, n = [], 0
+        async for part in request.stream():
+            n += len(part)
+            if n > limit:
+                raise LimitError(f"request body exceeds {limit} bytes (--max-body-bytes)", 413)
+            parts.append(part)
+        return b"".join(parts)
+
+    async def parse(self, request: Request, cbor_ok: bool = True) -> Any:
+        raw = await self.read_body(request)
+        ctype = request.headers.get("content-type", "")
+        if cbor_ok and "cbor" in ctype:
+            try:
+                return cbor2.loads(raw)
+            except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on junk
+                raise RequestValidationError("body", f"malformed CBOR: {exc}") from None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestValidationError("body", f"malformed JSON: {exc}") from None
+
+    async def fetch(self, item: Item) -> bytes:
+        data = await self.upstream.read(item.target, item.req.offset, item.read_size,
+                                        max_bytes=item.max_raw)
+        self.metrics.bytes_in.inc(len(data))
+        self.metrics.upstream_requests.inc()
+        return data
+
+    async def single(self, request: Request, operation: str, api: str) -> Response:
+        op = check_operation(operation)
+        auth = parse_basic_auth(request.headers.get("authorization"))
+        body = await self.parse(request)
+        item = prepare(body, op, api, auth, self.settings)
+        loop = asyncio.get_running_loop()
+        async with self.budget.reserve(item.cost):
+            self.metrics.in_flight.set(self.budget.used)
+            raw = await self.fetch(item)
+            if api == "v1":
+                content, headers = await loop.run_in_executor(self.pool, _compute_v1, raw, item)
+                return Response(content, headers=headers, media_type="application/octet-stream")
+            content = await loop.run_in_executor(self.pool, _compute_v2, raw, item)
+            return Response(content, media_type="application/cbor")
+
+    async def batch(self, request: Request, operation: str) -> Response:
+        op = check_operation(operation)
+        auth = parse_basic_auth(request.headers.get("authorization"))
+        body = await self.parse(request)
+        if not isinstance(body, dict):
+            raise RequestValidationError("body", 'must be an object {"requests": [...]}')
+        bodies = body.get("requests")
+        if not isinstance(bodies, list):
+            raise RequestValidationError("requests", "must be a list of v2 request bodies")
+        if len(bodies) > self.settings.max_batch:
+            raise LimitError(f"batch of {len(bodies)} requests exceeds this server's max_batch "
+                             f"of {self.settings.max_batch}", 413)
+        items = []
+        for i, b in enumerate(bodies):
+            try:
+                items.append(prepare(b, op, "v2", auth, self.settings))
+            except ActiveStorageError as exc:
+                raise at_item(exc, i) from None
+        total = sum(it.cost for it in items)
+        async with self.budget.reserve(total):
+            self.metrics.in_flight.set(self.budget.used)
+            raws = await self._fetch_coalesced(items)
+            n = max(1, min(self.settings.kernel_threads, len(items)))
+            pairs = [(i, raws[i], it) for i, it in enumerate(items)]
+            loop = asyncio.get_running_loop()
+            parts = await asyncio.gather(*(loop.run_in_executor(self.pool, _compute_maps,
+                                                                pairs[k::n]) for k in range(n)),
+                                         return_exceptions=True)
+        errors = [p for p in parts if isinstance(p, BaseException)]
+        if errors:
+            raise min(errors, key=_item_index)
+        results: list[Any] = [None] * len(items)
+        for part in parts:
+            for i, m in part:  # type: ignore[union-attr]
+                results[i] = m
+        return Response(cbor2.dumps({"results": results}), media_type="application/cbor")
+
+    async def _fetch_coalesced(self, items: list[Item]) -> list[bytes]:
+        """Fetch every item's range; neighbouring ranges of one object share one GET."""
+        s = self.settings
+        raws: list[bytes] = [b""] * len(items)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        jobs: list[tuple[list[int], Target, int, int | None]] = []
+        for i, it in enumerate(items):
+            if it.read_size is None:
+                jobs.append(([i], it.target, it.req.offset, None))
+            else:
+                groups.setdefault((it.target,), []).append(i)
+        for (target,), idx in groups.items():
+            idx.sort(key=lambda i: items[i].req.offset)
+            run: list[int] = []
+            start = end = 0
+            for i in idx:
+                o = items[i].req.offset
+                e = o + (items[i].read_size or 0)
+                if run and o <= end + s.coalesce_gap_bytes and max(e, end) - start <= s.coalesce_max_bytes:
+                    run.append(i)
+                    end = max(end, e)
+                    continue
+                if run:
+                    jobs.append((run, target, start, end - start))
+                run, start, end = [i], o, e
+            if run:
+                jobs.append((run, target, start, end - start))
+
+        async def one(run: list[int], target: Target, start: int, size: int | None) -> None:
+            try:
+                if size is None:
+                    raws[run[0]] = await self.fetch(items[run[0]])
+                    return
+                data = await self.upstream.read(target, start, size, max_bytes=size)
+                self.metrics.bytes_in.inc(len(data))
+                self.metrics.upstream_requests.inc()
+            except ActiveStorageError as exc:
+                raise at_item(exc, min(run)) from exc
+            view = memoryview(data)
+            for i in run:
+                o = items[i].req.offset - start
+                raws[i] = view[o:o + items[i].read_size]  # type: ignore[operator]
+
+        results = await asyncio.gather(*(one(*j) for j in jobs), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise min(errors, key=_item_index)
+        return raws
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
+                "batch": True, "max_batch": self.settings.max_batch,
+                "operations": list(OPERATIONS), "options": list(OPTIONS)}
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _item_index(exc: BaseException) -> int:
+    text = getattr(exc, "field", None) or str(exc)
+    if text.startswith("requests["):
+        try:
+            return int(text[9:text.index("]")])
+        except ValueError:
+            pass
+    return 1 << 62
+
+
+def check_operation(operation: str) -> str:
+    if operation not in OPERATIONS:
+        raise StarletteHTTPException(
+            404, f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
+    return operation
+
+
+# ---------------------------------------------------------------------------- ASGI front door
+
+def _labels(path: str) -> tuple[str, str]:
+    parts = path.strip("/").split("/")
+    if parts[0] in ("v1", "v2") and len(parts) >= 2:
+        api, op = parts[0], parts[1]
+        if api == "v2" and op == "batch":
+            api, op = "batch", parts[2] if len(parts) > 2 else ""
+        return api, op if op in OPERATIONS else "other"
+    return "other", "-"
+
+
+class FrontDoor:
+    """Pure ASGI middleware: refuse oversized bodies early, time, count and log each request."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        state = {"status": 500, "bytes": 0}
+        m = self.server.metrics
+
+        async def send_counted(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                state["status"] = msg["status"]
+            elif msg["type"] == "http.response.body":
+                state["bytes"] += len(msg.get("body", b""))
+            await send(msg)
+
+        try:
+            limit = self.server.settings.max_body_bytes
+            for k, v in scope.get("headers", ()):
+                if k == b"content-length" and v.isdigit() and int(v) > limit:
+                    resp = error_response(413, f"request body of {int(v)} bytes exceeds "
+                                          f"{limit} bytes (--max-body-bytes)")
+                    m.errors.labels("limit").inc()
+                    await resp(scope, receive, send_counted)
+                    return
+            await self.app(scope, receive, send_counted)
+        finally:
+            dt = time.perf_counter() - t0
+            api, op = _labels(scope.get("path", ""))
+            m.requests.labels(api, op, str(state["status"])).inc()
+            if api != "other":
+                m.latency.labels(api, op).observe(dt)
+            m.bytes_out.inc(state["bytes"])
+            m.in_flight.set(self.server.budget.used)
+            if self.server.settings.access_log and access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                access_log.info(json.dumps({
+                    "client": f"{client[0]}:{client[1]}", "method": scope.get("method"),
+                    "path": scope.get("path"), "status": state["status"],
+                    "bytes_out": state["bytes"], "ms": round(dt * 1000, 3)}))
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, RequestValidationError):
+        return "validation"
+    if isinstance(exc, LimitError):
+        return "limit"
+    if isinstance(exc, StorageError):
+        return "upstream"
+    if isinstance(exc, (DecodeError, UnsupportedError)):
+        return "decode"
+    return "internal"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app. All configuration comes in through ``settings`` (no globals)."""
+    settings = settings or Settings()
+    server = Server(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        log.info("activestorage server %s ready; upstream allow-list: %s", __version__,
+                 ", ".join(settings.allow_upstream))
+        yield
+        await server.aclose()
+
+    app = FastAPI(title="activestorage reduction server", version=__version__,
+                  description="Reductionist-compatible active-storage API (v1, v2) plus a batch "
+                              "extension. Errors: {\"error\": {\"message\", \"caused_by\"}}.",
+                  lifespan=lifespan, redirect_slashes=False)
+    app.state.server = server
+
+    @app.exception_handler(ActiveStorageError)
+    async def _domain_error(_r: Request, exc: ActiveStorageError) -> JSONResponse:
+        status = status_of(exc)
+        server.metrics.errors.labels(_kind(exc)).inc()
+        if status >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc)
+        return error_response(status, str(exc), _causes(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        server.metrics.errors.labels("http").inc()
+        msg = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and msg == "Not Found":
+            msg = f"no such path: {_r.url.path}"
+        return error_response(exc.status_code, msg)
+
+    @app.exception_handler(FastAPIValidationError)
+    async def _fastapi_validation(_r: Request, exc: FastAPIValidationError) -> JSONResponse:
+        server.metrics.errors.labels("validation").inc()
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        field = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "request"
+        return error_response(400, f"{field}: {first.get('msg', 'invalid request')}",
+                              [str(e.get("msg")) for e in errs[1:8]])
+
+    @app.exception_handler(Exception)
+    async def _internal(_r: Request, exc: Exception) -> JSONResponse:
+        server.metrics.errors.labels("internal").inc()
+        log.exception("internal error serving %s", _r.url.path)
+        return error_response(500, f"internal server error ({type(exc).__name__})")
+
+    v1_doc = schema.body_doc(schema.inline_schema(schema.V1Request))
+    v2_doc = schema.body_doc(schema.inline_schema(schema.V2Request))
+    batch_doc = schema.body_doc(schema.batch_schema(), cbor=True)
+    op_desc = "operation: " + ", ".join(OPERATIONS)
+
+    async def v1(operation: str, request: Request) -> Response:
+        """Reductionist v1: S3 source/bucket/object; raw result bytes + x-activestorage-* headers."""
+        return await server.single(request, operation, "v1")
+
+    async def v2(operation: str, request: Request) -> Response:
+        """Reductionist v2: interface_type + url; CBOR {bytes, dtype, shape, count, byte_order}."""
+        return await server.single(request, operation, "v2")
+
+    async def batch(operation: str, request: Request) -> Response:
+        """Extension: many v2 bodies in one call; CBOR {"results": [...]} in request order."""
+        return await server.batch(request, operation)
+
+    for path, fn, doc in (("/v1/{operation}/", v1, v1_doc), ("/v2/{operation}", v2, v2_doc),
+                          ("/v2/batch/{operation}", batch, batch_doc)):
+        other = path[:-1] if path.endswith("/") else path + "/"
+        app.add_api_route(path, fn, methods=["POST"], openapi_extra=doc, description=op_desc,
+                          response_class=Response)
+        app.add_api_route(other, fn, methods=["POST"], include_in_schema=False,
+                          response_class=Response)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process serves requests."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/capabilities")
+    async def capabilities() -> dict[str, Any]:
+        """What this server supports beyond the Reductionist API (batching, options)."""
+        return server.capabilities()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(server.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    app.add_middleware(FrontDoor, server=server)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for multi-worker uvicorn: settings come from ``ACTIVESTORAGE_SERVER_SETTINGS``."""
+    import os
+
+    text = os.environ.get("ACTIVESTORAGE_SERVER_SETTINGS")
+    return create_app(Settings.from_json(text) if text else Settings())
+

@@ -1,0 +1,44 @@
+"""``activestorage serve`` / ``python -m activestorage.server``: run the app under uvicorn."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Sequence
+
+from .settings import Settings, parse_args
+
+log = logging.getLogger("activestorage.server")
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests get up to 10 s to finish (graceful)."""
+    import uvicorn
+
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("activestorage").setLevel(level)
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
+                  access_log=False, timeout_graceful_shutdown=10, server_header=False,
+                  ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
+                  timeout_keep_alive=30, log_config=None)
+    if settings.workers > 1:
+        # Each worker process enforces its share of the process-wide limits.
+        per = dataclasses.replace(
+            settings,
+            max_bytes_in_flight=max(1, settings.max_bytes_in_flight // settings.workers),
+            max_upstream_concurrency=max(1, settings.max_upstream_concurrency // settings.workers))
+        os.environ["ACTIVESTORAGE_SERVER_SETTINGS"] = per.to_json()
+        uvicorn.run("activestorage.server.app:app_from_env", factory=True,
+                    workers=settings.workers, **common)
+        return
+    from .app import create_app
+
+    uvicorn.run(create_app(settings), **common)
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``activestorage serve ARGS`` (the CLI passes the arguments after ``serve``)."""
+    run(parse_args(argv))
+    return 0

@@ -1,0 +1,136 @@
+"""Server settings: one frozen object built from CLI flags with ``ACTIVESTORAGE_*`` env defaults.
+
+Every knob is an explicit field passed to :func:`~activestorage.server.app.create_app`; there is no
+module-level mutable configuration. ``parse_args`` is what ``activestorage serve`` and
+``python -m activestorage.server`` use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+ENV_PREFIX = "ACTIVESTORAGE_"
+#: hosts the server may fetch from unless told otherwise: loopback only.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the server listens on, which upstream hosts it may read, and the limits it enforces."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    #: upstream hosts (``host`` or ``host:port``; ``*`` allows any) the server may fetch from.
+    allow_upstream: tuple[str, ...] = LOOPBACK_HOSTS
+    #: largest accepted request body (JSON/CBOR), bytes.
+    max_body_bytes: int = 1 << 20
+    #: decoded + raw bytes of all requests in flight; beyond it requests wait, then get 503.
+    max_bytes_in_flight: int = 1 << 30
+    #: how long a request may wait for memory before a 503.
+    memory_wait_seconds: float = 5.0
+    #: concurrent upstream range GETs (per worker process).
+    max_upstream_concurrency: int = 64
+    #: threads running the numeric kernel.
+    kernel_threads: int = 4
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 30.0
+    #: most items in one /v2/batch request.
+    max_batch: int = 1024
+    #: ranges of one object closer than this are fetched with one GET in a batch.
+    coalesce_gap_bytes: int = 64 << 10
+    #: a coalesced GET is never larger than this.
+    coalesce_max_bytes: int = 16 << 20
+    #: region used for SigV4 signing of S3 requests.
+    s3_region: str = "us-east-1"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: str = "info"
+    #: log one structured line per request.
+    access_log: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        d = json.loads(text)
+        d["allow_upstream"] = tuple(d.get("allow_upstream", LOOPBACK_HOSTS))
+        return cls(**d)
+
+
+def _env(environ: Mapping[str, str], name: str, default: object) -> object:
+    v = environ.get(ENV_PREFIX + name.upper())
+    if v is None:
+        return default
+    if isinstance(default, bool):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, tuple):
+        return tuple(h.strip() for h in v.split(",") if h.strip())
+    return v
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``serve`` argument parser; defaults come from ``environ`` (``os.environ``)."""
+    env = os.environ if environ is None else environ
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="activestorage serve",
+        description="Run the Reductionist-compatible reduction server. Every flag also reads "
+                    "ACTIVESTORAGE_<FLAG> (e.g. ACTIVESTORAGE_PORT, ACTIVESTORAGE_ALLOW_UPSTREAM).")
+    a = p.add_argument
+    a("--host", default=_env(env, "host", d.host), help="interface to listen on")
+    a("--port", type=int, default=_env(env, "port", d.port))
+    a("--workers", type=int, default=_env(env, "workers", d.workers), help="worker processes")
+    a("--allow-upstream", action="append", default=None, metavar="HOST[:PORT]",
+      help="upstream host the server may read from (repeatable, or comma separated; '*' = any). "
+           "Default: loopback only (ACTIVESTORAGE_ALLOW_UPSTREAM).")
+    a("--max-body-bytes", type=int, default=_env(env, "max_body_bytes", d.max_body_bytes))
+    a("--max-bytes-in-flight", type=int,
+      default=_env(env, "max_bytes_in_flight", d.max_bytes_in_flight),
+      help="bound on raw+decoded bytes of requests being served; beyond it requests wait then 503")
+    a("--memory-wait-seconds", type=float,
+      default=_env(env, "memory_wait_seconds", d.memory_wait_seconds))
+    a("--max-upstream-concurrency", type=int,
+      default=_env(env, "max_upstream_concurrency", d.max_upstream_concurrency))
+    a("--kernel-threads", type=int, default=_env(env, "kernel_threads", d.kernel_threads))
+    a("--upstream-connect-timeout", type=float,
+      default=_env(env, "upstream_connect_timeout", d.upstream_connect_timeout))
+    a("--upstream-read-timeout", type=float,
+      default=_env(env, "upstream_read_timeout", d.upstream_read_timeout))
+    a("--max-batch", type=int, default=_env(env, "max_batch", d.max_batch))
+    a("--s3-region", default=_env(env, "s3_region", d.s3_region))
+    a("--tls-cert", default=_env(env, "tls_cert", d.tls_cert))
+    a("--tls-key", default=_env(env, "tls_key", d.tls_key))
+    a("--log-level", default=_env(env, "log_level", d.log_level),
+      choices=["critical", "error", "warning", "info", "debug"])
+    a("--no-access-log", action="store_true",
+      default=not _env(env, "access_log", d.access_log))
+    p.set_defaults(_env_allow=_env(env, "allow_upstream", d.allow_upstream))
+    return p
+
+
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from command-line flags, falling back to ``ACTIVESTORAGE_*`` variables."""
+    ns = build_parser(environ).parse_args(argv)
+    if ns.allow_upstream:
+        allow = tuple(h.strip() for item in ns.allow_upstream for h in item.split(",") if h.strip())
+    else:
+        allow = tuple(ns._env_allow)
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        raise SystemExit("activestorage serve: --tls-cert and --tls-key go together")
+    return Settings(
+        host=ns.host, port=int(ns.port), workers=max(1, int(ns.workers)), allow_upstream=allow,
+        max_body_bytes=int(ns.max_body_bytes), max_bytes_in_flight=int(ns.max_bytes_in_flight),
+        memory_wait_seconds=float(ns.memory_wait_seconds),
+        max_upstream_concurrency=int(ns.max_upstream_concurrency),
+        kernel_threads=max(1, int(ns.kernel_threads)),
+        upstream_connect_timeout=float(ns.upstream_connect_timeout),
+        upstream_read_timeout=float(ns.upstream_read_timeout), max_batch=int(ns.max_batch),
+        s3_region=ns.s3_region, tls_cert=ns.tls_cert or None, tls_key=ns.tls_key or None,
+        log_level=ns.log_level, access_log=not ns.no_access_log)

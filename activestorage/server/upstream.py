@@ -1,0 +1,280 @@
+"""Byte-range reads from S3 and HTTP(S) stores, with the caller's credentials, as typed errors.
+
+One :class:`Upstream` per server process holds pooled ``httpx.AsyncClient``s keyed by (store,
+credentials) so connections are reused but never shared across identities. S3 requests are signed
+with botocore's SigV4 signer using the access key / secret the caller sent as HTTP Basic auth
+(anonymous when none); HTTP stores get the Basic credentials passed through. Every failure becomes a
+:class:`~activestorage.errors.StorageError` whose ``status`` is the one the API reports and whose
+message names the store and the object. Credentials are never logged or put in messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from ..errors import ObjectChangedError, RequestValidationError, StorageError
+
+log = logging.getLogger("activestorage.server.upstream")
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_S3_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_S3_MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
+
+
+@dataclass(frozen=True)
+class Target:
+    """An object to read: ``kind`` is ``"s3"`` or ``"http"``; ``auth`` is (user, password) or None."""
+
+    kind: str
+    url: str
+    auth: tuple[str, str] | None = None
+    etag: str | None = None
+    version_id: str | None = None
+
+    @property
+    def store(self) -> str:
+        """``scheme://host:port`` of the store, for messages."""
+        p = urlsplit(self.url)
+        return f"{p.scheme}://{p.netloc.rpartition('@')[2]}"
+
+    @property
+    def name(self) -> str:
+        """``store/path`` without credentials or query, for messages."""
+        p = urlsplit(self.url)
+        return f"{self.store}{p.path}"
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"Target({self.kind}, {self.name})"
+
+
+def s3_url(source: str, bucket: str, key: str) -> str:
+    """The path-style object URL for a v1 ``source``/``bucket``/``object``."""
+    return f"{source.rstrip('/')}/{quote(bucket, safe='')}/{quote(key.lstrip('/'), safe='/')}"
+
+
+def check_allowed(url: str, allow: Iterable[str], field: str = "url") -> None:
+    """Raise a 400-class error unless ``url`` is http(s) to a host on the allow-list."""
+    try:
+        p = urlsplit(url)
+        host = (p.hostname or "").lower()
+        port = p.port or (443 if p.scheme == "https" else 80)
+    except ValueError as exc:
+        raise RequestValidationError(field, f"is not a valid URL: {exc}") from None
+    if p.scheme not in ("http", "https") or not host:
+        raise RequestValidationError(field, "must be an http:// or https:// URL with a host")
+    for entry in allow:
+        entry = entry.strip().lower()
+        if entry == "*":
+            return
+        if entry.startswith("["):  # [::1]:port
+            h, _, rest = entry[1:].partition("]")
+            eport = rest.lstrip(":")
+        elif entry.count(":") == 1:
+            h, eport = entry.split(":")
+        else:
+            h, eport = entry, ""
+        if h == host and (not eport or eport == str(port)):
+            return
+    raise StorageError(
+        f"upstream host {host!r} is not on this server's allow-list "
+        "(start the server with --allow-upstream HOST to permit it)", status=403, store=host)
+
+
+def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from an ``Authorization: Basic`` header, None when absent."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise StorageError("Authorization must be HTTP Basic (access key:secret key)", status=401)
+    try:
+        user, sep, pwd = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        raise StorageError("Authorization header is not valid HTTP Basic", status=401) from None
+    if not sep:
+        raise StorageError("Authorization header is not valid HTTP Basic", status=401)
+    return user, pwd
+
+
+class Upstream:
+    """Pooled, bounded, signed range reads. Create in the server's event loop; ``aclose`` at exit."""
+
+    def __init__(self, *, max_concurrency: int = 64, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0, region: str = "us-east-1",
+                 max_clients: int = 64) -> None:
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=read_timeout)
+        self._limits = httpx.Limits(max_connections=max_concurrency,
+                                    max_keepalive_connections=max_concurrency)
+        self._region = region
+        self._clients: OrderedDict[tuple[str, str], httpx.AsyncClient] = OrderedDict()
+        self._max_clients = max_clients
+        self.requests = 0
+        self.bytes_read = 0
+
+    def _client(self, target: Target) -> httpx.AsyncClient:
+        ident = ""
+        if target.auth is not None:  # key clients by a hash, never keep a secret as a dict key
+            ident = hashlib.sha256("\0".join(target.auth).encode()).hexdigest()[:24]
+        key = (target.store, ident)
+        client = self._clients.get(key)
+        if client is None:
+            client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits,
+                                       follow_redirects=False, trust_env=False)
+            self._clients[key] = client
+            while len(self._clients) > self._max_clients:
+                _, old = self._clients.popitem(last=False)
+                asyncio.get_running_loop().create_task(old.aclose())
+        else:
+            self._clients.move_to_end(key)
+        return client
+
+    def _headers(self, target: Target, url: str, rng: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {"Accept-Encoding": "identity"}
+        if rng:
+            headers["Range"] = rng
+        if target.etag:
+            etag = target.etag if target.etag.startswith(('"', "W/")) else f'"{target.etag}"'
+            headers["If-Match"] = etag
+        if target.auth is None:
+            return headers
+        if target.kind == "s3":
+            from botocore.auth import S3SigV4Auth
+            from botocore.awsrequest import AWSRequest
+            from botocore.credentials import Credentials
+
+            req = AWSRequest(method="GET", url=url, headers=headers)
+            S3SigV4Auth(Credentials(*target.auth), "s3", self._region).add_auth(req)
+            return dict(req.headers.items())
+        token = base64.b64encode(":".join(target.auth).encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+        return headers
+
+    async def read(self, target: Target, offset: int, size: int | None, *,
+                   max_bytes: int) -> bytes:
+        """``size`` bytes at ``offset`` (to the end when None, at most ``max_bytes``)."""
+        url = target.url
+        if target.kind == "s3" and target.version_id:
+            url += ("&" if "?" in url else "?") + "versionId=" + quote(target.version_id, safe="")
+        if size is not None:
+            rng = f"bytes={offset}-{offset + size - 1}"
+        else:
+            rng = f"bytes={offset}-" if offset else None
+        headers = self._headers(target, url, rng)
+        limit = size if size is not None else max_bytes
+        try:
+            async with self._sem:
+                async with self._client(target).stream("GET", url, headers=headers) as resp:
+                    self.requests += 1
+                    if resp.status_code not in (200, 206):
+                        body = await _read_bounded(resp, 4096)
+                        raise self._status_error(target, resp, body, rng)
+                    self._check_etag(target, resp)
+                    skip = offset if (resp.status_code == 200 and rng) else 0
+                    data = await _read_bounded(resp, skip + limit + 1)
+        except httpx.TimeoutException as exc:
+            raise StorageError(f"timed out reading {target.name} from store {target.store}",
+                               status=504, store=target.store, causes=[type(exc).__name__]) from None
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise StorageError(f"could not read {target.name}: store {target.store} is "
+                               f"unreachable or failed ({type(exc).__name__})", status=502,
+                               store=target.store, causes=[str(exc) or type(exc).__name__]) from None
+        if skip:
+            data = data[skip:]
+        if size is None:
+            if len(data) > max_bytes:
+                raise StorageError(
+                    f"{target.name} is larger than this server's limit of {max_bytes} bytes; "
+                    "give size", status=413, store=target.store)
+            self.bytes_read += len(data)
+            return data
+        if len(data) > size:
+            data = data[:size]
+        if len(data) < size:
+            total = _total_size(resp)
+            if total is not None and offset + size > total:
+                raise StorageError(
+                    f"range {rng} is past the end of {target.name} ({total} bytes)",
+                    status=400, store=target.store)
+            raise StorageError(f"short read from store {target.store}: got {len(data)} of "
+                               f"{size} bytes of {target.name}", status=502, store=target.store)
+        self.bytes_read += len(data)
+        return data
+
+    @staticmethod
+    def _check_etag(target: Target, resp: httpx.Response) -> None:
+        if not target.etag:
+            return
+        got = resp.headers.get("etag")
+        if got is not None and got.strip('"').removeprefix("W/").strip('"') != target.etag.strip('"'):
+            raise ObjectChangedError(
+                f"object changed since manifest was written: {target.name}", status=409,
+                store=target.store, causes=[f"ETag {got} != {target.etag}"])
+
+    @staticmethod
+    def _status_error(target: Target, resp: httpx.Response, body: bytes,
+                      rng: str | None) -> StorageError:
+        st = resp.status_code
+        code = _S3_CODE.search(body)
+        msg = _S3_MESSAGE.search(body)
+        detail = [x.group(1).decode("utf-8", "replace") for x in (code, msg) if x]
+        causes = [f"store answered HTTP {st}" + (f": {' - '.join(detail)}" if detail else "")]
+        where = f"{target.name} (store {target.store})"
+        if st == 416:
+            total = _total_size(resp)
+            extra = f", object has {total} bytes" if total is not None else ""
+            return StorageError(f"range {rng} is past the end of {where}{extra}", status=400,
+                                store=target.store, causes=causes)
+        if st == 404:
+            what = "bucket" if code and b"Bucket" in code.group(1) else "object"
+            return StorageError(f"{what} not found: {where}", status=400, store=target.store,
+                                causes=causes)
+        if st in (401, 403):
+            return StorageError(f"store refused the credentials for {where}", status=401,
+                                store=target.store, causes=causes)
+        if st == 412:
+            return ObjectChangedError(f"object changed since manifest was written: {target.name}",
+                                      status=409, store=target.store, causes=causes)
+        if st == 504:
+            return StorageError(f"store timed out serving {where}", status=504,
+                                store=target.store, causes=causes)
+        return StorageError(f"store failed to serve {where} (HTTP {st})", status=502,
+                            store=target.store, causes=causes)
+
+    async def aclose(self) -> None:
+        clients = list(self._clients.values())
+        self._clients.clear()
+        for c in clients:
+            await c.aclose()
+
+
+async def _read_bounded(resp: httpx.Response, limit: int) -> bytes:
+    """Read at most ``limit`` bytes of the body; stop early instead of buffering a huge object."""
+    length = resp.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) <= limit:
+        return await resp.aread()
+    parts: list[bytes] = []
+    n = 0
+    async for part in resp.aiter_bytes():
+        parts.append(part)
+        n += len(part)
+        if n >= limit:
+            break
+    return b"".join(parts)
+
+
+def _total_size(resp: httpx.Response) -> int | None:
+    m = _CONTENT_RANGE.search(resp.headers.get("content-range", ""))
+    if m and m.group(3) != "*":
+        return int(m.group(3))
+    return None
