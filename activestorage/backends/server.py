@@ -1,0 +1,611 @@
+"""The server backend: ask a Reductionist-compatible reduction server to reduce chunks.
+
+Only the small results cross the network. One ``requests.Session`` per backend (its connection pool
+sized to the thread count) carries Basic auth (for S3 the access key and secret, which the server
+uses to sign its range GETs), TLS verification and a timeout on every call; 429/502/503/504 and
+connection resets are retried a bounded number of times with exponential backoff (the reductions
+are idempotent). Errors come back as :class:`~activestorage.errors.ServerError` with the status,
+the decoded error body and the URL.
+
+Wire: v2 (JSON request, CBOR response) by default, v1 (JSON request, raw bytes + headers) with
+``api_version=1``. Against our own server (``GET /capabilities`` says ``"batch": true``, detected
+once per backend) many chunk reductions travel in one ``POST /v2/batch/{op}``; other servers get one
+request per chunk. Integer sums ask for ``option_wide_sum`` so they come back in int64/uint64.
+
+:func:`reduce_chunk` is the module-level function with the argument conventions PyActiveStorage
+integrations use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+
+from ..errors import ServerError, UnsupportedError
+from ..kernel import Partial, missing_mask, sum_dtype
+from ..request import ChunkRequest, Missing, make_request
+from ..storage import resolve_s3_options, s3_credentials, s3_endpoint, split_s3_url, url_kind
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = (429, 502, 503, 504)
+#: (connect, read) timeout in seconds for every call to the server.
+DEFAULT_TIMEOUT = (5.0, 120.0)
+#: client-side bound on the declared decoded bytes of one batch (the server bounds it too).
+DEFAULT_MAX_BATCH_BYTES = 256 * 1024 * 1024
+#: batches smaller than this are not split further just to use more threads.
+MIN_SPLIT_BATCH = 256
+MAX_RETRY_AFTER = 10.0
+
+
+# ------------------------------------------------------------------------------ session
+
+def make_session(*, username: str | None = None, password: str | None = None,
+                 verify: bool | str = True, pool_size: int = 8) -> Any:
+    """A ``requests.Session`` for a reduction server: pooled connections, Basic auth, TLS verify."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    s = requests.Session()
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, pool_size), max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    if username is not None:
+        s.auth = (username, password or "")
+    s.verify = verify
+    return s
+
+
+def post_with_retries(session: Any, url: str, *, data: bytes, headers: Mapping[str, str],
+                      timeout: Any = DEFAULT_TIMEOUT, retries: int = 3,
+                      backoff: float = 0.1, on_attempt: Callable[[int], None] | None = None) -> Any:
+    """POST, retrying 429/502/503/504 and connection failures up to ``retries`` times with
+    exponential backoff (honouring a short ``Retry-After``); raise ServerError when unreachable.
+    ``on_attempt(bytes_received)`` is called for every HTTP request made (for accounting)."""
+    import requests
+
+    attempt = 0
+    while True:
+        try:
+            resp = session.post(url, data=data, headers=dict(headers), timeout=timeout)
+            if on_attempt is not None:
+                on_attempt(len(resp.content))
+        except requests.Timeout as exc:
+            if on_attempt is not None:
+                on_attempt(0)
+            if isinstance(exc, requests.ConnectTimeout) and attempt < retries:
+                attempt += 1
+                _sleep(backoff, attempt, None)
+                continue
+            raise ServerError(f"reduction server {url} did not answer within {timeout}s",
+                              status=504, url=url, body=None) from exc
+        except requests.ConnectionError as exc:
+            if on_attempt is not None:
+                on_attempt(0)
+            if attempt < retries:
+                attempt += 1
+                _sleep(backoff, attempt, None)
+                continue
+            raise ServerError(f"cannot reach reduction server {url}: {_root_cause(exc)}",
+                              status=None, url=url, body=None) from exc
+        except requests.RequestException as exc:
+            raise ServerError(f"request to reduction server {url} failed: {exc}", url=url) from exc
+        if resp.status_code in RETRY_STATUSES and attempt < retries:
+            attempt += 1
+            log.info("reduction server %s answered %s; retry %d/%d", url, resp.status_code,
+                     attempt, retries)
+            _sleep(backoff, attempt, resp.headers.get("Retry-After"))
+            resp.close()
+            continue
+        return resp
+
+
+def _sleep(backoff: float, attempt: int, retry_after: str | None) -> None:
+    delay = backoff * 2 ** (attempt - 1) * (0.5 + random.random())
+    if retry_after:
+        try:
+            delay = min(max(delay, float(retry_after)), MAX_RETRY_AFTER)
+        except ValueError:
+            pass
+    time.sleep(delay)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def raise_for_error(resp: Any, url: str) -> None:
+    """Raise ServerError for a non-2xx response, with the decoded ``{"error": ...}`` body."""
+    if 200 <= resp.status_code < 300:
+        return
+    body: Any = None
+    message = ""
+    try:
+        body = resp.json()
+        err = body.get("error", body) if isinstance(body, dict) else body
+        if isinstance(err, dict):
+            message = str(err.get("message", "")) or json.dumps(err)[:500]
+            causes = err.get("caused_by") or []
+            if causes:
+                message += " (caused by: " + "; ".join(str(c) for c in causes) + ")"
+        else:
+            message = str(err)[:500]
+    except ValueError:
+        body = resp.text[:2000]
+        message = body[:500]
+    raise ServerError(f"reduction server {url} answered HTTP {resp.status_code}: "
+                      f"{message or resp.reason}", status=resp.status_code, url=url, body=body)
+
+
+# ------------------------------------------------------------------------- wire helpers
+
+def routing_fields(url: str, api_version: int, s3_endpoint_url: str | None,
+                   storage_type: str | None = None) -> dict[str, Any]:
+    """Where the server finds the object: v2 ``interface_type``/``url``, v1
+    ``source``/``bucket``/``object``. ``s3://bucket/key`` becomes ``<endpoint>/bucket/key``;
+    an http(s) URL under the S3 endpoint (or with ``storage_type="s3"``) is treated as S3 path-style.
+    """
+    kind = url_kind(url)
+    if kind == "file":
+        raise UnsupportedError(
+            f"the server backend needs an object URL (s3:// or http(s)://), not the local path "
+            f"{url}: the reduction server cannot read this machine's files; use the posix backend")
+    if kind == "s3":
+        if not s3_endpoint_url:
+            raise UnsupportedError(f"no S3 endpoint known for {url}")
+        bucket, key = split_s3_url(url)
+        source, is_s3 = s3_endpoint_url.rstrip("/"), True
+        full = f"{source}/{bucket}/{quote(key, safe='/~')}"
+    else:
+        full, is_s3 = url, storage_type == "s3" or bool(
+            s3_endpoint_url and url.startswith(s3_endpoint_url.rstrip("/") + "/"))
+        parts = urlsplit(url)
+        source = f"{parts.scheme}://{parts.netloc}"
+        bucket, _, key = parts.path.lstrip("/").partition("/")
+    if api_version == 1:
+        if not (bucket and key):
+            raise UnsupportedError(f"v1 needs an S3 path-style URL (endpoint/bucket/key); got {url}")
+        return {"source": source, "bucket": bucket, "object": key}
+    return {"interface_type": "s3" if is_s3 else kind, "url": full}
+
+
+def request_body(req: ChunkRequest, operation: str, routing: Mapping[str, Any], *,
+                 wide_sum: bool = True) -> dict[str, Any]:
+    """One chunk's request body: routing + the wire model (+ option_wide_sum for integer sums)."""
+    body = dict(routing)
+    body.update(req.to_wire())
+    if operation == "sum" and wide_sum and req.dtype.kind in "iu":
+        body["option_wide_sum"] = True
+    return body
+
+
+def _selected_shape(req: ChunkRequest) -> tuple[int, ...]:
+    if req.selection is None:
+        return tuple(req.shape)
+    return tuple(len(range(a, b, c)) for a, b, c in req.selection)
+
+
+def result_shapes(req: ChunkRequest, operation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(shape the server returns, keepdims shape of the kernel Partial)."""
+    sel = _selected_shape(req)
+    if operation == "select":
+        return sel, sel
+    axes = set(req.reduce_axes)
+    return (tuple(n for i, n in enumerate(sel) if i not in axes),
+            tuple(1 if i in axes else n for i, n in enumerate(sel)))
+
+
+def _expected_dtypes(req: ChunkRequest, operation: str) -> tuple[np.dtype, ...]:
+    if operation == "count":
+        return (np.dtype(np.int64),)
+    if operation == "sum":
+        return (np.dtype(sum_dtype(req.dtype)), req.dtype)
+    return (req.dtype,)
+
+
+def _malformed(url: str, why: str, body: Any = None) -> ServerError:
+    return ServerError(f"malformed response from reduction server {url}: {why}", status=200,
+                       url=url, body=body)
+
+
+def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count: Any,
+               req: ChunkRequest, operation: str, url: str) -> Partial:
+    """Check one decoded response against its request and turn it into a keepdims Partial."""
+    try:
+        dt = np.dtype(str(dtype))
+    except TypeError as exc:
+        raise _malformed(url, f"unknown dtype {dtype!r}") from exc
+    if dt not in _expected_dtypes(req, operation):
+        raise _malformed(url, f"{operation} of {req.dtype.name} came back as {dt.name}")
+    if byte_order not in ("little", "big"):
+        raise _malformed(url, f"byte_order {byte_order!r}")
+    out_shape, keep_shape = result_shapes(req, operation)
+    if shape is not None and tuple(int(n) for n in shape) != out_shape:
+        raise _malformed(url, f"result shape {list(shape)}, expected {list(out_shape)}")
+    if not isinstance(values_bytes, (bytes, bytearray, memoryview)):
+        raise _malformed(url, "result bytes missing")
+    n = math.prod(out_shape)
+    if len(values_bytes) != n * dt.itemsize:
+        raise _malformed(url, f"{len(values_bytes)} result bytes for {n} {dt.name} values")
+    values = np.frombuffer(values_bytes, dt.newbyteorder("<" if byte_order == "little" else ">"))
+    values = values.astype(dt, copy=True).reshape(keep_shape)
+    if operation == "sum" and values.dtype != sum_dtype(req.dtype):
+        values = values.astype(sum_dtype(req.dtype))  # a server without option_wide_sum
+    if operation == "select":
+        bad = missing_mask(values, req.missing)
+        counts = np.ones(keep_shape, np.int64) if bad is None else (~bad).astype(np.int64)
+        total = [] if count is None or count == [] else _as_count_list(count, url)
+        if len(total) == 1 and int(total[0]) != int(counts.sum()):
+            log.warning("server %s counted %s non-missing selected elements, client %s",
+                        url, total[0], int(counts.sum()))
+        elif len(total) == n and n != 1:
+            counts = np.asarray(total, np.int64).reshape(keep_shape)
+        return Partial(values, counts)
+    counts_list = _as_count_list(count, url)
+    if len(counts_list) != n:
+        raise _malformed(url, f"{len(counts_list)} counts for {n} result values")
+    return Partial(values, np.asarray(counts_list, np.int64).reshape(keep_shape))
+
+
+def _as_count_list(count: Any, url: str) -> list[int]:
+    if isinstance(count, (int, np.integer)) and not isinstance(count, bool):
+        return [int(count)]
+    if isinstance(count, (list, tuple)) and all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in count):
+        return [int(c) for c in count]
+    raise _malformed(url, f"count {str(count)[:100]!r}")
+
+
+def decode_v2(payload: Any, req: ChunkRequest, operation: str, url: str) -> Partial:
+    """A v2 CBOR response map -> Partial."""
+    if not isinstance(payload, Mapping):
+        raise _malformed(url, "expected a CBOR map")
+    bo = payload.get("byte_order")
+    shape = payload.get("shape")
+    count = payload.get("count")
+    if payload.get("shape_as_bytes") is not None:
+        shape = np.frombuffer(payload["shape_as_bytes"],
+                              "<u8" if bo == "little" else ">u8").tolist()
+    if payload.get("count_as_bytes") is not None:
+        count = np.frombuffer(payload["count_as_bytes"],
+                              "<i8" if bo == "little" else ">i8").tolist()
+    for key in ("bytes", "dtype"):
+        if key not in payload:
+            raise _malformed(url, f"no {key!r} in response")
+    if shape is None:
+        raise _malformed(url, "no 'shape' in response")
+    return to_partial(payload["bytes"], payload["dtype"], bo, shape, count, req, operation, url)
+
+
+def decode_v1(resp: Any, req: ChunkRequest, operation: str, url: str) -> Partial:
+    """A v1 response (raw bytes + x-activestorage-* headers) -> Partial."""
+    h = resp.headers
+    try:
+        shape = json.loads(h["x-activestorage-shape"])
+        count = json.loads(h["x-activestorage-count"])
+        dtype = h["x-activestorage-dtype"]
+    except (KeyError, ValueError) as exc:
+        raise _malformed(url, f"missing or invalid x-activestorage header: {exc}") from exc
+    bo = h.get("x-activestorage-byte-order", "little" if np.little_endian else "big")
+    if isinstance(count, list) and count and isinstance(count[0], list):
+        count = np.asarray(count).reshape(-1).tolist()
+    return to_partial(resp.content, dtype, bo, shape, count, req, operation, url)
+
+
+def _decode_cbor(resp: Any, url: str) -> Any:
+    import cbor2
+
+    ctype = resp.headers.get("content-type", "")
+    if "cbor" not in ctype:
+        raise _malformed(url, f"content-type {ctype!r}, expected application/cbor",
+                         resp.content[:200])
+    try:
+        return cbor2.loads(resp.content)
+    except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on junk
+        raise _malformed(url, f"undecodable CBOR: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------ backend
+
+class ServerBackend(Backend):
+    """Reduce chunks on a Reductionist-compatible server (ours adds batching).
+
+    ``url``: the server (default ``ACTIVESTORAGE_URL``). ``username``/``password``: Basic auth
+    (default: the S3 access key and secret from ``storage_options``/AWS env vars, which the server
+    uses upstream). ``storage_options``: s3fs-style, for the S3 endpoint of ``s3://`` URLs
+    (``s3_endpoint`` overrides it when the server reaches S3 at another address). ``api_version``:
+    2 (CBOR) or 1. ``batch``: True/False, or None to detect via ``GET /capabilities``.
+    ``max_threads``: pool size and concurrent requests in ``reduce_chunks``. ``timeout``: seconds
+    or (connect, read). ``verify``: TLS verification or a CA bundle path (default
+    ``ACTIVESTORAGE_CA_BUNDLE``, else True). ``wide_sum``: ask for int64 integer sums.
+    """
+
+    name = "server"
+
+    def __init__(self, url: str | None = None, *, username: str | None = None,
+                 password: str | None = None, storage_options: Mapping[str, Any] | None = None,
+                 s3_endpoint_url: str | None = None, api_version: int = 2,
+                 batch: bool | None = None, max_threads: int | None = None,
+                 max_batch: int | None = None, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+                 timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+                 verify: bool | str | None = None, retries: int = 3, backoff: float = 0.1,
+                 wide_sum: bool = True, storage_type: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        env = os.environ if env is None else env
+        url = url or env.get("ACTIVESTORAGE_URL")
+        if not url:
+            raise ServerError("no reduction server URL: pass active_storage_url= or set "
+                              "ACTIVESTORAGE_URL", status=None, url=None)
+        if api_version not in (1, 2):
+            raise UnsupportedError(f"api_version must be 1 or 2, not {api_version!r}")
+        self.url = url.rstrip("/")
+        self.api_version = api_version
+        self.max_threads = int(max_threads or env.get("ACTIVESTORAGE_THREADS") or 8)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.wide_sum = wide_sum
+        self.storage_type = storage_type
+        self.max_batch_bytes = max_batch_bytes
+        self._batch_pref = batch if api_version == 2 else False
+        self._max_batch = max_batch
+        self._caps: dict[str, Any] | None = None
+        self._caps_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        opts = resolve_s3_options(storage_options, env)
+        self.s3_endpoint_url = (s3_endpoint_url or s3_endpoint(opts)).rstrip("/")
+        if username is None:
+            creds = s3_credentials(opts)
+            if creds is not None:
+                username, password = creds
+        if verify is None:
+            verify = env.get("ACTIVESTORAGE_CA_BUNDLE") or True
+        self.session = make_session(username=username, password=password, verify=verify,
+                                    pool_size=self.max_threads)
+
+    def __repr__(self) -> str:  # never show credentials
+        return f"ServerBackend({self.url!r}, api_version={self.api_version})"
+
+    # --------------------------------------------------------------- capabilities
+    def capabilities(self) -> dict[str, Any]:
+        """The server's ``GET /capabilities`` answer, fetched once; ``{}`` for servers without it."""
+        with self._caps_lock:
+            if self._caps is None:
+                self._caps = self._fetch_capabilities()
+            return self._caps
+
+    def _fetch_capabilities(self) -> dict[str, Any]:
+        import requests
+
+        url = f"{self.url}/capabilities"
+        try:
+            resp = self.session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ServerError(f"cannot reach reduction server {url}: {_root_cause(exc)}",
+                              url=url) from exc
+        self._account(bytes_received=len(resp.content), requests=1)
+        if resp.status_code != 200:
+            log.info("%s answered %s: no batching", url, resp.status_code)
+            return {}
+        try:
+            caps = resp.json()
+        except ValueError:
+            return {}
+        return caps if isinstance(caps, dict) else {}
+
+    @property
+    def batching(self) -> bool:
+        """Whether ``reduce_chunks`` sends batches (detected once when ``batch=None``)."""
+        if self._batch_pref is not None:
+            return self._batch_pref
+        return bool(self.capabilities().get("batch"))
+
+    @property
+    def max_batch(self) -> int:
+        if self._max_batch:
+            return self._max_batch
+        n = self.capabilities().get("max_batch") if self._batch_pref is not False else None
+        return int(n) if isinstance(n, int) and n > 0 else 1024
+
+    # ------------------------------------------------------------------ one chunk
+    def _routing(self, req: ChunkRequest) -> dict[str, Any]:
+        if req.url is None:
+            raise UnsupportedError("chunk request has no url")
+        return routing_fields(req.url, self.api_version, self.s3_endpoint_url, self.storage_type)
+
+    def _on_attempt(self, nbytes: int) -> None:
+        self._account(bytes_received=nbytes, requests=1)
+
+    def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
+        body = request_body(request, operation, self._routing(request), wide_sum=self.wide_sum)
+        url = f"{self.url}/v{self.api_version}/{operation}/"
+        resp = post_with_retries(
+            self.session, url, data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"}, timeout=self.timeout,
+            retries=self.retries, backoff=self.backoff, on_attempt=self._on_attempt)
+        try:
+            self._account(bytes_read=request.size or 0)
+            raise_for_error(resp, url)
+            if self.api_version == 1:
+                return decode_v1(resp, request, operation, url)
+            return decode_v2(_decode_cbor(resp, url), request, operation, url)
+        finally:
+            resp.close()
+
+    # -------------------------------------------------------------------- batches
+    def _split(self, requests: Sequence[ChunkRequest]) -> list[range]:
+        n = len(requests)
+        total = sum(r.nbytes for r in requests)
+        parts = max(math.ceil(n / self.max_batch), math.ceil(total / self.max_batch_bytes),
+                    min(self.max_threads, n // MIN_SPLIT_BATCH), 1)
+        size = math.ceil(n / parts)
+        return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def _reduce_batch(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
+        import cbor2
+
+        items = [request_body(r, operation, self._routing(r), wide_sum=self.wide_sum)
+                 for r in requests]
+        url = f"{self.url}/v2/batch/{operation}"
+        resp = post_with_retries(
+            self.session, url, data=cbor2.dumps({"requests": items}),
+            headers={"content-type": "application/cbor", "accept": "application/cbor"},
+            timeout=self.timeout, retries=self.retries, backoff=self.backoff,
+            on_attempt=self._on_attempt)
+        try:
+            self._account(bytes_read=sum(r.size or 0 for r in requests))
+            if resp.status_code in (404, 405):
+                raise _NoBatch()
+            raise_for_error(resp, url)
+            payload = _decode_cbor(resp, url)
+        finally:
+            resp.close()
+        results = payload.get("results") if isinstance(payload, Mapping) else None
+        if not isinstance(results, list) or len(results) != len(requests):
+            raise _malformed(url, f"expected {len(requests)} results")
+        return [decode_v2(res, r, operation, f"{url} (item {i})")
+                for i, (res, r) in enumerate(zip(results, requests))]
+
+    def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
+        """Reduce many chunks: batched against our server, else one request per chunk; the
+        requests (or batches) run concurrently on ``max_threads`` connections."""
+        if not requests:
+            return []
+        if len(requests) > 1 and self.batching:
+            parts = self._split(requests)
+            try:
+                results = self._map(lambda rg: self._reduce_batch([requests[i] for i in rg],
+                                                                  operation), parts)
+                return [p for part in results for p in part]
+            except _NoBatch:
+                log.warning("%s has no batch endpoint; falling back to per-chunk requests",
+                            self.url)
+                self._batch_pref = False
+        return self._map(lambda r: self.reduce_chunk(r, operation), list(requests))
+
+    def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        if len(items) == 1 or self.max_threads <= 1:
+            return [fn(x) for x in items]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_threads, thread_name_prefix="as-server")
+            pool = self._pool
+        futures = [pool.submit(fn, x) for x in items]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self.session.close()
+
+
+class _NoBatch(Exception):
+    """The server answered 404/405 to a batch request."""
+
+
+# -------------------------------------------------------------- PyActiveStorage entry point
+
+def _codec_dict(codec: Any) -> dict[str, Any] | None:
+    """A numcodecs codec (or dict or id string) as a wire compression/filter object."""
+    if codec is None:
+        return None
+    if isinstance(codec, Mapping):
+        return dict(codec)
+    if isinstance(codec, str):
+        return {"id": codec}
+    cid = getattr(codec, "codec_id", None)
+    if cid is None:
+        raise UnsupportedError(f"cannot send codec {codec!r} to a reduction server")
+    if cid == "shuffle":
+        return {"id": "shuffle", "element_size": int(getattr(codec, "elementsize", 0) or 0) or None}
+    return {"id": cid}
+
+
+def _missing_from_tuple(missing: Any) -> Missing | None:
+    """PyActiveStorage's (fill_value, missing_value, valid_min, valid_max) -> Missing."""
+    if missing is None or isinstance(missing, Missing):
+        return missing
+    fill_value, missing_value, valid_min, valid_max = missing
+    values: list[Any] = []
+    for v in (fill_value, missing_value):
+        if v is None:
+            continue
+        values.extend(np.atleast_1d(np.asarray(v)).tolist())
+    m = Missing(values=tuple(values), valid_min=valid_min, valid_max=valid_max)
+    return None if m.is_empty() else m
+
+
+def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, compression: Any,
+                 filters: Any, missing: Any, dtype: Any, shape: Sequence[int], order: str,
+                 chunk_selection: Sequence[Any] | None, axis: Any, operation: str | None,
+                 storage_type: str | None = None, *, api_version: int = 2,
+                 s3_endpoint_url: str | None = None, timeout: Any = DEFAULT_TIMEOUT,
+                 retries: int = 3, wide_sum: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce one chunk on ``server`` through ``session``, PyActiveStorage style.
+
+    ``chunk_selection``: a slice (or int) per axis; ``missing``: (fill_value, missing_value,
+    valid_min, valid_max); ``compression``/``filters``: numcodecs codecs (or dicts) or None;
+    ``operation``: count/min/max/sum/select (``mean`` sends ``sum``; None means ``select``);
+    ``storage_type="s3"`` treats an http(s) ``url`` as an S3 path-style object URL.
+    Returns ``(values, counts)`` as NumPy arrays in the server's result shape (counts per element
+    for ``select``).
+    """
+    op = {"mean": "sum", None: "select"}.get(operation, operation)  # type: ignore[arg-type]
+    dt = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    selection = None
+    if chunk_selection is not None:
+        selection = []
+        for s, n in zip(chunk_selection, shape):
+            if not isinstance(s, slice):
+                s = slice(int(s), int(s) + 1 if int(s) != -1 else None, 1)
+            selection.append(s.indices(n))
+        selection = tuple(selection)
+    filt = [f for f in (_codec_dict(x) for x in (filters or [])) if f is not None]
+    for f in filt:
+        if f.get("id") == "shuffle" and not f.get("element_size"):
+            f["element_size"] = dt.itemsize
+    req = make_request(dt, shape, offset=int(offset), size=None if size is None else int(size),
+                       url=url, order=order or "C", selection=selection, axis=axis,
+                       compression=_codec_dict(compression), filters=tuple(filt),
+                       missing=_missing_from_tuple(missing))
+    kind = url_kind(url)
+    if kind == "s3" and s3_endpoint_url is None:
+        raise UnsupportedError(f"pass s3_endpoint_url= to reduce {url}")
+    routing = routing_fields(url, api_version, s3_endpoint_url, storage_type)
+    body = request_body(req, op, routing, wide_sum=wide_sum)
+    endpoint = f"{server.rstrip('/')}/v{api_version}/{op}/"
+    resp = post_with_retries(session, endpoint, data=json.dumps(body).encode(),
+                             headers={"content-type": "application/json"}, timeout=timeout,
+                             retries=retries)
+    try:
+        raise_for_error(resp, endpoint)
+        if api_version == 1:
+            part = decode_v1(resp, req, op, endpoint)
+        else:
+            part = decode_v2(_decode_cbor(resp, endpoint), req, op, endpoint)
+    finally:
+        resp.close()
+    out_shape, _ = result_shapes(req, op)
+    return part.values.reshape(out_shape), part.counts.reshape(out_shape)

@@ -1,0 +1,303 @@
+"""Open a dataset URL (local path, ``s3://``, ``http(s)://``) as a seekable file for metadata reads.
+
+HDF5 metadata is many small reads scattered over the file; over a network each one would be a round
+trip. :func:`open_url` puts an LRU block cache in front of the store (fsspec's ``blockcache``) so
+h5py/h5netcdf read the superblock, object headers and chunk B-trees in a few large range GETs, and
+counts what that costs (:class:`StorageStats`: bytes, requests, seconds).
+
+S3 settings follow s3fs (``key``, ``secret``, ``token``, ``anon``, ``endpoint_url``,
+``client_kwargs={"endpoint_url": ..., "region_name": ...}``) with the AWS environment variables
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_REGION``/``AWS_DEFAULT_REGION``) as defaults, resolved explicitly by
+:func:`resolve_s3_options` so the fetch and server backends agree on endpoint and credentials.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from .errors import StorageError
+
+log = logging.getLogger(__name__)
+
+#: block size of the metadata cache: HDF5 metadata of a netCDF-4 file usually sits in the first
+#: few hundred KiB, and chunk B-tree nodes are a few KiB each; 512 KiB blocks fetch them in few GETs
+#: without dragging in much chunk data.
+DEFAULT_BLOCK_SIZE = 512 * 1024
+#: blocks kept in the LRU cache (bounds memory at DEFAULT_BLOCK_SIZE * DEFAULT_MAX_BLOCKS).
+DEFAULT_MAX_BLOCKS = 64
+
+DEFAULT_AWS_ENDPOINT = "https://s3.amazonaws.com"
+
+
+def url_kind(url: str) -> str:
+    """``"s3"``, ``"http"``, ``"https"`` or ``"file"`` for a local path / ``file://`` URL."""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in ("s3", "s3a"):
+        return "s3"
+    if scheme in ("http", "https"):
+        return scheme
+    if scheme in ("", "file"):
+        return "file"
+    raise StorageError(f"unsupported URL scheme {scheme!r} in {url}", status=400, store=url)
+
+
+def local_path(url: str) -> str:
+    """The filesystem path of a local path or ``file://`` URL."""
+    return urlsplit(url).path if url.startswith("file://") else url
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``."""
+    parts = urlsplit(url)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket or not key:
+        raise StorageError(f"{url} is not an s3://bucket/key URL", status=400, store=url)
+    return bucket, key
+
+
+# ------------------------------------------------------------------------------ S3 options
+
+def resolve_s3_options(storage_options: Mapping[str, Any] | None = None,
+                       env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """s3fs keyword arguments with the AWS environment variables filled in where not given.
+
+    Explicit ``storage_options`` win over the environment (``env``, default ``os.environ``, read at
+    call time). The result always has ``endpoint_url`` (None: AWS), ``key``/``secret``/``token``
+    (None: let botocore's credential chain decide, or anonymous when ``anon`` is true), ``anon`` and
+    ``client_kwargs`` (with ``region_name`` when known); other s3fs options pass through.
+    """
+    env = os.environ if env is None else env
+    opts = dict(storage_options or {})
+    client_kwargs = dict(opts.pop("client_kwargs", None) or {})
+    endpoint = (opts.pop("endpoint_url", None) or client_kwargs.pop("endpoint_url", None)
+                or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None)
+    region = (client_kwargs.get("region_name") or opts.pop("region_name", None)
+              or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None)
+    if region:
+        client_kwargs["region_name"] = region
+    anon = bool(opts.pop("anon", False))
+    key = opts.pop("key", None) or opts.pop("username", None) or opts.pop("aws_access_key_id", None)
+    secret = (opts.pop("secret", None) or opts.pop("password", None)
+              or opts.pop("aws_secret_access_key", None))
+    token = opts.pop("token", None) or opts.pop("aws_session_token", None)
+    if anon:
+        key = secret = token = None
+    elif key is None and secret is None:
+        key = env.get("AWS_ACCESS_KEY_ID") or None
+        secret = env.get("AWS_SECRET_ACCESS_KEY") or None
+        token = token or env.get("AWS_SESSION_TOKEN") or None
+    opts.update(endpoint_url=endpoint.rstrip("/") if endpoint else None, key=key, secret=secret,
+                token=token, anon=anon, client_kwargs=client_kwargs)
+    return opts
+
+
+def s3_credentials(options: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(access key, secret) for resolved options; botocore's chain (profiles, config files) when
+    none were given; None for anonymous access."""
+    if options.get("anon"):
+        return None
+    if options.get("key") and options.get("secret"):
+        return str(options["key"]), str(options["secret"])
+    try:
+        import botocore.session
+
+        creds = botocore.session.Session(profile=options.get("profile")).get_credentials()
+    except Exception as exc:  # noqa: BLE001 - a broken profile must not crash, just be anonymous
+        log.debug("no AWS credentials from botocore: %s", exc)
+        return None
+    if creds is None or not creds.access_key:
+        return None
+    return creds.access_key, creds.secret_key
+
+
+def s3_endpoint(options: Mapping[str, Any]) -> str:
+    """The S3 endpoint URL for resolved options (AWS's regional endpoint when none is set)."""
+    if options.get("endpoint_url"):
+        return str(options["endpoint_url"]).rstrip("/")
+    region = (options.get("client_kwargs") or {}).get("region_name")
+    return f"https://s3.{region}.amazonaws.com" if region else DEFAULT_AWS_ENDPOINT
+
+
+def s3_filesystem(options: Mapping[str, Any]) -> Any:
+    """An ``s3fs.S3FileSystem`` for resolved options."""
+    import s3fs
+
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    if not kwargs.get("anon"):
+        kwargs.pop("anon", None)
+    return s3fs.S3FileSystem(**kwargs)
+
+
+# ------------------------------------------------------------------------ counting file
+
+@dataclass
+class StorageStats:
+    """What reading through a :class:`CountingFile` cost: bytes and requests to the store, and
+    the seconds spent waiting for them."""
+
+    bytes_read: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+
+
+class CountingFile(io.RawIOBase):
+    """A read-only seekable file over a store, counting store reads in :attr:`stats`.
+
+    Remote files count each range GET the block cache makes (plus the one HEAD request that finds
+    the object's size and ETag); local files count each ``read`` call. :attr:`etag` and
+    :attr:`version_id` are the object's, when the store reports them, so locators can be pinned.
+    """
+
+    def __init__(self, url: str, inner: Any, *, size: int, etag: str | None = None,
+                 version_id: str | None = None, stats: StorageStats | None = None,
+                 count_reads: bool = False) -> None:
+        super().__init__()
+        self.url = url
+        self.name = url
+        self._inner = inner
+        self.size = size
+        self.etag = etag
+        self.version_id = version_id
+        self.stats = stats or StorageStats()
+        self._count_reads = count_reads
+        self._lock = threading.Lock()
+
+    def _account(self, nbytes: int, seconds: float) -> None:
+        with self._lock:
+            self.stats.bytes_read += nbytes
+            self.stats.requests += 1
+            self.stats.seconds += seconds
+
+    def wrap_fetcher(self, fetcher: Callable[[int, int], bytes]) -> Callable[[int, int], bytes]:
+        """A fetcher that counts and translates store errors; install it in an fsspec cache."""
+        def fetch(start: int, end: int) -> bytes:
+            t0 = time.perf_counter()
+            try:
+                data = fetcher(start, end)
+            except Exception as exc:  # noqa: BLE001 - any store failure becomes a StorageError
+                raise _storage_error(exc, self.url) from exc
+            self._account(len(data), time.perf_counter() - t0)
+            return data
+        return fetch
+
+    # io interface
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._inner.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def readinto(self, b: Any) -> int:
+        t0 = time.perf_counter()
+        mv = memoryview(b).cast("B")
+        data = self._inner.read(len(mv))
+        n = len(data)
+        mv[:n] = data
+        if self._count_reads:
+            self._account(n, time.perf_counter() - t0)
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        t0 = time.perf_counter()
+        data = self._inner.read(n)
+        if self._count_reads:
+            self._account(len(data), time.perf_counter() - t0)
+        return data
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._inner.close()
+            finally:
+                super().close()
+
+
+def open_url(url: str, storage_options: Mapping[str, Any] | None = None, *,
+             block_size: int = DEFAULT_BLOCK_SIZE, max_blocks: int = DEFAULT_MAX_BLOCKS,
+             timeout: float = 30.0, env: Mapping[str, str] | None = None) -> CountingFile:
+    """Open ``url`` for reading with a block cache sized for HDF5 metadata; see the module doc.
+
+    Raises :class:`~activestorage.errors.StorageError` (naming the URL) when the object cannot be
+    opened: missing bucket/object (status 404), refused credentials (401), unreachable store (502).
+    """
+    kind = url_kind(url)
+    if kind == "file":
+        path = local_path(url)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed by CountingFile.close
+        except OSError as exc:
+            raise StorageError(f"cannot open {path}: {exc.strerror or exc}", status=404,
+                               store=path) from exc
+        return CountingFile(path, f, size=os.fstat(f.fileno()).st_size, count_reads=True)
+
+    stats = StorageStats()
+    t0 = time.perf_counter()
+    try:
+        if kind == "s3":
+            options = resolve_s3_options(storage_options, env)
+            fs = s3_filesystem(options)
+            path = url.split("://", 1)[1]
+        else:
+            import fsspec
+
+            http_kwargs = dict(storage_options or {})
+            client_kwargs = dict(http_kwargs.pop("client_kwargs", None) or {})
+            client_kwargs.setdefault("timeout", _aiohttp_timeout(timeout))
+            fs = fsspec.filesystem("http", client_kwargs=client_kwargs, skip_instance_cache=True,
+                                   **http_kwargs)
+            path = url
+        f = fs.open(path, "rb", block_size=block_size, cache_type="blockcache",
+                    cache_options={"maxblocks": max_blocks})
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_error(exc, url) from exc
+    stats.requests += 1  # the HEAD that found size and ETag
+    stats.seconds += time.perf_counter() - t0
+    details = getattr(f, "details", None) or {}
+    etag = details.get("ETag") or details.get("etag")
+    version_id = details.get("VersionId") or details.get("version_id")
+    cf = CountingFile(url, f, size=int(f.size), etag=etag.strip('"') if etag else None,
+                      version_id=version_id, stats=stats)
+    f.cache.fetcher = cf.wrap_fetcher(f.cache.fetcher)
+    return cf
+
+
+def _aiohttp_timeout(seconds: float) -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
+
+
+def _storage_error(exc: BaseException, url: str) -> StorageError:
+    """Translate a store/transport exception into a StorageError naming ``url``."""
+    if isinstance(exc, StorageError):
+        return exc
+    status = 502
+    text = str(exc) or type(exc).__name__
+    code = ""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    if isinstance(exc, FileNotFoundError) or code in ("NoSuchKey", "NoSuchBucket", "404"):
+        status = 404
+    elif isinstance(exc, PermissionError) or code in (
+            "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+        status = 401
+    elif isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
+        status = 504
+    what = {404: "not found", 401: "access denied", 504: "timed out"}.get(status, "failed")
+    return StorageError(f"reading {url} {what}: {text}", status=status, store=url,
+                        causes=[f"{type(exc).__name__}: {text}"])

@@ -1,0 +1,427 @@
+"""Unit tests of the server backend's client side against an in-process fake Reductionist.
+
+The fake (http.server on loopback in a thread) answers v1, v2, batch and /capabilities with the
+real kernel over objects held in memory, and can be scripted to fail (429/503, error bodies,
+malformed responses, resets) so retries, backoff and error decoding are tested without processes.
+The real server is exercised in tests/integration/test_remote_backends.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+import cbor2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from activestorage.backends.server import ServerBackend, make_session, reduce_chunk, routing_fields
+from activestorage.errors import ServerError, UnsupportedError
+from activestorage.kernel import reduce_chunk as kernel_reduce
+from activestorage.request import ChunkRequest, Missing, make_request
+
+ENDPOINT = "http://s3.test:9000"
+
+
+class FakeReductionist:
+    """A tiny Reductionist-compatible server over in-memory objects (keyed by 'bucket/key')."""
+
+    def __init__(self, *, batch: bool = True, max_batch: int = 1000) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.batch = batch
+        self.max_batch = max_batch
+        self.script: list[tuple[int, bytes, dict[str, str]] | str] = []
+        self.log: list[tuple[str, str, dict[str, str]]] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _scripted(self) -> bool:
+                with fake.lock:
+                    item = fake.script.pop(0) if fake.script else None
+                if item is None:
+                    return False
+                if item == "reset":
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return True
+                self._send(*item)
+                return True
+
+            def do_GET(self) -> None:
+                fake.log.append(("GET", self.path, dict(self.headers)))
+                if self.path == "/capabilities" and fake.batch:
+                    self._send(200, json.dumps({"name": "fake", "batch": True, "api": ["v1", "v2"],
+                                                "max_batch": fake.max_batch}).encode(),
+                               {"content-type": "application/json"})
+                else:
+                    self._send(404, b'{"error": {"message": "not found"}}',
+                               {"content-type": "application/json"})
+
+            def do_POST(self) -> None:
+                n = int(self.headers.get("content-length", 0))
+                raw = self.rfile.read(n)
+                fake.log.append(("POST", self.path, dict(self.headers)))
+                if self._scripted():
+                    return
+                parts = self.path.strip("/").split("/")
+                try:
+                    if parts[:2] == ["v2", "batch"] and fake.batch:
+                        body = cbor2.loads(raw)
+                        res = [fake.reduce(item, parts[2], 2) for item in body["requests"]]
+                        self._send(200, cbor2.dumps({"results": res}),
+                                   {"content-type": "application/cbor"})
+                    elif parts[0] == "v2" and len(parts) == 2:
+                        self._send(200, cbor2.dumps(fake.reduce(json.loads(raw), parts[1], 2)),
+                                   {"content-type": "application/cbor"})
+                    elif parts[0] == "v1" and len(parts) == 2:
+                        r = fake.reduce(json.loads(raw), parts[1], 1)
+                        self._send(200, r["bytes"], {
+                            "content-type": "application/octet-stream",
+                            "x-activestorage-dtype": r["dtype"],
+                            "x-activestorage-shape": json.dumps(r["shape"]),
+                            "x-activestorage-count": json.dumps(r["count"]),
+                            "x-activestorage-byte-order": r["byte_order"]})
+                    else:
+                        self._send(404, b'{"error": {"message": "no such path"}}',
+                                   {"content-type": "application/json"})
+                except KeyError as exc:
+                    self._send(400, json.dumps({"error": {"message": f"no object {exc}"}}).encode(),
+                               {"content-type": "application/json"})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reduce(self, body: dict, op: str, version: int) -> dict:
+        if version == 1:
+            key = f"{body['bucket']}/{body['object']}"
+        else:
+            key = unquote(urlsplit(body["url"]).path.lstrip("/"))
+        raw = self.objects[key]
+        req = ChunkRequest.from_wire(body)
+        data = raw[req.offset: req.offset + (req.size or len(raw))]
+        part = kernel_reduce(data, req, op)
+        values = part.values
+        if op != "select":
+            values = values.reshape([n for i, n in enumerate(values.shape)
+                                     if i not in req.reduce_axes])
+        if op == "sum" and not body.get("option_wide_sum"):
+            values = values.astype(req.dtype)
+        count = part.counts.reshape(-1).tolist() if op != "select" else int(part.counts.sum())
+        return {"bytes": np.ascontiguousarray(values).tobytes(), "dtype": values.dtype.name,
+                "shape": list(values.shape), "count": count,
+                "byte_order": "little" if np.little_endian else "big"}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = FakeReductionist()
+    yield f
+    f.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset(fake):
+    fake.script.clear()
+    fake.log.clear()
+    fake.batch = True
+    yield
+
+
+def backend(fake, **kw) -> ServerBackend:
+    kw.setdefault("storage_options", {"endpoint_url": ENDPOINT, "key": "AK", "secret": "SK"})
+    kw.setdefault("backoff", 0.01)
+    return ServerBackend(fake.url, env={}, **kw)
+
+
+# ---------------------------------------------------------------------------- round trips
+
+DTYPES = ["int8", "uint8", "int16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
+
+
+@st.composite
+def chunk_cases(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+    if dtype.kind == "f":
+        elems = st.floats(-1e6, 1e6, width=dtype.itemsize * 8)
+    else:
+        info = np.iinfo(dtype)
+        elems = st.integers(int(info.min), int(info.max))
+    n = int(np.prod(shape))
+    data = np.array(draw(st.lists(elems, min_size=n, max_size=n)), dtype=dtype).reshape(shape)
+    order = draw(st.sampled_from("CF"))
+    selection = None
+    if draw(st.booleans()):
+        selection = []
+        for size in shape:
+            a = draw(st.integers(0, size - 1))
+            b = draw(st.integers(a + 1, size))
+            c = draw(st.integers(1, 2))
+            selection.append((a, b, c))
+        selection = tuple(selection)
+    axis = draw(st.one_of(st.none(), st.lists(st.integers(0, len(shape) - 1), min_size=1,
+                                              unique=True)))
+    missing = None
+    if draw(st.booleans()):
+        flat = data.reshape(-1)
+        missing = Missing(values=(flat[draw(st.integers(0, n - 1))],))
+    op = draw(st.sampled_from(["count", "min", "max", "sum", "select"]))
+    byte_order = draw(st.sampled_from(["little", "big"]))
+    return data, dtype, order, selection, axis, missing, op, byte_order
+
+
+def _stored(data: np.ndarray, order: str, byte_order: str) -> bytes:
+    dt = data.dtype.newbyteorder("<" if byte_order == "little" else ">")
+    return data.astype(dt).tobytes(order=order)
+
+
+def _assert_partials_equal(got, want, op):
+    assert got.values.shape == want.values.shape
+    assert got.values.dtype == want.values.dtype
+    np.testing.assert_array_equal(got.counts, want.counts)
+    ok = want.counts > 0 if op in ("min", "max") else np.ones(want.values.shape, bool)
+    if op == "select":
+        ok = np.ones(want.values.shape, bool)
+    np.testing.assert_array_equal(got.values[ok], want.values[ok])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=chunk_cases(), api=st.sampled_from([1, 2]))
+def test_round_trip_matches_kernel(fake, case, api):
+    data, dtype, order, selection, axis, missing, op, byte_order = case
+    raw = _stored(data, order, byte_order)
+    fake.objects["bkt/obj"] = b"\0" * 7 + raw
+    req = make_request(dtype, data.shape, offset=7, size=len(raw), url="s3://bkt/obj",
+                       order=order, selection=selection, axis=axis, missing=missing,
+                       byte_order=byte_order)
+    with backend(fake, api_version=api) as b:
+        got = b.reduce_chunk(req, op)
+    _assert_partials_equal(got, kernel_reduce(raw, req, op), op)
+
+
+def test_batch_used_once_detected_and_matches_kernel(fake):
+    rng = np.random.default_rng(0)
+    data = rng.integers(-2**31, 2**31 - 1, size=(40, 10), dtype=np.int32)
+    raw = data.tobytes()
+    fake.objects["bkt/big"] = raw
+    reqs = [make_request("int32", (1, 10), offset=i * 40, size=40, url="s3://bkt/big")
+            for i in range(40)]
+    with backend(fake, max_threads=2) as b:
+        for op in ("sum", "min", "count"):
+            parts = b.reduce_chunks(reqs, op)
+            for r, p in zip(reqs, parts):
+                _assert_partials_equal(p, kernel_reduce(raw[r.offset:r.offset + 40], r, op), op)
+        total = sum(int(p.values.sum()) for p in b.reduce_chunks(reqs, "sum"))
+    assert total == int(data.astype(np.int64).sum())  # wide sums: no int32 overflow
+    paths = [p for _, p, _ in fake.log]
+    assert paths.count("/capabilities") == 1
+    assert all(p.startswith("/v2/batch/") for p in paths if p != "/capabilities")
+    assert len([p for p in paths if p.startswith("/v2/batch/")]) == 4
+
+
+def test_falls_back_to_per_chunk_without_batch_support(fake):
+    fake.batch = False
+    fake.objects["bkt/o"] = np.arange(20, dtype="<f8").tobytes()
+    reqs = [make_request("<f8", (10,), offset=i * 80, size=80, url="s3://bkt/o") for i in (0, 1)]
+    with backend(fake) as b:
+        parts = b.reduce_chunks(reqs, "max")
+        b.reduce_chunks(reqs, "max")
+        assert not b.batching
+    assert [float(p.values[0]) for p in parts] == [9.0, 19.0]
+    paths = [p for _, p, _ in fake.log]
+    assert paths.count("/capabilities") == 1
+    assert paths.count("/v2/max/") == 4
+
+
+def test_batch_endpoint_404_falls_back(fake):
+    fake.objects["bkt/o"] = np.arange(20, dtype="<f8").tobytes()
+    reqs = [make_request("<f8", (10,), offset=i * 80, size=80, url="s3://bkt/o") for i in (0, 1)]
+    fake.script.append((404, b"{}", {"content-type": "application/json"}))
+    with backend(fake, batch=True) as b:
+        parts = b.reduce_chunks(reqs, "min")
+    assert [float(p.values[0]) for p in parts] == [0.0, 10.0]
+
+
+def test_wire_fields_and_basic_auth(fake):
+    fake.objects["bkt/a/b c.nc"] = np.arange(4, dtype="<i2").tobytes()
+    req = make_request("<i2", (4,), offset=0, size=8, url="s3://bkt/a/b c.nc")
+    with backend(fake) as b:
+        p = b.reduce_chunk(req, "sum")
+    assert p.values.dtype == np.int64 and int(p.values[0]) == 6
+    _, path, headers = fake.log[-1]
+    assert path == "/v2/sum/"
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"AK:SK").decode()
+    body = routing_fields("s3://bkt/a/b c.nc", 2, ENDPOINT)
+    assert body == {"interface_type": "s3", "url": ENDPOINT + "/bkt/a/b%20c.nc"}
+    assert routing_fields("s3://bkt/k", 1, ENDPOINT) == {
+        "source": ENDPOINT, "bucket": "bkt", "object": "k"}
+    assert routing_fields("https://h/x/y.nc", 2, ENDPOINT) == {
+        "interface_type": "https", "url": "https://h/x/y.nc"}
+    assert routing_fields(ENDPOINT + "/bkt/k", 2, ENDPOINT)["interface_type"] == "s3"
+    with pytest.raises(UnsupportedError, match="local path"):
+        routing_fields("/data/file.nc", 2, ENDPOINT)
+
+
+def test_repr_hides_credentials(fake):
+    with backend(fake) as b:
+        assert "SK" not in repr(b)
+
+
+# ------------------------------------------------------------------- retries and errors
+
+def _req(fake):
+    fake.objects["bkt/o"] = np.arange(10, dtype="<f4").tobytes()
+    return make_request("<f4", (10,), offset=0, size=40, url="s3://bkt/o")
+
+
+def test_retries_transient_statuses_then_succeeds(fake):
+    req = _req(fake)
+    fake.script += [(503, b"busy", {}), (429, b"", {"Retry-After": "0"}),
+                    (502, b"", {}), "reset"]
+    with backend(fake, retries=4) as b:
+        assert float(b.reduce_chunk(req, "max").values[0]) == 9.0
+        assert b.stats.requests == 5  # every attempt is accounted
+
+
+def test_retries_are_bounded(fake):
+    req = _req(fake)
+    fake.script += [(503, b'{"error": {"message": "overloaded"}}',
+                     {"content-type": "application/json"})] * 10
+    with backend(fake, retries=2) as b, pytest.raises(ServerError) as ei:
+        b.reduce_chunk(req, "max")
+    assert ei.value.status == 503 and "overloaded" in str(ei.value)
+    assert len([1 for _, p, _ in fake.log if p == "/v2/max/"]) == 3
+
+
+def test_error_body_decoded(fake):
+    req = _req(fake)
+    body = {"error": {"message": "selection[0]: stride must not be zero",
+                      "caused_by": ["bad stride"]}}
+    fake.script.append((400, json.dumps(body).encode(), {"content-type": "application/json"}))
+    with backend(fake) as b, pytest.raises(ServerError) as ei:
+        b.reduce_chunk(req, "max")
+    e = ei.value
+    assert e.status == 400 and e.body == body and e.url.endswith("/v2/max/")
+    assert "stride must not be zero" in str(e) and "bad stride" in str(e)
+
+
+@pytest.mark.parametrize("resp", [
+    (200, b"not cbor", {"content-type": "application/cbor"}),
+    (200, b"{}", {"content-type": "application/json"}),
+    (200, cbor2.dumps({"bytes": b"\0" * 3, "dtype": "float32", "shape": [],
+                       "count": [1], "byte_order": "little"}), {"content-type": "application/cbor"}),
+    (200, cbor2.dumps({"bytes": b"\0" * 8, "dtype": "float64", "shape": [],
+                       "count": [1], "byte_order": "little"}), {"content-type": "application/cbor"}),
+    (200, cbor2.dumps({"bytes": b"\0" * 4, "dtype": "float32", "shape": [2],
+                       "count": [1], "byte_order": "little"}), {"content-type": "application/cbor"}),
+    (200, cbor2.dumps({"bytes": b"\0" * 4, "dtype": "float32", "shape": [],
+                       "count": "x", "byte_order": "little"}), {"content-type": "application/cbor"}),
+    (200, cbor2.dumps([1, 2]), {"content-type": "application/cbor"}),
+])
+def test_malformed_response_is_typed(fake, resp):
+    req = _req(fake)
+    fake.script.append(resp)
+    with backend(fake) as b, pytest.raises(ServerError, match="malformed|answered"):
+        b.reduce_chunk(req, "max")
+
+
+def test_server_down_fails_fast():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b = ServerBackend(f"http://127.0.0.1:{port}", env={}, backoff=0.01, retries=2,
+                      storage_options={"endpoint_url": ENDPOINT, "anon": True})
+    t0 = time.monotonic()
+    with pytest.raises(ServerError, match="cannot reach"):
+        b.reduce_chunk(make_request("<f4", (1,), size=4, url="s3://b/k"), "max")
+    assert time.monotonic() - t0 < 5
+
+
+def test_read_timeout_is_typed():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)  # accepts connections, never answers
+    try:
+        b = ServerBackend(f"http://127.0.0.1:{srv.getsockname()[1]}", env={}, batch=False,
+                          timeout=(1, 0.5), storage_options={"endpoint_url": ENDPOINT})
+        with pytest.raises(ServerError, match="did not answer") as ei:
+            b.reduce_chunk(make_request("<f4", (1,), size=4, url="s3://b/k"), "max")
+        assert ei.value.status == 504
+    finally:
+        srv.close()
+
+
+def test_no_url_is_an_error():
+    with pytest.raises(ServerError, match="ACTIVESTORAGE_URL"):
+        ServerBackend(env={})
+    assert ServerBackend(env={"ACTIVESTORAGE_URL": "http://x:1/"}).url == "http://x:1"
+
+
+def test_credentials_from_env(fake):
+    env = {"AWS_ACCESS_KEY_ID": "EK", "AWS_SECRET_ACCESS_KEY": "ES",
+           "AWS_ENDPOINT_URL": "http://e:1"}
+    b = ServerBackend(fake.url, env=env)
+    assert b.session.auth == ("EK", "ES") and b.s3_endpoint_url == "http://e:1"
+    b2 = ServerBackend(fake.url, env=env, username="u", password="p")
+    assert b2.session.auth == ("u", "p")
+
+
+# ------------------------------------------------------------ PyActiveStorage entry point
+
+def test_module_reduce_chunk_pyactivestorage_conventions(fake):
+    import numcodecs
+
+    data = np.arange(24, dtype=">i4").reshape(4, 6)
+    data[0, 0] = -999
+    comp = numcodecs.Zlib(level=1)
+    shuffled = numcodecs.Shuffle(elementsize=4).encode(data.tobytes())
+    raw = comp.encode(shuffled)
+    fake.objects["bkt/f.nc"] = raw
+    session = make_session(username="AK", password="SK")
+    sel = (slice(0, 4, 1), slice(1, None, 2))
+    vals, counts = reduce_chunk(session, fake.url, f"{ENDPOINT}/bkt/f.nc", 0, len(raw), comp,
+                                [numcodecs.Shuffle(elementsize=4)], (None, [-999], None, None),
+                                data.dtype, data.shape, "C", sel, (0,), "mean", storage_type="s3")
+    want = data[:, 1::2].astype(np.int64).sum(axis=0)
+    np.testing.assert_array_equal(vals, want)
+    np.testing.assert_array_equal(counts, [4, 4, 4])
+    # missing as fill value + all axes + select
+    vals, counts = reduce_chunk(session, fake.url, f"{ENDPOINT}/bkt/f.nc", 0, len(raw), comp,
+                                [numcodecs.Shuffle(elementsize=4)], (-999, None, None, None),
+                                data.dtype, data.shape, "C", (slice(0, 2), slice(0, 2)), None,
+                                None, storage_type="s3")
+    np.testing.assert_array_equal(vals, data[:2, :2])
+    np.testing.assert_array_equal(counts, [[0, 1], [1, 1]])
+    vals, counts = reduce_chunk(session, fake.url, f"s3://bkt/f.nc", 0, len(raw), comp,
+                                [numcodecs.Shuffle(elementsize=4)], (-999, None, None, 20),
+                                data.dtype, data.shape, "C", None, None, "count",
+                                api_version=1, s3_endpoint_url=ENDPOINT)
+    assert vals.shape == () and int(vals) == 20 and int(counts) == 20
