@@ -64,7 +64,8 @@ def make_sample(path: Path, size_mb: float = 256.0, seed: int = 0) -> Path:
         t.units = "days since 2000-01-01"
         t[:] = np.arange(ntime, dtype=np.float64)
         v = ds.createVariable(VARIABLE, "f4", ("time", "lat", "lon"), zlib=True, complevel=1,
-                              shuffle=True, chunksizes=CHUNK, fill_value=FILL)
+                              shuffle=True, chunksizes=(min(CHUNK[0], ntime),) + CHUNK[1:],
+                              fill_value=FILL)
         v.standard_name = "sea_surface_temperature"
         v.units = "K"
         v.missing_value = np.float32(-999.0)
@@ -151,7 +152,8 @@ def start_reduction_server(logdir: Path) -> Child:
     """Our server, allowed to fetch from loopback only."""
     port = free_port()
     argv = [sys.executable, "-m", "activestorage", "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--allowed-hosts", "127.0.0.1,localhost"]
+            "--port", str(port), "--allow-upstream", "127.0.0.1,localhost",
+            "--no-access-log"]
     return start_child("reduction-server", argv, f"http://127.0.0.1:{port}", "/healthz", logdir)
 
 
@@ -457,9 +459,10 @@ def print_savings(table: list[Backend], stored: int) -> None:
 
 def wait_for_user(moto: Child, server: Child | None, s3_url: str, storage_options: Any) -> None:
     print("\nServers are running; press Ctrl-C to stop them and delete the sample data.")
-    print(f"  S3 (moto):        {moto.url}  (access key {S3_KEY_ID!r}, secret {S3_SECRET!r})")
+    print(f"  S3 (moto):        {moto.url}  (access key {S3_KEY_ID!r}, secret {S3_SECRET!r}; "
+          f"pid {moto.proc.pid})")
     if server is not None:
-        print(f"  reduction server: {server.url}")
+        print(f"  reduction server: {server.url}  (pid {server.proc.pid})")
     print("\nIn a notebook:\n")
     print("    from activestorage import Active")
     print(f"    opts = {storage_options!r}")

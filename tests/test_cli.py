@@ -1,0 +1,337 @@
+"""The ``activestorage`` command line, run as real processes, checked against netCDF4 + NumPy."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from activestorage.cli import UsageError, main, parse_axis, parse_selection
+from activestorage.demo import make_sample
+
+DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "netcdf"
+
+
+def run(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "activestorage", *args], capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    return make_sample(tmp_path_factory.mktemp("cli") / "tos.nc", size_mb=4)
+
+
+def oracle(path: Path, var: str, sel: tuple) -> np.ma.MaskedArray:
+    with netCDF4.Dataset(path) as ds:
+        return np.ma.asarray(ds[var][sel])
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without argparse's usage block."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    return [ln for ln in lines if not ln.startswith(("usage:", " "))]
+
+
+# ----------------------------------------------------------------------------- parsing (in-process)
+
+@given(st.lists(st.one_of(
+    st.integers(-5, 4),
+    st.tuples(st.one_of(st.none(), st.integers(-7, 7)), st.one_of(st.none(), st.integers(-7, 7)),
+              st.one_of(st.none(), st.integers(-3, 3).filter(bool)))), min_size=1, max_size=3))
+def test_parse_selection_matches_numpy_indexing(parts):
+    key = tuple(slice(*p) if isinstance(p, tuple) else p for p in parts)
+    text = ",".join(p if isinstance(p, str) else str(p) if isinstance(p, int) else
+                    ":".join("" if x is None else str(x) for x in p) for p in parts)
+    x = np.arange(5 * 6 * 7).reshape(5, 6, 7)
+    try:
+        want = x[key]
+    except IndexError:
+        with pytest.raises(IndexError):
+            x[parse_selection(text)]
+        return
+    np.testing.assert_array_equal(x[parse_selection(text)], want)
+
+
+def test_parse_selection_ellipsis_and_errors():
+    assert parse_selection(None) == (Ellipsis,)
+    assert parse_selection("...,-1") == (Ellipsis, -1)
+    assert parse_selection("::2") == (slice(None, None, 2),)
+    for bad, word in (("0:a", "'0:a'"), ("1:2:3:4", "too many"), ("0::0", "zero"),
+                      ("...,...", "at most one"), ("1,,2", "empty")):
+        with pytest.raises(UsageError, match=word):
+            parse_selection(bad)
+    assert parse_axis("0,2") == (0, 2)
+    assert parse_axis(None) is None
+    with pytest.raises(UsageError, match="repeats"):
+        parse_axis("1,1")
+    with pytest.raises(UsageError, match="'x'"):
+        parse_axis("x")
+
+
+OPS = {"mean": np.ma.mean, "min": np.ma.min, "max": np.ma.max, "sum": np.ma.sum,
+       "count": np.ma.count}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(sorted(OPS)),
+       t=st.tuples(st.integers(0, 7), st.integers(1, 8), st.integers(1, 3)),
+       y=st.tuples(st.integers(-180, 179), st.integers(1, 60)),
+       axis=st.sampled_from([None, "0", "1,2", "0,2"]))
+def test_reduce_json_matches_netcdf4_oracle(sample, capsys, op, t, y, axis):
+    """``reduce --json`` in-process over random selections and axes against a masked read."""
+    (t0, tn, ts), (y0, yn) = t, y
+    y1 = min(y0 + yn, 180) if y0 >= 0 else min(y0 + yn, 0) or None
+    sel = (slice(t0, t0 + tn, ts), slice(y0, y1), slice(None, None, -7))
+    text = f"{t0}:{t0 + tn}:{ts},{y0}:{'' if y1 is None else y1},::-7"
+    args = ["reduce", str(sample), "tos", "--op", op, "--sel", text, "--json"]
+    if axis:
+        args += ["--axis", axis]
+    data = oracle(sample, "tos", sel)
+    if data.size == 0:
+        return
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    ax = None if axis is None else tuple(int(a) for a in axis.split(","))
+    if op == "count":
+        want = np.ma.count(data, axis=ax)
+    else:
+        want = OPS[op](data.astype(np.float64), axis=ax)
+    got = np.ma.masked_invalid(np.array(out["result"], dtype=np.float64))
+    want = np.ma.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.ma.getmaskarray(got), np.ma.getmaskarray(want))
+    np.testing.assert_allclose(got.filled(0), want.filled(0), rtol=1e-5)
+    assert out["stats"]["chunks_touched"] >= 1
+
+
+# ----------------------------------------------------------------------------- as processes
+
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["reduce"], ["info"]])
+def test_help_everywhere(cmd):
+    r = run(*cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage: activestorage" in r.stdout
+
+
+def test_version_and_console_script():
+    r = run("--version")
+    assert r.returncode == 0 and re.match(r"activestorage \d", r.stdout)
+    exe = Path(sys.executable).with_name("activestorage")
+    if exe.exists():  # the installed entry point is the same program
+        r2 = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+        assert r2.stdout == r.stdout
+
+
+def test_reduce_process_matches_oracle(sample):
+    r = run("reduce", str(sample), "tos", "--op", "mean", "--sel", "0:12,:,10:20", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    want = oracle(sample, "tos", (slice(0, 12), slice(None), slice(10, 20))).astype(np.float64)
+    assert got["shape"] == [] and got["op"] == "mean"
+    assert got["result"] == pytest.approx(float(want.mean()), rel=1e-6)
+    human = run("reduce", str(sample), "tos", "--op", "count", "--sel", "0")
+    assert human.returncode == 0, human.stderr
+    n = int(human.stdout.rsplit("=", 1)[1])
+    assert n == oracle(sample, "tos", (0,)).count()
+    assert "chunks" in human.stderr  # the work summary
+
+
+def test_info_reports_layout(sample):
+    r = run("info", str(sample), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    by_name = {v["name"]: v for v in info["variables"]}
+    assert {"tos", "lat", "lon", "time"} <= set(by_name)
+    tos = by_name["tos"]
+    with netCDF4.Dataset(sample) as ds:
+        v = ds["tos"]
+        assert tos["shape"] == list(v.shape)
+        assert tos["chunk_shape"] == list(v.chunking())
+        assert tos["dtype"] == "float32"
+        filters = v.filters()
+    grid = [-(-n // c) for n, c in zip(tos["shape"], tos["chunk_shape"])]
+    assert tos["chunks_total"] == tos["chunks_allocated"] == int(np.prod(grid))
+    assert "zlib" in tos["codecs"] and ("shuffle" in tos["codecs"]) == bool(filters["shuffle"])
+    assert "_FillValue=1e+20" in tos["missing"] and "-999" in tos["missing"]
+    stored = tos["chunk_bytes_stored"]
+    assert stored["min"] <= stored["median"] <= stored["max"] and stored["total"] < sample.stat().st_size
+    assert tos["mean_moves_without_active_storage"] == stored["total"]
+    text = run("info", str(sample), "tos")
+    assert text.returncode == 0 and "shuffle + zlib" in text.stdout and "without active storage" in text.stdout
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared real netCDF files not present at ../shared/data/netcdf")
+@pytest.mark.parametrize("name", ["CMIP6_IPSL-CM6A-LR_tas.nc", "cesm2_native.nc", "daily_data_masked.nc"])
+def test_info_and_reduce_on_real_files(name):
+    path = DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    r = run("info", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    variables = json.loads(r.stdout)["variables"]
+    big = max(variables, key=lambda v: int(np.prod(v["shape"])))
+    r = run("reduce", str(path), big["name"], "--op", "max", "--json")
+    assert r.returncode == 0, r.stderr
+    with netCDF4.Dataset(path) as ds:
+        want = ds[big["name"]][...].max()
+    assert json.loads(r.stdout)["result"] == pytest.approx(float(want), rel=1e-6)
+
+
+BAD = [
+    (["reduce", "{s}", "tos", "--op", "mean", "--sel", "0:a"], 2, "'0:a'"),
+    (["reduce", "{s}", "tos", "--op", "median"], 2, "invalid choice: 'median'"),
+    (["reduce", "{s}", "tos", "--op", "mean", "--axis", "one"], 2, "--axis"),
+    (["reduce", "{s}", "tos", "--op", "mean", "--sel", "0,999"], 2, "out of bounds"),
+    (["reduce", "{s}", "tos", "--op", "mean", "--axis", "5"], 2, "axis 5"),
+    (["reduce", "{s}", "tos"], 2, "--op"),
+    (["reduce", "/nonexistent/x.nc", "tos", "--op", "mean"], 1, "/nonexistent/x.nc"),
+    (["reduce", "{s}", "nosuchvar", "--op", "mean"], 1, "nosuchvar"),
+    (["info", "/nonexistent/x.nc"], 1, "/nonexistent/x.nc"),
+    (["info", "{s}", "nosuchvar"], 1, "nosuchvar"),
+    (["info", "/etc/hostname"], 1, "not netCDF-4/HDF5"),
+    (["nosuchcommand"], 2, "invalid choice"),
+    (["reduce", "{s}", "tos", "--op", "mean", "--frobnicate"], 2, "--frobnicate"),
+    (["demo", "--backends", "posix,ftp"], 2, "ftp"),
+]
+
+
+@pytest.mark.parametrize("args,code,needle", BAD, ids=[" ".join(b[0][:1] + b[0][2:]) for b in BAD])
+def test_bad_input_one_line_error(sample, args, code, needle):
+    args = [a.format(s=sample) for a in args]
+    r = run(*args)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1, r.stderr
+    assert "error" in lines[0] and needle in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_debug_shows_traceback(sample):
+    r = run("reduce", str(sample), "nosuchvar", "--op", "mean", "--debug")
+    assert r.returncode == 1
+    assert "Traceback (most recent call last)" in r.stderr and "nosuchvar" in r.stderr
+
+
+def test_unreachable_server_is_a_runtime_error(sample):
+    """A server URL with a local file, or an S3 dataset whose store does not answer: exit 1."""
+    r = run("reduce", "s3://bucket/x.nc", "tos", "--op", "mean", "--endpoint-url",
+            "http://127.0.0.1:9", "--server", "http://127.0.0.1:9", "-o", "key=k", "-o", "secret=s",
+            timeout=120)
+    assert r.returncode == 1, r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1, r.stderr
+    assert "127.0.0.1:9" in lines[0] or "s3://bucket/x.nc" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("cmd,module,func", [("serve", "activestorage.server", "serve_main"),
+                                             ("manifest", "activestorage.formats.manifest",
+                                              "manifest_main")])
+def test_delegated_commands(cmd, module, func):
+    try:
+        present = importlib.util.find_spec(module) is not None and hasattr(
+            importlib.import_module(module), func)
+    except ImportError:
+        present = False
+    r = run(cmd, "--help")
+    if present:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip()
+    else:
+        assert r.returncode == 1
+        assert "not available" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- the demo
+
+def _parts_present() -> dict[str, bool]:
+    def has(mod: str, attr: str | None = None) -> bool:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            return False
+        return attr is None or hasattr(m, attr)
+    return {"fetch": has("activestorage.backends.fetch") and has("moto"),
+            "server": has("activestorage.backends.server") and has("activestorage.server", "serve_main")
+            and has("moto")}
+
+
+def test_demo_end_to_end(tmp_path):
+    t0 = time.monotonic()
+    r = run("demo", "--size-mb", "8", timeout=60, cwd=tmp_path)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert elapsed < 45, f"demo took {elapsed:.0f}s"
+    out = r.stdout
+    assert re.search(r"All \d+ results agree with netCDF4 \+ NumPy", out)
+    assert "MISMATCH" not in out and "ERROR" not in out
+    present = _parts_present()
+    for backend in ("posix", "fetch", "server"):
+        rows = [ln for ln in out.splitlines() if ln.startswith(backend + " ")]
+        if backend == "posix" or present[backend]:
+            assert len(rows) == 5 and all(ln.rstrip().endswith("ok") for ln in rows), out
+        else:
+            assert f"{backend}: skipped" in out
+    if present["server"]:
+        assert "active storage saved" in out
+    assert list(tmp_path.iterdir()) == []  # nothing left behind in the working directory
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("moto") is None, reason="moto not installed ([demo] extra)")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_demo_keep_running_stops_children_on_signal(tmp_path, sig):
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "1",
+                             "--backends", "posix,fetch", "--keep-running", "--workdir", str(work)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines, pids = [], []
+    try:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            pids += [int(p) for p in re.findall(r"pid (\d+)", line)]
+            if line.startswith("    a.mean"):
+                break
+        assert pids, "".join(lines) + proc.stderr.read()
+        assert all(_alive(p) for p in pids)
+        assert "Active('s3://" in "".join(lines)
+        proc.send_signal(sig)
+        proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (130, 0), proc.stderr.read()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "child servers survived the signal"
