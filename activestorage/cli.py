@@ -372,8 +372,14 @@ def _delegate(module: str, func: str, what: str) -> Callable[[argparse.Namespace
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import make_sample, run_demo
 
+    if args.write_sample:
+        if args.size_mb <= 0:
+            raise UsageError("--size-mb must be positive")
+        path = make_sample(args.write_sample, args.size_mb)
+        print(f"wrote {path} ({human_bytes(os.path.getsize(path))}); try: activestorage info {path}")
+        return EXIT_OK
     return run_demo(size_mb=args.size_mb, keep_running=args.keep_running, workdir=args.workdir,
                     backends=args.backends)
 
@@ -415,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for the sample data (default: a temporary directory, removed)")
     p.add_argument("--backends", default="posix,fetch,server",
                    help="comma-separated backends to compare (default posix,fetch,server)")
+    p.add_argument("--write-sample", metavar="PATH",
+                   help="only write the sample netCDF-4 file to PATH (of --size-mb) and exit")
     p.set_defaults(func=cmd_demo, subparser=p)
 
     p = sub.add_parser("reduce", parents=[common], help="reduce one variable",

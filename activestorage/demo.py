@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import shutil
 import signal
 import socket
@@ -38,7 +39,7 @@ FILL = np.float32(1.0e20)
 
 # ------------------------------------------------------------------------------ sample data
 
-def make_sample(path: Path, size_mb: float = 256.0, seed: int = 0) -> Path:
+def make_sample(path: str | os.PathLike, size_mb: float = 256.0, seed: int = 0) -> Path:
     """Write a netCDF-4 file with ``tos(time, lat, lon)`` of about ``size_mb`` MiB decoded.
 
     Smooth latitude gradient + seasonal cycle + weather noise (kept to 0.01 K like real products),
@@ -46,6 +47,9 @@ def make_sample(path: Path, size_mb: float = 256.0, seed: int = 0) -> Path:
     """
     import netCDF4
 
+    path = Path(path)
+    if not path.parent.is_dir():  # netCDF-C would report this as "Permission denied"
+        raise FileNotFoundError(f"{path.parent}: no such directory")
     ntime = max(2, round(size_mb * 2**20 / (NLAT * NLON * 4)))
     rng = np.random.default_rng(seed)
     lat = np.linspace(-89.5, 89.5, NLAT, dtype=np.float32)
@@ -451,7 +455,7 @@ def print_savings(table: list[Backend], stored: int) -> None:
         saved = moved["fetch"] - moved["server"]
         print(f"\nBytes moved to the client over all reductions: fetch {human(moved['fetch'])}, "
               f"server {human(moved['server'])}: active storage saved {human(saved)} "
-              f"({100 * saved / moved['fetch']:.1f}%).")
+              f"({100 * saved / moved["fetch"]:.2f}%).")
     elif moved:
         print("\nBytes moved to the client: " + ", ".join(f"{k} {human(v)}" for k, v in
                                                            moved.items()))
