@@ -455,7 +455,7 @@ def print_savings(table: list[Backend], stored: int) -> None:
         saved = moved["fetch"] - moved["server"]
         print(f"\nBytes moved to the client over all reductions: fetch {human(moved['fetch'])}, "
               f"server {human(moved['server'])}: active storage saved {human(saved)} "
-              f"({100 * saved / moved["fetch"]:.2f}%).")
+              f"({100 * saved / moved['fetch']:.2f}%).")
     elif moved:
         print("\nBytes moved to the client: " + ", ".join(f"{k} {human(v)}" for k, v in
                                                            moved.items()))
