@@ -275,7 +275,8 @@ class Active:
             partials: list[Partial | None] = [None] * (b - a)
             for i in range(a, b):
                 t = tasks[i]
-                req = var.request_for(t.coords, selection=t.selection, axis=kernel_axes)
+                req = var.request_for(t.coords, selection=None if t.whole else t.selection,
+                                      axis=kernel_axes)
                 if req is None:
                     partials[i - a] = _fill_partial(var, t, kop, kernel_axes)
                 else:

@@ -12,7 +12,7 @@ import itertools
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from .errors import SelectionError
 
@@ -36,13 +36,13 @@ class Selection:
         return tuple(i for i in range(len(self.ranges)) if i not in self.dropped)
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkTask:
-    """One chunk's share of a selection."""
+class ChunkTask(NamedTuple):
+    """One chunk's share of a selection (a named tuple: there may be millions)."""
 
     coords: tuple[int, ...]
     selection: tuple[tuple[int, int, int], ...]  # inside the chunk
     out: tuple[slice, ...]                       # where the chunk's selected part lands
+    whole: bool                                  # the selection is the entire chunk
 
 
 def normalize_key(key: Any, shape: Sequence[int], where: str = "") -> Selection:
@@ -124,15 +124,22 @@ def _axis_plan(rng: tuple[int, int, int], chunk: int) -> list[tuple[int, tuple[i
     return out
 
 
+def _whole(local: tuple[int, int, int], chunk: int) -> bool:
+    return local[0] == 0 and local[1] == chunk and local[2] == 1
+
+
 def plan_chunks(sel: Selection, chunk_shape: Sequence[int]) -> list[ChunkTask]:
     """Every chunk a selection touches, in C order of the chunk grid."""
     per_axis = [_axis_plan(r, c) for r, c in zip(sel.ranges, chunk_shape)]
     if any(not p for p in per_axis):
         return []
+    per_axis_whole = [[_whole(s, c) for _, s, _ in p] for p, c in zip(per_axis, chunk_shape)]
     tasks = []
-    for combo in itertools.product(*per_axis):
+    for idx in itertools.product(*(range(len(p)) for p in per_axis)):
+        combo = [p[i] for p, i in zip(per_axis, idx)]
         tasks.append(ChunkTask(tuple(c for c, _, _ in combo), tuple(s for _, s, _ in combo),
-                               tuple(o for _, _, o in combo)))
+                               tuple(o for _, _, o in combo),
+                               all(w[i] for w, i in zip(per_axis_whole, idx))))
     return tasks
 
 
