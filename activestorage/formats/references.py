@@ -1,0 +1,797 @@
+"""Chunk manifests: save a dataset's chunk index once, open it later with no store requests.
+
+Two formats are read:
+
+* **activestorage manifests** (written by :func:`write_manifest` / ``activestorage manifest``): per
+  variable the dtype, byte order, shape, chunk shape, order, codecs, missing-data description,
+  packing, attributes and every chunk's locator ``[object, offset, size]``, where ``object`` indexes
+  a list of ``{"url", "etag", "version_id"}`` -- so a read can be pinned to the object version the
+  manifest was written against (the fetch backend sends ``If-Match``/``VersionId``; our server gets
+  ``etag``/``version_id`` in the request body and does the same);
+* **kerchunk reference JSON**, version 1 (``{"version": 1, "templates", "gen", "refs"}``) and
+  version 0 (the refs at top level): a Zarr v2 store whose chunks are ``[url, offset, length]``.
+
+Several files can be combined along one dimension into one virtual variable (:func:`concatenate`).
+Layout of a manifest::
+
+    {"activestorage_manifest": 1, "created": "...", "variables": {"tas": {
+        "source": ..., "format": "hdf5", "dtype": "float32", "byte_order": "little", "order": "C",
+        "shape": [...], "chunk_shape": [...], "dimensions": [...],
+        "compression": {"id": "zlib"} | null, "filters": [...],
+        "missing": {"values": [...], "valid_min": x | null, "valid_max": x | null},
+        "fill_value": x, "scale_factor": {"dtype", "value"} | null, "add_offset": ... ,
+        "attrs": {...}, "objects": [{"url", "etag", "version_id"}, ...],
+        "chunks": {"0.0.0": [object, offset, size] (, {"compression", "filters", "no_compression"})}}}}
+
+Floats that JSON cannot hold are written as the strings "NaN", "Infinity", "-Infinity".
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import datetime as _dt
+import glob as _glob
+import itertools
+import json
+import logging
+import math
+import operator
+import os
+import sys
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import (ActiveStorageError, FormatError, ObjectChangedError, StorageError,
+                      UnsupportedError, VariableNotFoundError)
+from ..request import Missing
+from .base import Locator, Variable
+
+log = logging.getLogger(__name__)
+
+MANIFEST_KEY = "activestorage_manifest"
+MANIFEST_VERSION = 1
+#: refuse manifests larger than this (a manifest is read whole into memory).
+MAX_MANIFEST_BYTES = int(os.environ.get("ACTIVESTORAGE_MAX_MANIFEST_BYTES", 1 << 30))
+
+
+# ------------------------------------------------------------------------- JSON values
+
+def _num(v: Any) -> Any:
+    """A JSON-able number: numpy scalars unwrapped, non-finite floats as strings."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    return v
+
+
+def _unnum(v: Any, dtype: np.dtype, where: str) -> Any:
+    """The inverse of :func:`_num` into a scalar of ``dtype``."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        special = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
+        if v not in special or dtype.kind != "f":
+            raise FormatError(f"{where}: {v!r} is not a {dtype.name} value")
+        v = special[v]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise FormatError(f"{where}: {v!r} is not a number")
+    try:
+        return dtype.type(v)
+    except (OverflowError, ValueError) as exc:
+        raise FormatError(f"{where}: {v!r} does not fit {dtype.name}") from exc
+
+
+def _jsonable(v: Any) -> Any:
+    """Attribute values as JSON (arrays as lists, bytes as text)."""
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()] if v.ndim else _jsonable(v.item())
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, (np.generic, float)):
+        return _num(v)
+    if v is None or isinstance(v, (str, int, bool)):
+        return v
+    return str(v)
+
+
+def _typed(v: Any) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    a = np.asarray(v)
+    return {"dtype": a.dtype.name, "value": _num(a.reshape(-1)[0])}
+
+
+def _untyped(v: Any, where: str) -> Any:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping) or "dtype" not in v or "value" not in v:
+        raise FormatError(f"{where}: must be {{\"dtype\": ..., \"value\": ...}}")
+    try:
+        dt = np.dtype(v["dtype"])
+    except TypeError as exc:
+        raise FormatError(f"{where}: unknown dtype {v['dtype']!r}") from exc
+    return _unnum(v["value"], dt, where)
+
+
+def _key(coords: Sequence[int]) -> str:
+    return ".".join(str(int(i)) for i in coords)
+
+
+# ------------------------------------------------------------------------- write
+
+def variable_to_dict(var: Variable) -> dict[str, Any]:
+    """One variable's manifest entry."""
+    objects: list[dict[str, Any]] = []
+    index: dict[tuple[str, str | None, str | None], int] = {}
+    chunks: dict[str, list[Any]] = {}
+    for coords in sorted(var.chunks):
+        loc = var.chunks[coords]
+        ident = (loc.url, loc.etag, loc.version_id)
+        if ident not in index:
+            index[ident] = len(objects)
+            obj: dict[str, Any] = {"url": _absolute(loc.url)}
+            if loc.etag:
+                obj["etag"] = loc.etag
+            if loc.version_id:
+                obj["version_id"] = loc.version_id
+            objects.append(obj)
+        entry: list[Any] = [index[ident], int(loc.offset), int(loc.size)]
+        over: dict[str, Any] = {}
+        if loc.compression is not None:
+            over["compression"] = dict(loc.compression)
+        if loc.filters is not None:
+            over["filters"] = [dict(f) for f in loc.filters]
+        if loc.no_compression:
+            over["no_compression"] = True
+        if over:
+            entry.append(over)
+        chunks[_key(coords)] = entry
+    m = var.missing
+    return {
+        "source": var.source, "format": var.format, "dtype": var.dtype.name,
+        "byte_order": var.byte_order, "order": var.order, "shape": list(var.shape),
+        "chunk_shape": list(var.chunk_shape), "dimensions": list(var.dimensions),
+        "compression": dict(var.compression) if var.compression is not None else None,
+        "filters": [dict(f) for f in var.filters],
+        "missing": {"values": [_num(x) for x in m.values], "valid_min": _num(m.valid_min),
+                    "valid_max": _num(m.valid_max)},
+        "fill_value": _num(var.fill_value), "scale_factor": _typed(var.scale_factor),
+        "add_offset": _typed(var.add_offset), "attrs": _jsonable(var.attrs),
+        "objects": objects, "chunks": chunks,
+    }
+
+
+def _absolute(url: str) -> str:
+    """Local paths are recorded absolute, so the manifest works from any directory."""
+    if "://" in url and not url.startswith("file://"):
+        return url
+    return os.path.abspath(url.removeprefix("file://"))
+
+
+def manifest_from_variables(variables: Iterable[Variable]) -> dict[str, Any]:
+    """A manifest document holding ``variables`` (keyed by their names)."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {MANIFEST_KEY: MANIFEST_VERSION, "created": now,
+            "variables": {v.name: variable_to_dict(v) for v in variables}}
+
+
+def _expand(dataset: str | Sequence[str], storage_options: Mapping[str, Any] | None) -> list[str]:
+    """A dataset argument as a list of files: a glob pattern is expanded (sorted)."""
+    items = [dataset] if isinstance(dataset, (str, os.PathLike)) else list(dataset)
+    out: list[str] = []
+    for item in map(os.fspath, items):
+        if not any(ch in item for ch in "*?["):
+            out.append(item)
+            continue
+        if "://" in item and not item.startswith("file://"):
+            from ..storage import resolve_s3_options, s3_filesystem, url_kind
+
+            if url_kind(item) != "s3":
+                raise FormatError(f"{item}: glob patterns work for local paths and s3:// only")
+            fs = s3_filesystem(resolve_s3_options(storage_options))
+            matches = ["s3://" + p for p in sorted(fs.glob(item.split("://", 1)[1]))]
+        else:
+            matches = sorted(_glob.glob(item.removeprefix("file://")))
+        if not matches:
+            raise FormatError(f"{item}: no files match")
+        out.extend(matches)
+    return out
+
+
+def _list_any(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
+    """Names of the reducible variables of any dataset we can open."""
+    from .detect import detect_format
+    from ..storage import open_url
+
+    path = url.removeprefix("file://")
+    if os.path.isdir(path) or path.rstrip("/").endswith(".zarr"):
+        from .zarr import list_variables as zl
+
+        return [n for n, d in zl(url, storage_options).items() if d["dtype"] != "char"]
+    with open_url(url, storage_options) as f:
+        head = f.read(4096)
+        kind = detect_format(head, url)
+        if kind == "hdf5":
+            import h5py
+
+            from .hdf5 import list_variables as hl
+
+            f.seek(0)
+            with h5py.File(f, "r") as h5:
+                return list(hl(h5))
+    if kind == "netcdf3":
+        from .netcdf3 import list_variables as nl
+
+        return [n for n, d in nl(url, storage_options).items() if d["dtype"] != "char"]
+    if kind == "json":
+        return list(list_variables(url, storage_options))
+    raise FormatError(f"{url}: format not recognised")
+
+
+def _identity(urls: Iterable[str], storage_options: Mapping[str, Any] | None
+              ) -> dict[str, dict[str, Any]]:
+    """``{url: {"size", "etag", "version_id"}}`` for each object (one HEAD per S3 object)."""
+    from ..storage import local_path, resolve_s3_options, s3_filesystem, url_kind
+
+    out: dict[str, dict[str, Any]] = {}
+    fs = None
+    for url in urls:
+        kind = url_kind(url)
+        if kind == "file":
+            try:
+                out[url] = {"size": os.path.getsize(local_path(url))}
+            except OSError as exc:
+                raise StorageError(f"{url}: {exc.strerror or exc}", status=404, store=url) from exc
+        elif kind == "s3":
+            if fs is None:
+                fs = s3_filesystem(resolve_s3_options(storage_options))
+            try:
+                info = fs.info(url.split("://", 1)[1], refresh=True)
+            except FileNotFoundError as exc:
+                raise StorageError(f"{url}: no such object", status=404, store=url) from exc
+            except Exception as exc:  # noqa: BLE001 - name the object, keep the cause
+                raise StorageError(f"{url}: cannot read object metadata: {exc}", store=url) from exc
+            etag = info.get("ETag") or info.get("etag")
+            out[url] = {"size": int(info["size"]), "etag": etag.strip('"') if etag else None,
+                        "version_id": info.get("VersionId") or None}
+        else:
+            out[url] = {}
+    return out
+
+
+def pin(var: Variable, storage_options: Mapping[str, Any] | None = None, *,
+        identities: dict[str, dict[str, Any]] | None = None) -> Variable:
+    """Check every locator lies inside its object and pin S3 locators to ETag/version id.
+
+    A locator already pinned must match the object now (else :class:`ObjectChangedError`).
+    """
+    urls = sorted({loc.url for loc in var.chunks.values()})
+    ids = identities if identities is not None else {}
+    missing = [u for u in urls if u not in ids]
+    ids.update(_identity(missing, storage_options))
+    chunks = {}
+    for coords, loc in var.chunks.items():
+        ident = ids.get(loc.url, {})
+        size = ident.get("size")
+        if size is not None and loc.offset + loc.size > size:
+            raise FormatError(f"{var.name} chunk {_key(coords)}: bytes {loc.offset}-"
+                              f"{loc.offset + loc.size} lie past the end of {loc.url} ({size} bytes)")
+        etag, vid = ident.get("etag"), ident.get("version_id")
+        if loc.etag and etag and loc.etag != etag:
+            raise ObjectChangedError(f"object changed since it was opened: {loc.url}", status=412,
+                                     store=loc.url)
+        chunks[coords] = Locator(loc.url, loc.offset, loc.size, etag=loc.etag or etag,
+                                 version_id=loc.version_id or vid, compression=loc.compression,
+                                 filters=loc.filters, no_compression=loc.no_compression)
+    var.chunks = chunks
+    return var
+
+
+def write_manifest(dataset: str | Sequence[str], variables: Sequence[str] | None = None,
+                   path_or_none: str | None = None, *,
+                   storage_options: Mapping[str, Any] | None = None,
+                   concat_dim: str | None = None, pin_objects: bool = True) -> dict[str, Any]:
+    """Read ``variables`` (default: all) of ``dataset`` and return (and write, given a path) a
+    manifest.
+
+    ``dataset`` is a path or URL of any supported format, a glob pattern or a list of them; several
+    files are combined along ``concat_dim`` (default: each variable's first dimension), and a
+    variable without that dimension is taken from the first file. ``pin_objects`` records each S3
+    object's ETag and version id and checks every locator lies inside its object.
+    """
+    from . import open_variable
+
+    files = _expand(dataset, storage_options)
+    names = list(variables) if variables else _list_any(files[0], storage_options)
+    out: list[Variable] = []
+    ids: dict[str, dict[str, Any]] = {}
+    for name in names:
+        first = open_variable(files[0], name, storage_options=dict(storage_options or {}))
+        dim = concat_dim or (first.dimensions[0] if first.dimensions else None)
+        if len(files) > 1 and dim is not None and dim in first.dimensions:
+            parts = [first] + [open_variable(f, name, storage_options=dict(storage_options or {}))
+                               for f in files[1:]]
+            var = concatenate(parts, dim)
+        else:
+            var = first
+        if pin_objects:
+            var = pin(var, storage_options, identities=ids)
+        out.append(var)
+    doc = manifest_from_variables(out)
+    if path_or_none is not None:
+        save_manifest(doc, path_or_none, storage_options)
+    return doc
+
+
+def save_manifest(doc: Mapping[str, Any], path: str,
+                  storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write a manifest document as JSON to a local path or an ``s3://`` URL."""
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    if "://" in path and not path.startswith("file://"):
+        from ..storage import resolve_s3_options, s3_filesystem
+
+        fs = s3_filesystem(resolve_s3_options(storage_options))
+        with fs.open(path.split("://", 1)[1], "w") as f:
+            f.write(text)
+        return
+    tmp = path.removeprefix("file://") + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path.removeprefix("file://"))
+
+
+# ------------------------------------------------------------------------- concatenate
+
+def concatenate(variables: Sequence[Variable], dim: str | int) -> Variable:
+    """Join variables from several files along dimension ``dim`` (a name or an axis) into one.
+
+    Every part but the last must fill whole chunks along ``dim`` so the chunk grid stays regular;
+    dtype, byte order, order, chunk shape, the other axes' lengths, missing data, fill value and
+    packing must agree. Codecs may differ: they become per-chunk overrides.
+    """
+    if not variables:
+        raise FormatError("nothing to concatenate")
+    first = variables[0]
+    if isinstance(dim, str):
+        if dim not in first.dimensions:
+            raise FormatError(f"{first.source}: {first.name} has no dimension {dim!r} "
+                              f"(dimensions: {', '.join(first.dimensions) or 'none'})")
+        axis = first.dimensions.index(dim)
+    else:
+        axis = int(dim)
+    if not 0 <= axis < first.ndim:
+        raise FormatError(f"{first.name}: cannot concatenate along axis {dim} of a "
+                          f"{first.ndim}-d variable")
+    step = first.chunk_shape[axis]
+    chunks: dict[tuple[int, ...], Locator] = {}
+    length = 0
+    for i, v in enumerate(variables):
+        where = f"{v.source}: {v.name}"
+        for what in ("dtype", "byte_order", "order", "chunk_shape", "missing", "scale_factor",
+                     "add_offset"):
+            a, b = getattr(v, what), getattr(first, what)
+            if not _same(a, b):
+                raise FormatError(f"{where}: {what} {a!r} differs from {b!r} in {first.source}; "
+                                  "cannot concatenate")
+        if v.ndim != first.ndim or any(n != m for k, (n, m) in enumerate(zip(v.shape, first.shape))
+                                      if k != axis):
+            raise FormatError(f"{where}: shape {v.shape} does not match {first.shape} off axis "
+                              f"{axis}; cannot concatenate")
+        if not _same(v.fill_value, first.fill_value) and len(v.chunks) < v.nchunks:
+            raise FormatError(f"{where}: fill value {v.fill_value!r} differs from "
+                              f"{first.fill_value!r} and some chunks are unwritten")
+        if i < len(variables) - 1 and v.shape[axis] % step:
+            raise FormatError(f"{where}: length {v.shape[axis]} along {dim!r} is not a multiple of "
+                              f"the chunk length {step}; cannot concatenate into a regular grid")
+        shift = length // step
+        for coords, loc in v.chunks.items():
+            new = tuple(c + shift if k == axis else c for k, c in enumerate(coords))
+            comp = loc.compression if loc.compression is not None else v.compression
+            filt = loc.filters if loc.filters is not None else v.filters
+            same = _same(comp, first.compression) and _same(tuple(filt), tuple(first.filters))
+            if same and not loc.no_compression:
+                loc = Locator(loc.url, loc.offset, loc.size, loc.etag, loc.version_id)
+            else:
+                loc = Locator(loc.url, loc.offset, loc.size, loc.etag, loc.version_id,
+                              compression=None if comp is None else dict(comp),
+                              filters=tuple(dict(f) for f in filt),
+                              no_compression=loc.no_compression or comp is None)
+            chunks[new] = loc
+        length += v.shape[axis]
+    shape = tuple(length if k == axis else n for k, n in enumerate(first.shape))
+    return Variable(
+        name=first.name, source=first.source, dtype=first.dtype, shape=shape,
+        chunk_shape=first.chunk_shape, chunks=chunks, byte_order=first.byte_order,
+        order=first.order, compression=first.compression, filters=first.filters,
+        missing=first.missing, fill_value=first.fill_value, scale_factor=first.scale_factor,
+        add_offset=first.add_offset, attrs=dict(first.attrs), dimensions=first.dimensions,
+        format=first.format)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of metadata values that treats NaN as equal to NaN (fill and missing values)."""
+    def canon(v: Any) -> Any:
+        if isinstance(v, Missing):
+            return ([_num(x) for x in v.values], _num(v.valid_min), _num(v.valid_max))
+        if isinstance(v, np.dtype):
+            return v.str
+        return _jsonable(v)
+    return repr(canon(a)) == repr(canon(b))
+
+
+# ------------------------------------------------------------------------- read
+
+def load(path_or_dict: str | Mapping[str, Any], storage_options: Mapping[str, Any] | None = None
+         ) -> tuple[dict[str, Any], str]:
+    """The JSON document and a name for error messages."""
+    if isinstance(path_or_dict, Mapping):
+        return dict(path_or_dict), "<manifest dict>"
+    path = os.fspath(path_or_dict)
+    from ..storage import open_url
+
+    with open_url(path, storage_options) as f:
+        if int(f.size) > MAX_MANIFEST_BYTES:
+            raise FormatError(f"{path}: manifest of {f.size} bytes exceeds the "
+                              f"{MAX_MANIFEST_BYTES}-byte limit (ACTIVESTORAGE_MAX_MANIFEST_BYTES)")
+        raw = f.read()
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise FormatError(f"{path}: a manifest must be a JSON object")
+    return doc, path
+
+
+def _kind(doc: Mapping[str, Any], where: str) -> str:
+    if MANIFEST_KEY in doc:
+        if doc[MANIFEST_KEY] != MANIFEST_VERSION:
+            raise UnsupportedError(f"{where}: manifest version {doc[MANIFEST_KEY]!r} is not "
+                                   f"supported (this reader knows {MANIFEST_VERSION})")
+        return "manifest"
+    if "refs" in doc:
+        if doc.get("version", 1) != 1:
+            raise UnsupportedError(f"{where}: kerchunk reference version {doc.get('version')!r} "
+                                   "is not supported (1 is)")
+        return "kerchunk"
+    if any(k == ".zgroup" or k.endswith("/.zarray") or k == ".zarray" for k in doc):
+        return "kerchunk0"
+    raise FormatError(f"{where} is neither an activestorage manifest nor kerchunk references")
+
+
+def _req(d: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(d, Mapping) or key not in d:
+        raise FormatError(f"{where}: missing {key!r}")
+    return d[key]
+
+
+def variable_from_dict(entry: Mapping[str, Any], name: str, where: str) -> Variable:
+    """Rebuild a :class:`Variable` from its manifest entry, validating every field."""
+    w = f"{where}: variable {name!r}"
+    try:
+        dtype = np.dtype(_req(entry, "dtype", w))
+    except TypeError as exc:
+        raise FormatError(f"{w}: unknown dtype {entry.get('dtype')!r}") from exc
+    if dtype.kind not in "iuf":
+        raise UnsupportedError(f"{w}: dtype {dtype} cannot be reduced")
+    shape = _ints(_req(entry, "shape", w), f"{w}: shape", 0)
+    chunk_shape = _ints(_req(entry, "chunk_shape", w), f"{w}: chunk_shape", 1)
+    if len(shape) != len(chunk_shape):
+        raise FormatError(f"{w}: shape and chunk_shape have different lengths")
+    byte_order = entry.get("byte_order", "little")
+    order = entry.get("order", "C")
+    if byte_order not in ("little", "big") or order not in ("C", "F"):
+        raise FormatError(f"{w}: byte_order must be little/big and order C/F")
+    comp = entry.get("compression")
+    filters = entry.get("filters") or []
+    _check_codecs(comp, filters, dtype, w)
+    m = entry.get("missing") or {}
+    missing = Missing(
+        values=tuple(_unnum(x, dtype, f"{w}: missing.values") for x in (m.get("values") or [])),
+        valid_min=_unnum(m.get("valid_min"), dtype, f"{w}: missing.valid_min"),
+        valid_max=_unnum(m.get("valid_max"), dtype, f"{w}: missing.valid_max"))
+    objects = _req(entry, "objects", w)
+    if not isinstance(objects, list):
+        raise FormatError(f"{w}: objects must be a list")
+    for i, o in enumerate(objects):
+        if not isinstance(o, Mapping) or not isinstance(o.get("url"), str):
+            raise FormatError(f"{w}: objects[{i}] must be {{\"url\": ..., \"etag\": ...}}")
+    raw_chunks = _req(entry, "chunks", w)
+    if not isinstance(raw_chunks, Mapping):
+        raise FormatError(f"{w}: chunks must be an object")
+    grid = tuple(math.ceil(n / c) for n, c in zip(shape, chunk_shape))
+    chunks: dict[tuple[int, ...], Locator] = {}
+    for key, e in raw_chunks.items():
+        we = f"{w}: chunk {key!r}"
+        try:
+            coords = tuple(int(p) for p in key.split(".")) if key else ()
+        except ValueError as exc:
+            raise FormatError(f"{we}: key must be dot-separated chunk indices") from exc
+        if len(coords) != len(shape) or any(not 0 <= c < g for c, g in zip(coords, grid)):
+            raise FormatError(f"{we}: outside the chunk grid {list(grid)}")
+        if (not isinstance(e, list) or len(e) not in (3, 4)
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in e[:3])):
+            raise FormatError(f"{we}: must be [object, offset, size] (+ overrides)")
+        obj, off, size = e[:3]
+        if not 0 <= obj < len(objects) or off < 0 or size < 1:
+            raise FormatError(f"{we}: object index, offset or size out of range")
+        over = e[3] if len(e) == 4 else {}
+        if not isinstance(over, Mapping):
+            raise FormatError(f"{we}: overrides must be an object")
+        if "compression" in over or "filters" in over:
+            _check_codecs(over.get("compression"), over.get("filters") or [], dtype, we)
+        o = objects[obj]
+        chunks[coords] = Locator(
+            o["url"], off, size, etag=o.get("etag"), version_id=o.get("version_id"),
+            compression=over.get("compression"),
+            filters=tuple(over["filters"]) if "filters" in over else None,
+            no_compression=bool(over.get("no_compression", False)))
+    return Variable(
+        name=name, source=str(entry.get("source", where)), dtype=dtype, shape=shape,
+        chunk_shape=chunk_shape, chunks=chunks, byte_order=byte_order, order=order,
+        compression=comp, filters=tuple(filters), missing=missing,
+        fill_value=_unnum(entry.get("fill_value"), dtype, f"{w}: fill_value"),
+        scale_factor=_untyped(entry.get("scale_factor"), f"{w}: scale_factor"),
+        add_offset=_untyped(entry.get("add_offset"), f"{w}: add_offset"),
+        attrs=dict(entry.get("attrs") or {}), dimensions=tuple(entry.get("dimensions") or ()),
+        format=str(entry.get("format", "")))
+
+
+def _ints(v: Any, where: str, minimum: int) -> tuple[int, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool)
+                                          and x >= minimum for x in v):
+        raise FormatError(f"{where}: must be a list of integers >= {minimum}")
+    return tuple(v)
+
+
+def _check_codecs(comp: Any, filters: Any, dtype: np.dtype, where: str) -> None:
+    """Codecs must be ones the kernel knows (checked with the wire validator's rules)."""
+    from ..errors import RequestValidationError
+    from ..request import ChunkRequest
+
+    if not isinstance(filters, list) or not all(isinstance(f, Mapping) for f in filters):
+        raise FormatError(f"{where}: filters must be a list of objects")
+    body = {"dtype": dtype.name, "shape": [1], "compression": comp,
+            "filters": [{k: v for k, v in f.items() if k != "outer"} for f in filters]}
+    try:
+        ChunkRequest.from_wire(body)
+    except RequestValidationError as exc:
+        raise UnsupportedError(f"{where}: {exc}") from exc
+
+
+def open_references(path_or_dict: str | Mapping[str, Any], ncvar: str,
+                    storage_options: Mapping[str, Any] | None = None) -> Variable:
+    """Open ``ncvar`` from a manifest or kerchunk reference file (path, URL or parsed dict).
+
+    An activestorage manifest makes no request to the data store at all.
+    """
+    doc, where = load(path_or_dict, storage_options)
+    kind = _kind(doc, where)
+    if kind == "manifest":
+        variables = doc.get("variables")
+        if not isinstance(variables, Mapping):
+            raise FormatError(f"{where}: 'variables' must be an object")
+        if ncvar not in variables:
+            raise VariableNotFoundError(f"{where} has no variable {ncvar!r}; variables: "
+                                        f"{', '.join(variables) or 'none'}")
+        return variable_from_dict(variables[ncvar], ncvar, where)
+    return _open_kerchunk(doc, ncvar, where, storage_options)
+
+
+def list_variables(path_or_dict: str | Mapping[str, Any],
+                   storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """``{name: {"dimensions", "shape", "dtype"}}`` of every variable in a manifest/kerchunk file."""
+    doc, where = load(path_or_dict, storage_options)
+    if _kind(doc, where) == "manifest":
+        return {n: {"dimensions": list(e.get("dimensions") or []), "shape": list(e.get("shape")),
+                    "dtype": e.get("dtype")} for n, e in (doc.get("variables") or {}).items()}
+    refs = _kerchunk_refs(doc, where)
+    out = {}
+    for key in sorted(refs):
+        if key.endswith(".zarray"):
+            name = key[: -len("/.zarray")] if "/" in key else ""
+            meta = _json_ref(refs[key], key, where)
+            attrs = _json_ref(refs.get(f"{name}/.zattrs" if name else ".zattrs", "{}"), key, where)
+            out[name] = {"dimensions": list(attrs.get("_ARRAY_DIMENSIONS") or []),
+                         "shape": list(meta.get("shape", [])),
+                         "dtype": np.dtype(meta["dtype"]).newbyteorder("=").name
+                         if isinstance(meta.get("dtype"), str) else str(meta.get("dtype"))}
+    return out
+
+
+# ------------------------------------------------------------------------- kerchunk
+
+def _kerchunk_refs(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if "refs" not in doc:
+        return dict(doc)  # version 0
+    refs = doc["refs"]
+    if not isinstance(refs, Mapping):
+        raise FormatError(f"{where}: 'refs' must be an object")
+    refs = dict(refs)
+    templates = doc.get("templates") or {}
+    if templates:
+        refs = {k: _template_ref(v, templates) for k, v in refs.items()}
+    for i, gen in enumerate(doc.get("gen") or []):
+        refs.update(_expand_gen(gen, templates, f"{where}: gen[{i}]"))
+    return refs
+
+
+def _render(text: str, env: Mapping[str, Any], where: str) -> str:
+    """Substitute ``{{ expr }}`` (names and integer arithmetic only)."""
+    out, pos = [], 0
+    while True:
+        a = text.find("{{", pos)
+        if a < 0:
+            out.append(text[pos:])
+            return "".join(out)
+        b = text.find("}}", a)
+        if b < 0:
+            raise FormatError(f"{where}: unterminated '{{{{' in {text!r}")
+        out.append(text[pos:a])
+        out.append(str(_eval(text[a + 2:b].strip(), env, where)))
+        pos = b + 2
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+
+
+def _eval(expr: str, env: Mapping[str, Any], where: str) -> Any:
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, str)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in env:
+            return env[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        raise UnsupportedError(f"{where}: template expression {expr!r} is not supported")
+    try:
+        return ev(ast.parse(expr, mode="eval"))
+    except SyntaxError as exc:
+        raise FormatError(f"{where}: bad template expression {expr!r}") from exc
+
+
+def _template_ref(v: Any, templates: Mapping[str, Any]) -> Any:
+    if isinstance(v, list) and v and isinstance(v[0], str) and "{{" in v[0]:
+        return [_render(v[0], templates, "templates")] + v[1:]
+    return v
+
+
+def _expand_gen(gen: Mapping[str, Any], templates: Mapping[str, Any], where: str
+                ) -> dict[str, Any]:
+    dims = gen.get("dimensions") or {}
+    names, ranges = [], []
+    for name, spec in dims.items():
+        if isinstance(spec, list):
+            ranges.append(spec)
+        elif isinstance(spec, Mapping):
+            ranges.append(range(int(spec.get("start", 0)), int(spec["stop"]),
+                                int(spec.get("step", 1))))
+        else:
+            raise FormatError(f"{where}: dimension {name!r} must be a list or a range object")
+        names.append(name)
+    out = {}
+    for values in itertools.product(*ranges):
+        env = {**templates, **dict(zip(names, values))}
+        key = _render(_req(gen, "key", where), env, where)
+        url = _render(_req(gen, "url", where), env, where)
+        if "offset" in gen and "length" in gen:
+            out[key] = [url, int(_render(str(gen["offset"]), env, where)),
+                        int(_render(str(gen["length"]), env, where))]
+        else:
+            out[key] = [url]
+    return out
+
+
+def _json_ref(v: Any, key: str, where: str) -> Any:
+    if isinstance(v, Mapping):
+        return dict(v)
+    if isinstance(v, (str, bytes)):
+        text = v.decode() if isinstance(v, bytes) else v
+        if text.startswith("base64:"):
+            text = base64.b64decode(text[7:]).decode()
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{where}: {key} is not valid JSON: {exc}") from exc
+    raise FormatError(f"{where}: {key} must hold JSON metadata")
+
+
+def _open_kerchunk(doc: Mapping[str, Any], ncvar: str, where: str,
+                   storage_options: Mapping[str, Any] | None) -> Variable:
+    from .zarr import variable_from_metadata
+
+    refs = _kerchunk_refs(doc, where)
+    name = ncvar.strip("/")
+    prefix = f"{name}/" if name else ""
+    if prefix + ".zarray" not in refs:
+        names = [k[: -len("/.zarray")] for k in refs if k.endswith("/.zarray")]
+        raise VariableNotFoundError(f"{where} has no array {ncvar!r}; arrays: "
+                                    f"{', '.join(sorted(names)) or 'none'}")
+    meta = _json_ref(refs[prefix + ".zarray"], prefix + ".zarray", where)
+    attrs = _json_ref(refs.get(prefix + ".zattrs", "{}"), prefix + ".zattrs", where)
+    whole: dict[str, str] = {}
+
+    def locate(key: str) -> Locator | None:
+        k = prefix + key
+        v = refs.get(k)
+        if v is None:
+            return None
+        if isinstance(v, (str, bytes)):
+            raise UnsupportedError(f"{where}: chunk {k} is inlined in the references; only "
+                                   "chunks stored in objects ([url, offset, length]) can be reduced")
+        if not isinstance(v, list) or not v or not isinstance(v[0], str):
+            raise FormatError(f"{where}: reference {k} must be [url] or [url, offset, length]")
+        url = v[0]
+        if len(v) == 3:
+            off, size = v[1], v[2]
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in (off, size)) \
+                    or off < 0 or size < 1:
+                raise FormatError(f"{where}: reference {k} has a bad offset/length {v[1:]}")
+            return Locator(url, off, size)
+        if len(v) == 1:
+            whole[k] = url
+            return Locator(url, 0, -1)  # size filled in below
+        raise FormatError(f"{where}: reference {k} must be [url] or [url, offset, length]")
+
+    var = variable_from_metadata(meta, attrs, name, where, locate, fmt="kerchunk")
+    if whole:  # [url] references need the objects' sizes
+        ids = _identity(sorted(set(whole.values())), storage_options)
+        var.chunks = {c: (Locator(loc.url, 0, int(ids[loc.url]["size"]),
+                                  etag=ids[loc.url].get("etag"),
+                                  version_id=ids[loc.url].get("version_id"))
+                          if loc.size < 0 else loc) for c, loc in var.chunks.items()}
+    return var
+
+
+# ------------------------------------------------------------------------- CLI
+
+def manifest_main(argv: Sequence[str] | None = None) -> int:
+    """``activestorage manifest DATASET [VAR ...] -o refs.json``; returns the exit status."""
+    p = argparse.ArgumentParser(
+        prog="activestorage manifest",
+        description="Write a chunk manifest (locators, codecs, missing-data attributes, S3 ETags "
+                    "and version ids) so the dataset opens later with no metadata reads.")
+    p.add_argument("dataset", help="file, URL, Zarr store or glob pattern (quote it) of files to "
+                                   "combine along --concat-dim")
+    p.add_argument("variables", nargs="*", help="variables to record (default: all)")
+    p.add_argument("-o", "--output", default="-", help="manifest path or s3:// URL ('-': stdout)")
+    p.add_argument("--concat-dim", default=None,
+                   help="dimension to combine several files along (default: each variable's first)")
+    p.add_argument("--storage-options", default=None,
+                   help="JSON object of s3fs options, e.g. '{\"endpoint_url\": \"http://...\"}'")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not record ETags/version ids or check locators against object sizes")
+    args = p.parse_args(argv)
+    try:
+        so = json.loads(args.storage_options) if args.storage_options else None
+        if so is not None and not isinstance(so, dict):
+            raise ValueError("must be a JSON object")
+    except ValueError as exc:
+        print(f"activestorage manifest: --storage-options: {exc}", file=sys.stderr)
+        return 2
+    out = None if args.output == "-" else args.output
+    try:
+        doc = write_manifest(args.dataset, args.variables or None, out, storage_options=so,
+                             concat_dim=args.concat_dim, pin_objects=not args.no_pin)
+    except ActiveStorageError as exc:
+        print(f"activestorage manifest: {exc}", file=sys.stderr)
+        return 1
+    if out is None:
+        json.dump(doc, sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        nchunks = sum(len(v["chunks"]) for v in doc["variables"].values())
+        print(f"wrote {out}: {len(doc['variables'])} variables, {nchunks} chunks",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,486 @@
+"""Zarr v2 and v3 arrays (local directories, ``s3://`` and other fsspec URLs) as :class:`Variable`s.
+
+The ``zarr`` package reads the metadata (groups, consolidated metadata, v2/v3 documents); we turn
+its JSON form into a chunk index: each chunk is a whole object (offset 0, size = object size, found
+with one listing of the array's prefix). Chunks absent from the store are absent from the index and
+read as ``fill_value``. A sharded v3 array (``sharding_indexed``) is indexed by reading each shard's
+index: an inner chunk is then a byte range inside its shard object.
+
+Codecs map onto the kernel's request model: the bytes->bytes pipeline becomes one ``compression``
+plus ``filters`` (shuffle, fletcher32), the v3 ``bytes`` codec gives the byte order and a full
+``transpose`` gives Fortran order. Anything else raises :class:`UnsupportedError` naming the codec.
+
+Missing data: CF attributes (``_FillValue``, ``missing_value``, ``valid_min``/``valid_max``/
+``valid_range``) as netCDF4-python applies them; a v2 array written by xarray (it has
+``_ARRAY_DIMENSIONS``) also masks its ``fill_value``, which is where xarray keeps ``_FillValue``.
+No netCDF default fill values apply to Zarr.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import FormatError, StorageError, UnsupportedError, VariableNotFoundError
+from ..request import COMPRESSION_IDS, Missing
+from .base import Locator, Variable
+
+log = logging.getLogger(__name__)
+
+#: shard index entry meaning "this inner chunk is empty"
+_EMPTY = 2**64 - 1
+_FILTERS = ("shuffle", "fletcher32")
+
+
+# -------------------------------------------------------------------------- codec mapping
+
+def _codec_id(codec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(id, configuration) of a v2 numcodecs config or a v3 codec document."""
+    if "name" in codec:  # v3
+        name = str(codec["name"])
+        if name.startswith("numcodecs."):
+            name = name[len("numcodecs."):]
+        return name, dict(codec.get("configuration") or {})
+    return str(codec.get("id")), {k: v for k, v in codec.items() if k != "id"}
+
+
+def map_pipeline(codecs: Sequence[Mapping[str, Any]], itemsize: int, where: str
+                 ) -> tuple[dict[str, Any] | None, tuple[dict[str, Any], ...]]:
+    """Bytes->bytes codecs in write order -> the kernel's ``(compression, filters)``.
+
+    The kernel undoes one compression and then the filters in reverse, so the pipeline must be
+    ``filters..., [compression], [fletcher32]``; a checksum after the compression is "outer".
+    """
+    compression: dict[str, Any] | None = None
+    filters: list[dict[str, Any]] = []
+    for codec in codecs:
+        cid, conf = _codec_id(codec)
+        if cid in COMPRESSION_IDS:
+            if compression is not None:
+                raise UnsupportedError(f"{where}: two compressors ({compression['id']}, {cid}) in "
+                                       "one codec pipeline are not supported")
+            compression = {"id": cid}
+            if cid == "blosc":
+                compression.update({k: conf[k] for k in ("cname",) if k in conf})
+        elif cid == "shuffle":
+            if compression is not None:
+                raise UnsupportedError(f"{where}: shuffle after compression is not supported")
+            es = conf.get("elementsize", conf.get("element_size", itemsize))
+            filters.append({"id": "shuffle", "element_size": int(es or itemsize)})
+        elif cid == "fletcher32":
+            filters.append({"id": "fletcher32", "outer": True} if compression is not None
+                           else {"id": "fletcher32"})
+        else:
+            raise UnsupportedError(f"{where}: codec {cid!r} is not supported (supported: "
+                                   f"{', '.join(COMPRESSION_IDS + _FILTERS)})")
+    return compression, tuple(filters)
+
+
+def _check_dtype(dtype: np.dtype, where: str) -> None:
+    if dtype.kind not in "iuf" or dtype.itemsize > 8:
+        raise UnsupportedError(f"{where}: dtype {dtype} cannot be reduced (numeric types only)")
+
+
+def _fill(value: Any, dtype: np.dtype) -> Any:
+    """A JSON fill value (numbers, "NaN", "Infinity", hex strings) as a numpy scalar of ``dtype``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        special = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
+        if value in special:
+            return dtype.type(special[value])
+        if value.startswith("0x") and dtype.kind == "f":
+            raw = int(value, 16).to_bytes(dtype.itemsize, "big")
+            return np.frombuffer(raw, dtype.newbyteorder(">"))[0].astype(dtype)
+        raise FormatError(f"fill_value {value!r} is not understood for {dtype}")
+    return dtype.type(value)
+
+
+def _v2_layout(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
+    dt = np.dtype(meta["dtype"]) if not isinstance(meta["dtype"], list) else None
+    if dt is None:
+        raise UnsupportedError(f"{where}: structured dtype {meta['dtype']!r} is not supported")
+    _check_dtype(dt, where)
+    codecs = list(meta.get("filters") or [])
+    if meta.get("compressor"):
+        codecs.append(meta["compressor"])
+    compression, filters = map_pipeline(codecs, dt.itemsize, where)
+    byte_order = {"<": "little", ">": "big"}.get(dt.byteorder, "little" if np.little_endian else "big")
+    native = dt.newbyteorder("=")
+    return dict(dtype=native, byte_order=byte_order, order=str(meta.get("order", "C")),
+                compression=compression, filters=filters,
+                chunk_shape=tuple(int(c) for c in meta["chunks"]),
+                fill_value=_fill(meta.get("fill_value"), native), shard=None)
+
+
+def _v3_layout(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
+    dt = meta["data_type"]
+    if not isinstance(dt, str):
+        raise UnsupportedError(f"{where}: data type {dt!r} is not supported")
+    try:
+        native = np.dtype(dt)
+    except TypeError as exc:
+        raise UnsupportedError(f"{where}: data type {dt!r} is not supported") from exc
+    _check_dtype(native, where)
+    grid = meta["chunk_grid"]
+    if grid.get("name") != "regular":
+        raise UnsupportedError(f"{where}: chunk grid {grid.get('name')!r} is not supported")
+    chunk_shape = tuple(int(c) for c in grid["configuration"]["chunk_shape"])
+    codecs = list(meta["codecs"])
+    shard = None
+    if codecs and _codec_id(codecs[0])[0] == "sharding_indexed":
+        if len(codecs) > 1:
+            raise UnsupportedError(f"{where}: codecs after sharding_indexed are not supported")
+        conf = _codec_id(codecs[0])[1]
+        shard = {"shape": chunk_shape, "index_codecs": list(conf.get("index_codecs") or []),
+                 "index_location": conf.get("index_location", "end")}
+        chunk_shape = tuple(int(c) for c in conf["chunk_shape"])
+        codecs = list(conf["codecs"])
+        if any(_codec_id(c)[0] == "sharding_indexed" for c in codecs):
+            raise UnsupportedError(f"{where}: nested sharding is not supported")
+    order, byte_order = "C", "little"
+    rest: list[Mapping[str, Any]] = []
+    seen_bytes = False
+    for c in codecs:
+        cid, conf = _codec_id(c)
+        if not seen_bytes and cid == "transpose":
+            perm = list(conf.get("order", []))
+            ndim = len(chunk_shape)
+            if perm == list(range(ndim)):
+                continue
+            if perm == list(range(ndim))[::-1] and order == "C":
+                order = "F"
+                continue
+            raise UnsupportedError(f"{where}: transpose codec with order {perm} is not supported "
+                                   "(only the full reversal, i.e. Fortran order)")
+        if cid == "bytes" and not seen_bytes:
+            byte_order = conf.get("endian") or ("little" if np.little_endian else "big")
+            seen_bytes = True
+            continue
+        if not seen_bytes:
+            raise UnsupportedError(f"{where}: codec {cid!r} is not supported (array->array "
+                                   "codecs other than transpose)")
+        rest.append(c)
+    if not seen_bytes:
+        raise UnsupportedError(f"{where}: no 'bytes' codec in the pipeline")
+    compression, filters = map_pipeline(rest, native.itemsize, where)
+    return dict(dtype=native, byte_order=byte_order, order=order, compression=compression,
+                filters=filters, chunk_shape=chunk_shape,
+                fill_value=_fill(meta.get("fill_value"), native), shard=shard)
+
+
+def layout(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """dtype, byte order, order, codecs, chunk shape, fill value and shard description of a Zarr
+    array's metadata document (v2 ``.zarray`` or v3 ``zarr.json``)."""
+    try:
+        if int(meta.get("zarr_format", 2)) == 3:
+            return _v3_layout(meta, where)
+        return _v2_layout(meta, where)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where}: zarr array metadata is malformed ({exc!r})") from exc
+
+
+def missing_from_zarr(attrs: Mapping[str, Any], dtype: np.dtype, fill_value: Any,
+                      xarray_v2: bool) -> Missing:
+    """CF missing-data attributes (no netCDF default fill values) as a :class:`Missing`."""
+    from .hdf5 import missing_from_attrs
+
+    cf = dict(attrs)
+    if xarray_v2 and fill_value is not None and "_FillValue" not in cf:
+        cf["_FillValue"] = fill_value
+    if "_FillValue" in cf:
+        return missing_from_attrs(cf, dtype, True)[0]
+    # missing_from_attrs would add the netCDF default fill value when _FillValue is absent, which
+    # Zarr readers never mask: stand in the first missing_value (already masked) for _FillValue.
+    if "missing_value" in cf:
+        cf["_FillValue"] = np.atleast_1d(cf["missing_value"])[0]
+        return missing_from_attrs(cf, dtype, True)[0]
+    rng = missing_from_attrs(cf, dtype, True)[0]
+    return Missing(values=(), valid_min=rng.valid_min, valid_max=rng.valid_max)
+
+
+def variable_from_metadata(meta: Mapping[str, Any], attrs: Mapping[str, Any], name: str,
+                           source: str, locate: Callable[[str], Locator | None], *,
+                           read_range: Callable[[Locator, int, int], bytes] | None = None,
+                           fmt: str | None = None) -> Variable:
+    """Build a :class:`Variable` from a Zarr array's metadata.
+
+    ``locate(key)`` gives the locator of the object under chunk key ``key`` (relative to the
+    array), or None when it is absent. For a sharded array ``read_range(shard_locator, start,
+    stop)`` reads bytes of a shard (``start`` < 0 counts from the end) to get its index.
+    """
+    where = f"{source}: {name}"
+    lay = layout(meta, where)
+    shape = tuple(int(n) for n in meta["shape"])
+    v3 = int(meta.get("zarr_format", 2)) == 3
+    dtype: np.dtype = lay["dtype"]
+    attrs = dict(attrs)
+    if v3:
+        dims = tuple(meta.get("dimension_names") or ())
+        dims = () if any(d is None for d in dims) else dims
+    else:
+        dims = tuple(attrs.get("_ARRAY_DIMENSIONS") or ())
+    xarray_v2 = not v3 and "_ARRAY_DIMENSIONS" in attrs
+    attrs.pop("_ARRAY_DIMENSIONS", None)
+    fill = lay["fill_value"]
+    missing = missing_from_zarr(attrs, dtype, fill, xarray_v2)
+    if fill is None:
+        fill = dtype.type(0)  # zarr reads never-written chunks of a fill_value=null array as 0
+    encode = _key_encoder(meta, len(shape))
+    chunk_shape: tuple[int, ...] = lay["chunk_shape"]
+    chunks: dict[tuple[int, ...], Locator] = {}
+    shard = lay["shard"]
+    if shard is None:
+        for coords in np.ndindex(*_grid(shape, chunk_shape)):
+            loc = locate(encode(coords))
+            if loc is not None:
+                chunks[tuple(int(i) for i in coords)] = loc
+    else:
+        if read_range is None:
+            raise UnsupportedError(f"{where}: sharded arrays need a store to read shard indexes")
+        per = tuple(s // c for s, c in zip(shard["shape"], chunk_shape))
+        if any(s % c for s, c in zip(shard["shape"], chunk_shape)):
+            raise FormatError(f"{where}: shard shape {shard['shape']} is not a multiple of the "
+                              f"chunk shape {chunk_shape}")
+        grid = _grid(shape, chunk_shape)
+        for scoords in np.ndindex(*_grid(shape, shard["shape"])):
+            sloc = locate(encode(scoords))
+            if sloc is None:
+                continue
+            index = _read_shard_index(sloc, per, shard, read_range, where)
+            for inner in np.ndindex(*per):
+                off, nbytes = index[inner]
+                if off == _EMPTY and nbytes == _EMPTY:
+                    continue
+                g = tuple(int(s * p + i) for s, p, i in zip(scoords, per, inner))
+                if any(x >= n for x, n in zip(g, grid)):
+                    continue
+                if off + nbytes > sloc.size:
+                    raise FormatError(f"{where}: shard {sloc.url} index points past its end "
+                                      f"(chunk {g}: bytes {off}-{off + nbytes} of {sloc.size})")
+                chunks[g] = Locator(sloc.url, sloc.offset + int(off), int(nbytes),
+                                    etag=sloc.etag, version_id=sloc.version_id)
+    from .hdf5 import packing_from_attrs
+
+    scale, offset = packing_from_attrs(attrs)
+    return Variable(
+        name=name, source=source, dtype=dtype, shape=shape, chunk_shape=chunk_shape,
+        chunks=chunks, byte_order=lay["byte_order"], order=lay["order"],
+        compression=lay["compression"], filters=lay["filters"], missing=missing,
+        fill_value=fill, scale_factor=scale, add_offset=offset, attrs=attrs, dimensions=dims,
+        format=fmt or ("zarr3" if v3 else "zarr2"))
+
+
+def _grid(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
+    return tuple(math.ceil(n / c) if c else 0 for n, c in zip(shape, chunks))
+
+
+def _key_encoder(meta: Mapping[str, Any], ndim: int) -> Callable[[tuple[int, ...]], str]:
+    """Chunk coordinates -> the chunk's key relative to the array."""
+    if int(meta.get("zarr_format", 2)) == 3:
+        enc = meta.get("chunk_key_encoding") or {"name": "default"}
+        name = enc.get("name", "default")
+        sep = (enc.get("configuration") or {}).get("separator", "/" if name == "default" else ".")
+        if name == "default":
+            return lambda c: "c" + "".join(sep + str(i) for i in c) if c else "c"
+        if name == "v2":
+            return lambda c: sep.join(str(i) for i in c) if c else "0"
+        raise UnsupportedError(f"chunk key encoding {name!r} is not supported")
+    sep = meta.get("dimension_separator") or "."
+    return lambda c: sep.join(str(int(i)) for i in c) if c else "0"
+
+
+def _read_shard_index(sloc: Locator, per: tuple[int, ...], shard: Mapping[str, Any],
+                      read_range: Callable[[Locator, int, int], bytes], where: str) -> np.ndarray:
+    """The shard's ``(offset, nbytes)`` table, shape ``(*per, 2)``."""
+    endian, crc = "little", False
+    for c in shard["index_codecs"]:
+        cid, conf = _codec_id(c)
+        if cid == "bytes":
+            endian = conf.get("endian") or "little"
+        elif cid == "crc32c":
+            crc = True
+        else:
+            raise UnsupportedError(f"{where}: shard index codec {cid!r} is not supported")
+    n = math.prod(per) * 16 + (4 if crc else 0)
+    if n > sloc.size:
+        raise FormatError(f"{where}: shard {sloc.url} ({sloc.size} bytes) is too small for its "
+                          f"{n}-byte index")
+    raw = (read_range(sloc, sloc.size - n, sloc.size) if shard["index_location"] == "end"
+           else read_range(sloc, 0, n))
+    if len(raw) != n:
+        raise FormatError(f"{where}: short read of the shard index of {sloc.url}")
+    if crc:
+        body, check = raw[:-4], struct.unpack("<I", raw[-4:])[0]
+        got = _crc32c(body)
+        if got is not None and got != check:
+            raise FormatError(f"{where}: shard index of {sloc.url} fails its CRC32C checksum")
+        raw = body
+    table = np.frombuffer(raw, "<u8" if endian == "little" else ">u8").astype(np.uint64)
+    return table.reshape(*per, 2)
+
+
+def _crc32c(data: bytes) -> int | None:
+    try:
+        import google_crc32c
+    except ImportError:  # the checksum is an extra check; without the library we skip it
+        return None
+    return int(google_crc32c.value(data))
+
+
+# ----------------------------------------------------------------------------- stores
+
+def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str, str]:
+    """(fsspec filesystem, root path in it, URL prefix for locators)."""
+    from ..storage import local_path, resolve_s3_options, s3_filesystem, url_kind
+
+    kind = url_kind(url)
+    if kind == "file":
+        import fsspec
+
+        path = os.path.abspath(local_path(url))
+        return fsspec.filesystem("file"), path.rstrip("/"), ""
+    if kind == "s3":
+        fs = s3_filesystem(resolve_s3_options(storage_options))
+        return fs, url.split("://", 1)[1].rstrip("/"), "s3://"
+    raise UnsupportedError(f"{url}: Zarr stores must be local or s3:// (an HTTP store cannot be "
+                           "listed to find which chunks exist)")
+
+
+def _zarr_store(fs: Any, root: str, prefix: str) -> Any:
+    import zarr
+
+    if not prefix:
+        return zarr.storage.LocalStore(root, read_only=True)
+    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+    afs = fs if getattr(fs, "async_impl", False) else AsyncFileSystemWrapper(fs)
+    if getattr(afs, "asynchronous", None) is False and getattr(fs, "async_impl", False):
+        # zarr wants an asynchronous instance of the same filesystem
+        afs = type(fs)(**{**fs.storage_options, "asynchronous": True, "skip_instance_cache": True})
+    return zarr.storage.FsspecStore(afs, path=root, read_only=True)
+
+
+def _open_node(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, Any, str, str]:
+    import zarr
+
+    fs, root, prefix = _filesystem(url, storage_options)
+    try:
+        node = zarr.open(store=_zarr_store(fs, root, prefix), mode="r")
+    except FileNotFoundError as exc:
+        raise FormatError(f"{url} is not a Zarr store (no .zarray/.zgroup/zarr.json)") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{url}: Zarr metadata could not be read ({exc})") from exc
+    except OSError as exc:
+        raise StorageError(f"{url}: {exc}", store=url) from exc
+    return node, fs, root, prefix
+
+
+def _arrays(node: Any) -> dict[str, Any]:
+    import zarr
+
+    if isinstance(node, zarr.Array):
+        return {"": node}
+    return {path: arr for path, arr in node.arrays(recursive=True)} if _has_recursive(node) else \
+        {name: arr for name, arr in node.arrays()}
+
+
+def _has_recursive(node: Any) -> bool:
+    import inspect
+
+    try:
+        return "recursive" in inspect.signature(node.arrays).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] | None = None
+              ) -> Variable:
+    """Open array ``ncvar`` (a path inside a group, or the store's own name for an array store)."""
+    import zarr
+
+    url = os.fspath(path_or_url).rstrip("/")
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    node, fs, root, prefix = _open_node(url, storage_options)
+    if isinstance(node, zarr.Array):
+        base = url.rsplit("/", 1)[-1]
+        if ncvar not in (base, base.removesuffix(".zarr"), "", "/"):
+            raise VariableNotFoundError(f"{url} is a single array ({base}), not a group with "
+                                        f"{ncvar!r}")
+        arr, apath = node, ""
+    else:
+        try:
+            arr = node[ncvar.strip("/")]
+        except KeyError:
+            arr = None
+        if not isinstance(arr, zarr.Array):
+            names = ", ".join(sorted(_arrays(node))) or "none"
+            raise VariableNotFoundError(f"{url} has no array {ncvar!r}; arrays: {names}")
+        apath = ncvar.strip("/")
+    array_root = f"{root}/{apath}" if apath else root
+    try:
+        listing = fs.find(array_root, detail=True)
+    except (OSError, FileNotFoundError) as exc:
+        raise StorageError(f"{url}: cannot list {array_root}: {exc}", store=url) from exc
+
+    def locate(key: str) -> Locator | None:
+        info = listing.get(f"{array_root}/{key}")
+        if info is None or info.get("type", "file") != "file":
+            return None
+        etag = info.get("ETag") or info.get("etag")
+        return Locator(prefix + info["name"], 0, int(info["size"]),
+                       etag=etag.strip('"') if etag else None, version_id=info.get("VersionId"))
+
+    def read_range(loc: Locator, start: int, stop: int) -> bytes:
+        path = loc.url[len(prefix):] if prefix else loc.url
+        try:
+            return fs.cat_file(path, start=loc.offset + start, end=loc.offset + stop)
+        except Exception as exc:  # noqa: BLE001 - any store failure names the object
+            raise StorageError(f"cannot read the shard index of {loc.url}: {exc}",
+                               store=loc.url) from exc
+
+    meta = arr.metadata.to_dict()
+    attrs = dict(meta.pop("attributes", None) or arr.attrs)
+    return variable_from_metadata(_jsonable(meta), attrs, ncvar, url, locate,
+                                  read_range=read_range)
+
+
+def _jsonable(meta: Any) -> Any:
+    """zarr's ``to_dict`` may hold tuples, numpy scalars and enums; make them plain JSON values."""
+    if isinstance(meta, Mapping):
+        return {str(k): _jsonable(v) for k, v in meta.items()}
+    if isinstance(meta, (list, tuple)):
+        return [_jsonable(v) for v in meta]
+    if isinstance(meta, np.generic):
+        v = meta.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+        return v
+    if isinstance(meta, float) and not math.isfinite(meta):
+        return "NaN" if meta != meta else ("Infinity" if meta > 0 else "-Infinity")
+    if hasattr(meta, "value") and not isinstance(meta, (str, int, float, bool)):
+        return meta.value  # enums
+    if isinstance(meta, np.dtype):
+        return meta.str
+    return meta
+
+
+def list_variables(path_or_url: str, storage_options: Mapping[str, Any] | None = None
+                   ) -> dict[str, dict[str, Any]]:
+    """``{path: {"dimensions", "shape", "dtype"}}`` for every array of a Zarr store."""
+    url = os.fspath(path_or_url).rstrip("/")
+    node, _fs, _root, _prefix = _open_node(url, storage_options)
+    out = {}
+    for path, arr in sorted(_arrays(node).items()):
+        name = path or url.rsplit("/", 1)[-1]
+        dims = (getattr(arr.metadata, "dimension_names", None)
+                or arr.attrs.get("_ARRAY_DIMENSIONS") or [])
+        out[name] = {"dimensions": [str(d) for d in dims], "shape": list(arr.shape),
+                     "dtype": np.dtype(str(arr.dtype)).newbyteorder("=").name}
+    return out
