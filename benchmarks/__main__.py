@@ -1,0 +1,250 @@
+"""``python -m benchmarks [--quick] [--only NAMES] [--no-peer]``: the side-by-side benchmark run.
+
+Makes (or reuses) the datasets, computes the NumPy oracle, starts moto / our server / nginx as
+loopback processes when a selected method needs them, then runs every method in a fresh process
+(see :mod:`benchmarks.worker`, :mod:`benchmarks.peer`), prints one table per dataset and writes
+``benchmarks/results/<timestamp>.json`` and ``.png``. Exit code 1 if any method failed or any
+result disagrees with the oracle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import data, peer, report, services
+
+log = logging.getLogger("benchmarks")
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "limits": ("numpy_memory", "pread", "decode_1core", "decode_threads", "moto_get", "nginx_get"),
+    "baselines": ("netcdf4_numpy", "xarray", "h5py_numpy"),
+    "ours": ("ours_posix", "ours_fetch", "ours_server_chunk", "ours_server_batch"),
+    "peer": peer.METHODS,
+}
+ALL = tuple(m for ms in GROUPS.values() for m in ms)
+NEEDS_MOTO = {"moto_get", "ours_fetch", "ours_server_chunk", "ours_server_batch",
+              "peer_reductionist"}
+NEEDS_SERVER = {"ours_server_chunk", "ours_server_batch", "peer_reductionist"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="~20 MB datasets and 1 timed run: checks the suite works (under a minute)")
+    p.add_argument("--only", default="",
+                   help="comma-separated methods or groups (" + ", ".join(GROUPS) + "); "
+                        "methods: " + ", ".join(ALL))
+    p.add_argument("--datasets", default="", help="comma-separated subset of plain,zlib,small,missing")
+    p.add_argument("--no-peer", action="store_true",
+                   help="skip PyActiveStorage (no venv is created)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs per case (default 3; quick 1)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1; quick 0)")
+    p.add_argument("--data-dir", type=Path, default=data.DEFAULT_DIR)
+    p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--worker-timeout", type=float, default=None,
+                   help="seconds one method may take over all datasets (default 1800; quick 120)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def select_methods(only: str, no_peer: bool) -> list[str]:
+    wanted: list[str] = []
+    for item in (x.strip() for x in only.split(",") if x.strip()):
+        if item in GROUPS:
+            wanted += GROUPS[item]
+        elif item in ALL:
+            wanted.append(item)
+        else:
+            raise SystemExit(f"--only: unknown method or group {item!r}; choose from "
+                             f"{', '.join(GROUPS)}, {', '.join(ALL)}")
+    methods = [m for m in ALL if not wanted or m in wanted]
+    if no_peer:
+        methods = [m for m in methods if m not in peer.METHODS]
+    return methods
+
+
+def describe(spec: data.Spec, path: Path) -> str:
+    comp = "zlib+shuffle" if spec.zlib else "uncompressed"
+    miss = ", _FillValue land + missing_value" if spec.missing else ""
+    decoded = spec.ntime * data.NLAT * data.NLON * 4
+    return (f"float32 {(spec.ntime, data.NLAT, data.NLON)} = {decoded / 1e6:.0f} MB decoded, "
+            f"{path.stat().st_size / 1e6:.0f} MB on disk, chunks {spec.chunks} "
+            f"({int(np.prod(spec.chunks)) * 4 / 1024:.0f} KiB), {comp}{miss}")
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Datasets (written if needed), their per-case stored bytes, and the combined oracle."""
+    wanted = {x.strip() for x in args.datasets.split(",") if x.strip()}
+    out, oracle = [], {}
+    for spec in data.specs(args.quick):
+        if wanted and spec.name not in wanted:
+            continue
+        t0 = time.perf_counter()
+        path = data.ensure(spec, args.data_dir)
+        for k, v in data.ensure_oracle(spec, path).items():
+            oracle[f"{spec.name}/{k}"] = v
+        index = data.chunk_index(path)
+        cases = data.cases(spec.ntime)
+        stored = {c["name"]: sum(s for _o, s in data.touched(index, spec.chunks, c["box"]))
+                  for c in cases}
+        out.append({"name": spec.name, "path": str(path), "chunks": list(spec.chunks),
+                    "zlib": spec.zlib, "missing": spec.missing, "ntime": spec.ntime,
+                    "cases": cases, "stored_bytes": stored, "file_bytes": path.stat().st_size,
+                    "nchunks": len(index), "describe": describe(spec, path)})
+        log.info("dataset %s ready in %.1fs", spec.name, time.perf_counter() - t0)
+    if not out:
+        raise SystemExit(f"--datasets {args.datasets!r} matches none of plain,zlib,small,missing")
+    return out, oracle
+
+
+def run_worker(method: str, config: dict[str, Any], workdir: Path, timeout: float,
+               peer_python: Path | None) -> dict[str, Any]:
+    """Run one method in a fresh process; its JSON record, or an error record."""
+    cfg = workdir / f"{method}.config.json"
+    out = workdir / f"{method}.result.json"
+    cfg.write_text(json.dumps(config))
+    if method in peer.METHODS:
+        assert peer_python is not None
+        cmd, cwd = peer.worker_command(peer_python, method, cfg, out), workdir
+    else:
+        cmd, cwd = [sys.executable, "-m", "benchmarks.worker", method, str(cfg), str(out)], REPO
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"method": method, "error": f"timed out after {timeout:.0f}s", "datasets": {}}
+    wall = time.perf_counter() - t0
+    if r.returncode != 0 or not out.exists():
+        tail = (r.stderr or r.stdout).strip().splitlines()[-8:]
+        return {"method": method, "error": f"exit {r.returncode}: " + " | ".join(tail),
+                "datasets": {}}
+    rec = json.loads(out.read_text())
+    rec["wall_s"] = wall
+    return rec
+
+
+def problems(results: dict[str, Any]) -> list[str]:
+    """Failed methods/cases and results that disagree with the oracle."""
+    bad = []
+    for m, rec in results.items():
+        if "error" in rec:
+            bad.append(f"{m}: {rec['error']}")
+        for ds, drec in rec.get("datasets", {}).items():
+            if "error" in drec:
+                bad.append(f"{m} on {ds}: {drec['error']}")
+            for case, c in drec.get("cases", {}).items():
+                if "error" in c:
+                    bad.append(f"{m} on {ds}/{case}: {c['error']}")
+                elif c.get("check") and not c["check"].get("ok"):
+                    bad.append(f"{m} on {ds}/{case}: wrong result ({c['check'].get('why')})")
+    return bad
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    import h5py
+    import netCDF4
+
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "numpy": np.__version__, "h5py": h5py.__version__, "netCDF4": netCDF4.__version__,
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
+    warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    timeout = args.worker_timeout or (120.0 if args.quick else 1800.0)
+    methods = select_methods(args.only, args.no_peer)
+    started = dt.datetime.now(dt.timezone.utc)
+    t_start = time.perf_counter()
+    notes: list[str] = []
+    if args.no_peer:
+        notes.append("PyActiveStorage not run (--no-peer): x peer ratios are blank")
+
+    datasets, oracle = prepare(args)
+    peer_python, peer_version = None, None
+    if any(m in peer.METHODS for m in methods):
+        peer_python, peer_version = peer.ensure_venv(args.data_dir)
+        if not peer_version.startswith("0.8"):
+            notes.append(f"pyactivestorage 0.8 unavailable; measured {peer_version}")
+    print(f"datasets ready in {time.perf_counter() - t_start:.1f}s; methods: {', '.join(methods)}",
+          flush=True)
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="activestorage-bench-") as tmp:
+        work = Path(tmp)
+        np.savez(work / "oracle.npz", **oracle)
+        files = [Path(d["path"]) for d in datasets]
+        with services.started(work, files, args.data_dir,
+                              moto=bool(NEEDS_MOTO & set(methods)),
+                              server=bool(NEEDS_SERVER & set(methods)),
+                              nginx="nginx_get" in methods) as svc:
+            notes += svc.notes
+            if svc.http_base is None and "nginx_get" in methods:
+                methods.remove("nginx_get")
+            for d in datasets:
+                d["s3_url"] = svc.s3_url(Path(d["path"]))
+                d["http_url"] = svc.http_url(Path(d["path"]))
+            config = {"runs": runs, "warmup": warmup, "oracle": str(work / "oracle.npz"),
+                      "s3": svc.s3, "server_url": svc.server_url, "datasets": datasets}
+            for m in methods:
+                t0 = time.perf_counter()
+                results[m] = run_worker(m, config, work, timeout, peer_python)
+                status = results[m].get("error", "ok")
+                print(f"  {m:<18} {time.perf_counter() - t0:6.1f}s  {status}", flush=True)
+
+    report.add_ratios(results, os.cpu_count() or 1)
+    bad = problems(results)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    record = {"started": started.isoformat(), "seconds": time.perf_counter() - t_start,
+              "quick": args.quick, "runs": runs, "warmup": warmup, "machine": machine(),
+              "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+              "peer_version": peer_version, "notes": notes, "problems": bad,
+              "datasets": [{k: v for k, v in d.items() if k != "cases"} | {"cases": d["cases"]}
+                           for d in datasets],
+              "methods": results}
+    json_path = args.results_dir / f"{stamp}{'-quick' if args.quick else ''}.json"
+    png_path = json_path.with_suffix(".png")
+    report.write_json(record, json_path)
+    report.print_table(results, datasets)
+    try:
+        report.plot(results, datasets, png_path)
+    except Exception as exc:  # the numbers matter more than the picture
+        notes.append(f"plot failed: {type(exc).__name__}: {exc}")
+        png_path = None
+        report.write_json(record, json_path)
+    for n in notes:
+        print(f"note: {n}")
+    for b in bad:
+        print(f"PROBLEM: {b}")
+    print(f"\nmedians of {runs} run(s) after {warmup} warm-up; {os.cpu_count()} cores; "
+          f"total {time.perf_counter() - t_start:.0f}s")
+    print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
