@@ -382,21 +382,13 @@ def _open_node(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any
 
 
 def _arrays(node: Any) -> dict[str, Any]:
+    """Every array under ``node`` by its path (``""`` for an array store itself)."""
     import zarr
 
     if isinstance(node, zarr.Array):
         return {"": node}
-    return {path: arr for path, arr in node.arrays(recursive=True)} if _has_recursive(node) else \
-        {name: arr for name, arr in node.arrays()}
-
-
-def _has_recursive(node: Any) -> bool:
-    import inspect
-
-    try:
-        return "recursive" in inspect.signature(node.arrays).parameters
-    except (TypeError, ValueError):
-        return False
+    return {path: obj for path, obj in node.members(max_depth=None)
+            if isinstance(obj, zarr.Array)}
 
 
 def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] | None = None
