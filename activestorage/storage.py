@@ -264,9 +264,13 @@ def open_url(url: str, storage_options: Mapping[str, Any] | None = None, *,
 
             fs = fsspec.filesystem("http", skip_instance_cache=True,
                                    **http_options(storage_options, timeout))
+            info = fs.info(url)
+            if info.get("size") is None:
+                raise StorageError(f"{url}: the server does not report the object's size "
+                                   "(Content-Length), so it cannot be range-read", status=502,
+                                   store=url)
             f = fs.open(url, "rb", block_size=block_size, cache_type="blockcache",
-                        cache_options={"maxblocks": max_blocks})
-            info = getattr(f, "details", None) or {}
+                        cache_options={"maxblocks": max_blocks}, size=int(info["size"]))
     except Exception as exc:  # noqa: BLE001
         raise _storage_error(exc, url) from exc
     stats.requests += 1  # the HEAD that found size and ETag
@@ -303,6 +307,16 @@ def _storage_error(exc: BaseException, url: str) -> StorageError:
     """Translate a store/transport exception into a StorageError naming ``url``."""
     if isinstance(exc, StorageError):
         return exc
+    if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:
+        # fsspec's HTTP info() turns every failure into FileNotFoundError; look at the cause
+        cause = exc.__cause__
+        http_status = getattr(cause, "status", None)
+        if isinstance(http_status, int) and http_status != 404:
+            status = 401 if http_status in (401, 403) else 502
+            return StorageError(f"reading {url} failed: HTTP {http_status}", status=status,
+                                store=url, causes=[f"{type(cause).__name__}: {cause}"])
+        if http_status is None:
+            return _storage_error(cause, url)
     status = 502
     text = str(exc) or type(exc).__name__
     code = ""

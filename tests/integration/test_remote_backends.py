@@ -3,16 +3,15 @@ and through our reduction server (per chunk, batched, v1), each against netCDF4-
 read of the same file reduced by numpy.ma.
 
 Every store and server is a real process on loopback, started on a free port and stopped by PID:
-moto's standalone S3 server with authentication enforced (an IAM user is created during the first
-unauthenticated requests, after which a wrong secret is refused), nginx serving range reads, and
-``python -m activestorage.server``.
+moto's standalone S3 server with authentication enforced (started here: an IAM user is created
+during the first unauthenticated requests, after which a wrong secret is refused), and the
+session's nginx and ``python -m activestorage.server`` from tests/integration/conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from activestorage.errors import ObjectChangedError, ServerError, StorageError
 from activestorage.request import make_request
 from activestorage.storage import open_url
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.integration
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "netcdf"
 SHARED_VARS = {"CMIP6_IPSL-CM6A-LR_tas.nc": "tas", "cesm2_native.nc": "TREFHT",
@@ -161,59 +160,21 @@ def s3_files(moto, files):
 
 
 @pytest.fixture(scope="module")
-def nginx(workdir, files):
-    """nginx serving the files (symlinked, not copied) with range reads."""
-    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if exe is None:
-        pytest.skip("nginx is not installed (CI installs it with apt-get install -y nginx)")
-    root = workdir / "www"
-    (root / "data").mkdir(parents=True)
+def nginx(nginx_server, files):
+    """The session's nginx (tests/integration/conftest.py) serving our files, symlinked."""
+    root = Path(nginx_server.extra["docroot"]) / "remote-backends"
+    root.mkdir(exist_ok=True)
     for name, (path, _) in files.items():
-        (root / "data" / name).symlink_to(Path(path).resolve())
-    port = free_port()
-    prefix = workdir / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    conf = prefix / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""  # workers must read our 0700 tmp dirs
-    conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp_body;
-    proxy_temp_path {prefix}/tmp_proxy;
-    fastcgi_temp_path {prefix}/tmp_fastcgi;
-    uwsgi_temp_path {prefix}/tmp_uwsgi;
-    scgi_temp_path {prefix}/tmp_scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location / {{ }}
-    }}
-}}
-""")
-    proc = start([exe, "-p", str(prefix), "-c", str(conf)], port, prefix / "stdout.log")
-    try:
-        yield {name: f"http://127.0.0.1:{port}/data/{name}" for name in files}
-    finally:
-        stop(proc)
+        link = root / name
+        if not link.exists():
+            link.symlink_to(Path(path).resolve())
+    return {name: f"{nginx_server.url}/remote-backends/{name}" for name in files}
 
 
 @pytest.fixture(scope="module")
-def server(workdir):
-    """Our reduction server as a process, allowed to read loopback stores only."""
-    port = free_port()
-    proc = start([sys.executable, "-m", "activestorage.server", "--host", "127.0.0.1",
-                  "--port", str(port), "--allow-upstream", "127.0.0.1", "--log-level", "warning"],
-                 port, workdir / "server.log")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+def server(active_server):
+    """The session's reduction server (allowed to read loopback stores only)."""
+    return active_server.url
 
 
 # ------------------------------------------------------------------------------- oracle

@@ -1,0 +1,197 @@
+"""FetchBackend: range coalescing, local and HTTP range reads, pinning and errors (in-process
+fakes; moto S3 and nginx are in tests/integration/test_remote_backends.py)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numcodecs
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from activestorage.backends.fetch import FetchBackend, coalesce
+from activestorage.errors import ObjectChangedError, StorageError
+from activestorage.kernel import reduce_chunk
+from activestorage.request import make_request
+
+
+@settings(max_examples=300, deadline=None)
+@given(spans=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 5000),
+                                st.integers(1, 300), st.sampled_from([None, "e1"])),
+                      min_size=1, max_size=30),
+       gap=st.integers(0, 200), max_range=st.integers(300, 3000))
+def test_coalesce_groups_cover_each_request_once(spans, gap, max_range):
+    reqs = [make_request("u1", (n,), offset=o, size=n, url=u, etag=e) for u, o, n, e in spans]
+    groups = coalesce(reqs, max_gap=gap, max_range=max_range)
+    members = sorted(i for g in groups for i in g.members)
+    assert members == list(range(len(reqs)))
+    for g in groups:
+        rs = [reqs[i] for i in g.members]
+        assert all(r.url == g.url and r.etag == g.etag for r in rs)
+        assert g.start == min(r.offset for r in rs) and g.end == max(r.offset + r.size for r in rs)
+        assert len(rs) == 1 or g.end - g.start <= max_range
+        # consecutive members (by offset) never leave a hole wider than the gap
+        reach = g.start
+        for r in sorted(rs, key=lambda r: r.offset):
+            assert r.offset <= reach + gap
+            reach = max(reach, r.offset + r.size)
+
+
+def _chunked_file(tmp_path, nchunks=12, shape=(3, 4)):
+    """A file of zlib+shuffle compressed int16 chunks back to back, with junk between some."""
+    rng = np.random.default_rng(3)
+    blob, reqs, arrays = bytearray(), [], []
+    for i in range(nchunks):
+        a = rng.integers(-300, 300, size=shape, dtype="<i2")
+        raw = numcodecs.Zlib(1).encode(numcodecs.Shuffle(2).encode(a.tobytes()))
+        if i % 4 == 3:
+            blob += b"junk" * 10
+        reqs.append(make_request("<i2", shape, offset=len(blob), size=len(raw),
+                                 compression={"id": "zlib"},
+                                 filters=({"id": "shuffle", "element_size": 2},)))
+        blob += raw
+        arrays.append(a)
+    path = tmp_path / "chunks.bin"
+    path.write_bytes(bytes(blob))
+    return path, bytes(blob), [r.with_(url=str(path)) for r in reqs], arrays
+
+
+@pytest.mark.parametrize("op", ["sum", "min", "max", "count", "select"])
+@pytest.mark.parametrize("coalesce_on", [True, False])
+def test_local_reduce_chunks_equals_kernel(tmp_path, op, coalesce_on):
+    path, blob, reqs, arrays = _chunked_file(tmp_path)
+    with FetchBackend(max_threads=3, coalesce=coalesce_on, env={}) as b:
+        parts = b.reduce_chunks(reqs[::-1], op)
+        assert b.stats.requests == (len(reqs) if not coalesce_on else 1)
+    for r, p, a in zip(reqs[::-1], parts, arrays[::-1]):
+        want = reduce_chunk(blob[r.offset:r.offset + r.size], r, op)
+        np.testing.assert_array_equal(p.values, want.values)
+        np.testing.assert_array_equal(p.counts, want.counts)
+        if op == "sum":
+            assert int(p.values.sum()) == int(a.astype(np.int64).sum())
+
+
+class FakeStore:
+    """Range GETs over named objects, with switches for the ways stores misbehave."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.etag = "v1"
+        self.ignore_range = False
+        self.truncate = False
+        self.fail_first: list[int] = []
+        self.gets = 0
+        store = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes = b"", **headers: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", f'"{store.etag}"')
+                for k, v in headers.items():
+                    self.send_header(k.replace("_", "-"), v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                store.gets += 1
+                if store.fail_first:
+                    self._send(store.fail_first.pop(0), b"busy")
+                    return
+                blob = store.objects.get(self.path)
+                if blob is None:
+                    self._send(404)
+                    return
+                im = self.headers.get("If-Match")
+                if im is not None and im.strip('"') != store.etag:
+                    self._send(412)
+                    return
+                if store.ignore_range:
+                    self._send(200, blob)
+                    return
+                a, b = (int(x) for x in self.headers["Range"].split("=")[1].split("-"))
+                body = blob[a:b + 1]
+                if store.truncate:
+                    body = body[:-1]
+                self._send(206, body, Content_Range=f"bytes {a}-{a + len(body) - 1}/{len(blob)}")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = FakeStore()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def _http_reqs(store, tmp_path):
+    _, blob, reqs, _ = _chunked_file(tmp_path)
+    store.objects["/o.bin"] = blob
+    return blob, [r.with_(url=store.url + "/o.bin") for r in reqs]
+
+
+def test_http_coalesces_and_matches_kernel(store, tmp_path):
+    blob, reqs = _http_reqs(store, tmp_path)
+    with FetchBackend(env={}, max_gap=0) as b:
+        parts = b.reduce_chunks(reqs, "sum")
+        # junk before chunks 3, 7 and 11 splits the object into 4 runs at gap 0
+        assert store.gets == 4 and b.stats.requests == 4
+        assert b.stats.bytes_received == sum(r.size for r in reqs)
+    with FetchBackend(env={}) as b:
+        b.reduce_chunks(reqs, "sum")
+        assert store.gets == 5 and b.stats.bytes_received == len(blob)
+    for r, p in zip(reqs, parts):
+        np.testing.assert_array_equal(p.values, reduce_chunk(
+            blob[r.offset:r.offset + r.size], r, "sum").values)
+
+
+def test_http_server_ignoring_range_still_correct(store, tmp_path):
+    blob, reqs = _http_reqs(store, tmp_path)
+    store.ignore_range = True
+    with FetchBackend(env={}) as b:
+        p = b.reduce_chunk(reqs[5], "max")
+    r = reqs[5]
+    assert p.values == reduce_chunk(blob[r.offset:r.offset + r.size], r, "max").values
+
+
+def test_http_pinning(store, tmp_path):
+    _, reqs = _http_reqs(store, tmp_path)
+    with FetchBackend(env={}) as b:
+        b.reduce_chunk(reqs[0].with_(etag="v1"), "sum")
+        store.etag = "v2"
+        with pytest.raises(ObjectChangedError, match="object changed since manifest") as ei:
+            b.reduce_chunks([r.with_(etag="v1") for r in reqs], "sum")
+        assert ei.value.status == 409 and "/o.bin" in str(ei.value)
+
+
+def test_http_errors_are_typed(store, tmp_path):
+    _, reqs = _http_reqs(store, tmp_path)
+    with FetchBackend(env={}, retries=2) as b:
+        with pytest.raises(StorageError) as ei:
+            b.reduce_chunk(reqs[0].with_(url=store.url + "/nope"), "sum")
+        assert ei.value.status == 404 and "/nope" in str(ei.value)
+        store.truncate = True
+        with pytest.raises(StorageError, match="short read"):
+            b.reduce_chunk(reqs[0], "sum")
+        store.truncate = False
+        store.fail_first = [503, 502]  # retried, then fine
+        b.reduce_chunk(reqs[0], "sum")
+        store.fail_first = [503] * 5  # retries are bounded
+        with pytest.raises(StorageError):
+            b.reduce_chunk(reqs[0], "sum")
+    with FetchBackend(env={}) as b, pytest.raises(StorageError) as ei:
+        b.reduce_chunk(reqs[0].with_(url=str(tmp_path / "missing")), "sum")
+    assert ei.value.status == 404
