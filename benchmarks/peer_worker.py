@@ -30,8 +30,9 @@ VAR = "tas"
 
 
 def _check_peer() -> None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    if not activestorage.__file__.startswith(sys.prefix) or activestorage.__file__.startswith(here):
+    ours = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "activestorage")
+    got = os.path.abspath(activestorage.__file__)
+    if not got.startswith(os.path.abspath(sys.prefix)) or got.startswith(ours + os.sep):
         raise SystemExit(f"peer_worker must run in the peer's venv; activestorage is "
                          f"{activestorage.__file__}")
 
@@ -60,8 +61,12 @@ class Peer:
         with contextlib.redirect_stdout(self.quiet):
             if method == "peer_reductionist":
                 s3 = config["s3"]
+                # "bucket/key", not "s3://bucket/key": given storage_options, 0.8 builds the
+                # object URL as f"{endpoint}/{bucket}/{path}" with path "/key", i.e. a double
+                # slash ("bucket//key") that S3 (moto, AWS) reads as another key. Without the
+                # scheme it splits bucket and key itself and the URL comes out right.
                 self.active = Active(
-                    ds["s3_url"], VAR, interface_type="s3",
+                    ds["s3_url"][len("s3://"):], VAR, interface_type="s3",
                     storage_options={"key": s3["key"], "secret": s3["secret"],
                                      "client_kwargs": {"endpoint_url": s3["endpoint"]}},
                     active_storage_url=config["server_url"])
