@@ -335,3 +335,66 @@ def test_demo_keep_running_stops_children_on_signal(tmp_path, sig):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "child servers survived the signal"
+
+
+# ----------------------------------------------------------------------------- remote, real servers
+
+@pytest.fixture(scope="module")
+def s3_and_server(sample, tmp_path_factory):
+    """moto S3 with the sample uploaded, and our reduction server: separate processes on loopback."""
+    present = _parts_present()
+    if not present["server"]:
+        pytest.skip("needs moto, the server extra and the server backend")
+    from activestorage.demo import BUCKET, KEY, start_moto, start_reduction_server, upload
+
+    logs = tmp_path_factory.mktemp("servers")
+    children = []
+    try:
+        moto = start_moto(logs)
+        children.append(moto)
+        upload(sample, moto.url)
+        server = start_reduction_server(logs)
+        children.append(server)
+        yield moto.url, server.url, f"s3://{BUCKET}/{KEY}"
+    finally:
+        for c in children:
+            c.stop()
+
+
+def aws_env() -> dict[str, str]:
+    from activestorage.demo import S3_KEY_ID, S3_SECRET
+
+    return dict(os.environ, AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+
+
+@pytest.mark.integration
+def test_reduce_through_server_matches_oracle(sample, s3_and_server):
+    endpoint, server, url = s3_and_server
+    sel = (slice(2, 14), slice(None), slice(10, 20))
+    want = oracle(sample, "tos", sel).astype(np.float64)
+    for extra in ([], ["--server", server]):
+        r = run("reduce", url, "tos", "--op", "mean", "--sel", "2:14,:,10:20", "--axis", "0",
+                "--endpoint-url", endpoint, "--json", *extra, env=aws_env())
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["stats"]["backend"] == ("server" if extra else "fetch")
+        got = np.ma.masked_invalid(np.array(out["result"], dtype=np.float64))
+        np.testing.assert_array_equal(got.mask, want.mean(axis=0).mask)
+        np.testing.assert_allclose(got.filled(0), want.mean(axis=0).filled(0), rtol=1e-5)
+    r = run("info", url, "tos", "--endpoint-url", endpoint, "--json", env=aws_env())
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["variables"][0]["chunk_shape"] == [10, 90, 180]
+
+
+@pytest.mark.integration
+def test_unreachable_reduction_server_is_one_line_exit_1(s3_and_server):
+    from activestorage.demo import free_port
+
+    endpoint, _server, url = s3_and_server
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = run("reduce", url, "tos", "--op", "max", "--endpoint-url", endpoint, "--server", dead,
+            env=aws_env(), timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and dead in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
