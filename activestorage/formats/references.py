@@ -79,10 +79,12 @@ def _unnum(v: Any, dtype: np.dtype, where: str) -> Any:
         v = special[v]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise FormatError(f"{where}: {v!r} is not a number")
-    try:
-        return dtype.type(v)
-    except (OverflowError, ValueError) as exc:
-        raise FormatError(f"{where}: {v!r} does not fit {dtype.name}") from exc
+    if dtype.kind in "iu" and (isinstance(v, float) or not
+                               np.iinfo(dtype).min <= v <= np.iinfo(dtype).max):
+        raise FormatError(f"{where}: {v!r} is not a {dtype.name} value")
+    if dtype.kind == "f" and math.isfinite(v) and abs(v) > float(np.finfo(dtype).max):
+        raise FormatError(f"{where}: {v!r} does not fit {dtype.name}")
+    return dtype.type(v)
 
 
 def _jsonable(v: Any) -> Any:
