@@ -114,8 +114,8 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
     target = _target(body, api, auth, settings.allow_upstream)
     if req.size is not None:
         read_size: int | None = req.size
-    elif req.compression is None:
-        read_size = req.nbytes  # the exact range: never fetch more than the array needs
+    elif req.compression is None:  # the exact range: the array plus any Fletcher-32 checksums
+        read_size = req.nbytes + 4 * sum(1 for f in req.filters if f.get("id") == "fletcher32")
     else:
         read_size = None
     max_raw = req.nbytes + req.nbytes // 8 + (64 << 10)
@@ -141,14 +141,14 @@ def compute(raw: bytes, item: Item) -> Result:
     except (DecodeError, UnsupportedError) as exc:
         raise type(exc)(f"{item.target.name}: {exc}") from exc
     if item.operation == "select":
-        return Result(np.ascontiguousarray(p.values), np.asarray(int(p.counts.sum())), True)
+        return Result(np.asarray(p.values, order="C"), np.asarray(int(p.counts.sum())), True)
     axes = set(item.req.reduce_axes)
     shape = tuple(n for i, n in enumerate(p.values.shape) if i not in axes)
     values = p.values.reshape(shape)
     if item.operation == "sum" and not item.wide_sum and values.dtype != item.req.dtype:
         with np.errstate(over="ignore", invalid="ignore"):
             values = values.astype(item.req.dtype)  # the spec's result dtype (wraps like NumPy)
-    return Result(np.ascontiguousarray(values), p.counts.reshape(shape), False)
+    return Result(np.asarray(values, order="C"), p.counts.reshape(shape), False)
 
 
 def v2_map(res: Result, item: Item) -> dict[str, Any]:

@@ -1,0 +1,235 @@
+"""Real servers on loopback for integration tests and benchmarks: moto S3, nginx, our server.
+
+Each ``start_*`` function launches a separate process on a free 127.0.0.1 port, waits until it
+answers HTTP, and returns a handle whose ``stop()`` ends exactly that process (by PID: terminate,
+then kill after a grace period). Nothing here is pytest-specific, so benchmarks and other tests can
+reuse it; the fixtures in ``conftest.py`` wrap these with session scope.
+
+    moto = start_moto(tmp)            # moto.url, moto.client() -> boto3 S3 client
+    web = start_nginx(tmp, docroot)   # web.url; web.private_url + web.auth for Basic auth
+    srv = start_active_server(tmp)    # srv.url; srv.log_path has its log
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+#: credentials moto accepts (it checks none unless auth is switched on).
+S3_KEY, S3_SECRET = "testing-key", "testing-secret"
+NGINX_USER, NGINX_PASSWORD = "reader", "s3cr3t-pw"
+
+
+class ServerStartError(RuntimeError):
+    """A helper server did not come up; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A started server process; ``stop()`` ends it by PID."""
+
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout)
+        except ProcessLookupError:
+            pass
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+def _wait_http(proc: ServerProcess, path: str, timeout: float, ok: Sequence[int] = (200,)) -> None:
+    deadline = time.monotonic() + timeout
+    url = proc.url + path
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise ServerStartError(f"{proc.name} exited with {proc.proc.returncode}:\n"
+                                   f"{_tail(proc.log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status in ok:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code in ok:
+                return
+            last = f"HTTP {e.code}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.05)
+    proc.stop()
+    raise ServerStartError(f"{proc.name} did not answer {url} within {timeout}s ({last}):\n"
+                           f"{_tail(proc.log_path)}")
+
+
+def _spawn(name: str, cmd: list[str], log_path: Path, port: int,
+           env: dict[str, str] | None = None) -> ServerProcess:
+    log = open(log_path, "wb")
+    try:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=str(log_path.parent))
+    finally:
+        log.close()
+    handle = ServerProcess(name, proc, port, log_path)
+    atexit.register(handle.stop)  # never leak a server if the caller dies before stop()
+    return handle
+
+
+# --------------------------------------------------------------------------------------- moto
+
+def start_moto(workdir: Path, env: dict[str, str] | None = None, timeout: float = 30.0) -> ServerProcess:
+    """moto's standalone S3 server (``python -m moto.server``) on a free loopback port."""
+    port = free_port()
+    e = dict(os.environ)
+    e.update({"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+              "AWS_DEFAULT_REGION": "us-east-1"})
+    e.update(env or {})
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = _spawn("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                  workdir / f"moto-{port}.log", port, e)
+    _wait_http(proc, "/moto-api/", timeout)
+    return proc
+
+
+def s3_client(endpoint: str, key: str = S3_KEY, secret: str = S3_SECRET) -> Any:
+    """A boto3 S3 client for a loopback endpoint (path-style addressing)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key,
+                        aws_secret_access_key=secret, region_name="us-east-1",
+                        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+
+
+# -------------------------------------------------------------------------------------- nginx
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+         if os.access(p, os.X_OK)), None)
+
+
+NGINX_CONF = """\
+{user}worker_processes {workers};
+daemon off;
+master_process on;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 75;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ }}
+        location /private/ {{
+            auth_basic "activestorage test";
+            auth_basic_user_file {tmp}/htpasswd;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(workdir: Path, docroot: Path, users: dict[str, str] | None = None,
+                workers: int = 1, timeout: float = 15.0) -> ServerProcess:
+    """nginx serving ``docroot`` with Range support; ``/private/`` needs Basic auth of ``users``.
+
+    The htpasswd file uses nginx's ``{PLAIN}`` scheme (no crypt needed). Raises
+    :class:`FileNotFoundError` when there is no nginx binary.
+    """
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError("nginx binary not found (apt-get install -y nginx)")
+    users = users or {NGINX_USER: NGINX_PASSWORD}
+    port = free_port()
+    tmp = (workdir / f"nginx-{port}").resolve()
+    tmp.mkdir(parents=True, exist_ok=True)
+    (docroot / "private").mkdir(parents=True, exist_ok=True)
+    (tmp / "htpasswd").write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read pytest's 0700 tmp dirs
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(user=user, workers=workers, tmp=tmp, port=port,
+                                      root=Path(docroot).resolve()))
+    proc = _spawn("nginx", [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+                  tmp / "stdout.log", port)
+    proc.extra.update(docroot=Path(docroot), users=users, error_log=tmp / "error.log")
+    _wait_http(proc, "/", timeout, ok=(200, 403, 404))
+    return proc
+
+
+# ------------------------------------------------------------------------------- our server
+
+def start_active_server(workdir: Path, *args: str, allow: Sequence[str] = ("127.0.0.1",),
+                        env: dict[str, str] | None = None, timeout: float = 30.0) -> ServerProcess:
+    """``python -m activestorage.server --port N --allow-upstream 127.0.0.1 ARGS``; waits for /healthz."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "activestorage.server", "--host", "127.0.0.1", "--port", str(port)]
+    for host in allow:
+        cmd += ["--allow-upstream", host]
+    cmd += list(args)
+    e = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVESTORAGE_")}
+    e.update(env or {})
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = _spawn("activestorage server", cmd, workdir / f"server-{port}.log", port, e)
+    _wait_http(proc, "/healthz", timeout)
+    return proc
