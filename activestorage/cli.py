@@ -206,7 +206,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
         label = f"{args.op}({args.variable}[{format_selection(sel)}]"
         label += f", axis={','.join(map(str, axis))})" if axis is not None else ")"
         if np.ndim(result) == 0:
-            print(f"{label} = {result}")
+            print(f"{label} = {result!s}")  # str: float32 prints as 288.75113, not 288.7511291...
         else:
             with np.printoptions(threshold=200, edgeitems=3):
                 print(f"{label}, shape {list(np.shape(result))}:\n{result}")
@@ -216,22 +216,46 @@ def cmd_reduce(args: argparse.Namespace) -> int:
 
 
 def list_variables(dataset: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Names of the numeric variables of a netCDF-4/HDF5 dataset (bare dimensions left out)."""
+    """Names of the variables of any dataset format we read (bare netCDF dimensions left out)."""
+    from .errors import FormatError
+    from .formats.detect import detect_format
+    from .storage import open_url
+
+    url = str(dataset)
+    local = "://" not in url or url.startswith("file://")
+    if local and os.path.isdir(url.removeprefix("file://")):
+        kind = "zarr"
+    elif not local and url.rstrip("/").endswith(".zarr"):
+        kind = "zarr"
+    else:
+        with open_url(url, storage_options) as f:
+            kind = detect_format(f.read(4096), url)
+            if kind == "hdf5":
+                f.seek(0)
+                return _hdf5_variables(f, url)
+    if kind == "netcdf3":
+        from .formats.netcdf3 import list_variables as lister
+    elif kind == "zarr":
+        from .formats.zarr import list_variables as lister
+    elif kind == "json":
+        from .formats.references import list_variables as lister
+    else:
+        raise FormatError(f"{dataset} is not a netCDF-3, netCDF-4/HDF5, Zarr or manifest dataset")
+    return list(lister(url, storage_options))
+
+
+def _hdf5_variables(f: Any, url: str) -> list[str]:
     import h5py
 
     from .errors import FormatError
     from .formats.hdf5 import list_variables as hdf5_variables
-    from .storage import open_url
 
-    with open_url(str(dataset), storage_options) as f:
-        try:
-            h5 = h5py.File(f, "r")
-        except OSError as exc:
-            raise FormatError(f"{dataset}: cannot list variables of a file that is not "
-                              f"netCDF-4/HDF5 (name the variable: activestorage info "
-                              f"{dataset} VAR)") from exc
-        with h5:
-            return [n for n in hdf5_variables(h5) if not _bare_dimension(h5[n])]
+    try:
+        h5 = h5py.File(f, "r")
+    except OSError as exc:
+        raise FormatError(f"{url}: cannot read the HDF5 metadata ({exc})") from exc
+    with h5:
+        return [n for n in hdf5_variables(h5) if not _bare_dimension(h5[n])]
 
 
 def _bare_dimension(ds: Any) -> bool:
@@ -453,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module, func, helptext in (
             ("serve", "activestorage.server", "serve_main", "run the reduction server"),
-            ("manifest", "activestorage.formats.manifest", "manifest_main",
+            ("manifest", "activestorage.formats.references", "manifest_main",
              "write a chunk manifest for a dataset")):
         p = sub.add_parser(name, help=helptext, add_help=False,
                            description=f"{helptext}; all arguments are passed on "
