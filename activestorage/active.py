@@ -30,6 +30,7 @@ from .formats import open_variable
 from .formats.base import Variable
 from .kernel import Partial, reduce_array
 from .plan import ChunkTask, Selection, normalize_key, plan_chunks
+from .progress import progress
 from .request import ChunkRequest
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | No
         return backend
     remote = "://" in url and not url.startswith("file://")
     server_url = active_storage_url or os.environ.get("ACTIVESTORAGE_URL")
+    if isinstance(server_url, str) and "," in server_url:
+        server_url = [u.strip() for u in server_url.split(",") if u.strip()]
     name = backend or ("server" if server_url else "fetch" if remote else "posix")
     if name == "posix":
         if remote:
@@ -85,6 +88,10 @@ def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | No
             raise ActiveStorageError(
                 f"a reduction server cannot read the local file {url}; put it in an object "
                 "store, or use backend='posix'")
+        if isinstance(server_url, (list, tuple)):
+            from .backends.pool import ServerPool
+
+            return ServerPool(list(server_url), storage_options=storage_options, **kwargs)
         from .backends.server import ServerBackend
 
         return ServerBackend(server_url, storage_options=storage_options, **kwargs)
@@ -111,17 +118,25 @@ class Active:
         fsspec/s3fs options for remote datasets (``key``, ``secret``, ``anon``,
         ``client_kwargs={"endpoint_url": ...}``); AWS environment variables also apply.
     active_storage_url:
-        A reduction server (or list of them); default ``$ACTIVESTORAGE_URL``.
+        A reduction server, or a list of them (spread over by least outstanding requests, with
+        fail-over); default ``$ACTIVESTORAGE_URL`` (comma-separated for several).
     backend:
         ``"posix"``, ``"fetch"``, ``"server"`` or a :class:`~activestorage.backends.Backend`.
     components:
         Return ``{"sum": ..., "n": ...}``-style partial components with keepdims shape.
+    progress:
+        Show a progress bar for calls lasting over a second (``None``: only when someone can see
+        it, i.e. a terminal or a notebook; ``$ACTIVESTORAGE_PROGRESS=0`` turns it off).
+    backend_options:
+        Keyword arguments for the backend's constructor (e.g. ``api_version``, ``batch``,
+        ``timeout``, ``verify``, ``username``/``password`` for a server).
     """
 
     def __init__(self, dataset: Any, ncvar: str | None = None, *, axis: Any = None,
                  max_threads: int | None = None, storage_options: dict[str, Any] | None = None,
                  active_storage_url: Any = None, backend: Any = None, components: bool = False,
                  keepdims: bool = False, method: str | None = None,
+                 progress: bool | None = None,
                  backend_options: dict[str, Any] | None = None) -> None:
         t0 = time.perf_counter()
         self._variable: Variable = open_variable(dataset, ncvar, storage_options=storage_options)
@@ -136,6 +151,7 @@ class Active:
         self.components = components
         self.keepdims = keepdims
         self.method = method
+        self.progress = progress
         self._stats: CallStats | None = None
 
     # ------------------------------------------------------------------ metadata
@@ -261,10 +277,26 @@ class Active:
     def _execute(self, tasks: list[ChunkTask], kop: str, kernel_axes: tuple[int, ...],
                  acc: Accumulator, full: bool) -> None:
         var = self._variable
-        index = [tuple(slice(0, 1) if ax in kernel_axes else o for ax, o in enumerate(t.out))
-                 for t in tasks]
+        if full:
+            index = [tuple(slice(0, 1) for _ in var.shape)]
+        else:
+            index = [tuple(slice(0, 1) if ax in kernel_axes else o for ax, o in enumerate(t.out))
+                     for t in tasks]
         threads = self._threads(len(tasks))
-        nbatches = 1 if threads == 1 else min(len(tasks), threads * 4)
+        # enough batches to balance threads and move a progress bar; few enough to amortise calls
+        nbatches = min(len(tasks), max(threads * 4, len(tasks) // 512))
+        if threads == 1 and len(tasks) <= 4096:
+            nbatches = 1
+        bar = progress(len(tasks), f"{kop} {var.name}", self.progress)
+        try:
+            self._run_batches(tasks, index, nbatches, threads, kop, kernel_axes, acc, full, bar)
+        finally:
+            bar.close()
+
+    def _run_batches(self, tasks: list[ChunkTask], index: list[tuple[slice, ...]], nbatches: int,
+                     threads: int, kop: str, kernel_axes: tuple[int, ...], acc: Accumulator,
+                     full: bool, bar: Any) -> None:
+        var = self._variable
         bounds = np.linspace(0, len(tasks), nbatches + 1).astype(int)
         batches = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
@@ -286,6 +318,7 @@ class Active:
                 for slot, p in zip(slots, self._backend.reduce_chunks(reqs, kop)):
                     partials[slot] = p
             done = [p for p in partials if p is not None]
+            bar.update(b - a)
             return [fold(done, kop, var.dtype)] if full else done
 
         if full:

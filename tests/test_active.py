@@ -316,3 +316,21 @@ def test_real_files(name, var):
         for sel, op in itertools.product(sels, OPS):
             assert_same(getattr(a, op)[sel], oracle(x[sel], op), x.dtype, op)
             assert_same(getattr(a, op)(axis=0)[sel], oracle(x[sel], op, 0), x.dtype, op)
+
+
+def test_progress_bar_never_changes_results(tmp_path, capsys):
+    data = np.arange(600, dtype="f4").reshape(60, 10)
+    path = write_nc(tmp_path / "pb.nc", data, chunks=[1, 10])
+    for flag in (True, False, None):
+        with Active(str(path), "v", progress=flag, max_threads=2) as a:
+            assert a.sum[...] == data.sum()
+
+
+def test_server_list_builds_a_pool(tmp_path):
+    from activestorage.active import _choose_backend
+    from activestorage.backends.pool import ServerPool
+
+    b = _choose_backend(None, "s3://bucket/x.nc", {"anon": True},
+                        ["http://127.0.0.1:1", "http://127.0.0.1:2"])
+    assert isinstance(b, ServerPool) and len(b.urls) == 2
+    b.close()
