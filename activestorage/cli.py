@@ -9,6 +9,7 @@ stderr; ``--debug`` prints the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -82,8 +83,8 @@ def parse_axis(text: str | None) -> tuple[int, ...] | None:
 def parse_storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
     """fsspec/s3fs storage options from ``--endpoint-url``, ``--anon`` and ``-o key=value``.
 
-    Credentials are not taken on the command line (they would land in shell history and process
-    listings): s3fs reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or ``~/.aws`` itself.
+    There are no credential flags (secrets on a command line land in shell history and process
+    listings): credentials come from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or ``~/.aws``.
     """
     opts: dict[str, Any] = {}
     for item in args.option or ():
@@ -122,15 +123,18 @@ def human_bytes(n: float) -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    """A result (scalar, array, masked array) as JSON: masked/missing elements become null."""
+    """A result (scalar, array, masked array) as JSON: masked elements become null, and NaN and
+    infinities (which JSON cannot hold) the strings "NaN", "Infinity", "-Infinity"."""
     arr = np.ma.asarray(value)
     mask = np.ma.getmaskarray(arr)
     data = np.asarray(arr.filled(0) if np.ma.isMaskedArray(arr) else arr)
     out = np.empty(data.shape, dtype=object)
     for idx in np.ndindex(*data.shape):
         x = data[idx]
-        if mask[idx] or (isinstance(x, np.floating) and not np.isfinite(x)):
+        if mask[idx]:
             out[idx] = None
+        elif isinstance(x, np.floating) and not np.isfinite(x):
+            out[idx] = "NaN" if np.isnan(x) else "Infinity" if x > 0 else "-Infinity"
         elif isinstance(x, np.float32):
             out[idx] = float(str(x))  # 304.4, not 304.3999938964844
         else:
@@ -144,14 +148,8 @@ def stats_dict(stats: Any) -> dict[str, Any]:
         return {}
     if isinstance(stats, dict):
         return dict(stats)
-    try:
-        import dataclasses
-        if dataclasses.is_dataclass(stats):
-            return dataclasses.asdict(stats)
-    except TypeError:  # pragma: no cover
-        pass
-    if hasattr(stats, "_asdict"):
-        return dict(stats._asdict())
+    if dataclasses.is_dataclass(stats):
+        return dataclasses.asdict(stats)
     return {k: v for k, v in vars(stats).items() if not k.startswith("_")}
 
 
@@ -189,11 +187,10 @@ def _open_active(args: argparse.Namespace, variable: str) -> Any:
 def cmd_reduce(args: argparse.Namespace) -> int:
     sel = parse_selection(args.sel)
     axis = parse_axis(args.axis)
-    active = _open_active(args, args.variable)
-    method = getattr(active, args.op)
-    reducer = method(axis=axis) if axis is not None else method
-    result = reducer[sel]
-    stats = stats_dict(getattr(active, "stats", None))
+    with _open_active(args, args.variable) as active:
+        method = getattr(active, args.op)
+        result = (method(axis=axis) if axis is not None else method)[sel]
+        stats = stats_dict(active.stats)
     if args.json:
         arr = np.ma.asarray(result)
         print(json.dumps({
@@ -347,7 +344,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     reports, skipped = [], []
     for name in names:
         try:
-            reports.append(describe_variable(_open_active(args, name).variable))
+            with _open_active(args, name) as active:
+                reports.append(describe_variable(active.variable))
         except Exception as exc:  # noqa: BLE001 - one unreadable variable must not hide the others
             if args.variable:
                 raise
