@@ -269,6 +269,23 @@ def _identity(urls: Iterable[str], storage_options: Mapping[str, Any] | None
     return out
 
 
+def _unversioned_buckets(buckets: set[str], storage_options: Mapping[str, Any] | None) -> set[str]:
+    """The buckets among ``buckets`` that have never had versioning enabled."""
+    if not buckets:
+        return set()
+    from ..storage import resolve_s3_options, s3_filesystem
+
+    fs = s3_filesystem(resolve_s3_options(storage_options))
+    out = set()
+    for b in buckets:
+        try:
+            if not fs.is_bucket_versioned(b):
+                out.add(b)
+        except Exception as exc:  # noqa: BLE001 - unknown: fall back to a HEAD per object
+            log.debug("cannot tell whether bucket %s is versioned: %s", b, exc)
+    return out
+
+
 def pin(var: Variable, storage_options: Mapping[str, Any] | None = None, *,
         identities: dict[str, dict[str, Any]] | None = None) -> Variable:
     """Check every locator lies inside its object and pin S3 locators to ETag/version id.
@@ -278,6 +295,14 @@ def pin(var: Variable, storage_options: Mapping[str, Any] | None = None, *,
     urls = sorted({loc.url for loc in var.chunks.values()})
     ids = identities if identities is not None else {}
     missing = [u for u in urls if u not in ids]
+    # Zarr chunk objects come from a listing that gave their ETag and size already: in a bucket
+    # without versioning a HEAD per object would add nothing.
+    listed = {loc.url for loc in var.chunks.values()
+              if loc.etag and loc.offset == 0 and loc.url.startswith("s3://")}
+    unversioned = _unversioned_buckets({u.split("/")[2] for u in listed}, storage_options)
+    for u in [u for u in missing if u in listed and u.split("/")[2] in unversioned]:
+        ids[u] = {}
+        missing.remove(u)
     ids.update(_identity(missing, storage_options))
     chunks = {}
     for coords, loc in var.chunks.items():

@@ -172,3 +172,21 @@ def test_changed_object_after_manifest_is_an_error(s3, moto_server, active_serve
         with pytest.raises((ObjectChangedError, ServerError),
                            match="changed since manifest was written"):
             a.sum[...]
+
+
+def test_zarr_manifest_in_versioned_bucket_pins_every_chunk_object(s3, moto_server, tmp_path):
+    so = storage_options(moto_server)
+    p = tmp_path / "vz.zarr"
+    a = zarr.create_array(str(p), shape=(4, 4), chunks=(2, 2), dtype="i4", zarr_format=2)
+    a[:] = np.arange(16).reshape(4, 4)
+    url = upload(s3, VERSIONED, p, "vz.zarr")
+    doc = write_manifest(url, ["vz.zarr"], None, storage_options=so)
+    objs = doc["variables"]["vz.zarr"]["objects"]
+    assert len(objs) == 4 and all(o["version_id"] and o["etag"] for o in objs)
+    # in an unversioned bucket the listing's ETags suffice (no HEAD per chunk object)
+    url2 = upload(s3, BUCKET, p, "vz.zarr")
+    doc2 = write_manifest(url2, ["vz.zarr"], None, storage_options=so)
+    objs2 = doc2["variables"]["vz.zarr"]["objects"]
+    assert all(o["etag"] and "version_id" not in o for o in objs2)
+    with Active(doc, "vz.zarr", storage_options=so, backend="fetch") as x:
+        assert x.sum[...] == 120
