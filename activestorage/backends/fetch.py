@@ -89,6 +89,8 @@ class FetchBackend(Backend):
         env = os.environ if env is None else env
         self.storage_options = dict(storage_options or {})
         self.max_threads = int(max_threads or env.get("ACTIVESTORAGE_THREADS") or 8)
+        #: Active's thread count when the caller gives none (I/O bound: more than the cores)
+        self.default_threads = self.max_threads
         self.timeout = timeout
         self.verify = True if verify is None else verify
         self.coalesce = coalesce

@@ -355,6 +355,8 @@ class ServerBackend(Backend):
         self.url = url.rstrip("/")
         self.api_version = api_version
         self.max_threads = int(max_threads or env.get("ACTIVESTORAGE_THREADS") or 8)
+        #: Active's thread count when the caller gives none (I/O bound: more than the cores)
+        self.default_threads = self.max_threads
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
