@@ -190,3 +190,37 @@ def test_zarr_manifest_in_versioned_bucket_pins_every_chunk_object(s3, moto_serv
     assert all(o["etag"] and "version_id" not in o for o in objs2)
     with Active(doc, "vz.zarr", storage_options=so, backend="fetch") as x:
         assert x.sum[...] == 120
+
+
+@pytest.mark.parametrize("backend", ["fetch", "server"])
+def test_manifest_locator_past_the_end_of_an_object_is_a_clear_error(
+        datasets, moto_server, active_server, backend):
+    from activestorage.errors import ActiveStorageError
+
+    so = storage_options(moto_server)
+    url, var, _ = datasets["NETCDF3_CLASSIC/orog"]
+    doc = write_manifest(url, [var], None, storage_options=so)
+    entry = doc["variables"][var]
+    (key,) = entry["chunks"]
+    entry["chunks"][key][1] += 10**6  # the object is a few KiB
+    kw = {"active_storage_url": active_server.url} if backend == "server" else {}
+    with Active(doc, var, storage_options=so, backend=backend, **kw) as a:
+        with pytest.raises(ActiveStorageError, match="NETCDF3_CLASSIC.nc"):
+            a.sum[...]
+
+
+def test_netcdf3_over_http_range_reads(nginx_server, tmp_path):
+    docroot = nginx_server.extra["docroot"]
+    data = np.arange(60, dtype="f8").reshape(5, 12)
+    with netCDF4.Dataset(docroot / "h.nc", "w", format="NETCDF3_64BIT_OFFSET") as ds:
+        ds.createDimension("t", None)
+        ds.createDimension("x", 12)
+        ds.createVariable("v", "f8", ("t", "x"))[:] = data
+    url = f"{nginx_server.url}/h.nc"
+    var = open_netcdf3(url, "v")
+    assert var.shape == (5, 12) and all(loc.etag for loc in var.chunks.values())
+    with Active(url, "v", backend="fetch") as a:
+        assert a.sum[...] == data.sum() and a.max[2:4, 3:] == data[2:4, 3:].max()
+    ref = write_manifest(url, ["v"], None)
+    with Active(ref, "v", backend="fetch") as a:
+        assert a.mean[...] == data.mean()
