@@ -122,13 +122,24 @@ class Child:
         return ""
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel SIGTERM this child if the demo dies without cleaning up (SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def start_child(name: str, argv: list[str], url: str, ready_path: str, logdir: Path,
                 timeout: float = 30.0, env: dict[str, str] | None = None) -> Child:
     """Start ``argv``, wait until ``url + ready_path`` answers HTTP (any status), or fail clearly."""
     log = logdir / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+                                start_new_session=True, env=env,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     child = Child(name, url, proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
