@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -124,19 +125,34 @@ def run_worker(method: str, config: dict[str, Any], workdir: Path, timeout: floa
     else:
         cmd, cwd = [sys.executable, "-m", "benchmarks.worker", method, str(cfg), str(out)], REPO
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     try:
         r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                            stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return {"method": method, "error": f"timed out after {timeout:.0f}s", "datasets": {}}
     wall = time.perf_counter() - t0
+    load = {"before": load_before, "after": os.getloadavg()[0]}
     if r.returncode != 0 or not out.exists():
         tail = (r.stderr or r.stdout).strip().splitlines()[-8:]
         return {"method": method, "error": f"exit {r.returncode}: " + " | ".join(tail),
                 "datasets": {}}
     rec = json.loads(out.read_text())
     rec["wall_s"] = wall
+    rec["loadavg_1min"] = load
     return rec
+
+
+def contention(results: dict[str, Any], cores: int) -> list[str]:
+    """Methods that ran while the machine was busy with more than this benchmark (the 1-minute
+    load average includes the method itself and the servers it uses, hence the margin)."""
+    busy = []
+    for m, rec in results.items():
+        load = rec.get("loadavg_1min") or {}
+        worst = max(load.values(), default=0.0)
+        if worst > cores + 1:
+            busy.append(f"{m} (load {worst:.1f})")
+    return busy
 
 
 def problems(results: dict[str, Any], peers: bool) -> list[str]:
@@ -174,8 +190,13 @@ def machine() -> dict[str, Any]:
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds: servers and the running worker are stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
@@ -224,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {m:<18} {time.perf_counter() - t0:6.1f}s  {status}", flush=True)
 
     report.add_ratios(results, os.cpu_count() or 1)
+    busy = contention(results, os.cpu_count() or 1)
+    if busy:
+        notes.append("the machine was busy with other work during: " + ", ".join(busy)
+                     + "; rerun those with --only for clean figures")
     bad = problems(results, peers=False)
     peer_bad = problems(results, peers=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")

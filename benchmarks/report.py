@@ -135,7 +135,7 @@ def plot(results: dict[str, Any], datasets: list[dict[str, Any]], path: Path) ->
 
     methods = list(results)
     names = [d["name"] for d in datasets]
-    fig, axes = plt.subplots(1, 2, figsize=(15, max(5, 0.38 * len(methods) + 2)))
+    fig, axes = plt.subplots(1, 2, figsize=(15, max(5, 0.38 * len(methods) + 2)), sharey=True)
     height = 0.8 / max(1, len(names))
     y = np.arange(len(methods))
     for k, (what, ax, label) in enumerate((("median_s", axes[0], "seconds (whole-variable mean)"),
@@ -149,11 +149,11 @@ def plot(results: dict[str, Any], datasets: list[dict[str, Any]], path: Path) ->
                 vals.append(v if isinstance(v, (int, float)) and v and v > 0 else np.nan)
             ax.barh(y + j * height, vals, height, label=ds)
         ax.set_xscale("log")
-        ax.set_yticks(y + 0.4 - height / 2)
-        ax.set_yticklabels(methods if k == 0 else [""] * len(methods))
-        ax.invert_yaxis()
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y + 0.4 - height / 2)
+    axes[0].set_yticklabels(methods)
+    axes[0].set_ylim(len(methods) - 0.1, -0.3)  # first method on top; shared by both panels
     axes[0].legend(title="dataset", loc="lower right")
     fig.suptitle(f"activestorage benchmarks ({os.cpu_count()} cores); log scales; "
                  "missing bars: not measured or 0 bytes")
@@ -161,3 +161,21 @@ def plot(results: dict[str, Any], datasets: list[dict[str, Any]], path: Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.report RESULT.json``: print the table and redraw the PNG of a run."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    p.add_argument("record", type=Path)
+    args = p.parse_args(argv)
+    record = json.loads(args.record.read_text())
+    print_table(record["methods"], record["datasets"])
+    plot(record["methods"], record["datasets"], args.record.with_suffix(".png"))
+    print(f"wrote {args.record.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
