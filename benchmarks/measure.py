@@ -107,13 +107,16 @@ def time_case(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, Any]:
     result = None
     for _ in range(warmup):
         result = fn()
-    times = []
+    times, cpu = [], []
     for _ in range(max(1, runs)):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     return {"result": result, "times": times, "median": statistics.median(times),
-            "peak_kb": peak_kb(), "peak_per_case": supported}
+            "cpu_median": statistics.median(cpu), "peak_kb": peak_kb(),
+            "peak_per_case": supported}
 
 
 def run_method(method: str, config: dict[str, Any],
@@ -155,6 +158,9 @@ def run_method(method: str, config: dict[str, Any],
                 moved = getattr(runner, "bytes_moved", None)
                 c: dict[str, Any] = {
                     "median_s": m["median"], "times_s": m["times"],
+                    # CPU seconds of this process (all its threads): robust to other load on
+                    # the machine, but blind to work done in servers and to parallel speed-up.
+                    "cpu_s": m["cpu_median"],
                     "peak_rss_mb": (m["peak_kb"] - baseline_kb) / 1024,
                     "peak_rss_per_case": m["peak_per_case"],
                     "logical_bytes": case["logical_bytes"],
@@ -176,6 +182,7 @@ def run_method(method: str, config: dict[str, Any],
                 rec["cases"][name] = c
         finally:
             runner.close()
+            del runner  # free this dataset's memory before opening the next
     return out
 
 

@@ -75,8 +75,8 @@ def table_lines(results: dict[str, Any], datasets: list[dict[str, Any]]) -> list
         name = ds["name"]
         lines.append(f"\n### {name}: {ds['describe']}\n")
         lines.append("| method | whole s | sub s | axis0 s | GB/s (whole) | x peer (w/s/a) "
-                     "| x limit (w/s/a) | peak RSS MB | moved MB (whole) | ok |")
-        lines.append("|---|---:|---:|---:|---:|---|---|---:|---:|---|")
+                     "| x limit (w/s/a) | CPU s (whole) | peak RSS MB | moved MB (whole) | ok |")
+        lines.append("|---|---:|---:|---:|---:|---|---|---:|---:|---:|---|")
         for method, rec in results.items():
             drec = rec.get("datasets", {}).get(name)
             if drec is None:
@@ -85,7 +85,7 @@ def table_lines(results: dict[str, Any], datasets: list[dict[str, Any]]) -> list
                 why = drec.get("skip") or drec.get("error")
                 if "skip" in drec:
                     continue  # skipped by design (e.g. decode limits on uncompressed data)
-                lines.append(f"| {method} | error: {why} |  |  |  |  |  |  |  |  |")
+                lines.append(f"| {method} | error: {why} |  |  |  |  |  |  |  |  |  |")
                 continue
             cs = drec["cases"]
             times, peers, limits, oks, rss = [], [], [], [], []
@@ -106,7 +106,8 @@ def table_lines(results: dict[str, Any], datasets: list[dict[str, Any]]) -> list
                 "NO (" + ",".join(o for o in oks if o not in ("yes", "n/a")) + ")"
             lines.append(
                 f"| {method} | {' | '.join(times)} | {_fmt(whole.get('gbps'), '.2f')} "
-                f"| {'/'.join(peers)} | {'/'.join(limits)} | {_fmt(max(rss) if rss else None, '.0f')} "
+                f"| {'/'.join(peers)} | {'/'.join(limits)} | {_fmt(whole.get('cpu_s'), '.3f')} "
+                f"| {_fmt(max(rss) if rss else None, '.0f')} "
                 f"| {_mb(whole.get('bytes_moved'))} | {ok} |")
     return lines
 
