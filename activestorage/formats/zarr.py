@@ -353,17 +353,16 @@ def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[An
 
 
 def _zarr_store(fs: Any, root: str, prefix: str) -> Any:
+    """A read-only zarr store over ``root``: a LocalStore, or an FsspecStore for S3. zarr wants an
+    asynchronous filesystem; wrapping our synchronous one (rather than opening a second, async
+    s3fs) reuses its session, which is closed properly at exit."""
     import zarr
 
     if not prefix:
         return zarr.storage.LocalStore(root, read_only=True)
     from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
-    afs = fs if getattr(fs, "async_impl", False) else AsyncFileSystemWrapper(fs)
-    if getattr(afs, "asynchronous", None) is False and getattr(fs, "async_impl", False):
-        # zarr wants an asynchronous instance of the same filesystem
-        afs = type(fs)(**{**fs.storage_options, "asynchronous": True, "skip_instance_cache": True})
-    return zarr.storage.FsspecStore(afs, path=root, read_only=True)
+    return zarr.storage.FsspecStore(AsyncFileSystemWrapper(fs), path=root, read_only=True)
 
 
 def _open_node(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, Any, str, str]:
