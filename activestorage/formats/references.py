@@ -24,6 +24,19 @@ Layout of a manifest::
         "chunks": {"0.0.0": [object, offset, size] (, {"compression", "filters", "no_compression"})}}}}
 
 Floats that JSON cannot hold are written as the strings "NaN", "Infinity", "-Infinity".
+
+**Pinning.** :func:`write_manifest` records, per S3 object, the ETag (always) and the version id
+(when the bucket is versioned), and checks each locator lies inside its object. From then on a
+locator's ``etag``/``version_id`` travel in :class:`~activestorage.request.ChunkRequest` and:
+
+* the fetch backend sends ``GetObject(IfMatch='"<etag>"', VersionId=...)`` for S3 and an
+  ``If-Match`` header for HTTP; a 412, or a response ETag that differs, raises
+  :class:`~activestorage.errors.ObjectChangedError` ("object changed since manifest was written");
+* the server backend puts ``"etag"``/``"version_id"`` in the request body (other servers ignore
+  unknown fields); our server reads upstream with ``If-Match``/``?versionId=`` and answers 409 with
+  the same message.
+
+A locator pinned to a version id alone reads that version even after the object is overwritten.
 """
 
 from __future__ import annotations

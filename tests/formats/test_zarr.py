@@ -276,3 +276,17 @@ def test_active_on_zarr_matches_numpy(tmp_path, fmt):
     assert a.mean[...] == pytest.approx(want.mean())
     assert a.count[...] == want.count()
     np.testing.assert_array_equal(np.ma.getdata(a.max(axis=1)[1:4]), want[1:4].max(axis=1).data)
+
+
+@pytest.mark.parametrize("fmt, encoding", [
+    (2, {"name": "v2", "separator": "/"}),
+    (3, {"name": "v2", "separator": "."}),
+    (3, {"name": "default", "separator": "."}),
+])
+def test_chunk_key_encodings(tmp_path, fmt, encoding):
+    arr = zarr.create_array(str(tmp_path / "k.zarr"), shape=(5, 4, 3), chunks=(2, 3, 2),
+                            dtype="i2", zarr_format=fmt, chunk_key_encoding=encoding)
+    arr[:4] = np.arange(48, dtype="i2").reshape(4, 4, 3)
+    var = open_zarr(str(tmp_path / "k.zarr"), "k")
+    assert len(var.chunks) == 2 * 2 * 2
+    np.testing.assert_array_equal(assemble(var).data, arr[...])
