@@ -119,7 +119,9 @@ class FakeReductionist:
         if version == 1:
             key = f"{body['bucket']}/{body['object']}"
         else:
-            key = unquote(urlsplit(body["url"]).path.lstrip("/"))
+            u = urlsplit(body["url"])
+            path = unquote(u.path.lstrip("/"))
+            key = path if body.get("interface_type") == "s3" else f"{u.hostname}/{path}"
         raw = self.objects[key]
         req = ChunkRequest.from_wire(body)
         data = raw[req.offset: req.offset + (req.size or len(raw))]
@@ -389,9 +391,42 @@ def test_credentials_from_env(fake):
     env = {"AWS_ACCESS_KEY_ID": "EK", "AWS_SECRET_ACCESS_KEY": "ES",
            "AWS_ENDPOINT_URL": "http://e:1"}
     b = ServerBackend(fake.url, env=env)
-    assert b.session.auth == ("EK", "ES") and b.s3_endpoint_url == "http://e:1"
+    assert b._auth == {"s3": ("EK", "ES"), "http": None} and b.s3_endpoint_url == "http://e:1"
     b2 = ServerBackend(fake.url, env=env, username="u", password="p")
-    assert b2.session.auth == ("u", "p")
+    assert b2._auth == {"s3": ("u", "p"), "http": ("u", "p")}
+
+
+def test_s3_secret_never_sent_with_http_store_requests(fake):
+    """The server forwards Basic credentials to HTTP stores: an AWS secret must not go there."""
+    fake.objects["host/x.bin"] = np.arange(4, dtype="<f4").tobytes()
+    fake.objects["bkt/o"] = np.arange(4, dtype="<f4").tobytes()
+    http_req = make_request("<f4", (4,), offset=0, size=16, url="https://host/x.bin")
+    s3_req = make_request("<f4", (4,), offset=0, size=16, url="s3://bkt/o")
+    for batch in (False, True):
+        fake.log.clear()
+        with backend(fake, batch=batch) as b:
+            parts = b.reduce_chunks([http_req, s3_req, http_req], "max")
+        assert [float(p.values[0]) for p in parts] == [3.0, 3.0, 3.0]
+        posts = [h for m, _, h in fake.log if m == "POST"]
+        assert len(posts) == (2 if batch else 3)
+        auths = sorted(h.get("Authorization", "") for h in posts)
+        assert auths.count("Basic " + base64.b64encode(b"AK:SK").decode()) == 1
+        assert auths.count("") == len(posts) - 1
+    with backend(fake, storage_options={"endpoint_url": ENDPOINT, "username": "web",
+                                        "password": "pw"}) as b:
+        b.reduce_chunk(http_req, "max")
+    assert fake.log[-1][2]["Authorization"] == "Basic " + base64.b64encode(b"web:pw").decode()
+
+
+def test_batch_too_large_is_split(fake):
+    fake.objects["bkt/o"] = np.arange(40, dtype="<f8").tobytes()
+    reqs = [make_request("<f8", (10,), offset=i * 80, size=80, url="s3://bkt/o") for i in range(4)]
+    fake.script.append((413, b'{"error": {"message": "too many"}}',
+                        {"content-type": "application/json"}))
+    with backend(fake, batch=True, max_threads=1) as b:
+        parts = b.reduce_chunks(reqs, "max")
+    assert [float(p.values[0]) for p in parts] == [9.0, 19.0, 29.0, 39.0]
+    assert [p for m, p, _ in fake.log if m == "POST"] == ["/v2/batch/max"] * 3
 
 
 # ------------------------------------------------------------ PyActiveStorage entry point

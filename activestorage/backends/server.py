@@ -69,16 +69,19 @@ def make_session(*, username: str | None = None, password: str | None = None,
 
 def post_with_retries(session: Any, url: str, *, data: bytes, headers: Mapping[str, str],
                       timeout: Any = DEFAULT_TIMEOUT, retries: int = 3,
-                      backoff: float = 0.1, on_attempt: Callable[[int], None] | None = None) -> Any:
+                      backoff: float = 0.1, on_attempt: Callable[[int], None] | None = None,
+                      auth: tuple[str, str] | None = None) -> Any:
     """POST, retrying 429/502/503/504 and connection failures up to ``retries`` times with
     exponential backoff (honouring a short ``Retry-After``); raise ServerError when unreachable.
-    ``on_attempt(bytes_received)`` is called for every HTTP request made (for accounting)."""
+    ``on_attempt(bytes_received)`` is called for every HTTP request made (for accounting);
+    ``auth`` overrides the session's Basic auth for this call."""
     import requests
 
     attempt = 0
     while True:
         try:
-            resp = session.post(url, data=data, headers=dict(headers), timeout=timeout)
+            resp = session.post(url, data=data, headers=dict(headers), timeout=timeout,
+                                **({"auth": auth} if auth is not None else {}))
             if on_attempt is not None:
                 on_attempt(len(resp.content))
         except requests.Timeout as exc:
@@ -371,14 +374,17 @@ class ServerBackend(Backend):
         self._pool_lock = threading.Lock()
         opts = resolve_s3_options(storage_options, env)
         self.s3_endpoint_url = (s3_endpoint_url or s3_endpoint(opts)).rstrip("/")
-        if username is None:
-            creds = s3_credentials(opts)
-            if creds is not None:
-                username, password = creds
+        # Basic auth per store kind: the S3 key/secret go only with S3 requests (the server
+        # passes HTTP-store credentials on to that host, which must never see an AWS secret).
+        explicit = (username, password or "") if username is not None else None
+        http_user = (storage_options or {}).get("username")
+        self._auth: dict[str, tuple[str, str] | None] = {
+            "s3": explicit or s3_credentials(opts),
+            "http": explicit or ((str(http_user), str((storage_options or {}).get("password")
+                                                      or "")) if http_user else None)}
         if verify is None:
             verify = env.get("ACTIVESTORAGE_CA_BUNDLE") or True
-        self.session = make_session(username=username, password=password, verify=verify,
-                                    pool_size=self.max_threads)
+        self.session = make_session(verify=verify, pool_size=self.max_threads)
 
     def __repr__(self) -> str:  # never show credentials
         return f"ServerBackend({self.url!r}, api_version={self.api_version})"
@@ -433,13 +439,19 @@ class ServerBackend(Backend):
     def _on_attempt(self, nbytes: int) -> None:
         self._account(bytes_received=nbytes, requests=1)
 
+    def _auth_kind(self, req: ChunkRequest) -> str:
+        routing = self._routing(req)
+        return "s3" if routing.get("interface_type", "s3") == "s3" else "http"
+
     def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
-        body = request_body(request, operation, self._routing(request), wide_sum=self.wide_sum)
+        routing = self._routing(request)
+        body = request_body(request, operation, routing, wide_sum=self.wide_sum)
         url = f"{self.url}/v{self.api_version}/{operation}/"
         resp = post_with_retries(
             self.session, url, data=json.dumps(body).encode(),
             headers={"content-type": "application/json"}, timeout=self.timeout,
-            retries=self.retries, backoff=self.backoff, on_attempt=self._on_attempt)
+            retries=self.retries, backoff=self.backoff, on_attempt=self._on_attempt,
+            auth=self._auth[self._auth_kind(request)])
         try:
             self._account(bytes_read=request.size or 0)
             raise_for_error(resp, url)
@@ -458,7 +470,9 @@ class ServerBackend(Backend):
         size = math.ceil(n / parts)
         return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def _reduce_batch(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
+    def _reduce_batch(self, requests: Sequence[ChunkRequest], operation: str,
+                      kind: str) -> list[Partial]:
+        """One batch POST (all items of one auth kind); a 413 splits it in two."""
         import cbor2
 
         items = [request_body(r, operation, self._routing(r), wide_sum=self.wide_sum)
@@ -468,11 +482,16 @@ class ServerBackend(Backend):
             self.session, url, data=cbor2.dumps({"requests": items}),
             headers={"content-type": "application/cbor", "accept": "application/cbor"},
             timeout=self.timeout, retries=self.retries, backoff=self.backoff,
-            on_attempt=self._on_attempt)
+            on_attempt=self._on_attempt, auth=self._auth[kind])
         try:
-            self._account(bytes_read=sum(r.size or 0 for r in requests))
             if resp.status_code in (404, 405):
                 raise _NoBatch()
+            if resp.status_code == 413 and len(requests) > 1:
+                half = len(requests) // 2
+                log.info("%s: batch of %d is too large; splitting", url, len(requests))
+                return (self._reduce_batch(requests[:half], operation, kind)
+                        + self._reduce_batch(requests[half:], operation, kind))
+            self._account(bytes_read=sum(r.size or 0 for r in requests))
             raise_for_error(resp, url)
             payload = _decode_cbor(resp, url)
         finally:
@@ -489,15 +508,24 @@ class ServerBackend(Backend):
         if not requests:
             return []
         if len(requests) > 1 and self.batching:
-            parts = self._split(requests)
+            by_kind: dict[str, list[int]] = {}
+            for i, r in enumerate(requests):
+                by_kind.setdefault(self._auth_kind(r), []).append(i)
+            jobs = [(kind, [idx[j] for j in rg]) for kind, idx in by_kind.items()
+                    for rg in self._split([requests[i] for i in idx])]
             try:
-                results = self._map(lambda rg: self._reduce_batch([requests[i] for i in rg],
-                                                                  operation), parts)
-                return [p for part in results for p in part]
+                results = self._map(lambda job: self._reduce_batch(
+                    [requests[i] for i in job[1]], operation, job[0]), jobs)
             except _NoBatch:
-                log.warning("%s has no batch endpoint; falling back to per-chunk requests",
-                            self.url)
-                self._batch_pref = False
+                results = None
+            if results is not None:
+                out: list[Partial | None] = [None] * len(requests)
+                for (_, idx), parts in zip(jobs, results):
+                    for i, p in zip(idx, parts):
+                        out[i] = p
+                return out  # type: ignore[return-value]
+            log.warning("%s has no batch endpoint; falling back to per-chunk requests", self.url)
+            self._batch_pref = False
         return self._map(lambda r: self.reduce_chunk(r, operation), list(requests))
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
