@@ -791,6 +791,9 @@ def _open_kerchunk(doc: Mapping[str, Any], ncvar: str, where: str,
                                   etag=ids[loc.url].get("etag"),
                                   version_id=ids[loc.url].get("version_id"))
                           if loc.size < 0 else loc) for c, loc in var.chunks.items()}
+    if var.chunks:
+        # the data's location, not the reference file's, decides which backend reads it
+        var.source = next(iter(var.chunks.values())).url
     return var
 
 

@@ -224,3 +224,22 @@ def test_netcdf3_over_http_range_reads(nginx_server, tmp_path):
     ref = write_manifest(url, ["v"], None)
     with Active(ref, "v", backend="fetch") as a:
         assert a.mean[...] == data.mean()
+
+
+def test_kerchunk_references_to_s3_objects(datasets, moto_server, s3):
+    """Kerchunk v1 references (templated URLs) to the chunk objects of a Zarr v2 store in S3."""
+    so = storage_options(moto_server)
+    url, var, want = datasets["zarr2"]
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]
+    refs = {}
+    for obj in listing:
+        key = obj["Key"][len(prefix) + 1:]
+        if key.startswith("."):
+            refs[f"{var}/{key}"] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode()
+        else:
+            refs[f"{var}/{key}"] = ["{{u}}/" + key, 0, obj["Size"]]
+    doc = {"version": 1, "templates": {"u": url}, "refs": refs}
+    with Active(doc, var, storage_options=so) as a:
+        for op in OPS:
+            check(getattr(a, op)[...], want, op)
