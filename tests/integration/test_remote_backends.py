@@ -371,3 +371,33 @@ def test_store_down_is_typed_and_quick(files):
     with FetchBackend(retries=1, timeout=2, env={}) as fb, pytest.raises(StorageError):
         fb.reduce_chunk(req, "max")
     assert time.monotonic() - t0 < 20
+
+
+def test_http_store_basic_auth_end_to_end(files, nginx_server, server):
+    """nginx's /private/ needs Basic auth: right credentials work through fetch and the server
+    (which passes them on); a wrong password is a typed 401 at every step."""
+    from servers import NGINX_PASSWORD, NGINX_USER
+
+    private = Path(nginx_server.extra["docroot"]) / "private"
+    private.mkdir(exist_ok=True)
+    link = private / "remote-ints.nc"
+    if not link.exists():
+        link.symlink_to(Path(files["ints.nc"][0]).resolve())
+    url = f"{nginx_server.url}/private/remote-ints.nc"
+    path, var = files["ints.nc"]
+    good = {"username": NGINX_USER, "password": NGINX_PASSWORD}
+    bad = {"username": NGINX_USER, "password": "wrong"}
+    for backend in (FetchBackend(good, env={}), ServerBackend(server, storage_options=good,
+                                                              env={})):
+        with backend, Active(url, var, storage_options=good, backend=backend) as a:
+            check(a.mean[...], oracle(path, var, "mean"), "mean")
+    with pytest.raises(StorageError) as ei:
+        Active(url, var, storage_options=bad)
+    assert ei.value.status == 401
+    req = make_request("int32", (4, 10, 10), offset=0, size=1600, url=url)
+    with FetchBackend(bad, env={}) as fb, pytest.raises(StorageError) as ei:
+        fb.reduce_chunk(req, "sum")
+    assert ei.value.status == 401
+    with ServerBackend(server, storage_options=bad, env={}) as b, pytest.raises(ServerError) as ei:
+        b.reduce_chunk(req, "sum")
+    assert ei.value.status == 401
