@@ -401,3 +401,36 @@ def test_http_store_basic_auth_end_to_end(files, nginx_server, server):
     with ServerBackend(server, storage_options=bad, env={}) as b, pytest.raises(ServerError) as ei:
         b.reduce_chunk(req, "sum")
     assert ei.value.status == 401
+
+
+def test_pyactivestorage_reduce_chunk_against_our_server(files, s3_files, server, moto):
+    """The module-level reduce_chunk with PyActiveStorage's conventions (S3 path-style URL and
+    storage_type="s3", numcodecs codecs, the 4-tuple missing, slices) on a real chunk."""
+    import h5py
+    import numcodecs
+
+    from activestorage.backends.server import make_session, reduce_chunk
+
+    path, var = files["ints.nc"]
+    with h5py.File(path) as h:
+        ds = h[var]
+        info = ds.id.get_chunk_info_by_coord((4, 10, 0))
+        chunk = ds[4:8, 10:20, 0:10]
+    with netCDF4.Dataset(path) as nc:
+        masked = np.ma.asarray(nc.variables[var][4:8, 10:20, 0:10])
+    session = make_session(username=moto["key"], password=moto["secret"])
+    url = f"{moto['endpoint']}/{BUCKET}/data/ints.nc"
+    for api in (1, 2):
+        vals, counts = reduce_chunk(
+            session, server, url, info.byte_offset, info.size, numcodecs.Zlib(),
+            [numcodecs.Shuffle(elementsize=4)], (-2147483647, -99, None, None), chunk.dtype,
+            chunk.shape, "C", (slice(0, 4), slice(2, 10, 3), slice(None)), (0, 2), "sum",
+            storage_type="s3", api_version=api)
+        want = masked[:, 2:10:3, :]
+        np.testing.assert_array_equal(vals, want.astype(np.int64).sum(axis=(0, 2)).filled(0))
+        np.testing.assert_array_equal(counts, np.ma.count(want, axis=(0, 2)))
+    with pytest.raises(ServerError) as ei:
+        reduce_chunk(make_session(username=moto["key"], password="wrong"), server, url,
+                     info.byte_offset, info.size, numcodecs.Zlib(), None, None, chunk.dtype,
+                     chunk.shape, "C", None, None, "max", storage_type="s3")
+    assert ei.value.status == 401
