@@ -110,8 +110,10 @@ def _target(body: dict[str, Any], api: str, auth: tuple[str, str] | None,
 def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
             settings: Settings) -> Item:
     """Validate one request body (routing, numeric description, options) into an :class:`Item`."""
-    req = ChunkRequest.from_wire(body, max_elements=settings.max_bytes_in_flight)
+    if not isinstance(body, dict):
+        raise RequestValidationError("body", "request body must be a JSON object")
     target = _target(body, api, auth, settings.allow_upstream)
+    req = ChunkRequest.from_wire(body, max_elements=settings.max_bytes_in_flight)
     if req.size is not None:
         read_size: int | None = req.size
     elif req.compression is None:  # the exact range: the array plus any Fletcher-32 checksums
@@ -222,7 +224,7 @@ def _causes(exc: BaseException) -> list[str]:
     c = exc.__cause__
     while c is not None and len(causes) < 8:
         text = str(c)
-        if text and text not in causes and text != str(exc):
+        if text and text not in causes and text not in str(exc):
             causes.append(text)
         c = c.__cause__
     return causes
@@ -369,16 +371,25 @@ class Server:
             if run:
                 jobs.append((run, target, start, end - start))
 
+        async def each(run: list[int]) -> None:
+            for i in sorted(run):
+                try:
+                    raws[i] = await self.fetch(items[i])
+                except ActiveStorageError as exc:
+                    raise at_item(exc, i) from exc
+
         async def one(run: list[int], target: Target, start: int, size: int | None) -> None:
+            if size is None or len(run) == 1:
+                await each(run)
+                return
             try:
-                if size is None:
-                    raws[run[0]] = await self.fetch(items[run[0]])
-                    return
                 data = await self.upstream.read(target, start, size, max_bytes=size)
-                self.metrics.bytes_in.inc(len(data))
-                self.metrics.upstream_requests.inc()
-            except ActiveStorageError as exc:
-                raise at_item(exc, min(run)) from exc
+            except StorageError:
+                # Find the culprit (and spare its neighbours): retry the items one by one.
+                await each(run)
+                return
+            self.metrics.bytes_in.inc(len(data))
+            self.metrics.upstream_requests.inc()
             view = memoryview(data)
             for i in run:
                 o = items[i].req.offset - start

@@ -5,7 +5,7 @@ answers HTTP, and returns a handle whose ``stop()`` ends exactly that process (b
 then kill after a grace period). Nothing here is pytest-specific, so benchmarks and other tests can
 reuse it; the fixtures in ``conftest.py`` wrap these with session scope.
 
-    moto = start_moto(tmp)            # moto.url, moto.client() -> boto3 S3 client
+    moto = start_moto(tmp)            # moto.url; s3_client(moto.url) -> boto3 S3 client
     web = start_nginx(tmp, docroot)   # web.url; web.private_url + web.auth for Basic auth
     srv = start_active_server(tmp)    # srv.url; srv.log_path has its log
 """
@@ -137,6 +137,29 @@ def start_moto(workdir: Path, env: dict[str, str] | None = None, timeout: float 
     proc = _spawn("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                   workdir / f"moto-{port}.log", port, e)
     _wait_http(proc, "/moto-api/", timeout)
+    return proc
+
+
+def start_moto_with_auth(workdir: Path, timeout: float = 30.0) -> ServerProcess:
+    """A moto server that checks credentials (SigV4 signature, known access key).
+
+    The first few requests are unauthenticated (``INITIAL_NO_AUTH_ACTION_COUNT``); they create an
+    IAM user with an allow-all policy, whose key pair is in ``extra["key"]``/``extra["secret"]``.
+    """
+    import json
+
+    proc = start_moto(workdir, env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"}, timeout=timeout)
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=proc.url, aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap", region_name="us-east-1")
+    iam.create_user(UserName="reader")
+    policy = iam.create_policy(PolicyName="all", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    iam.attach_user_policy(UserName="reader", PolicyArn=policy["Policy"]["Arn"])
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    proc.extra.update(key=key["AccessKeyId"], secret=key["SecretAccessKey"])
     return proc
 
 
