@@ -347,6 +347,12 @@ def test_error_body_decoded(fake):
     (200, cbor2.dumps({"bytes": b"\0" * 4, "dtype": "float32", "shape": [],
                        "count": "x", "byte_order": "little"}), {"content-type": "application/cbor"}),
     (200, cbor2.dumps([1, 2]), {"content-type": "application/cbor"}),
+    (200, cbor2.dumps({"bytes": b"\0" * 4, "dtype": "float32", "shape": "[]",
+                       "count": [1], "byte_order": "little"}), {"content-type": "application/cbor"}),
+    (200, cbor2.dumps({"bytes": b"\0" * 4, "dtype": "float32", "shape": ["a"],
+                       "count": [1], "byte_order": "little"}), {"content-type": "application/cbor"}),
+    (200, cbor2.dumps({"bytes": b"\0" * 4, "dtype": "nonsense", "shape": [],
+                       "count": [1], "byte_order": "little"}), {"content-type": "application/cbor"}),
 ])
 def test_malformed_response_is_typed(fake, resp):
     req = _req(fake)

@@ -236,8 +236,9 @@ def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count
     if byte_order not in ("little", "big"):
         raise _malformed(url, f"byte_order {byte_order!r}")
     out_shape, keep_shape = result_shapes(req, operation)
-    if shape is not None and tuple(int(n) for n in shape) != out_shape:
-        raise _malformed(url, f"result shape {list(shape)}, expected {list(out_shape)}")
+    if shape is not None and (not isinstance(shape, (list, tuple)) or tuple(
+            int(n) if isinstance(n, int) else -1 for n in shape) != out_shape):
+        raise _malformed(url, f"result shape {str(shape)[:100]}, expected {list(out_shape)}")
     if not isinstance(values_bytes, (bytes, bytearray, memoryview)):
         raise _malformed(url, "result bytes missing")
     n = math.prod(out_shape)
@@ -246,7 +247,9 @@ def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count
     values = np.frombuffer(values_bytes, dt.newbyteorder("<" if byte_order == "little" else ">"))
     values = values.astype(dt, copy=True).reshape(keep_shape)
     if operation == "sum" and values.dtype != sum_dtype(req.dtype):
-        values = values.astype(sum_dtype(req.dtype))  # a server without option_wide_sum
+        # a server without option_wide_sum summed in the request dtype (may have overflowed)
+        log.info("%s returned a %s sum of %s data", url, values.dtype.name, req.dtype.name)
+        values = values.astype(sum_dtype(req.dtype))
     if operation == "select":
         bad = missing_mask(values, req.missing)
         counts = np.ones(keep_shape, np.int64) if bad is None else (~bad).astype(np.int64)
