@@ -4,12 +4,19 @@ Pure NumPy/numcodecs with no I/O, shared by the SDK's local backends and the red
 every number this project produces goes through the code tested here. Steps: decode (checksum,
 decompress with a hard bound on the output size, unfilter), interpret dtype and byte order, reshape
 in C or F order, select, find missing elements, reduce along the requested axes keeping dimensions.
+
+Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
+corrupt, truncated or oversized data is a :class:`DecodeError`, never a codec's own exception and
+never an allocation larger than the request's declared (decoded) size.
 """
 
 from __future__ import annotations
 
 import bz2
+import functools
 import math
+import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -17,11 +24,17 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import DecodeError, RequestValidationError, UnsupportedError
-from .request import ChunkRequest, Missing
+from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing
 
-__all__ = ["Partial", "decode", "reduce_chunk", "reduce_array", "sum_dtype", "OPERATIONS"]
+__all__ = ["Partial", "decode", "reduce_chunk", "reduce_array", "missing_mask", "sum_dtype",
+           "OPERATIONS"]
 
 OPERATIONS = ("count", "min", "max", "sum", "select")
+
+_INT64 = np.dtype(np.int64)
+_UINT64 = np.dtype(np.uint64)
+#: decoded sizes above this cannot be allocated anyway; refuse them before asking a codec.
+_MAX_DECODED = 2**62
 
 
 @dataclass(slots=True)
@@ -30,7 +43,8 @@ class Partial:
 
     Both have the selection's shape with the reduced axes kept as length 1 (``keepdims``); for
     ``select`` ``values`` is the selected data and ``counts`` is 1 where an element is present and 0
-    where it is missing. Where ``counts`` is 0, ``min``/``max`` values are undefined.
+    where it is missing. Where ``counts`` is 0, ``min``/``max`` values are undefined. ``sum``
+    values are in :func:`sum_dtype` of the request dtype, ``counts`` are int64.
     """
 
     values: np.ndarray
@@ -39,14 +53,23 @@ class Partial:
 
 def sum_dtype(dtype: np.dtype) -> np.dtype:
     """The accumulator NumPy's ``sum`` uses for ``dtype`` (int64/uint64 for integers)."""
-    if dtype.kind == "i":
-        return np.dtype(np.int64)
-    if dtype.kind == "u":
-        return np.dtype(np.uint64)
+    kind = dtype.kind
+    if kind == "i":
+        return _INT64
+    if kind == "u":
+        return _UINT64
     return np.dtype(dtype)
 
 
 # --------------------------------------------------------------------------- decoding
+
+def _nbytes(buf: Any) -> int:
+    if isinstance(buf, (bytes, bytearray)):
+        return len(buf)
+    if isinstance(buf, np.ndarray):
+        return buf.nbytes
+    return memoryview(buf).nbytes
+
 
 def _bounded_inflate(raw: Any, expected: int, wbits: int, what: str) -> bytes:
     d = zlib.decompressobj(wbits)
@@ -56,197 +79,449 @@ def _bounded_inflate(raw: Any, expected: int, wbits: int, what: str) -> bytes:
         raise DecodeError(f"{what} data is corrupt: {exc}") from exc
     if len(out) > expected or d.unconsumed_tail:
         raise DecodeError(f"{what} data expands beyond the declared {expected} bytes")
+    if not d.eof:
+        raise DecodeError(f"{what} data is truncated: the stream ends after {len(out)} of "
+                          f"{expected} bytes")
     return out
+
+
+def _bz2(raw: Any, expected: int) -> bytes:
+    d = bz2.BZ2Decompressor()
+    try:
+        out = d.decompress(raw, expected + 1)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DecodeError(f"bzip2 data is corrupt: {exc}") from exc
+    if len(out) > expected or not d.needs_input and not d.eof:
+        raise DecodeError(f"bzip2 data expands beyond the declared {expected} bytes")
+    if not d.eof:
+        raise DecodeError(f"bzip2 data is truncated: the stream ends after {len(out)} of "
+                          f"{expected} bytes")
+    return out
+
+
+_BLOSC_HEADER = struct.Struct("<BBBBIII")
+
+
+def _blosc(raw: Any, expected: int, cid: str) -> Any:
+    """Blosc (1) buffers; the 16-byte header declares the sizes, checked before decoding."""
+    mv = memoryview(raw).cast("B")
+    if mv.nbytes < _BLOSC_HEADER.size:
+        raise DecodeError(f"blosc data is truncated: {mv.nbytes} bytes is shorter than its header")
+    version, _vlz, _flags, _typesize, nbytes, _blocksize, cbytes = _BLOSC_HEADER.unpack_from(mv)
+    if version not in (1, 2, 3, 4, 5):
+        raise DecodeError(f"{cid} data is corrupt: unknown format version {version}")
+    if version > 2:
+        # c-blosc2 chunk format; numcodecs' c-blosc 1 cannot read it.
+        try:
+            import blosc2  # type: ignore[import-not-found]
+        except ImportError:
+            raise UnsupportedError(
+                f"{cid} data is in the Blosc2 chunk format (version {version}), which needs the "
+                "'blosc2' package (pip install blosc2)") from None
+        if nbytes > expected:
+            raise DecodeError(f"{cid} data expands beyond the declared {expected} bytes")
+        try:
+            return blosc2.decompress(bytes(mv))
+        except Exception as exc:  # noqa: BLE001 - blosc2 raises assorted errors on junk
+            raise DecodeError(f"{cid} data is corrupt: {exc}") from exc
+    if nbytes > expected:
+        raise DecodeError(f"{cid} data declares {nbytes} bytes, beyond the declared {expected}")
+    if not _BLOSC_HEADER.size <= cbytes <= mv.nbytes:
+        raise DecodeError(f"{cid} data is truncated or corrupt: its header declares {cbytes} "
+                          f"compressed bytes but {mv.nbytes} are stored")
+    from numcodecs import blosc
+
+    try:
+        return blosc.decompress(mv[:cbytes])
+    except Exception as exc:  # noqa: BLE001 - numcodecs raises RuntimeError on junk
+        raise DecodeError(f"{cid} data is corrupt: {exc}") from exc
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+
+
+def _zstd_frame_sizes(mv: memoryview) -> list[int | None]:
+    """The declared content size of each zstd frame in ``mv`` (None where a frame omits it).
+
+    Walks frame and block headers only; raises DecodeError on a malformed layout.
+    """
+    sizes: list[int | None] = []
+    pos, end = 0, mv.nbytes
+    while pos < end:
+        if end - pos < 5:
+            raise DecodeError("zstd data is truncated inside a frame header")
+        magic = int.from_bytes(mv[pos:pos + 4], "little")
+        if 0x184D2A50 <= magic <= 0x184D2A5F:  # skippable frame
+            if end - pos < 8:
+                raise DecodeError("zstd data is truncated inside a frame header")
+            length = int.from_bytes(mv[pos + 4:pos + 8], "little")
+            pos += 8 + length
+            continue
+        if magic != _ZSTD_MAGIC:
+            raise DecodeError("zstd data is corrupt: bad frame magic number")
+        fhd = mv[pos + 4]
+        fcs_flag, single, checksum, dict_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
+        pos += 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+        fcs_len = (1 if single else 0, 2, 4, 8)[fcs_flag]
+        if pos + fcs_len > end:
+            raise DecodeError("zstd data is truncated inside a frame header")
+        size: int | None = None
+        if fcs_len:
+            size = int.from_bytes(mv[pos:pos + fcs_len], "little") + (256 if fcs_len == 2 else 0)
+        pos += fcs_len
+        while True:
+            if pos + 3 > end:
+                raise DecodeError("zstd data is truncated inside a block header")
+            header = int.from_bytes(mv[pos:pos + 3], "little")
+            last, btype, bsize = header & 1, (header >> 1) & 3, header >> 3
+            if btype == 3:
+                raise DecodeError("zstd data is corrupt: reserved block type")
+            pos += 3 + (1 if btype == 1 else bsize)
+            if last:
+                break
+        pos += 4 * checksum
+        if pos > end:
+            raise DecodeError("zstd data is truncated inside a block")
+        sizes.append(size)
+    return sizes
+
+
+def _zstd(raw: Any, expected: int) -> np.ndarray:
+    """zstd frames, decoded into a buffer of exactly ``expected`` bytes (no larger output exists)."""
+    from numcodecs import Zstd
+
+    mv = memoryview(raw).cast("B")
+    sizes = _zstd_frame_sizes(mv)
+    if not sizes:
+        raise DecodeError("zstd data is empty")
+    if all(s is not None for s in sizes):
+        total = sum(sizes)  # type: ignore[arg-type]
+        if total != expected:
+            raise DecodeError(f"zstd data declares {total} bytes but the chunk needs {expected}")
+    elif sizes[0] is not None:
+        # numcodecs would trust the first frame's size and not check the total; nobody writes this.
+        raise UnsupportedError("zstd data mixes frames with and without a recorded content size")
+    out = np.empty(expected, np.uint8)
+    try:
+        Zstd().decode(mv, out=out)  # bounded by out; checks sizes of streamed frames
+    except Exception as exc:  # noqa: BLE001 - numcodecs raises RuntimeError/ValueError on junk
+        raise DecodeError(f"zstd data is corrupt or does not decode to {expected} bytes: "
+                          f"{exc}") from exc
+    return out
+
+
+def _lz4(raw: Any, expected: int) -> Any:
+    """numcodecs' LZ4 framing: a 4-byte little-endian decoded size, then one LZ4 block."""
+    from numcodecs import LZ4
+
+    mv = memoryview(raw).cast("B")
+    if mv.nbytes < 4:
+        raise DecodeError("lz4 data is truncated: shorter than its 4-byte size header")
+    declared = int.from_bytes(mv[:4], "little")
+    if declared != expected:
+        raise DecodeError(f"lz4 data declares {declared} bytes but the chunk needs {expected}")
+    try:
+        return LZ4().decode(mv)
+    except Exception as exc:  # noqa: BLE001 - numcodecs raises RuntimeError on junk
+        raise DecodeError(f"lz4 data is corrupt: {exc}") from exc
 
 
 def _decompress(raw: Any, comp: Mapping[str, Any], expected: int) -> Any:
     """Undo ``comp``; never produce more than ``expected`` bytes (a decompression bomb is refused)."""
-    cid = comp["id"]
+    cid = comp.get("id")
     if cid == "zlib":
         return _bounded_inflate(raw, expected, zlib.MAX_WBITS, "zlib")
     if cid == "gzip":
         # Reductionist clients send HDF5 deflate (zlib-wrapped) as "gzip" too: accept either header.
         return _bounded_inflate(raw, expected, zlib.MAX_WBITS | 32, "gzip")
     if cid in ("bz2", "bzip2"):
-        d = bz2.BZ2Decompressor()
-        try:
-            out = d.decompress(bytes(raw), expected + 1)
-        except (OSError, ValueError) as exc:
-            raise DecodeError(f"bzip2 data is corrupt: {exc}") from exc
-        if len(out) > expected:
-            raise DecodeError(f"bzip2 data expands beyond the declared {expected} bytes")
-        return out
+        return _bz2(raw, expected)
     if cid in ("blosc", "blosc2"):
-        from numcodecs import blosc
-
-        try:
-            nbytes, _cbytes, _blocksize = blosc.cbuffer_sizes(raw)
-        except Exception as exc:  # noqa: BLE001 - numcodecs raises bare errors on junk
-            raise DecodeError(f"blosc data is corrupt: {exc}") from exc
-        if nbytes > expected:
-            raise DecodeError(f"blosc data expands beyond the declared {expected} bytes")
-        try:
-            return blosc.decompress(raw)
-        except Exception as exc:  # noqa: BLE001
-            raise DecodeError(f"blosc data is corrupt: {exc}") from exc
+        return _blosc(raw, expected, cid)
     if cid == "zstd":
-        from numcodecs import Zstd
-
-        out = np.empty(expected, np.uint8)
-        try:
-            Zstd().decode(raw, out=out)
-        except Exception as exc:  # noqa: BLE001
-            raise DecodeError(f"zstd data is corrupt or expands beyond {expected} bytes: {exc}") from exc
-        return out
+        return _zstd(raw, expected)
     if cid == "lz4":
-        from numcodecs import LZ4
-
-        header = bytes(memoryview(raw)[:4])
-        if len(header) < 4 or int.from_bytes(header, "little") > expected:
-            raise DecodeError(f"lz4 data is corrupt or expands beyond {expected} bytes")
-        try:
-            return LZ4().decode(raw)
-        except Exception as exc:  # noqa: BLE001
-            raise DecodeError(f"lz4 data is corrupt: {exc}") from exc
+        return _lz4(raw, expected)
     raise UnsupportedError(f"compression {cid!r} is not supported")
 
 
 def _check_fletcher32(buf: Any, where: str) -> memoryview:
-    """Verify and strip an HDF5 Fletcher-32 checksum (the last 4 bytes)."""
+    """Verify and strip an HDF5 Fletcher-32 checksum (the last 4 bytes, little-endian)."""
     from numcodecs import Fletcher32
 
+    n = _nbytes(buf)
+    if n < 4:
+        raise DecodeError(f"Fletcher-32 checksum missing ({where}): only {n} bytes")
     try:
         return memoryview(Fletcher32().decode(buf)).cast("B")
     except Exception as exc:  # noqa: BLE001 - numcodecs raises RuntimeError on mismatch
         raise DecodeError(f"Fletcher-32 checksum failed ({where}): {exc}") from exc
 
 
-def _unshuffle(buf: Any, element_size: int) -> np.ndarray:
-    """Undo HDF5's byte shuffle; trailing bytes that don't fill an element stay as they are
-    (netCDF-C puts a Fletcher-32 checksum before the shuffle, so the tail is 4 bytes)."""
+def _unshuffle(buf: Any, element_size: int) -> Any:
+    """Undo HDF5's byte shuffle: bytes of each element were grouped by position.
+
+    As in HDF5 (H5Zshuffle.c), trailing bytes that do not make a whole element were copied as they
+    are, and a buffer of fewer than two elements was left alone.
+    """
+    n = _nbytes(buf) // element_size if element_size > 1 else 0
+    if n <= 1:
+        return buf
     a = np.frombuffer(buf, np.uint8)
-    n = a.size // element_size if element_size > 1 else 0
-    if n == 0:
-        return a
-    body = a[:n * element_size].reshape(element_size, n).T.reshape(-1)
-    if n * element_size == a.size:
-        return body
-    return np.concatenate([body, a[n * element_size:]])
+    whole = n * element_size
+    out = np.empty(a.size, np.uint8)
+    # numpy's strided copy releases the GIL, so decoding threads run in parallel.
+    np.copyto(out[:whole].reshape(n, element_size), a[:whole].reshape(element_size, n).T)
+    if whole < a.size:
+        out[whole:] = a[whole:]
+    return out
+
+
+def _undo_codecs(raw: Any, req: ChunkRequest, expected: int) -> Any:
+    """Checksum, decompression and filters of ``req`` undone, in that order."""
+    buf = raw
+    filters = req.filters
+    inner = []
+    for f in filters:
+        if f.get("id") == "fletcher32" and f.get("outer"):
+            # HDF5 runs Fletcher-32 last on write, so it covers the stored (compressed) bytes.
+            buf = _check_fletcher32(buf, "stored bytes")
+        else:
+            inner.append(f)
+    if req.compression is not None:
+        extra = 4 * sum(1 for f in inner if f.get("id") == "fletcher32")
+        buf = _decompress(buf, req.compression, expected + extra)
+    for f in reversed(inner):
+        fid = f.get("id")
+        if fid in ("shuffle", "shuffle_simd"):
+            es = f.get("element_size", req.dtype.itemsize)
+            buf = _unshuffle(buf, int(es))
+        elif fid == "fletcher32":
+            buf = _check_fletcher32(buf, "decoded bytes")
+        else:
+            raise UnsupportedError(f"filter {fid!r} is not supported")
+    return buf
 
 
 def decode(raw: Any, req: ChunkRequest) -> np.ndarray:
     """Decode ``raw`` (the stored bytes) into a 1-D array of the request's dtype in native order.
 
     Order: an outer Fletcher-32 checksum (HDF5 puts it after compression) is verified on the stored
-    bytes; compression is undone; the filters are undone in reverse write order.
+    bytes; compression is undone; the other filters are undone in reverse write order. The result
+    may be a read-only view of ``raw``.
     """
-    expected = req.nbytes
-    buf: Any = raw
-    filters = list(req.filters)
-    outer = [f for f in filters if f.get("id") == "fletcher32" and f.get("outer")]
-    if outer:
-        buf = _check_fletcher32(buf, "stored bytes")
-        filters = [f for f in filters if f not in outer]
-    inner_checks = sum(1 for f in filters if f.get("id") == "fletcher32")
-    if req.compression is not None:
-        buf = _decompress(buf, req.compression, expected + 4 * inner_checks)
-    for f in reversed(filters):
-        fid = f.get("id")
-        if fid in ("shuffle", "shuffle_simd"):
-            buf = _unshuffle(buf, int(f.get("element_size", req.dtype.itemsize)))
-        elif fid == "fletcher32":
-            buf = _check_fletcher32(buf, "decoded bytes")
-        else:
-            raise UnsupportedError(f"filter {fid!r} is not supported")
-    nbytes = memoryview(buf).nbytes if not isinstance(buf, np.ndarray) else buf.nbytes
+    dtype = req.dtype
+    if dtype.kind not in "iuf":
+        raise UnsupportedError(f"dtype {dtype} is not supported (integers and floats only)")
+    expected = math.prod(req.shape) * dtype.itemsize
+    buf = raw
+    if req.filters or req.compression is not None:
+        if expected > _MAX_DECODED:
+            raise DecodeError(f"shape {list(req.shape)} is too large to decode")
+        buf = _undo_codecs(raw, req, expected)
+    nbytes = _nbytes(buf)
     if nbytes != expected:
         raise DecodeError(
-            f"chunk decodes to {nbytes} bytes but shape {list(req.shape)} of {req.dtype.name} "
+            f"chunk decodes to {nbytes} bytes but shape {list(req.shape)} of {dtype.name} "
             f"needs {expected}")
-    arr = np.frombuffer(buf, dtype=req.stored_dtype)
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    return arr
+    if req.byte_order == NATIVE_BYTE_ORDER or dtype.itemsize == 1:
+        return np.frombuffer(buf, dtype)
+    return np.frombuffer(buf, dtype.newbyteorder()).byteswap().view(dtype)
+
+
+# ---------------------------------------------------------------------- missing data
+
+@dataclass(frozen=True, slots=True)
+class _Mask:
+    """A :class:`Missing` resolved against one dtype: what :func:`missing_mask` compares with."""
+
+    values: tuple[Any, ...]
+    nan: bool
+    vmin: Any
+    vmax: Any
+
+
+def _as_dtype(v: Any, dtype: np.dtype) -> Any:
+    """``v`` as a ``dtype`` scalar, the way netCDF4-python converts attributes
+    (``numpy.array(v, dtype)``); None when ``v`` cannot stand for any ``dtype`` value.
+
+    Floats round to the nearest ``dtype`` value (so a Python float ``_FillValue`` matches float32
+    data); a finite value that overflows to infinity, and for integer dtypes a non-integral,
+    non-finite or out-of-range value, is ignored. Attribute-level checks (netCDF4-python ignores
+    attributes that do not cast exactly) belong to the format reader that builds the Missing.
+    """
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            a = np.asarray(v)
+            if a.shape != () or a.dtype.kind not in "iuf":
+                return None
+            if dtype.kind in "iu":
+                if a.dtype.kind == "f":
+                    if not np.isfinite(a) or a != np.floor(a):
+                        return None
+                    a = int(a)
+                info = np.iinfo(dtype)
+                if not info.min <= int(a) <= info.max:
+                    return None
+                return dtype.type(int(a))
+            c = a.astype(dtype)
+            if np.isinf(c) and np.isfinite(a):
+                return None
+            return c[()]
+    except (OverflowError, ValueError, TypeError):
+        return None
+
+
+def _resolve(missing: Missing, dtype: np.dtype) -> _Mask | None:
+    values = []
+    nan = False
+    for v in missing.values:
+        c = _as_dtype(v, dtype)
+        if c is None:
+            continue
+        if dtype.kind == "f" and np.isnan(c):
+            nan = True
+        elif c not in values:
+            values.append(c)
+    vmin = None if missing.valid_min is None else _as_dtype(missing.valid_min, dtype)
+    vmax = None if missing.valid_max is None else _as_dtype(missing.valid_max, dtype)
+    if not values and not nan and vmin is None and vmax is None:
+        return None
+    return _Mask(tuple(values), nan, vmin, vmax)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_cached(missing: Missing, dtype: np.dtype) -> _Mask | None:
+    return _resolve(missing, dtype)
+
+
+def missing_mask(x: np.ndarray, missing: Missing | None) -> np.ndarray | None:
+    """Boolean array, True where ``x`` is missing; None when nothing can be missing.
+
+    The rules of netCDF4-python's masking: elements equal to one of ``missing.values`` (a NaN
+    value: NaN elements), below ``valid_min`` or above ``valid_max`` are missing, each value first
+    converted to ``x.dtype`` (see :func:`_as_dtype`). NaN elements are never outside a valid range.
+    """
+    if missing is None or missing.is_empty():
+        return None
+    try:
+        m = _resolve_cached(missing, x.dtype)
+    except TypeError:  # unhashable values: resolve without the cache
+        m = _resolve(missing, x.dtype)
+    if m is None:
+        return None
+    bad: np.ndarray | None = None
+    if len(m.values) > 8:
+        bad = np.isin(x, np.array(m.values, x.dtype))
+    else:
+        for v in m.values:
+            bad = x == v if bad is None else np.logical_or(bad, x == v, out=bad)
+    for test in ((np.isnan(x) if m.nan else None),
+                 (None if m.vmin is None else x < m.vmin),
+                 (None if m.vmax is None else x > m.vmax)):
+        if test is not None:
+            bad = test if bad is None else np.logical_or(bad, test, out=bad)
+    return bad
 
 
 # -------------------------------------------------------------------------- reduction
 
-def missing_mask(x: np.ndarray, missing: Missing | None) -> np.ndarray | None:
-    """Boolean array, True where ``x`` is missing; None when nothing can be missing."""
-    if missing is None or missing.is_empty():
-        return None
-    bad = np.zeros(x.shape, dtype=bool)
-    for v in missing.values:
-        if isinstance(v, (float, np.floating)) and np.isnan(v):
-            if x.dtype.kind == "f":
-                bad |= np.isnan(x)
-        else:
-            bad |= x == v
-    if missing.valid_min is not None:
-        bad |= x < missing.valid_min
-    if missing.valid_max is not None:
-        bad |= x > missing.valid_max
-    return bad
+def _initial(operation: str, dtype: np.dtype) -> Any:
+    if dtype.kind == "f":
+        return np.inf if operation == "min" else -np.inf
+    info = np.iinfo(dtype)
+    return info.max if operation == "min" else info.min
+
+
+def _check_axis(axis: tuple[int, ...], ndim: int) -> None:
+    if len(set(axis)) != len(axis) or any(not 0 <= a < ndim for a in axis):
+        raise RequestValidationError(
+            "axis", f"{list(axis)} is not a set of distinct axes of a {ndim}-d array")
 
 
 def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
                  missing: Missing | None = None) -> Partial:
-    """Reduce an already decoded and selected array (the part of the kernel with no bytes)."""
-    bad = missing_mask(x, missing)
-    if operation == "select":
-        counts = (np.ones(x.shape, np.int64) if bad is None else (~bad).astype(np.int64))
-        return Partial(np.ascontiguousarray(x), counts)
-    if operation not in OPERATIONS:
-        raise RequestValidationError("operation", f"unknown operation {operation!r}")
+    """Reduce an already decoded and selected array (the part of the kernel with no bytes).
 
-    full = len(axis) == x.ndim
+    ``axis`` lists the (non-negative) axes reduced; missing elements (see :func:`missing_mask`) are
+    left out of every result and of the counts.
+    """
+    if operation not in OPERATIONS:
+        raise RequestValidationError("operation", f"unknown operation {operation!r}; expected "
+                                     f"one of {', '.join(OPERATIONS)}")
+    axis = tuple(axis)
+    _check_axis(axis, x.ndim)
+    bad = missing_mask(x, missing)
+    if bad is not None and not bad.any():
+        bad = None
+    if operation == "select":
+        counts = (np.ones(x.shape, np.int64) if bad is None
+                  else np.logical_not(bad).astype(np.int64))
+        return Partial(np.ascontiguousarray(x), counts)
+
     out_shape = tuple(1 if i in axis else n for i, n in enumerate(x.shape))
     if bad is None:
-        count_value = math.prod(x.shape[i] for i in axis)
-        counts = np.full(out_shape, count_value, dtype=np.int64)
         valid = None
+        counts = np.full(out_shape, math.prod(x.shape[i] for i in axis), np.int64)
     else:
-        valid = ~bad
+        valid = np.logical_not(bad)
         counts = np.count_nonzero(valid, axis=axis, keepdims=True).astype(np.int64, copy=False)
-        if valid.all():
-            valid = None
+        counts = counts.reshape(out_shape)
 
     if operation == "count":
         return Partial(counts.copy(), counts)
     if operation == "sum":
         acc = sum_dtype(x.dtype)
         if valid is None:
-            if full and x.flags.c_contiguous:
-                v = np.add.reduce(x.reshape(-1), dtype=acc).reshape(out_shape)
-            else:
-                v = np.add.reduce(x, axis=axis, dtype=acc, keepdims=True)
+            v = np.add.reduce(x, axis=axis, dtype=acc, keepdims=True)
         else:
             v = np.add.reduce(x, axis=axis, dtype=acc, keepdims=True, where=valid)
-        return Partial(np.asarray(v, dtype=acc), counts)
+        return Partial(np.asarray(v, dtype=acc).reshape(out_shape), counts)
 
-    # min / max
     ufunc = np.minimum if operation == "min" else np.maximum
-    if x.dtype.kind == "f":
-        initial = np.inf if operation == "min" else -np.inf
-    else:
-        info = np.iinfo(x.dtype)
-        initial = info.max if operation == "min" else info.min
     if valid is None and x.size:
-        if full and x.flags.c_contiguous:
-            v = ufunc.reduce(x.reshape(-1)).reshape(out_shape)
-        else:
-            v = ufunc.reduce(x, axis=axis, keepdims=True)
-    else:
-        v = ufunc.reduce(x, axis=axis, keepdims=True, initial=initial,
+        v = ufunc.reduce(x, axis=axis, keepdims=True)
+    else:  # an empty reduced axis or masked elements: start from the identity-like bound
+        v = ufunc.reduce(x, axis=axis, keepdims=True, initial=_initial(operation, x.dtype),
                          where=True if valid is None else valid)
-    return Partial(np.asarray(v, dtype=x.dtype), counts)
+    return Partial(np.asarray(v, dtype=x.dtype).reshape(out_shape), counts)
+
+
+def _filled(shape: tuple[int, ...], value: Any, dtype: np.dtype) -> np.ndarray:
+    out = np.empty(shape, dtype)
+    out.fill(value)  # cheaper than np.full for the tiny arrays of a full reduction
+    return out
+
+
+def _reduce_all(flat: np.ndarray, operation: str, ndim: int) -> Partial:
+    """Fast path: every element of a contiguous chunk, nothing missing."""
+    out_shape = (1,) * ndim
+    counts = _filled(out_shape, flat.size, _INT64)
+    if operation == "sum":
+        acc = sum_dtype(flat.dtype)
+        return Partial(_filled(out_shape, np.add.reduce(flat, dtype=acc), acc), counts)
+    if operation == "count":
+        return Partial(counts.copy(), counts)
+    v = (np.minimum if operation == "min" else np.maximum).reduce(flat)
+    return Partial(_filled(out_shape, v, flat.dtype), counts)
 
 
 def reduce_chunk(raw: Any, req: ChunkRequest, operation: str) -> Partial:
     """Decode, shape, select, mask and reduce one chunk; the single entry point for every backend."""
     flat = decode(raw, req)
-    x = flat.reshape(req.shape, order=req.order)
+    shape = req.shape
+    missing = req.missing
+    if (req.selection is None and (missing is None or missing.is_empty()) and flat.size
+            and operation in ("sum", "min", "max", "count")
+            and (req.axis is None or len(req.axis) == len(shape) and _full(req.axis))):
+        return _reduce_all(flat, operation, len(shape))
+    x = flat.reshape(shape, order=req.order)
     sl = req.selection_slices()
     if sl is not None:
         x = x[sl]
     return reduce_array(x, operation, req.reduce_axes, req.missing)
+
+
+def _full(axis: tuple[int, ...]) -> bool:
+    return sorted(axis) == list(range(len(axis)))

@@ -59,12 +59,14 @@ class Missing:
             out["missing_value"] = vals[0]
         elif vals:
             out["missing_values"] = vals
-        if self.valid_min is not None and self.valid_max is not None:
-            out["valid_range"] = [_py(self.valid_min), _py(self.valid_max)]
-        elif self.valid_min is not None:
-            out["valid_min"] = _py(self.valid_min)
-        elif self.valid_max is not None:
-            out["valid_max"] = _py(self.valid_max)
+        lo, hi = self.valid_min, self.valid_max
+        if lo is not None and hi is not None and not lo > hi:
+            out["valid_range"] = [_py(lo), _py(hi)]
+        else:  # one bound, or an empty range (everything missing) that valid_range cannot say
+            if lo is not None:
+                out["valid_min"] = _py(lo)
+            if hi is not None:
+                out["valid_max"] = _py(hi)
         return out
 
 
@@ -74,9 +76,12 @@ class ChunkRequest:
 
     ``shape``/``selection``/``axis`` are always concrete after construction through
     :meth:`from_wire` (or :func:`make_request`): ``shape`` is the chunk's shape, ``selection`` one
-    ``(start, stop, step)`` per axis, ``axis`` the axes reduced (all axes for a full reduction).
-    ``compression`` and each of ``filters`` are numcodecs-style dicts (``{"id": "zlib"}``,
-    ``{"id": "shuffle", "element_size": 4}``).
+    ``(start, stop, step)`` per axis as :meth:`slice.indices` gives it (so with a negative step a
+    ``stop`` of -1 means "through index 0", not "up to the last element"), ``axis`` the sorted axes
+    reduced (None: all axes). ``compression`` and each of ``filters`` are numcodecs-style dicts
+    (``{"id": "zlib"}``, ``{"id": "shuffle", "element_size": 4}``); a Fletcher-32 filter with
+    ``"outer": True`` checks the stored (compressed) bytes, as HDF5 writes it, otherwise it is
+    undone after decompression like the other filters. ``size`` is the stored size in bytes.
     """
 
     dtype: np.dtype
@@ -111,9 +116,15 @@ class ChunkRequest:
         return math.prod(self.shape) * self.dtype.itemsize
 
     def selection_slices(self) -> tuple[slice, ...] | None:
+        """The selection as Python slices, selecting exactly ``range(start, stop, step)``.
+
+        (With a negative step, :meth:`slice.indices` uses -1 for "before index 0", which a slice
+        would read as "the last element".)
+        """
         if self.selection is None:
             return None
-        return tuple(slice(a, b, c) for a, b, c in self.selection)
+        return tuple(slice(a, None if b < 0 else b, c) if a >= 0 else slice(0, 0, c)
+                     for a, b, c in self.selection)
 
     def with_(self, **changes: Any) -> "ChunkRequest":
         return replace(self, **changes)
@@ -131,7 +142,11 @@ class ChunkRequest:
         if self.size is not None:
             body["size"] = int(self.size)
         if self.selection is not None:
-            body["selection"] = [[int(a), int(b), int(c)] for a, b, c in self.selection]
+            # On the wire -1 would mean "the last element": say "before index 0" with
+            # -(n + 1) instead, which a Python slice reads the same way.
+            body["selection"] = [[int(a) if a >= 0 else -int(n) - 1,
+                                  int(b) if b >= 0 else -int(n) - 1, int(c)]
+                                 for (a, b, c), n in zip(self.selection, self.shape)]
         if self.axis is not None:
             body["axis"] = [int(a) for a in self.axis]
         if self.compression is not None:
@@ -180,16 +195,19 @@ class ChunkRequest:
             shape = _int_list(shape_raw, "shape", minimum=1)
             if not shape:
                 raise RequestValidationError("shape", "must have at least one dimension")
-            n = math.prod(shape)
-            if max_elements is not None and n > max_elements:
-                raise RequestValidationError(
-                    "shape", f"{n} elements exceed this server's limit of {max_elements}")
+            _check_elements(math.prod(shape), dtype, max_elements)
 
         compression = _parse_compression(body.get("compression"))
         filters = _parse_filters(body.get("filters"), dtype)
-        if size is not None and compression is None and size % dtype.itemsize:
-            raise RequestValidationError(
-                "size", f"{size} is not a multiple of the {dtype.name} element size {dtype.itemsize}")
+        # Without compression the stored bytes are the data plus 4 per Fletcher-32 checksum.
+        checksums = 4 * sum(1 for f in filters if f["id"] == "fletcher32")
+        if size is not None and compression is None:
+            data_size = size - checksums
+            if data_size <= 0 or data_size % dtype.itemsize:
+                extra = f" plus {checksums} checksum bytes" if checksums else ""
+                raise RequestValidationError(
+                    "size", f"{size} is not a multiple of the {dtype.name} element size "
+                    f"{dtype.itemsize}{extra}")
         if shape is None:
             if size is None:
                 raise RequestValidationError(
@@ -197,11 +215,13 @@ class ChunkRequest:
                     "element count must be known to validate it); or give shape")
             if compression is not None:
                 raise RequestValidationError("shape", "is required with compression")
-            shape = (size // dtype.itemsize,)
-        elif size is not None and compression is None and size != math.prod(shape) * dtype.itemsize:
+            shape = ((size - checksums) // dtype.itemsize,)
+            _check_elements(shape[0], dtype, max_elements, field="size")
+        elif (size is not None and compression is None
+              and size != math.prod(shape) * dtype.itemsize + checksums):
             raise RequestValidationError(
                 "size", f"{size} bytes do not match shape {list(shape)} of {dtype.name} "
-                f"({math.prod(shape) * dtype.itemsize} bytes)")
+                f"({math.prod(shape) * dtype.itemsize + checksums} bytes)")
 
         selection = None
         if body.get("selection") is not None:
@@ -234,6 +254,16 @@ def make_request(dtype: Any, shape: Sequence[int], **kwargs: Any) -> ChunkReques
         axis = tuple(sorted(int(a) % len(shape) for a in np.atleast_1d(axis)))
     return ChunkRequest(dtype=dt.newbyteorder("="), shape=tuple(int(n) for n in shape),
                         byte_order=byte_order, axis=axis, **kwargs)
+
+
+def _check_elements(n: int, dtype: np.dtype, max_elements: int | None,
+                    field: str = "shape") -> None:
+    """Bound the decoded size: by the server's element limit, and always to what fits in memory."""
+    if max_elements is not None and n > max_elements:
+        raise RequestValidationError(
+            field, f"{n} elements exceed this server's limit of {max_elements}")
+    if n * dtype.itemsize > 2**62:
+        raise RequestValidationError(field, f"{n} elements of {dtype.name} are too large")
 
 
 def _py(v: Any) -> Any:
@@ -363,7 +393,10 @@ def _parse_filters(v: Any, dtype: np.dtype) -> tuple[dict[str, Any], ...]:
                 raise RequestValidationError(where, "element_size must be an integer from 1 to 64")
             out.append({"id": "shuffle", "element_size": int(es)})
         else:
-            out.append({"id": fid})
+            outer = f.get("outer", False)
+            if not isinstance(outer, bool):
+                raise RequestValidationError(where, "outer must be true or false")
+            out.append({"id": fid, "outer": True} if outer else {"id": fid})
     return tuple(out)
 
 
@@ -372,7 +405,7 @@ def _representable(x: Any, dtype: np.dtype, where: str) -> Any:
     if isinstance(x, bool) or not isinstance(x, (int, float, np.number)):
         raise RequestValidationError(where, f"must be a number; got {x!r}")
     if dtype.kind in "iu":
-        if isinstance(x, float):
+        if isinstance(x, (float, np.floating)):
             if not math.isfinite(x) or x != int(x):
                 raise RequestValidationError(where, f"{x!r} is not representable as {dtype.name}")
             x = int(x)
@@ -380,13 +413,17 @@ def _representable(x: Any, dtype: np.dtype, where: str) -> Any:
         if not info.min <= x <= info.max:
             raise RequestValidationError(where, f"{x!r} is not representable as {dtype.name}")
         return dtype.type(x)
-    # float dtypes: NaN is a legitimate missing value; finite values must fit.
-    if isinstance(x, int) and abs(x) > 2**1023:
+    # float dtypes: NaN and infinities are legitimate values; finite values must fit the range
+    # (they are rounded to the nearest representable value, as the reference server does).
+    try:
+        fx = float(x)
+    except OverflowError:
+        raise RequestValidationError(where, f"{x!r} is not representable as {dtype.name}") from None
+    with np.errstate(over="ignore"):
+        cast = dtype.type(fx)
+    if math.isfinite(fx) and not np.isfinite(cast):
         raise RequestValidationError(where, f"{x!r} is not representable as {dtype.name}")
-    fx = float(x)
-    if math.isfinite(fx) and abs(fx) > np.finfo(dtype).max:
-        raise RequestValidationError(where, f"{x!r} is not representable as {dtype.name}")
-    return dtype.type(fx)
+    return cast
 
 
 def _parse_missing(v: Any, dtype: np.dtype) -> Missing | None:

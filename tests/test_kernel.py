@@ -1,0 +1,774 @@
+"""The numeric kernel against a NumPy oracle that masks data the way netCDF4-python does.
+
+The encoders and the oracle here are written independently of the kernel: a reference HDF5
+shuffle and Fletcher-32, stock compressors, and a transcription of netCDF4-python's
+``Variable._toma`` masking rules (checked against netCDF4-python itself below).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from activestorage.errors import (ActiveStorageError, DecodeError, RequestValidationError,
+                                  UnsupportedError)
+from activestorage.kernel import (Partial, decode, missing_mask, reduce_array, reduce_chunk,
+                                  sum_dtype)
+from activestorage.request import ChunkRequest, Missing, make_request
+
+DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+          "float32", "float64"]
+COMPRESSIONS = ["zlib", "gzip", "bz2", "zstd", "blosc", "lz4"]
+OPS = ["count", "min", "max", "sum", "select"]
+DATA_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "netcdf"
+NC_DEFAULT_FILL = {"i1": -127, "u1": 255, "i2": -32767, "u2": 65535, "i4": -2147483647,
+                   "u4": 4294967295, "i8": -9223372036854775806, "u8": 18446744073709551614,
+                   "f4": 9.969209968386869e+36, "f8": 9.969209968386869e+36}
+
+PROPS = settings(max_examples=120, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# ------------------------------------------------------------------ reference encoders
+
+def shuffle_ref(buf: bytes, es: int) -> bytes:
+    """HDF5's shuffle (H5Zshuffle.c): byte k of every element together; leftover bytes as-is."""
+    n = len(buf) // es
+    if es <= 1 or n <= 1:
+        return buf
+    whole = bytes(buf[: n * es])
+    return b"".join(whole[k::es] for k in range(es)) + bytes(buf[n * es:])
+
+
+def fletcher32_ref(buf: bytes) -> bytes:
+    """HDF5's H5_checksum_fletcher32, transcribed literally; stored little-endian after the data."""
+    data = bytes(buf)
+    sum1 = sum2 = 0
+    words = len(data) // 2
+    i = 0
+    while words:
+        tlen = min(words, 360)
+        words -= tlen
+        for _ in range(tlen):
+            sum1 += (data[i] << 8) | data[i + 1]
+            i += 2
+            sum2 += sum1
+        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    if len(data) % 2:
+        sum1 += data[i] << 8
+        sum2 += sum1
+        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+    sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    return struct.pack("<I", (sum2 << 16) | sum1)
+
+
+def compress(buf: bytes, cid: str) -> bytes:
+    if cid == "zlib":
+        return zlib.compress(buf)
+    if cid == "gzip":
+        return gzip.compress(buf)
+    if cid == "bz2":
+        return bz2.compress(buf)
+    if cid == "zstd":
+        from numcodecs import Zstd
+        return bytes(Zstd().encode(buf))
+    if cid == "blosc":
+        from numcodecs import Blosc
+        return bytes(Blosc(cname="lz4", shuffle=Blosc.SHUFFLE).encode(buf))
+    if cid == "lz4":
+        from numcodecs import LZ4
+        return bytes(LZ4().encode(buf))
+    raise AssertionError(cid)
+
+
+def encode(x: np.ndarray, byte_order: str, order: str, compression: str | None,
+           filters: tuple[dict, ...]) -> bytes:
+    """Store ``x`` the way a writer would: byte order, layout, filters in order, compression,
+    then an outer Fletcher-32."""
+    stored = x.dtype.newbyteorder("<" if byte_order == "little" else ">")
+    buf = x.astype(stored).tobytes(order=order)
+    for f in filters:
+        if f["id"] == "shuffle":
+            buf = shuffle_ref(buf, f["element_size"])
+        elif f["id"] == "fletcher32" and not f.get("outer"):
+            buf += fletcher32_ref(buf)
+    if compression:
+        buf = compress(buf, compression)
+    for f in filters:
+        if f["id"] == "fletcher32" and f.get("outer"):
+            buf += fletcher32_ref(buf)
+    return buf
+
+
+# ----------------------------------------------------------------------------- oracle
+
+def nc_mask(data: np.ndarray, attrs: dict, default_fill: bool = True) -> np.ndarray:
+    """netCDF4-python's Variable._toma masking (netCDF4 file, fill mode on, no scaling)."""
+    dtype = data.dtype
+    total = np.zeros(data.shape, bool)
+    if "missing_value" in attrs:
+        for m in np.atleast_1d(np.array(attrs["missing_value"], dtype)):
+            total |= np.isnan(data) if np.isnan(m) else data == m
+    if "_FillValue" in attrs:
+        fval = np.array(attrs["_FillValue"], dtype)
+        total |= np.isnan(data) if np.isnan(fval) else data == fval
+    elif default_fill:
+        total |= data == np.array(NC_DEFAULT_FILL[dtype.str[1:]], dtype)
+    vmin = vmax = None
+    if "valid_range" in attrs:
+        vmin, vmax = (np.array(v, dtype) for v in attrs["valid_range"])
+    else:
+        if "valid_min" in attrs:
+            vmin = np.array(attrs["valid_min"], dtype)
+        if "valid_max" in attrs:
+            vmax = np.array(attrs["valid_max"], dtype)
+    if vmin is not None:
+        total |= data < vmin
+    if vmax is not None:
+        total |= data > vmax
+    return total
+
+
+def missing_from_attrs(attrs: dict, dtype: np.dtype, default_fill: bool = True) -> Missing:
+    """How a format reader describes the same attributes to the kernel."""
+    values = [dtype.type(v) for v in np.atleast_1d(attrs.get("missing_value", []))]
+    if "_FillValue" in attrs:
+        values.append(dtype.type(attrs["_FillValue"]))
+    elif default_fill:
+        values.append(np.array(NC_DEFAULT_FILL[dtype.str[1:]], dtype)[()])
+    if "valid_range" in attrs:
+        vmin, vmax = attrs["valid_range"]
+    else:
+        vmin, vmax = attrs.get("valid_min"), attrs.get("valid_max")
+    return Missing(values=tuple(values),
+                   valid_min=None if vmin is None else dtype.type(vmin),
+                   valid_max=None if vmax is None else dtype.type(vmax))
+
+
+def oracle(x: np.ndarray, mask: np.ndarray, axis: tuple[int, ...], op: str):
+    """Reference (values, counts, sum tolerance) for an already selected array."""
+    valid = ~mask
+    counts = valid.sum(axis=axis, keepdims=True).astype(np.int64)
+    if op == "select":
+        return x, valid.astype(np.int64), None
+    if op == "count":
+        return counts, counts, None
+    if op in ("min", "max"):
+        if x.dtype.kind == "f":
+            fill = np.inf if op == "min" else -np.inf
+        else:
+            info = np.iinfo(x.dtype)
+            fill = info.max if op == "min" else info.min
+        filled = np.where(valid, x, np.array(fill, x.dtype))
+        f = np.min if op == "min" else np.max
+        return (f(filled, axis=axis, keepdims=True) if filled.size
+                else np.full(counts.shape, fill, x.dtype)), counts, None
+    acc = sum_dtype(x.dtype)
+    if x.dtype.kind in "iu":  # modular arithmetic: any order gives NumPy's wrapped result
+        return np.where(valid, x, 0).astype(acc).sum(axis=axis, keepdims=True), counts, None
+    # floats: exact sum with math.fsum per cell, and a bound on the rounding error of any order
+    moved = np.moveaxis(np.where(valid, x, 0).astype(np.float64), axis,
+                        range(x.ndim - len(axis), x.ndim))
+    kept = moved.shape[: x.ndim - len(axis)]
+    cells = moved.reshape(kept + (math.prod(moved.shape[len(kept):]),))
+    exact = np.empty(kept, np.float64)
+    tol = np.empty(kept, np.float64)
+    eps = np.finfo(x.dtype).eps
+    for idx in np.ndindex(*kept):
+        vals = cells[idx]
+        finite = vals[np.isfinite(vals)]
+        exact[idx] = math.fsum(finite) if finite.size == vals.size else np.sum(vals)
+        tol[idx] = 2 * (vals.size + 1) * eps * math.fsum(np.abs(finite)) + 1e-300
+    shape = counts.shape
+    return exact.reshape(shape), counts, tol.reshape(shape)
+
+
+def check(partial: Partial, x: np.ndarray, mask: np.ndarray, axis: tuple[int, ...], op: str):
+    values, counts, tol = oracle(x, mask, axis, op)
+    assert partial.counts.dtype == np.int64
+    np.testing.assert_array_equal(partial.counts, counts)
+    expected_dtype = {"count": np.int64, "sum": sum_dtype(x.dtype)}.get(op, x.dtype)
+    assert partial.values.dtype == expected_dtype
+    assert partial.values.shape == values.shape
+    if op == "select":
+        np.testing.assert_array_equal(partial.values, values)
+    elif op in ("min", "max"):
+        present = counts > 0  # where nothing contributed the value is undefined
+        np.testing.assert_array_equal(partial.values[present], values[present])
+    elif tol is None:
+        np.testing.assert_array_equal(partial.values, values)
+    else:
+        got = partial.values.astype(np.float64)
+        finite = np.isfinite(values)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(values))
+        np.testing.assert_array_equal(got[~finite & ~np.isnan(values)],
+                                      values[~finite & ~np.isnan(values)])
+        assert np.all(np.abs(got[finite] - values[finite]) <= tol[finite]), (got, values, tol)
+
+
+# ------------------------------------------------------------------------- strategies
+
+def scalar_of(dtype: np.dtype, nan: bool = True):
+    if dtype.kind == "f":
+        width = dtype.itemsize * 8
+        bound = 2.0**100 if width == 32 else 2.0**990
+        return st.one_of(st.floats(-bound, bound, width=width),
+                         st.sampled_from([np.nan] if nan else [0.0]),
+                         st.sampled_from([np.inf, -np.inf])).map(dtype.type)
+    info = np.iinfo(dtype)
+    return st.integers(int(info.min), int(info.max)).map(dtype.type)
+
+
+@st.composite
+def attrs_for(draw, dtype: np.dtype) -> dict:
+    """netCDF missing-data attributes, any combination, values in the variable's type."""
+    attrs: dict = {}
+    kinds = draw(st.sets(st.sampled_from(
+        ["missing_value", "missing_values", "_FillValue", "valid_min", "valid_max",
+         "valid_range"])))
+    if "missing_value" in kinds:
+        attrs["missing_value"] = draw(scalar_of(dtype))
+    elif "missing_values" in kinds:
+        attrs["missing_value"] = draw(st.lists(scalar_of(dtype), min_size=2, max_size=12))
+    if "_FillValue" in kinds:
+        attrs["_FillValue"] = draw(scalar_of(dtype))
+    bounds = scalar_of(dtype, nan=False)
+    if "valid_range" in kinds:
+        lo, hi = sorted([draw(bounds), draw(bounds)])
+        attrs["valid_range"] = [lo, hi]
+    if "valid_min" in kinds:
+        attrs["valid_min"] = draw(bounds)
+    if "valid_max" in kinds:
+        attrs["valid_max"] = draw(bounds)
+    return attrs
+
+
+def specials(dtype: np.dtype, attrs: dict) -> list:
+    """Values worth hitting: the attributes themselves, neighbours of bounds, extremes."""
+    out = []
+    for k, v in attrs.items():
+        out.extend(np.atleast_1d(np.array(v, dtype)).tolist())
+    if dtype.kind == "f":
+        out += [np.nan, np.inf, -np.inf, 0.0, -0.0, NC_DEFAULT_FILL["f4"]]
+    else:
+        info = np.iinfo(dtype)
+        out += [int(info.min), int(info.max), 0, 1, NC_DEFAULT_FILL[dtype.str[1:]]]
+    return out
+
+
+@st.composite
+def arrays_for(draw, dtype: np.dtype, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
+    pool = [dtype.type(v) for v in specials(dtype, attrs)]
+    return draw(hnp.arrays(dtype, shape,
+                           elements=st.one_of(scalar_of(dtype), st.sampled_from(pool))))
+
+
+@st.composite
+def slices_for(draw, n: int) -> tuple:
+    bound = st.one_of(st.none(), st.integers(-n - 1, n))
+    step = draw(st.sampled_from([1, 1, 2, 3, -1, -2, -3]))
+    return draw(bound), draw(bound), step
+
+
+@st.composite
+def codecs(draw, itemsize: int):
+    compression = draw(st.sampled_from([None] + COMPRESSIONS))
+    filters = []
+    for _ in range(draw(st.integers(0, 2))):
+        kind = draw(st.sampled_from(["shuffle", "fletcher32", "fletcher32_outer"]))
+        if kind == "shuffle":
+            es = draw(st.sampled_from([itemsize, itemsize, 1, 2, 3, 4, 8, 16]))
+            filters.append({"id": "shuffle", "element_size": es})
+        elif kind == "fletcher32":
+            filters.append({"id": "fletcher32"})
+        else:
+            filters.append({"id": "fletcher32", "outer": True})
+    return compression, tuple(filters)
+
+
+@st.composite
+def cases(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=4)))
+    attrs = draw(st.one_of(st.just({}), attrs_for(dtype)))
+    default_fill = draw(st.booleans())
+    data = draw(arrays_for(dtype, shape, attrs))
+    sel = tuple(draw(slices_for(n)) for n in shape)
+    if draw(st.booleans()):
+        sel = None
+    axis = draw(st.one_of(st.none(), st.sets(st.integers(0, len(shape) - 1))))
+    axis = None if axis is None else tuple(sorted(axis))
+    return dict(dtype=dtype, shape=shape, attrs=attrs, default_fill=default_fill, data=data,
+                sel=sel, axis=axis, byte_order=draw(st.sampled_from(["little", "big"])),
+                order=draw(st.sampled_from(["C", "F"])), codec=draw(codecs(dtype.itemsize)),
+                op=draw(st.sampled_from(OPS)))
+
+
+def selected(case):
+    x, mask = case["data"], nc_mask(case["data"], case["attrs"], case["default_fill"])
+    if case["sel"] is not None:
+        sl = tuple(slice(*s) for s in case["sel"])
+        x, mask = x[sl], mask[sl]
+    axis = tuple(range(x.ndim)) if case["axis"] is None else case["axis"]
+    return x, mask, axis
+
+
+# ------------------------------------------------------------------------ properties
+
+@PROPS
+@given(cases())
+def test_reduce_chunk_matches_oracle(case):
+    """Every dtype, byte order, layout, codec, selection, axis set, missing kind and operation."""
+    compression, filters = case["codec"]
+    raw = encode(case["data"], case["byte_order"], case["order"], compression, filters)
+    missing = missing_from_attrs(case["attrs"], case["dtype"], case["default_fill"])
+    sel = None if case["sel"] is None else tuple(
+        slice(*s).indices(n) for s, n in zip(case["sel"], case["shape"]))
+    req = make_request(case["dtype"], case["shape"], byte_order=case["byte_order"],
+                       order=case["order"], selection=sel, axis=case["axis"],
+                       compression=None if compression is None else {"id": compression},
+                       filters=filters, missing=missing, size=len(raw))
+    x, mask, axis = selected(case)
+    note(f"case={case!r}\nrequest={req!r}")
+    check(reduce_chunk(raw, req, case["op"]), x, mask, axis, case["op"])
+
+
+@PROPS
+@given(cases())
+def test_reduce_chunk_through_the_wire(case):
+    """The same through from_wire(JSON): raw (possibly negative-step) selections, wire missing."""
+    compression, filters = case["codec"]
+    raw = encode(case["data"], case["byte_order"], case["order"], compression, filters)
+    missing = missing_from_attrs(case["attrs"], case["dtype"], case["default_fill"])
+    body = {"dtype": case["dtype"].name, "byte_order": case["byte_order"],
+            "order": case["order"], "shape": list(case["shape"]), "size": len(raw),
+            "offset": 0}
+    if case["sel"] is not None:
+        body["selection"] = [list(s) for s in case["sel"]]
+    if case["axis"] is not None:
+        body["axis"] = list(case["axis"])
+    if compression:
+        body["compression"] = {"id": compression}
+    if filters:
+        body["filters"] = [dict(f) for f in filters]
+    if not missing.is_empty():
+        body["missing"] = missing.to_wire()
+    req = ChunkRequest.from_wire(json.loads(json.dumps(body)))
+    x, mask, axis = selected(case)
+    note(f"case={case!r}\nrequest={req!r}")
+    check(reduce_chunk(raw, req, case["op"]), x, mask, axis, case["op"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(DTYPES).map(np.dtype), st.data())
+def test_nc_mask_oracle_is_netcdf4(tmp_path_factory, dtype, data):
+    """The oracle's masking is netCDF4-python's own (a real netCDF-4 file, read masked)."""
+    netCDF4 = pytest.importorskip("netCDF4")
+    attrs = data.draw(attrs_for(dtype))
+    default_fill = "_FillValue" not in attrs
+    values = data.draw(arrays_for(dtype, (24,), attrs))
+    path = tmp_path_factory.mktemp("nc") / "v.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("x", 24)
+        v = ds.createVariable("v", dtype, ("x",), fill_value=attrs.get("_FillValue"))
+        for k, a in attrs.items():
+            if k != "_FillValue":
+                v.setncattr(k, np.array(a, dtype))
+        v.set_auto_mask(False)
+        v[:] = values
+    with netCDF4.Dataset(path) as ds:
+        got = np.ma.getmaskarray(ds["v"][:])
+    np.testing.assert_array_equal(got, nc_mask(values, attrs, default_fill))
+    req = make_request(dtype, (24,), missing=missing_from_attrs(attrs, dtype, default_fill))
+    np.testing.assert_array_equal(reduce_chunk(values.tobytes(), req, "select").counts == 0, got)
+
+
+# --------------------------------------------------------------------- specific cases
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_missing_gives_count_zero(dtype):
+    dt = np.dtype(dtype)
+    x = np.full((3, 4), 7, dt)
+    req = make_request(dt, x.shape, missing=Missing(values=(dt.type(7),)))
+    for op in ("count", "sum", "min", "max"):
+        p = reduce_chunk(x.tobytes(), req, op)
+        assert p.counts.shape == (1, 1) and p.counts[0, 0] == 0
+    assert reduce_chunk(x.tobytes(), req, "sum").values[0, 0] == 0
+    p = reduce_chunk(x.tobytes(), req.with_(axis=(1,)), "max")
+    np.testing.assert_array_equal(p.counts, np.zeros((3, 1)))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_empty_selection(op):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    req = make_request(np.float32, (3, 4), selection=((2, 2, 1), (0, 4, 1)))
+    p = reduce_chunk(x.tobytes(), req, op)
+    if op == "select":
+        assert p.values.shape == (0, 4)
+    else:
+        assert p.values.shape == (1, 1)
+        assert p.counts[0, 0] == 0
+    p = reduce_chunk(x.tobytes(), req.with_(axis=(1,)), op)
+    assert p.values.shape == (0, 1) if op != "select" else (0, 4)
+
+
+def test_negative_step_through_index_zero():
+    """slice.indices gives stop=-1 for "through index 0"; it must not mean "the last element"."""
+    x = np.arange(6, dtype=np.int32)
+    req = ChunkRequest.from_wire({"dtype": "int32", "shape": [6], "selection": [[None, None, -1]]})
+    assert req.selection == ((5, -1, -1),)
+    np.testing.assert_array_equal(reduce_chunk(x.tobytes(), req, "select").values, x[::-1])
+    again = ChunkRequest.from_wire(req.to_wire())
+    np.testing.assert_array_equal(reduce_chunk(x.tobytes(), again, "select").values, x[::-1])
+
+
+def test_python_float_fill_value_matches_float32_data():
+    """A format may hand over netCDF's default fill as a Python float; it rounds to float32."""
+    x = np.array([1, NC_DEFAULT_FILL["f4"], 3], np.float32)
+    req = make_request(np.float32, (3,), missing=Missing(values=(NC_DEFAULT_FILL["f4"],)))
+    p = reduce_chunk(x.tobytes(), req, "sum")
+    assert p.counts[0] == 2 and p.values[0] == 4
+
+
+def test_missing_values_that_fit_no_element_are_ignored():
+    x = np.array([0, 1, 127, -128], np.int8)
+    m = Missing(values=(300, 1.5, float("nan"), 1), valid_min=None, valid_max=None)
+    np.testing.assert_array_equal(missing_mask(x, m), [False, True, False, False])
+    many = Missing(values=tuple(range(2, 40)) + (127,))
+    np.testing.assert_array_equal(missing_mask(x, many), [False, False, True, False])
+
+
+def test_nan_is_missing_only_when_declared():
+    x = np.array([np.nan, 1.0, 2.0], np.float64)
+    assert reduce_chunk(x.tobytes(), make_request(np.float64, (3,),
+                        missing=Missing(values=(np.nan,))), "sum").values[0] == 3
+    assert np.isnan(reduce_chunk(x.tobytes(), make_request(np.float64, (3,),
+                    missing=Missing(valid_min=np.float64(0))), "sum").values[0])
+
+
+def test_reduce_array_rejects_bad_axis_and_operation():
+    x = np.zeros((2, 3))
+    with pytest.raises(RequestValidationError) as e:
+        reduce_array(x, "sum", (2,))
+    assert e.value.field == "axis"
+    with pytest.raises(RequestValidationError) as e:
+        reduce_array(x, "mean", (0,))
+    assert e.value.field == "operation"
+
+
+def test_integer_sum_wraps_like_numpy():
+    x = np.array([2**63 - 1, 1, 5], np.int64)
+    p = reduce_chunk(x.tobytes(), make_request(np.int64, (3,)), "sum")
+    assert p.values.dtype == np.int64 and p.values[0] == np.sum(x)
+    u = np.array([2**32 - 1] * 3, np.uint32)
+    p = reduce_chunk(u.tobytes(), make_request(np.uint32, (3,)), "sum")
+    assert p.values.dtype == np.uint64 and p.values[0] == 3 * (2**32 - 1)
+
+
+def test_unsupported_dtype_and_codec():
+    with pytest.raises(UnsupportedError):
+        reduce_chunk(b"\0" * 8, make_request(np.complex64, (1,)), "sum")
+    with pytest.raises(UnsupportedError):
+        reduce_chunk(b"\0" * 8, make_request(np.float64, (1,), compression={"id": "lzma"}), "sum")
+    with pytest.raises(UnsupportedError):
+        reduce_chunk(b"\0" * 8, make_request(np.float64, (1,), filters=({"id": "delta"},)), "sum")
+
+
+# ------------------------------------------------------------------- HDF5 compatibility
+
+def _h5_chunks(tmp_path, dtype, **kwargs):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(1)
+    # compressible (HDF5 skips an optional filter whose output would be larger: mask != 0)
+    data = (rng.integers(-3, 4, (8, 10, 6)) * 100 + 7).astype(dtype)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        d = f.create_dataset("v", data=data, chunks=(4, 5, 3), **kwargs)
+        chunks = {}
+        for i in range(2):
+            for j in range(2):
+                for k in range(2):
+                    mask, raw = d.id.read_direct_chunk((4 * i, 5 * j, 3 * k))
+                    assert mask == 0
+                    chunks[(i, j, k)] = raw
+    return data, chunks
+
+
+def _check_h5(data, chunks, dtype, compression, filters):
+    dt = np.dtype(dtype)
+    for (i, j, k), raw in chunks.items():
+        req = make_request(dt, (4, 5, 3), compression=compression, filters=filters,
+                           size=len(raw))
+        expect = data[4 * i:4 * i + 4, 5 * j:5 * j + 5, 3 * k:3 * k + 3]
+        np.testing.assert_array_equal(reduce_chunk(raw, req, "select").values, expect)
+        assert reduce_chunk(raw, req, "max").values.item() == expect.max()
+
+
+@pytest.mark.parametrize("dtype", ["<i2", ">i4", "<f4", ">f8", "u1"])
+def test_hdf5_fletcher32_shuffle_deflate(tmp_path, dtype):
+    """h5py writes shuffle -> deflate -> fletcher32; the checksum covers the stored bytes."""
+    data, chunks = _h5_chunks(tmp_path, dtype, fletcher32=True, shuffle=True, compression="gzip")
+    itemsize = np.dtype(dtype).itemsize
+    _check_h5(data, chunks, dtype, {"id": "gzip"},
+              ({"id": "shuffle", "element_size": itemsize}, {"id": "fletcher32", "outer": True}))
+    for raw in chunks.values():  # our reference Fletcher-32 is HDF5's
+        assert raw[-4:] == fletcher32_ref(raw[:-4])
+    raw = bytearray(next(iter(chunks.values())))
+    raw[len(raw) // 2] ^= 0x40
+    with pytest.raises(DecodeError, match="Fletcher-32"):
+        reduce_chunk(bytes(raw), make_request(dtype, (4, 5, 3), compression={"id": "gzip"},
+                                              filters=({"id": "fletcher32", "outer": True},)),
+                     "sum")
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">i8"])
+def test_hdf5_shuffle_deflate_and_fletcher32_alone(tmp_path, dtype):
+    data, chunks = _h5_chunks(tmp_path, dtype, shuffle=True, compression="gzip",
+                              compression_opts=6)
+    _check_h5(data, chunks, dtype, {"id": "zlib"},
+              ({"id": "shuffle", "element_size": np.dtype(dtype).itemsize},))
+    data, chunks = _h5_chunks(tmp_path, dtype, fletcher32=True)
+    _check_h5(data, chunks, dtype, None, ({"id": "fletcher32", "outer": True},))
+    _check_h5(data, chunks, dtype, None, ({"id": "fletcher32"},))  # same without compression
+
+
+_PLUGIN_WRITER = """
+import sys, numpy as np, h5py, hdf5plugin
+data = np.load(sys.argv[1])
+with h5py.File(sys.argv[2], "w") as f:
+    f.create_dataset("v", data=data, chunks=(4, 5, 3), shuffle=True,
+                     **getattr(hdf5plugin, sys.argv[3])())
+"""
+
+
+@pytest.mark.parametrize("name", ["Zstd", "Blosc", "BZip2"])
+def test_hdf5plugin_codecs(tmp_path, name):
+    """HDF5 plugin filters (blosc 32001, zstd 32015, bzip2 307) write what the kernel reads.
+
+    Written in a child process: hdf5plugin's filters fail to register in a process that imported
+    netCDF4 first (it points HDF5_PLUGIN_PATH at its own plugins).
+    """
+    pytest.importorskip("hdf5plugin", reason="hdf5plugin is not installed")
+    h5py = pytest.importorskip("h5py")
+    cid = {"Zstd": "zstd", "Blosc": "blosc", "BZip2": "bzip2"}[name]
+    data = (np.random.default_rng(2).integers(-3, 4, (8, 10, 6)) * 100 + 7).astype("<f4")
+    np.save(tmp_path / "d.npy", data)
+    subprocess.run([sys.executable, "-c", _PLUGIN_WRITER, str(tmp_path / "d.npy"),
+                    str(tmp_path / "p.h5"), name], check=True, timeout=60,
+                   env={k: v for k, v in os.environ.items() if k != "HDF5_PLUGIN_PATH"})
+    with h5py.File(tmp_path / "p.h5") as f:
+        d = f["v"]
+        chunks = {}
+        for idx in np.ndindex(2, 2, 2):
+            mask, chunks[idx] = d.id.read_direct_chunk(tuple(i * c for i, c in zip(idx, (4, 5, 3))))
+            assert mask == 0
+    _check_h5(data, chunks, "<f4", {"id": cid}, ({"id": "shuffle", "element_size": 4},))
+
+
+def _real_variables():
+    """(path, name) of numeric netCDF-4 variables of the shared test data, with their chunks."""
+    return [("CMIP6_IPSL-CM6A-LR_tas.nc", "tas"), ("cesm2_native.nc", "TREFHT"),
+            ("cesm2_native.nc", "date"), ("daily_data_masked.nc", "ta"),
+            ("daily_data.nc", "ta")]
+
+
+@pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared test data not found at {DATA_DIR}")
+@pytest.mark.parametrize("fname,var", _real_variables())
+def test_real_files_against_netcdf4(fname, var):
+    """Each stored chunk of real climate files, reduced by the kernel, against netCDF4-python."""
+    h5py = pytest.importorskip("h5py")
+    netCDF4 = pytest.importorskip("netCDF4")
+    path = DATA_DIR / fname
+    with netCDF4.Dataset(path) as nc:
+        ncv = nc[var]
+        attrs = {k: ncv.getncattr(k) for k in ncv.ncattrs()
+                 if k in ("missing_value", "_FillValue", "valid_min", "valid_max", "valid_range")}
+        expected = ncv[:]
+    with h5py.File(path) as f:
+        d = f[var]
+        dtype = d.dtype.newbyteorder("=")
+        byte_order = "big" if d.dtype.byteorder == ">" else "little"
+        chunk_shape = d.chunks or d.shape
+        filters = d._filters
+        compression = {"id": "gzip"} if "gzip" in filters else None
+        flt = (({"id": "shuffle", "element_size": dtype.itemsize},) if "shuffle" in filters
+               else ())
+        missing = missing_from_attrs(attrs, dtype)
+        pieces = []
+        if d.chunks is None:
+            offset = d.id.get_offset()
+            raw = path.read_bytes()[offset:offset + d.id.get_storage_size()]
+            pieces.append((tuple(slice(0, n) for n in d.shape), raw))
+        else:
+            for info in (d.id.get_chunk_info(i) for i in range(d.id.get_num_chunks())):
+                sl = tuple(slice(o, o + c) for o, c in zip(info.chunk_offset, chunk_shape))
+                pieces.append((sl, d.id.read_direct_chunk(info.chunk_offset)[1]))
+    assert pieces
+    for sl, raw in pieces:
+        req = make_request(dtype, chunk_shape, byte_order=byte_order, compression=compression,
+                           filters=flt, missing=missing)
+        want = expected[sl]
+        got = reduce_chunk(raw, req, "select")
+        np.testing.assert_array_equal(got.counts == 0, np.ma.getmaskarray(want))
+        np.testing.assert_array_equal(got.values[got.counts > 0], want.compressed())
+        for op in ("sum", "min", "max", "count"):
+            p = reduce_chunk(raw, req, op)
+            if want.count() == 0:
+                assert p.counts.item() == 0
+                continue
+            ref = {"sum": want.sum(dtype=sum_dtype(dtype)), "min": want.min(),
+                   "max": want.max(), "count": want.count()}[op]
+            np.testing.assert_allclose(p.values.item(), ref, rtol=1e-5)
+            assert p.counts.item() == want.count()
+
+
+# ------------------------------------------------------------------------- robustness
+
+def _req(compression=None, filters=(), shape=(256,), dtype=np.float32):
+    return make_request(dtype, shape, compression=None if compression is None
+                        else {"id": compression}, filters=filters)
+
+
+@pytest.mark.parametrize("cid", COMPRESSIONS)
+def test_corrupt_and_truncated_data(cid):
+    x = np.arange(256, dtype=np.float32)
+    raw = compress(x.tobytes(), cid)
+    req = _req(cid)
+    np.testing.assert_array_equal(reduce_chunk(raw, req, "select").values, x)
+    for bad in (raw[: len(raw) // 2], raw[:3], b"", b"\xff" * len(raw),
+                raw[:8] + bytes(b ^ 0x5A for b in raw[8:])):
+        with pytest.raises(DecodeError):
+            reduce_chunk(bad, req, "sum")
+    # declared shape smaller or larger than the data
+    with pytest.raises(DecodeError):
+        reduce_chunk(raw, _req(cid, shape=(255,)), "sum")
+    with pytest.raises(DecodeError):
+        reduce_chunk(raw, _req(cid, shape=(257,)), "sum")
+
+
+def test_wrong_uncompressed_sizes():
+    with pytest.raises(DecodeError, match="needs 1024"):
+        reduce_chunk(b"\0" * 1020, _req(), "sum")
+    with pytest.raises(DecodeError, match="needs 1024"):
+        reduce_chunk(b"\0" * 1025, _req(), "sum")
+    with pytest.raises(DecodeError, match="Fletcher-32 checksum missing"):
+        reduce_chunk(b"\0\0", _req(filters=({"id": "fletcher32"},)), "sum")
+
+
+BOMB_BYTES = 64 * 2**20  # what a bomb expands to; the request declares 4 KiB
+
+
+def _zstd_rle_frame(nblocks: int, content_size: int | None) -> bytes:
+    """A zstd frame of RLE blocks (128 KiB each from one byte), optionally lying about its size."""
+    if content_size is None:
+        out = struct.pack("<IBB", 0xFD2FB528, 0x00, 0x58)
+    else:
+        out = struct.pack("<IBQ", 0xFD2FB528, 0xE0, content_size)
+    for i in range(nblocks):
+        header = (i == nblocks - 1) | (1 << 1) | (131072 << 3)
+        out += struct.pack("<I", header)[:3] + b"\x07"
+    return out
+
+
+@pytest.fixture(scope="module")
+def bombs():
+    from numcodecs import LZ4, Blosc, Zstd
+    zeros = bytes(BOMB_BYTES)
+    return {
+        "zlib": zlib.compress(zeros, 9),
+        "gzip": gzip.compress(zeros, 9),
+        "bz2": bz2.compress(bytes(8 * 2**20), 9),
+        "zstd": bytes(Zstd(level=1).encode(zeros)),
+        "zstd-stream": _zstd_rle_frame(BOMB_BYTES // 131072, None),
+        "zstd-lying": _zstd_rle_frame(BOMB_BYTES // 131072, 4096),
+        "blosc": bytes(Blosc(cname="zstd").encode(zeros)),
+        "lz4": bytes(LZ4().encode(zeros)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["zlib", "gzip", "bz2", "zstd", "zstd-stream", "zstd-lying",
+                                  "blosc", "lz4"])
+def test_decompression_bomb_is_refused_without_allocating(bombs, kind):
+    cid = kind.split("-")[0]
+    req = make_request(np.float32, (1024,), compression={"id": cid})
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError):
+            reduce_chunk(bombs[kind], req, "sum")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20, f"{kind}: peak {peak} bytes while refusing a bomb"
+
+
+def test_zstd_declaring_the_wrong_size():
+    from numcodecs import Zstd
+    raw = bytes(Zstd().encode(bytes(1000)))
+    with pytest.raises(DecodeError, match="declares 1000"):
+        reduce_chunk(raw, make_request(np.uint8, (2000,), compression={"id": "zstd"}), "sum")
+    stream = _zstd_rle_frame(1, None)  # 128 KiB, no content size: numcodecs checks the total
+    with pytest.raises(DecodeError):
+        reduce_chunk(stream, make_request(np.uint8, (200000,), compression={"id": "zstd"}), "sum")
+    p = reduce_chunk(stream, make_request(np.uint8, (131072,), compression={"id": "zstd"}), "sum")
+    assert p.values.item() == 7 * 131072
+
+
+@st.composite
+def fuzz_requests(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(1, 8), min_size=1, max_size=3)))
+    compression, filters = draw(codecs(dtype.itemsize))
+    missing = draw(st.one_of(st.none(), attrs_for(dtype).map(
+        lambda a: missing_from_attrs(a, dtype))))
+    return make_request(dtype, shape, byte_order=draw(st.sampled_from(["little", "big"])),
+                        order=draw(st.sampled_from(["C", "F"])),
+                        compression=None if compression is None else {"id": compression},
+                        filters=filters, missing=missing)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fuzz_requests(), st.binary(max_size=600), st.sampled_from(OPS), st.data())
+def test_fuzz_only_activestorage_errors_escape(req, junk, op, data):
+    """Random bytes, or a valid encoding damaged at random, never raise anything else."""
+    if data.draw(st.booleans()):
+        x = np.zeros(req.shape, req.dtype)
+        good = encode(x, req.byte_order, req.order,
+                      None if req.compression is None else req.compression["id"], req.filters)
+        damaged = bytearray(good)
+        for pos in data.draw(st.lists(st.integers(0, max(len(good) - 1, 0)), max_size=4)):
+            if damaged:
+                damaged[pos] ^= data.draw(st.integers(1, 255))
+        cut = data.draw(st.integers(0, len(damaged)))
+        junk = bytes(damaged[:cut] if data.draw(st.booleans()) else damaged)
+    try:
+        p = reduce_chunk(junk, req, op)
+    except ActiveStorageError:
+        return
+    assert isinstance(p, Partial)
+
+
+def test_decode_returns_native_order_and_is_zero_copy_when_possible():
+    x = np.arange(10, dtype=">i4")
+    got = decode(x.tobytes(), make_request(np.int32, (10,), byte_order="big"))
+    assert got.dtype == np.dtype("=i4")
+    np.testing.assert_array_equal(got, np.arange(10))
+    raw = np.arange(10, dtype="<i4").tobytes()
+    assert np.shares_memory(decode(memoryview(raw), make_request("<i4", (10,))),
+                            np.frombuffer(raw, np.uint8)) or not np.little_endian
