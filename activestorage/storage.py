@@ -252,7 +252,11 @@ def open_url(url: str, storage_options: Mapping[str, Any] | None = None, *,
     try:
         if kind == "s3":
             options = resolve_s3_options(storage_options, env)
-            fs = s3_filesystem(options)
+            config = dict(options.get("config_kwargs") or {})
+            config.setdefault("connect_timeout", timeout)  # no hang on a dead endpoint
+            config.setdefault("read_timeout", timeout)
+            config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+            fs = s3_filesystem({**options, "config_kwargs": config})
             path = url.split("://", 1)[1]
             # One HEAD of our own for size, ETag and version id with a clean 404 (s3fs's info()
             # falls back to listing the prefix: more requests and a blurred error).
