@@ -316,8 +316,11 @@ def test_demo_keep_running_stops_children_on_signal(tmp_path, sig):
     if sig == signal.SIGKILL and not sys.platform.startswith("linux"):
         pytest.skip("parent-death signals are Linux-only")
     work = tmp_path / "work"
+    # the Ctrl-C case runs the full set and checks the printed notebook snippet works
+    with_server = sig == signal.SIGINT and _parts_present()["server"]
+    backends = "posix,fetch,server" if with_server else "posix,fetch"
     proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "1",
-                             "--backends", "posix,fetch", "--keep-running", "--workdir", str(work)],
+                             "--backends", backends, "--keep-running", "--workdir", str(work)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, pids = [], []
     try:
@@ -333,6 +336,18 @@ def test_demo_keep_running_stops_children_on_signal(tmp_path, sig):
         assert pids, "".join(lines) + proc.stderr.read()
         assert all(_alive(p) for p in pids)
         assert "Active('s3://" in "".join(lines)
+        if with_server:
+            start = next(i for i, ln in enumerate(lines) if ln.startswith("In a notebook"))
+            snippet = [ln[4:] for ln in lines[start + 1:] if ln.startswith("    ")]
+            assert "active_storage_url=" in snippet[2]
+            code = "".join(snippet[:-1]) + "r = " + snippet[-1] + "print(r[0], r[1].backend)\n"
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=60)
+            assert r.returncode == 0, code + r.stderr
+            value, backend = r.stdout.split()
+            assert backend == "server"
+            want = oracle(work / "tos.nc", "tos", (slice(0, 12), slice(40, 80), slice(100, 200)))
+            assert float(value) == pytest.approx(float(want.astype(np.float64).mean()), rel=1e-5)
         proc.send_signal(sig)
         proc.wait(15)
     finally:
