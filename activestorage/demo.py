@@ -248,13 +248,9 @@ def show(x: Any) -> str:
 
 
 def human(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"
+    from .cli import human_bytes
+
+    return "-" if n is None else human_bytes(n)
 
 
 def stat(stats: Any, *names: str) -> int | None:
