@@ -1,0 +1,199 @@
+"""The app in-process (FastAPI TestClient) with a fake upstream: property tests against NumPy
+through v1, v2 and batch; response encodings; error shapes; access log without secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import cbor2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from activestorage.errors import StorageError
+from activestorage.server.app import create_app
+from activestorage.server.settings import Settings
+
+STORE: dict[str, bytes] = {}
+
+
+async def fake_read(target, offset, size, *, max_bytes):
+    data = STORE.get(target.url)
+    if data is None:
+        raise StorageError(f"object not found: {target.name}", status=400, store=target.store)
+    return data[offset:] if size is None else data[offset:offset + size]
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = create_app(Settings(max_batch=64))
+    app.state.server.upstream.read = fake_read
+    with TestClient(app) as c:
+        yield c
+
+
+def oracle(x: np.ndarray, op: str, axis: tuple[int, ...], missing: Any) -> tuple[Any, Any]:
+    mask = np.zeros(x.shape, bool) if missing is None else (x == missing)
+    m = np.ma.masked_array(x, mask)
+    if op == "select":
+        return x, int((~mask).sum())
+    counts = (~mask).sum(axis=axis)
+    if op == "count":
+        return counts, counts
+    if op == "sum":
+        acc = {"i": np.int64, "u": np.uint64}.get(x.dtype.kind, x.dtype)
+        with np.errstate(over="ignore"):
+            return np.asarray(np.ma.filled(m.sum(axis=axis, dtype=acc), 0)).astype(x.dtype), counts
+    return np.asarray(np.ma.filled(getattr(m, op)(axis=axis), 0)), counts
+
+
+def decode_v1(r) -> tuple[np.ndarray, np.ndarray]:
+    h = r.headers
+    dt = np.dtype(h["x-activestorage-dtype"]).newbyteorder(
+        "<" if h["x-activestorage-byte-order"] == "little" else ">")
+    v = np.frombuffer(r.content, dt).reshape(json.loads(h["x-activestorage-shape"]))
+    return v, np.asarray(json.loads(h["x-activestorage-count"]))
+
+
+def decode_v2(m: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    dt = np.dtype(m["dtype"]).newbyteorder("<" if m["byte_order"] == "little" else ">")
+    return np.frombuffer(m["bytes"], dt).reshape(m["shape"]), np.asarray(m["count"])
+
+
+def _arrays(dt: np.dtype) -> st.SearchStrategy[np.ndarray]:
+    lo = 0 if dt.kind == "u" else -1000
+    elements = ({"min_value": lo, "max_value": 1000, "allow_nan": False}
+                if dt.kind == "f" else {"min_value": lo, "max_value": 1000})
+    return hnp.arrays(dt, hnp.array_shapes(min_dims=1, max_dims=3, max_side=5), elements=elements)
+
+
+arrays = st.sampled_from([np.dtype(t) for t in ("int16", "uint32", "int64", "float32",
+                                                 "float64")]).flatmap(_arrays)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(x=arrays, op=st.sampled_from(["count", "min", "max", "sum", "select"]),
+       data=st.data(), big=st.booleans(), fortran=st.booleans())
+def test_v1_v2_and_batch_agree_with_numpy(client, x, op, data, big, fortran):
+    axis = tuple(sorted(data.draw(st.sets(st.integers(0, x.ndim - 1), min_size=1))))
+    missing = data.draw(st.sampled_from([None, x.reshape(-1)[0].item()]))
+    order = "F" if fortran else "C"
+    raw = x.astype(x.dtype.newbyteorder(">" if big else "<")).tobytes(order=order)
+    url = f"http://127.0.0.1:1/{len(STORE)}.bin"
+    STORE[url] = b"\0" * 3 + raw
+    body: dict[str, Any] = {"dtype": x.dtype.name, "shape": list(x.shape), "offset": 3,
+                            "size": len(raw), "byte_order": "big" if big else "little",
+                            "order": order, "axis": list(axis)}
+    if missing is not None:
+        body["missing"] = {"missing_value": missing}
+    want, want_count = oracle(x, op, axis, missing)
+    STORE["http://127.0.0.1:1/b/o"] = STORE[url]
+    r1 = client.post(f"/v1/{op}/", json={**body, "source": "http://127.0.0.1:1", "bucket": "b",
+                                         "object": "o"})
+    v2body = {**body, "interface_type": "http", "url": url}
+    r2 = client.post(f"/v2/{op}", json=v2body)
+    rb = client.post(f"/v2/batch/{op}", content=cbor2.dumps({"requests": [v2body, v2body]}),
+                     headers={"content-type": "application/cbor"})
+    assert r1.status_code == r2.status_code == rb.status_code == 200, (r1.text, r2.text, rb.text)
+    results = [decode_v1(r1), decode_v2(cbor2.loads(r2.content))] + \
+        [decode_v2(m) for m in cbor2.loads(rb.content)["results"]]
+    for values, counts in results:
+        assert values.shape == np.shape(want)
+        if op == "select":
+            assert counts.reshape(-1).tolist() == [want_count]
+            np.testing.assert_array_equal(values, want)
+            continue
+        assert counts.reshape(np.shape(want_count)).tolist() == np.asarray(want_count).tolist()
+        ok = np.asarray(want_count) > 0
+        got, exp = np.asarray(values)[ok], np.asarray(want)[ok]
+        if op == "sum" and x.dtype.kind == "f":
+            np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-2)
+        else:
+            np.testing.assert_array_equal(got, exp)
+
+
+def test_scalar_results_and_byte_options(client):
+    STORE["http://127.0.0.1:1/s.bin"] = np.arange(6, dtype="<i4").tobytes()
+    base = {"interface_type": "http", "url": "http://127.0.0.1:1/s.bin", "dtype": "int32",
+            "shape": [2, 3]}
+    m = cbor2.loads(client.post("/v2/sum/", json=base).content)
+    assert m["shape"] == [] and m["count"] == [6] and m["dtype"] == "int32"
+    assert np.frombuffer(m["bytes"], "<i4").tolist() == [15]
+    m = cbor2.loads(client.post("/v2/max", json={**base, "axis": 1, "option_shape_as_bytes": True,
+                                                 "option_count_as_bytes": True}).content)
+    assert m["shape"] == [] and m["count"] == []
+    assert np.frombuffer(m["shape_as_bytes"], "<u8").tolist() == [2]
+    assert np.frombuffer(m["count_as_bytes"], "<i8").tolist() == [3, 3]
+    assert np.frombuffer(m["bytes"], "<i4").tolist() == [2, 5]
+    m = cbor2.loads(client.post("/v2/sum", json={**base, "option_wide_sum": True}).content)
+    assert m["dtype"] == "int64"
+    STORE["http://127.0.0.1:1/b/o"] = STORE["http://127.0.0.1:1/s.bin"]
+    r = client.post("/v1/count/", json={**base, "source": "http://127.0.0.1:1", "bucket": "b",
+                                        "object": "o", "axis": [0]})
+    assert r.headers["x-activestorage-count"] == "[2,2,2]"
+    assert r.headers["x-activestorage-shape"] == "[3]" and r.headers["x-activestorage-dtype"] == "int64"
+    sel = client.post("/v1/select/", json={**base, "source": "http://127.0.0.1:1", "bucket": "b",
+                                           "object": "o", "selection": [[0, 2, 1], [2, 0, -1]],
+                                           "missing": {"missing_value": 5}})
+    assert sel.headers["x-activestorage-count"] == "3"
+    assert np.frombuffer(sel.content, "<i4").reshape(2, 2).tolist() == [[2, 1], [5, 4]]
+
+
+def test_capabilities_and_every_error_is_json(client):
+    caps = client.get("/capabilities").json()
+    assert caps["batch"] is True and caps["max_batch"] == 64 and caps["api"] == ["v1", "v2"]
+    for method, path in (("get", "/nope"), ("post", "/v2/avg"), ("get", "/v2/sum"),
+                         ("post", "/v1/sum/extra")):
+        r = getattr(client, method)(path)
+        assert r.status_code in (404, 405) and set(r.json()) == {"error"}
+
+
+def test_fastapi_validation_errors_become_400_in_our_shape():
+    app = create_app(Settings())
+
+    @app.get("/typed")
+    async def typed(n: int) -> dict:  # a route with FastAPI-validated parameters
+        return {"n": n}
+
+    with TestClient(app) as c:
+        r = c.get("/typed", params={"n": "x"})
+    assert r.status_code == 400
+    assert "n" in r.json()["error"]["message"] and "detail" not in r.json()
+
+
+def test_internal_errors_are_500_json_without_traceback():
+    app = create_app(Settings())
+
+    async def broken(*a, **k):
+        raise ZeroDivisionError("secret internals")
+    app.state.server.upstream.read = broken
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v2/sum", json={"interface_type": "http", "url": "http://127.0.0.1/x",
+                                    "dtype": "int8", "size": 1})
+    assert r.status_code == 500 and r.json()["error"]["message"].startswith("internal server error")
+    assert "Traceback" not in r.text and "secret internals" not in r.text
+
+
+def test_access_log_is_structured_and_has_no_credentials(client, caplog):
+    STORE["http://127.0.0.1:1/l.bin"] = b"\1" * 8
+    with caplog.at_level(logging.DEBUG, logger="activestorage"):
+        client.post("/v2/sum", json={"interface_type": "http", "url": "http://127.0.0.1:1/l.bin",
+                                     "dtype": "int8", "size": 8}, auth=("me", "hunter2-secret"))
+        client.post("/v2/sum", json={"interface_type": "http", "url": "http://127.0.0.1:1/none",
+                                     "dtype": "int8", "size": 8}, auth=("me", "hunter2-secret"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "activestorage.server.access"]
+    entries = [json.loads(x) for x in lines]
+    assert [e["status"] for e in entries] == [200, 400]
+    assert all(e["path"] == "/v2/sum" and e["ms"] >= 0 for e in entries)
+    assert "hunter2-secret" not in caplog.text and "aHVudGVy" not in caplog.text
+
+
+def test_body_limit_413(client):
+    app = create_app(Settings(max_body_bytes=100))
+    with TestClient(app) as c:
+        r = c.post("/v2/sum", content=b"x" * 101)
+    assert r.status_code == 413 and "100 bytes" in r.json()["error"]["message"]

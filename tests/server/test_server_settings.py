@@ -1,0 +1,36 @@
+"""Settings: CLI flags over ACTIVESTORAGE_* variables over defaults."""
+
+import pytest
+
+from activestorage.server.settings import LOOPBACK_HOSTS, Settings, parse_args
+
+
+def test_defaults_are_loopback_only():
+    s = parse_args([], environ={})
+    assert s == Settings()
+    assert s.allow_upstream == LOOPBACK_HOSTS and s.host == "127.0.0.1"
+
+
+def test_environment_then_flags():
+    env = {"ACTIVESTORAGE_PORT": "9100", "ACTIVESTORAGE_ALLOW_UPSTREAM": "s3.example.org, minio:9000",
+           "ACTIVESTORAGE_MAX_BODY_BYTES": "2048", "ACTIVESTORAGE_ACCESS_LOG": "false",
+           "ACTIVESTORAGE_UPSTREAM_READ_TIMEOUT": "2.5"}
+    s = parse_args([], environ=env)
+    assert (s.port, s.max_body_bytes, s.access_log, s.upstream_read_timeout) == (9100, 2048, False, 2.5)
+    assert s.allow_upstream == ("s3.example.org", "minio:9000")
+    s = parse_args(["--port", "9200", "--allow-upstream", "a,b", "--allow-upstream", "c",
+                    "--workers", "3", "--log-level", "debug"], environ=env)
+    assert (s.port, s.workers, s.log_level) == (9200, 3, "debug")
+    assert s.allow_upstream == ("a", "b", "c")
+
+
+def test_tls_flags_go_together():
+    with pytest.raises(SystemExit):
+        parse_args(["--tls-cert", "c.pem"], environ={})
+    s = parse_args(["--tls-cert", "c.pem", "--tls-key", "k.pem"], environ={})
+    assert (s.tls_cert, s.tls_key) == ("c.pem", "k.pem")
+
+
+def test_json_round_trip_for_worker_processes():
+    s = parse_args(["--allow-upstream", "x,y", "--max-batch", "7"], environ={})
+    assert Settings.from_json(s.to_json()) == s
