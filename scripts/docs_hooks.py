@@ -30,17 +30,19 @@ def load_schema() -> dict[str, Any]:
     return create_app().openapi()
 
 
-def _type(schema: dict[str, Any]) -> str:
-    """A short human type: ``integer``, ``list of integer``, ``"C" | "F"``, ``... or null``."""
+def _type(schema: dict[str, Any], top: bool = True) -> str:
+    """A short human type: ``integer``, ``list of integer``, ``"C" | "F"``. A top-level null
+    alternative is left out (the *required* column says whether a field may be absent)."""
     if "anyOf" in schema:
-        parts = [_type(s) for s in schema["anyOf"] if s.get("type") != "null"]
-        nullable = any(s.get("type") == "null" for s in schema["anyOf"])
-        return " or ".join(parts) + (" (optional)" if nullable else "")
+        parts = [_type(s, top) for s in schema["anyOf"] if s.get("type") != "null"]
+        if not top and any(s.get("type") == "null" for s in schema["anyOf"]):
+            parts.append("null")
+        return " or ".join(parts)
     if "enum" in schema:
-        return " \\| ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
+        return " | ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
     t = schema.get("type", "any")
     if t == "array":
-        return f"list of {_type(schema.get('items', {}))}"
+        return f"list of {_type(schema.get('items', {}), top=False)}"
     if t == "object" and "properties" not in schema:
         return "object"
     return str(t)
@@ -91,9 +93,9 @@ def render(schema: dict[str, Any]) -> str:
     for path, methods in schema.get("paths", {}).items():
         for method, op in methods.items():
             lines += [f"### `{method.upper()} {path}`", ""]
-            for key in ("summary", "description"):
-                if op.get(key) and op.get(key) != op.get("summary" if key == "description" else ""):
-                    lines += [op[key], ""]
+            text = op.get("description") or op.get("summary")  # FastAPI's summary is the name
+            if text:
+                lines += [text, ""]
             params = op.get("parameters", [])
             if params:
                 lines += ["| parameter | in | type | required |", "|---|---|---|---|"]
