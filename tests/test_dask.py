@@ -368,3 +368,16 @@ def test_real_files(name, var):
             assert_same(ad.reduce(r, op, axis).compute(), oracle(x, op, axis), x.dtype, op)
     k = (slice(1, None, 2),) + (slice(None),) * (x.ndim - 1)
     assert_same(ad.mean(r[k], axis=(0, 1)).compute(), oracle(x[k], "mean", (0, 1)), x.dtype, "mean")
+
+
+def test_docs_components_example_runs(multifile):
+    """docs/dask.md's cf-python-style example, executed as written."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "dask.md"
+    text = page.read_text()
+    block = text.split("<!-- tested: components-example -->", 1)[1]
+    code = block.split("```python\n", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(code, str(page), "exec"), ns)
+    paths, x = multifile
+    got = ns["time_mean"](paths[1], "v", step=3).compute()
+    assert_same(got, oracle(x[5:12], "mean", 0), "f4", "mean")
