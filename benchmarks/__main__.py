@@ -36,8 +36,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "peer": peer.METHODS,
 }
 ALL = tuple(m for ms in GROUPS.values() for m in ms)
-NEEDS_MOTO = {"moto_get", "ours_fetch", "ours_server_chunk", "ours_server_batch",
-              "peer_reductionist"}
+REMOTE = {"ours_fetch", "ours_server_chunk", "ours_server_batch", "peer_reductionist"}
 NEEDS_SERVER = {"ours_server_chunk", "ours_server_batch", "peer_reductionist"}
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated methods or groups (" + ", ".join(GROUPS) + "); "
                         "methods: " + ", ".join(ALL))
     p.add_argument("--datasets", default="", help="comma-separated subset of plain,zlib,small,missing")
+    p.add_argument("--store", choices=("auto", "s3", "http"), default="auto",
+                   help="where remote methods read the files: moto S3 or nginx HTTP. auto: s3 with "
+                        "--quick, http otherwise (moto reads the WHOLE object for every range GET, "
+                        "so 400 MB objects make it, not the client, the thing measured)")
     p.add_argument("--no-peer", action="store_true",
                    help="skip PyActiveStorage (no venv is created)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per case (default 3; quick 1)")
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
     timeout = args.worker_timeout or (120.0 if args.quick else 1800.0)
     methods = select_methods(args.only, args.no_peer)
+    store = args.store if args.store != "auto" else ("s3" if args.quick else "http")
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
     notes: list[str] = []
@@ -223,17 +227,21 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         np.savez(work / "oracle.npz", **oracle)
         files = [Path(d["path"]) for d in datasets]
+        remote = bool(REMOTE & set(methods))
         with services.started(work, files, args.data_dir,
-                              moto=bool(NEEDS_MOTO & set(methods)),
+                              moto=store == "s3" and (remote or "moto_get" in methods),
                               server=bool(NEEDS_SERVER & set(methods)),
-                              nginx="nginx_get" in methods) as svc:
+                              nginx="nginx_get" in methods or (remote and store == "http")) as svc:
             notes += svc.notes
             if svc.http_base is None and "nginx_get" in methods:
                 methods.remove("nginx_get")
+            if svc.http_base is None and store == "http":
+                raise SystemExit("--store http needs nginx (apt-get install -y nginx)")
             for d in datasets:
-                d["s3_url"] = svc.s3_url(Path(d["path"]))
+                d["s3_url"] = svc.s3_url(Path(d["path"])) if svc.s3 else None
                 d["http_url"] = svc.http_url(Path(d["path"]))
-            config = {"runs": runs, "oracle": str(work / "oracle.npz"),
+                d["remote_url"] = d["s3_url"] if store == "s3" else d["http_url"]
+            config = {"runs": runs, "store": store, "oracle": str(work / "oracle.npz"),
                       "s3": svc.s3, "server_url": svc.server_url, "datasets": datasets}
             for m in methods:
                 t0 = time.perf_counter()
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_bad = problems(results, peers=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     record = {"started": started.isoformat(), "seconds": time.perf_counter() - t_start,
-              "quick": args.quick, "runs": runs, "warmup": warmup, "machine": machine(),
+              "quick": args.quick, "store": store, "runs": runs, "warmup": warmup, "machine": machine(),
               "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
               "peer_version": peer_version, "notes": notes, "problems": bad,
               "peer_failures": peer_bad,

@@ -1,9 +1,10 @@
 """This project's ``Active``, with default settings, through each backend.
 
 - ``ours_posix``: the local file (``os.pread``/mmap, kernel in-process).
-- ``ours_fetch``: range GETs from moto's S3 server into this process, kernel in-process.
-- ``ours_server_chunk``: our reduction server (reading moto) with one request per chunk, as any
-  Reductionist client would talk to it.
+- ``ours_fetch``: range GETs from the remote store (moto S3 or nginx, ``--store``) into this
+  process, kernel in-process.
+- ``ours_server_chunk``: our reduction server (reading the same store) with one request per
+  chunk, as any Reductionist client would talk to it.
 - ``ours_server_batch``: the same server with its ``/v2/batch`` extension (detected by default;
   forced on here so the two server rows differ only in batching).
 
@@ -34,10 +35,11 @@ class _Ours:
         if self.backend == "posix":
             self.active = Active(ds["path"], data.VAR)
         else:
-            s3 = config["s3"]
-            storage_options = {"key": s3["key"], "secret": s3["secret"],
-                               "client_kwargs": {"endpoint_url": s3["endpoint"]}}
-            self.active = Active(ds["s3_url"], data.VAR, storage_options=storage_options,
+            s3 = config.get("s3")
+            storage_options = None if config["store"] != "s3" else {
+                "key": s3["key"], "secret": s3["secret"],
+                "client_kwargs": {"endpoint_url": s3["endpoint"]}}
+            self.active = Active(ds["remote_url"], data.VAR, storage_options=storage_options,
                                  backend=self.backend, backend_options=dict(self.options),
                                  active_storage_url=config.get("server_url"))
 

@@ -6,7 +6,8 @@ with only ``measure.py`` (stdlib + NumPy) beside it. Methods:
 
 - ``peer_posix``: local path mode with its default ``max_threads=30``;
 - ``peer_posix_t2``: local path mode with ``max_threads=2`` (its best on 2 cores, per issue #9);
-- ``peer_reductionist``: its Reductionist client (API v2) pointed at OUR server, reading moto S3.
+- ``peer_reductionist``: its Reductionist client (API v2) pointed at OUR server, reading the
+  same remote store as ours (moto S3 or nginx, ``--store``).
 
 Usage: ``python peer_worker.py METHOD CONFIG.json OUT.json``.
 """
@@ -59,7 +60,12 @@ class Peer:
         self.mode = method
         self.quiet = io.StringIO()
         with contextlib.redirect_stdout(self.quiet):
-            if method == "peer_reductionist":
+            if method == "peer_reductionist" and config["store"] == "http":
+                # its https interface is what it uses for any HTTP(S) server (nginx)
+                self.active = Active(ds["http_url"], VAR, interface_type="https",
+                                     active_storage_url=config["server_url"])
+                self.active._version = 2
+            elif method == "peer_reductionist":
                 s3 = config["s3"]
                 # "bucket/key", not "s3://bucket/key": given storage_options, 0.8 builds the
                 # object URL as f"{endpoint}/{bucket}/{path}" with path "/key", i.e. a double

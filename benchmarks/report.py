@@ -7,7 +7,8 @@ Ratios are times divided by a reference time for the same dataset and case (lowe
   against ``peer_reductionist`` (the peer's client talking to our server over the same S3).
 - ``x_limit``: local methods against the in-memory NumPy pass, or on the compressed file against
   the ideal decode time ``decode_1core / cores`` when that is larger; remote methods against the
-  raw per-chunk range-GET time from moto (``moto_get``, only measured on the uncompressed files).
+  raw per-chunk range-GET time from the store the run used (``moto_get`` for ``--store s3``, else
+  ``nginx_get``; only measured on the uncompressed files).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def references(results: dict[str, Any], method: str, ds: str, case: str,
     """(peer time, limit time) this method is compared with."""
     if method in REMOTE:
         peer = _median(results, "peer_reductionist", ds, case)
-        limit = _median(results, "moto_get", ds, case)
+        limit = _median(results, "moto_get", ds, case) or _median(results, "nginx_get", ds, case)
         return peer, limit
     peers = [t for t in (_median(results, m, ds, case) for m in ("peer_posix", "peer_posix_t2"))
              if t]

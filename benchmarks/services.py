@@ -2,7 +2,8 @@
 
 Reuses ``tests/integration/servers.py`` (moto's S3 server, nginx, our reduction server; each on a
 free 127.0.0.1 port, stopped by PID) rather than a second copy of that code. The benchmark files
-are uploaded to a moto bucket and nginx serves the data directory itself.
+are uploaded to a moto bucket (only when moto is asked for) and nginx serves the data directory
+itself.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def started(workdir: Path, files: list[Path], data_dir: Path, *, moto: bool, ser
     procs: list[Any] = []
     out = Services()
     try:
-        if moto or server:
+        if moto:
             m = srv.start_moto(workdir / "moto")
             procs.append(m)
             client = srv.s3_client(m.url)
