@@ -280,6 +280,12 @@ def variable_from_header(hdr: Nc3Header, ncvar: str, url: str, file_size: int, *
         shape = (numrecs, *rest)
         chunk_shape = (1, *rest)
         nbytes = math.prod(rest) * itemsize
+        if recsize < nbytes:
+            raise FormatError(f"{url}: corrupt header: record size {recsize} is smaller than one "
+                              f"record of {ncvar!r} ({nbytes} bytes)")
+        if numrecs and var.begin + (numrecs - 1) * recsize + nbytes > file_size:
+            raise FormatError(f"{url}: variable {ncvar!r} record {numrecs - 1} ends past the end "
+                              f"of the file ({file_size} bytes); truncated file?")
         for i in range(numrecs):
             chunks[(i,) + (0,) * len(rest)] = locator(var.begin + i * recsize, nbytes, f"record {i}")
     else:
@@ -289,6 +295,10 @@ def variable_from_header(hdr: Nc3Header, ncvar: str, url: str, file_size: int, *
             chunks[()] = locator(var.begin, itemsize, "data")
         else:
             row = math.prod(shape[1:]) * itemsize
+            if var.begin + shape[0] * row > file_size:
+                raise FormatError(f"{url}: variable {ncvar!r} data (bytes {var.begin}-"
+                                  f"{var.begin + shape[0] * row}) ends past the end of the file "
+                                  f"({file_size} bytes); truncated file?")
             k = _slab_rows(shape[0], row, max_chunk_bytes)
             chunk_shape = (k, *shape[1:])
             if math.prod(shape):

@@ -130,8 +130,10 @@ def _untyped(v: Any, where: str) -> Any:
     if not isinstance(v, Mapping) or "dtype" not in v or "value" not in v:
         raise FormatError(f"{where}: must be {{\"dtype\": ..., \"value\": ...}}")
     try:
+        if not isinstance(v["dtype"], str):
+            raise TypeError(v["dtype"])
         dt = np.dtype(v["dtype"])
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise FormatError(f"{where}: unknown dtype {v['dtype']!r}") from exc
     return _unnum(v["value"], dt, where)
 
@@ -517,8 +519,11 @@ def variable_from_dict(entry: Mapping[str, Any], name: str, where: str) -> Varia
     """Rebuild a :class:`Variable` from its manifest entry, validating every field."""
     w = f"{where}: variable {name!r}"
     try:
-        dtype = np.dtype(_req(entry, "dtype", w))
-    except TypeError as exc:
+        raw_dtype = _req(entry, "dtype", w)
+        if not isinstance(raw_dtype, str):
+            raise TypeError(raw_dtype)
+        dtype = np.dtype(raw_dtype)
+    except (TypeError, ValueError) as exc:
         raise FormatError(f"{w}: unknown dtype {entry.get('dtype')!r}") from exc
     if dtype.kind not in "iuf":
         raise UnsupportedError(f"{w}: dtype {dtype} cannot be reduced")
@@ -534,6 +539,9 @@ def variable_from_dict(entry: Mapping[str, Any], name: str, where: str) -> Varia
     filters = entry.get("filters") or []
     _check_codecs(comp, filters, dtype, w)
     m = entry.get("missing") or {}
+    if not isinstance(m, Mapping) or not isinstance(m.get("values") or [], list):
+        raise FormatError(f"{w}: missing must be {{\"values\": [...], \"valid_min\", "
+                          "\"valid_max\"}")
     missing = Missing(
         values=tuple(_unnum(x, dtype, f"{w}: missing.values") for x in (m.get("values") or [])),
         valid_min=_unnum(m.get("valid_min"), dtype, f"{w}: missing.valid_min"),
@@ -542,8 +550,10 @@ def variable_from_dict(entry: Mapping[str, Any], name: str, where: str) -> Varia
     if not isinstance(objects, list):
         raise FormatError(f"{w}: objects must be a list")
     for i, o in enumerate(objects):
-        if not isinstance(o, Mapping) or not isinstance(o.get("url"), str):
-            raise FormatError(f"{w}: objects[{i}] must be {{\"url\": ..., \"etag\": ...}}")
+        if (not isinstance(o, Mapping) or not isinstance(o.get("url"), str)
+                or not all(isinstance(o.get(k), (str, type(None))) for k in ("etag", "version_id"))):
+            raise FormatError(f"{w}: objects[{i}] must be {{\"url\": str, \"etag\": str, "
+                              "\"version_id\": str}")
     raw_chunks = _req(entry, "chunks", w)
     if not isinstance(raw_chunks, Mapping):
         raise FormatError(f"{w}: chunks must be an object")
@@ -564,8 +574,9 @@ def variable_from_dict(entry: Mapping[str, Any], name: str, where: str) -> Varia
         if not 0 <= obj < len(objects) or off < 0 or size < 1:
             raise FormatError(f"{we}: object index, offset or size out of range")
         over = e[3] if len(e) == 4 else {}
-        if not isinstance(over, Mapping):
-            raise FormatError(f"{we}: overrides must be an object")
+        if not isinstance(over, Mapping) or not isinstance(over.get("no_compression", False), bool):
+            raise FormatError(f"{we}: overrides must be an object "
+                              '{"compression", "filters", "no_compression": bool}')
         if "compression" in over or "filters" in over:
             _check_codecs(over.get("compression"), over.get("filters") or [], dtype, we)
         o = objects[obj]
@@ -574,6 +585,13 @@ def variable_from_dict(entry: Mapping[str, Any], name: str, where: str) -> Varia
             compression=over.get("compression"),
             filters=tuple(over["filters"]) if "filters" in over else None,
             no_compression=bool(over.get("no_compression", False)))
+    attrs = entry.get("attrs") or {}
+    dims = entry.get("dimensions") or []
+    if not isinstance(attrs, Mapping):
+        raise FormatError(f"{w}: attrs must be an object")
+    if (not isinstance(dims, list) or not all(isinstance(d, str) for d in dims)
+            or len(dims) not in (0, len(shape))):
+        raise FormatError(f"{w}: dimensions must be a list of {len(shape)} names")
     return Variable(
         name=name, source=str(entry.get("source", where)), dtype=dtype, shape=shape,
         chunk_shape=chunk_shape, chunks=chunks, byte_order=byte_order, order=order,
@@ -581,14 +599,14 @@ def variable_from_dict(entry: Mapping[str, Any], name: str, where: str) -> Varia
         fill_value=_unnum(entry.get("fill_value"), dtype, f"{w}: fill_value"),
         scale_factor=_untyped(entry.get("scale_factor"), f"{w}: scale_factor"),
         add_offset=_untyped(entry.get("add_offset"), f"{w}: add_offset"),
-        attrs=dict(entry.get("attrs") or {}), dimensions=tuple(entry.get("dimensions") or ()),
+        attrs=dict(attrs), dimensions=tuple(dims),
         format=str(entry.get("format", "")))
 
 
 def _ints(v: Any, where: str, minimum: int) -> tuple[int, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool)
-                                          and x >= minimum for x in v):
-        raise FormatError(f"{where}: must be a list of integers >= {minimum}")
+    if not isinstance(v, list) or len(v) > 32 or not all(
+            isinstance(x, int) and not isinstance(x, bool) and minimum <= x <= 2**62 for x in v):
+        raise FormatError(f"{where}: must be a list of at most 32 integers >= {minimum}")
     return tuple(v)
 
 

@@ -301,3 +301,32 @@ def test_active_reduces_netcdf3_like_netcdf4_python(tmp_path, fmt):
     np.testing.assert_allclose(np.ma.getdata(got), np.ma.getdata(want.sum(axis=0)), rtol=1e-5)
     b = active.Active(str(path), "orog")
     assert b.sum[...] == oracle(path, "orog").sum()
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupt_files_raise_format_errors_only(tmp_path, small, data):
+    """Random byte damage in the header: a typed error (or a still-valid file), never a crash,
+    a hang or a huge allocation."""
+    from activestorage.errors import ActiveStorageError
+
+    raw = bytearray(small.read_bytes())
+    hdr_size = parse_header(bytes(raw), "x").header_size
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(4, hdr_size - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.sampled_from([len(raw), hdr_size + 8, hdr_size // 2]))
+    bad = tmp_path / "fuzz.nc"
+    bad.write_bytes(bytes(raw[:cut]))
+    for name in ("v", "c"):
+        try:
+            var = open_netcdf3(str(bad), name)
+        except ActiveStorageError as exc:
+            assert "fuzz.nc" in str(exc) or isinstance(exc, (UnsupportedError, VariableNotFoundError))
+        else:
+            assert var.stored_bytes <= len(raw)
+    try:
+        list_variables(str(bad))
+    except ActiveStorageError:
+        pass

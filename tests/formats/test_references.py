@@ -11,6 +11,7 @@ import netCDF4
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from _oracle import assemble, assert_masked_equal, assert_reductions
 from activestorage.errors import (FormatError, StorageError, UnsupportedError,
@@ -338,3 +339,44 @@ def test_manifest_cli(tmp_path, capsys):
     assert manifest_main([src, "nope", "-o", str(out)]) == 1
     assert "no variable 'nope'" in capsys.readouterr().err
     assert manifest_main([src, "--storage-options", "[1]"]) == 2
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, prefix + (i,))
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_manifests_raise_typed_errors_only(manifest, data):
+    from activestorage.errors import ActiveStorageError
+
+    doc = json.loads(json.dumps(manifest))
+    paths = [p for p in _paths(doc) if p]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        node = doc
+        try:
+            for k in path[:-1]:
+                node = node[k]
+            node[path[-1]] = data.draw(JSON_VALUES)
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        var = open_references(doc, "tas")
+    except ActiveStorageError:
+        return
+    assert all(loc.size >= 1 and loc.offset >= 0 for loc in var.chunks.values())
