@@ -20,6 +20,7 @@ head of the queue. Faults:
 ``long_length`` Content-Length larger than the body that follows, then close
 ``short_length``Content-Length smaller than the real body (the rest is sent and ignored)
 ``garbage``     a response that is not HTTP at all
+``redirect``    answer ``status`` (302, ...) with ``Location: <location>`` (``redirect()``)
 
 The proxy runs in daemon threads of the calling process; ``close()`` stops it.
 """
@@ -35,7 +36,8 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-FAULTS = ("reset", "stall", "truncate", "status", "long_length", "short_length", "garbage")
+FAULTS = ("reset", "stall", "truncate", "status", "long_length", "short_length", "garbage",
+          "redirect")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
 
 
@@ -43,6 +45,7 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "prox
 class _Fault:
     kind: str
     status: int = 503
+    location: str = ""
 
 
 class FaultProxy:
@@ -85,6 +88,16 @@ class FaultProxy:
                 self._sticky = _Fault(kind, status)
             else:
                 self._faults.extend(_Fault(kind, status) for _ in range(count))
+
+    def redirect(self, location: str, *, status: int = 302, count: int = 0) -> None:
+        """Answer the next ``count`` requests (0: until ``heal()``) with a redirect."""
+        with self._lock:
+            self._healed.clear()
+            fault = _Fault("redirect", status, location)
+            if count == 0:
+                self._sticky = fault
+            else:
+                self._faults.extend(fault for _ in range(count))
 
     def refuse(self) -> None:
         """Stop listening: new connections are refused until ``heal()``."""
@@ -172,6 +185,10 @@ class FaultProxy:
                 self._outcome(f"status{fault.status}")
                 msg = f"injected {fault.status}".encode()
                 conn.sendall(_head(fault.status, [("Content-Type", "text/plain")], len(msg)) + msg)
+                return
+            if fault is not None and fault.kind == "redirect":
+                self._outcome(f"redirect{fault.status}")
+                conn.sendall(_head(fault.status, [("Location", fault.location)], 0))
                 return
             if fault is not None and fault.kind == "stall":
                 self._outcome("stall")
