@@ -67,6 +67,17 @@ def parse_selection(text: str | None) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def parse_axis(text: str | None) -> tuple[int, ...] | None:
     """Parse ``"0"`` or ``"0,2"`` into a tuple of axes (None: reduce over all axes)."""
     if text is None:
@@ -458,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or '-1,...' (default: everything)")
     p.add_argument("--axis", metavar="AXES", help="reduce over these axes only, e.g. '0' or '1,2'")
     p.add_argument("--server", metavar="URL", help="reduction server URL (active storage)")
-    p.add_argument("--threads", type=int, metavar="N", help="parallel chunk tasks")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="parallel chunk tasks")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     storage_args(p)
     p.set_defaults(func=cmd_reduce, subparser=p)

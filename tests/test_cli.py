@@ -205,10 +205,13 @@ BAD = [
     (["nosuchcommand"], 2, "invalid choice"),
     (["reduce", "{s}", "tos", "--op", "mean", "--frobnicate"], 2, "--frobnicate"),
     (["demo", "--backends", "posix,ftp"], 2, "ftp"),
+    (["reduce", "{s}", "tos", "--op", "mean", "--threads", "0"], 2, "--threads"),
+    (["demo", "--size-mb", "-1"], 2, "--size-mb"),
+    ([], 2, "COMMAND"),
 ]
 
 
-@pytest.mark.parametrize("args,code,needle", BAD, ids=[" ".join(b[0][:1] + b[0][2:]) for b in BAD])
+@pytest.mark.parametrize("args,code,needle", BAD, ids=[" ".join(b[0][:1] + b[0][2:]) or "no-command" for b in BAD])
 def test_bad_input_one_line_error(sample, args, code, needle):
     args = [a.format(s=sample) for a in args]
     r = run(*args)
