@@ -131,7 +131,7 @@ def test_manifest_round_trip_over_s3(datasets, moto_server, active_server, s3, t
                     check(got, want, op)
 
 
-def test_versioned_bucket_records_version_ids(s3, moto_server, tmp_path):
+def test_versioned_bucket_records_version_ids(datasets, s3, moto_server, tmp_path):
     so = storage_options(moto_server)
     p = tmp_path / "v.nc"
     with netCDF4.Dataset(p, "w", format="NETCDF3_CLASSIC") as ds:
@@ -152,7 +152,8 @@ def test_versioned_bucket_records_version_ids(s3, moto_server, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["fetch", "server"])
-def test_changed_object_after_manifest_is_an_error(s3, moto_server, active_server, tmp_path,
+def test_changed_object_after_manifest_is_an_error(datasets, s3, moto_server, active_server,
+                                                   tmp_path,
                                                    backend):
     so = storage_options(moto_server)
     p = tmp_path / "c.nc"
@@ -174,7 +175,8 @@ def test_changed_object_after_manifest_is_an_error(s3, moto_server, active_serve
             a.sum[...]
 
 
-def test_zarr_manifest_in_versioned_bucket_pins_every_chunk_object(s3, moto_server, tmp_path):
+def test_zarr_manifest_in_versioned_bucket_pins_every_chunk_object(datasets, s3, moto_server,
+                                                                  tmp_path):
     so = storage_options(moto_server)
     p = tmp_path / "vz.zarr"
     a = zarr.create_array(str(p), shape=(4, 4), chunks=(2, 2), dtype="i4", zarr_format=2)
@@ -243,3 +245,28 @@ def test_kerchunk_references_to_s3_objects(datasets, moto_server, s3):
     with Active(doc, var, storage_options=so) as a:
         for op in OPS:
             check(getattr(a, op)[...], want, op)
+
+
+def test_manifest_cli_globs_s3_files_and_writes_to_s3(datasets, s3, moto_server, tmp_path):
+    """`activestorage manifest 's3://bucket/series_*.nc' tas -o s3://.../refs.json` combines the
+    files along time; Active on the S3 manifest equals numpy on the concatenated data."""
+    from activestorage.formats.references import manifest_main
+
+    so = storage_options(moto_server)
+    parts = []
+    for i in range(3):
+        data = np.arange(24, dtype="f4").reshape(4, 6) + 100 * i
+        p = tmp_path / f"series_{i}.nc"
+        with netCDF4.Dataset(p, "w") as ds:
+            ds.createDimension("time", None)
+            ds.createDimension("x", 6)
+            ds.createVariable("tas", "f4", ("time", "x"), chunksizes=(2, 6), zlib=True)[:] = data
+        upload(s3, BUCKET, p, f"series/{p.name}")
+        parts.append(data)
+    out = f"s3://{BUCKET}/series/refs.json"
+    assert manifest_main([f"s3://{BUCKET}/series/series_*.nc", "tas", "-o", out,
+                          "--storage-options", json.dumps(so)]) == 0
+    full = np.concatenate(parts)
+    with Active(out, "tas", storage_options=so, backend="fetch") as a:
+        assert a.shape == full.shape
+        assert a.sum[...] == full.sum() and a.max[3:9] == full[3:9].max()
