@@ -211,7 +211,8 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("args,code,needle", BAD, ids=[" ".join(b[0][:1] + b[0][2:]) or "no-command" for b in BAD])
+@pytest.mark.parametrize("args,code,needle", BAD,
+                         ids=[" ".join(b[0][:1] + b[0][2:]) or "no-command" for b in BAD])
 def test_bad_input_one_line_error(sample, args, code, needle):
     args = [a.format(s=sample) for a in args]
     r = run(*args)
