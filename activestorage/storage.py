@@ -14,6 +14,7 @@ S3 settings follow s3fs (``key``, ``secret``, ``token``, ``anon``, ``endpoint_ur
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -300,12 +301,13 @@ def http_options(storage_options: Mapping[str, Any] | None, timeout: float) -> d
                      if k not in ("endpoint_url", "region_name", "verify")}
     client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=None, connect=timeout,
                                                               sock_read=timeout))
-    if opts.get("username") is not None:
-        client_kwargs.setdefault("auth", aiohttp.BasicAuth(opts["username"],
-                                                           opts.get("password") or ""))
     out: dict[str, Any] = {"client_kwargs": client_kwargs}
-    if opts.get("headers"):
-        out["headers"] = dict(opts["headers"])
+    headers = dict(opts.get("headers") or {})
+    if opts.get("username") is not None:
+        token = f"{opts['username']}:{opts.get('password') or ''}".encode()
+        headers.setdefault("Authorization", "Basic " + base64.b64encode(token).decode())
+    if headers:
+        out["headers"] = headers
     return out
 
 
