@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="few requests (a smoke run)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes")
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--only", help="run only targets whose label contains this text")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     if nginx_binary() is None:
@@ -105,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         import aiohttp
 
-        auth = aiohttp.BasicAuth(S3_KEY, S3_SECRET)
+        auth_hdr = {"Authorization": aiohttp.BasicAuth(S3_KEY, S3_SECRET).encode()}
         rows: list[dict[str, Any]] = []
-        for name, size in SIZES.items():
+        for name, size in ((k, SIZES[k]) for k in args.sizes):
             rng_hdr = {"Range": f"bytes=0-{size - 1}"}
             body = {"dtype": "float32", "byte_order": "little", "offset": 0, "size": size,
                     "shape": [size // 4]}
@@ -118,11 +120,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"{srv.url}/v2/sum", json={**body, "interface_type": "http",
                                                "url": f"{web.url}/{n}.bin"}),
                 "server sum <- moto": lambda s, n=name: s.post(
-                    f"{srv.url}/v2/sum", auth=auth, json={**body, "interface_type": "s3",
+                    f"{srv.url}/v2/sum", headers=auth_hdr, json={**body, "interface_type": "s3",
                                                           "url": f"{moto.url}/bench/{n}.bin"}),
             }
             for conc in args.concurrency:
                 for label, make in targets.items():
+                    if args.only and args.only not in label:
+                        continue
                     small = size < (1 << 20)
                     n = (3000 if small else 300) if "nginx" in label else (600 if small else 120)
                     if args.quick:

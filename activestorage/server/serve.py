@@ -19,7 +19,6 @@ def run(settings: Settings) -> None:
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("activestorage").setLevel(level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every upstream URL
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                   access_log=False, timeout_graceful_shutdown=10, server_header=False,
                   ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,

@@ -1,7 +1,9 @@
 """Byte-range reads from S3 and HTTP(S) stores, with the caller's credentials, as typed errors.
 
-One :class:`Upstream` per server process holds pooled ``httpx.AsyncClient``s keyed by (store,
-credentials) so connections are reused but never shared across identities. S3 requests are signed
+One :class:`Upstream` per server process holds pooled ``aiohttp.ClientSession``s keyed by (store,
+credentials) so connections are reused but never shared across identities. (aiohttp rather than
+httpx: on this 2-core machine httpx's pool managed ~110 range GETs/s at 64 concurrent 64 KiB
+requests, aiohttp ~1300/s; it is already installed as a dependency of s3fs/aiobotocore.) S3 requests are signed
 with botocore's SigV4 signer using the access key / secret the caller sent as HTTP Basic auth
 (anonymous when none); HTTP stores get the Basic credentials passed through. Every failure becomes a
 :class:`~activestorage.errors.StorageError` whose ``status`` is the one the API reports and whose
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import quote, urlsplit
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from ..errors import ObjectChangedError, RequestValidationError, StorageError
 
@@ -113,28 +116,29 @@ class Upstream:
                  read_timeout: float = 30.0, region: str = "us-east-1",
                  max_clients: int = 64) -> None:
         self._sem = asyncio.Semaphore(max_concurrency)
-        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=read_timeout)
-        self._limits = httpx.Limits(max_connections=max_concurrency,
-                                    max_keepalive_connections=max_concurrency)
+        self._max_concurrency = max_concurrency
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+                                              sock_connect=connect_timeout,
+                                              sock_read=read_timeout)
         self._region = region
-        self._clients: OrderedDict[tuple[str, str], httpx.AsyncClient] = OrderedDict()
+        self._clients: OrderedDict[tuple[str, str], aiohttp.ClientSession] = OrderedDict()
         self._max_clients = max_clients
-        self.requests = 0
-        self.bytes_read = 0
 
-    def _client(self, target: Target) -> httpx.AsyncClient:
+    def _client(self, target: Target) -> aiohttp.ClientSession:
         ident = ""
         if target.auth is not None:  # key clients by a hash, never keep a secret as a dict key
             ident = hashlib.sha256("\0".join(target.auth).encode()).hexdigest()[:24]
         key = (target.store, ident)
         client = self._clients.get(key)
-        if client is None:
-            client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits,
-                                       follow_redirects=False, trust_env=False)
+        if client is None or client.closed:
+            conn = aiohttp.TCPConnector(limit=self._max_concurrency, ttl_dns_cache=60)
+            client = aiohttp.ClientSession(connector=conn, timeout=self._timeout,
+                                           auto_decompress=False, trust_env=False,
+                                           skip_auto_headers=("User-Agent",))
             self._clients[key] = client
             while len(self._clients) > self._max_clients:
                 _, old = self._clients.popitem(last=False)
-                asyncio.get_running_loop().create_task(old.aclose())
+                asyncio.get_running_loop().create_task(old.close())
         else:
             self._clients.move_to_end(key)
         return client
@@ -174,18 +178,19 @@ class Upstream:
         limit = size if size is not None else max_bytes
         try:
             async with self._sem:
-                async with self._client(target).stream("GET", url, headers=headers) as resp:
-                    self.requests += 1
-                    if resp.status_code not in (200, 206):
+                async with self._client(target).get(URL(url, encoded=True), headers=headers,
+                                                    allow_redirects=False) as resp:
+                    if resp.status not in (200, 206):
                         body = await _read_bounded(resp, 4096)
                         raise self._status_error(target, resp, body, rng)
                     self._check_etag(target, resp)
-                    skip = offset if (resp.status_code == 200 and rng) else 0
+                    skip = offset if (resp.status == 200 and rng) else 0
                     data = await _read_bounded(resp, skip + limit + 1)
-        except httpx.TimeoutException as exc:
+                    total = _total_size(resp)
+        except asyncio.TimeoutError:
             raise StorageError(f"timed out reading {target.name} from store {target.store}",
-                               status=504, store=target.store, causes=[type(exc).__name__]) from None
-        except (httpx.TransportError, httpx.StreamError) as exc:
+                               status=504, store=target.store, causes=["timeout"]) from None
+        except (aiohttp.ClientError, OSError) as exc:
             raise StorageError(f"could not read {target.name}: store {target.store} is "
                                f"unreachable or failed ({type(exc).__name__})", status=502,
                                store=target.store, causes=[str(exc) or type(exc).__name__]) from None
@@ -196,23 +201,20 @@ class Upstream:
                 raise StorageError(
                     f"{target.name} is larger than this server's limit of {max_bytes} bytes; "
                     "give size", status=413, store=target.store)
-            self.bytes_read += len(data)
             return data
         if len(data) > size:
             data = data[:size]
         if len(data) < size:
-            total = _total_size(resp)
             if total is not None and offset + size > total:
                 raise StorageError(
                     f"range {rng} is past the end of {target.name} ({total} bytes)",
                     status=400, store=target.store)
             raise StorageError(f"short read from store {target.store}: got {len(data)} of "
                                f"{size} bytes of {target.name}", status=502, store=target.store)
-        self.bytes_read += len(data)
         return data
 
     @staticmethod
-    def _check_etag(target: Target, resp: httpx.Response) -> None:
+    def _check_etag(target: Target, resp: aiohttp.ClientResponse) -> None:
         if not target.etag:
             return
         got = resp.headers.get("etag")
@@ -222,9 +224,9 @@ class Upstream:
                 store=target.store, causes=[f"ETag {got} != {target.etag}"])
 
     @staticmethod
-    def _status_error(target: Target, resp: httpx.Response, body: bytes,
+    def _status_error(target: Target, resp: aiohttp.ClientResponse, body: bytes,
                       rng: str | None) -> StorageError:
-        st = resp.status_code
+        st = resp.status
         code = _S3_CODE.search(body)
         msg = _S3_MESSAGE.search(body)
         detail = [x.group(1).decode("utf-8", "replace") for x in (code, msg) if x]
@@ -255,17 +257,17 @@ class Upstream:
         clients = list(self._clients.values())
         self._clients.clear()
         for c in clients:
-            await c.aclose()
+            await c.close()
 
 
-async def _read_bounded(resp: httpx.Response, limit: int) -> bytes:
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """Read at most ``limit`` bytes of the body; stop early instead of buffering a huge object."""
     length = resp.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) <= limit:
-        return await resp.aread()
+        return await resp.read()
     parts: list[bytes] = []
     n = 0
-    async for part in resp.aiter_bytes():
+    async for part in resp.content.iter_any():
         parts.append(part)
         n += len(part)
         if n >= limit:
@@ -273,7 +275,7 @@ async def _read_bounded(resp: httpx.Response, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _total_size(resp: httpx.Response) -> int | None:
+def _total_size(resp: aiohttp.ClientResponse) -> int | None:
     m = _CONTENT_RANGE.search(resp.headers.get("content-range", ""))
     if m and m.group(3) != "*":
         return int(m.group(3))
