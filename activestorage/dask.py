@@ -615,14 +615,18 @@ def compute(*collections: Any, progress: bool | None = None, desc: str = "active
     from .progress import progress as make_bar, wanted
 
     futures = client.compute(list(collections), **kwargs)
-    watcher = None
-    if wanted(progress):
-        watcher = _watch_distributed(client, futures, make_bar(0, desc, progress, unit="task"))
+    if not wanted(progress):
+        return tuple(client.gather(futures))
+    bar = make_bar(0, desc, progress, unit="task")
+    watcher = _watch_distributed(client, futures, bar)
     try:
         return tuple(client.gather(futures))
     finally:
-        if watcher is not None and not watcher.done():
+        try:
+            watcher.result(timeout=2)  # the feed ends itself once the keys are done
+        except Exception:  # noqa: BLE001 - a progress bar never fails a computation
             watcher.cancel()
+        bar.close()
 
 
 def _watch_distributed(client: Any, futures: Sequence[Any], bar: Any) -> Any:

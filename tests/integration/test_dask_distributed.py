@@ -144,11 +144,33 @@ def test_worker_dying_midway_is_retried(client, multifile, tmp_path):
     client.wait_for_workers(2, timeout=60)
 
 
-def test_progress_on_distributed(client, multifile, capsys):
+class Recorder:
+    """A progress bar that remembers what it was told."""
+
+    def __init__(self):
+        self.total, self.n, self.closed = 0, 0, False
+
+    def set_total(self, total):
+        self.total = total
+
+    def update(self, n=1):
+        self.n += n
+
+    def close(self):
+        self.closed = True
+
+
+def test_progress_on_distributed(client, multifile):
     paths, x = multifile
     m = ad.mean(ad.regions(str(paths[0]), "tas"))
     got, = ad.compute(m, progress=True, desc="cluster mean")
     check(got, oracle(x[:6], "mean"), "mean")
+    # the scheduler feed drives the bar: every task of the graph counted, then closed
+    bar = Recorder()
+    fut = client.compute(ad.mean(ad.regions(str(paths[1]), "tas"), axis=0))
+    ad._watch_distributed(client, [fut], bar).result(timeout=60)
+    check(fut.result(), oracle(x[6:16], "mean", 0), "mean")
+    assert bar.closed and bar.total >= 16 and bar.n == bar.total
 
 
 # ------------------------------------------------------------------- through the server
