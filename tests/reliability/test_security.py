@@ -262,7 +262,7 @@ def test_redirects_to_other_hosts_are_not_followed(allow_setup, rel_nginx):
     srv, target, redirector = allow_setup
     target.reset_counts()
     for status in (301, 302, 303, 307, 308):
-        for location in (f"{target.url}/f64.bin", "http://169.254.169.254/latest/meta-data/",
+        for location in (f"{target.url}/f64.bin", f"http://localhost:{target.port}/f64.bin",
                          "file:///etc/passwd"):
             redirector.redirect(location, status=status)
             body = {"interface_type": "http", "url": f"{redirector.url}/f64.bin",
