@@ -597,6 +597,10 @@ def app_from_env() -> FastAPI:
     """Factory for multi-worker uvicorn: settings come from ``ACTIVESTORAGE_SERVER_SETTINGS``."""
     import os
 
+    from .serve import configure_logging
+
     text = os.environ.get("ACTIVESTORAGE_SERVER_SETTINGS")
-    return create_app(Settings.from_json(text) if text else Settings())
+    settings = Settings.from_json(text) if text else Settings()
+    configure_logging(settings.log_level)  # worker processes start with logging unconfigured
+    return create_app(settings)
 

@@ -12,13 +12,19 @@ from .settings import Settings, parse_args
 log = logging.getLogger("activestorage.server")
 
 
+def configure_logging(level_name: str) -> None:
+    """Plain-text log lines on stderr (the access log lines are JSON objects after the name)."""
+    level = level_name.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("activestorage").setLevel(level)
+    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get up to 10 s to finish (graceful)."""
     import uvicorn
 
-    level = settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("activestorage").setLevel(level)
+    configure_logging(settings.log_level)
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                   access_log=False, timeout_graceful_shutdown=10, server_header=False,
                   ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,

@@ -418,3 +418,14 @@ def test_graceful_shutdown(servers_dir):
     proc.stop()
     assert proc.proc.returncode in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown
     assert "Application shutdown complete" in proc.log_text()
+
+
+def test_multiple_workers_serve_and_log(env, servers_dir):
+    proc = start_active_server(servers_dir / "workers", "--workers", "2")
+    try:
+        for _ in range(4):
+            r = post(proc.url + "/v2/max", body(env))
+            assert np.frombuffer(cbor2.loads(r.content)["bytes"], "<f8")[0] == 9.0
+    finally:
+        proc.stop()
+    assert proc.log_text().count('"path": "/v2/max"') == 4
