@@ -778,31 +778,30 @@ def _open_kerchunk(doc: Mapping[str, Any], ncvar: str, where: str,
                                     f"{', '.join(sorted(names)) or 'none'}")
     meta = _json_ref(refs[prefix + ".zarray"], prefix + ".zarray", where)
     attrs = _json_ref(refs.get(prefix + ".zattrs", "{}"), prefix + ".zattrs", where)
-    whole: dict[str, str] = {}
+    from .zarr import _key_decoder, layout
 
-    def locate(key: str) -> Locator | None:
-        k = prefix + key
-        v = refs.get(k)
-        if v is None:
-            return None
+    decode = _key_decoder(meta, len(layout(meta, f"{where}: {name}")["shape"]))
+    whole: dict[str, str] = {}
+    objects: dict[str, Locator] = {}
+    for k, v in refs.items():
+        if not k.startswith(prefix) or decode(k[len(prefix):]) is None:
+            continue
         if isinstance(v, (str, bytes)):
             raise UnsupportedError(f"{where}: chunk {k} is inlined in the references; only "
                                    "chunks stored in objects ([url, offset, length]) can be reduced")
-        if not isinstance(v, list) or not v or not isinstance(v[0], str):
+        if not isinstance(v, list) or len(v) not in (1, 3) or not isinstance(v[0], str):
             raise FormatError(f"{where}: reference {k} must be [url] or [url, offset, length]")
-        url = v[0]
         if len(v) == 3:
             off, size = v[1], v[2]
             if not all(isinstance(x, int) and not isinstance(x, bool) for x in (off, size)) \
                     or off < 0 or size < 1:
                 raise FormatError(f"{where}: reference {k} has a bad offset/length {v[1:]}")
-            return Locator(url, off, size)
-        if len(v) == 1:
-            whole[k] = url
-            return Locator(url, 0, -1)  # size filled in below
-        raise FormatError(f"{where}: reference {k} must be [url] or [url, offset, length]")
+            objects[k[len(prefix):]] = Locator(v[0], off, size)
+        else:
+            whole[k] = v[0]
+            objects[k[len(prefix):]] = Locator(v[0], 0, -1)  # size filled in below
 
-    var = variable_from_metadata(meta, attrs, name, where, locate, fmt="kerchunk")
+    var = variable_from_metadata(meta, attrs, name, where, objects, fmt="kerchunk")
     if whole:  # [url] references need the objects' sizes
         ids = _identity(sorted(set(whole.values())), storage_options)
         var.chunks = {c: (Locator(loc.url, 0, int(ids[loc.url]["size"]),

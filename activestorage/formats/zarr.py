@@ -178,10 +178,13 @@ def layout(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
     """dtype, byte order, order, codecs, chunk shape, fill value and shard description of a Zarr
     array's metadata document (v2 ``.zarray`` or v3 ``zarr.json``)."""
     try:
-        if int(meta.get("zarr_format", 2)) == 3:
-            return _v3_layout(meta, where)
-        return _v2_layout(meta, where)
-    except (KeyError, TypeError, ValueError) as exc:
+        lay = _v3_layout(meta, where) if int(meta.get("zarr_format", 2)) == 3 else \
+            _v2_layout(meta, where)
+        lay["shape"] = tuple(int(n) for n in meta["shape"])
+        if len(lay["shape"]) != len(lay["chunk_shape"]) or min(lay["chunk_shape"], default=1) < 1:
+            raise ValueError("shape and chunks do not match")
+        return lay
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FormatError(f"{where}: zarr array metadata is malformed ({exc!r})") from exc
 
 
@@ -205,65 +208,66 @@ def missing_from_zarr(attrs: Mapping[str, Any], dtype: np.dtype, fill_value: Any
 
 
 def variable_from_metadata(meta: Mapping[str, Any], attrs: Mapping[str, Any], name: str,
-                           source: str, locate: Callable[[str], Locator | None], *,
+                           source: str, objects: Mapping[str, Locator], *,
                            read_range: Callable[[Locator, int, int], bytes] | None = None,
                            fmt: str | None = None) -> Variable:
-    """Build a :class:`Variable` from a Zarr array's metadata.
+    """Build a :class:`Variable` from a Zarr array's metadata and its stored objects.
 
-    ``locate(key)`` gives the locator of the object under chunk key ``key`` (relative to the
-    array), or None when it is absent. For a sharded array ``read_range(shard_locator, start,
-    stop)`` reads bytes of a shard (``start`` < 0 counts from the end) to get its index.
+    ``objects`` maps keys relative to the array (``"0.1"``, ``"c/0/1"``, ``".zattrs"``, ...) to
+    locators; keys that are not chunk keys of this array, or lie outside its grid, are ignored, so
+    the work is proportional to what is stored, not to the grid. For a sharded array
+    ``read_range(shard_locator, start, stop)`` reads bytes of a shard to get its index.
     """
     where = f"{source}: {name}"
     lay = layout(meta, where)
-    shape = tuple(int(n) for n in meta["shape"])
+    shape: tuple[int, ...] = lay["shape"]
     v3 = int(meta.get("zarr_format", 2)) == 3
     dtype: np.dtype = lay["dtype"]
     attrs = dict(attrs)
     if v3:
         dims = tuple(meta.get("dimension_names") or ())
-        dims = () if any(d is None for d in dims) else dims
+        dims = () if any(not isinstance(d, str) for d in dims) else dims
     else:
-        dims = tuple(attrs.get("_ARRAY_DIMENSIONS") or ())
+        dims = tuple(str(d) for d in attrs.get("_ARRAY_DIMENSIONS") or ())
     xarray_v2 = not v3 and "_ARRAY_DIMENSIONS" in attrs
     attrs.pop("_ARRAY_DIMENSIONS", None)
     fill = lay["fill_value"]
     missing = missing_from_zarr(attrs, dtype, fill, xarray_v2)
     if fill is None:
         fill = dtype.type(0)  # zarr reads never-written chunks of a fill_value=null array as 0
-    encode = _key_encoder(meta, len(shape))
+    decode = _key_decoder(meta, len(shape))
     chunk_shape: tuple[int, ...] = lay["chunk_shape"]
+    grid = _grid(shape, chunk_shape)
     chunks: dict[tuple[int, ...], Locator] = {}
     shard = lay["shard"]
+    outer = grid if shard is None else _grid(shape, shard["shape"])
+    stored = {}
+    for key, loc in objects.items():
+        coords = decode(key)
+        if coords is not None and all(c < n for c, n in zip(coords, outer)):
+            stored[coords] = loc
     if shard is None:
-        for coords in np.ndindex(*_grid(shape, chunk_shape)):
-            loc = locate(encode(coords))
-            if loc is not None:
-                chunks[tuple(int(i) for i in coords)] = loc
+        chunks.update(stored)
     else:
         if read_range is None:
             raise UnsupportedError(f"{where}: sharded arrays need a store to read shard indexes")
-        per = tuple(s // c for s, c in zip(shard["shape"], chunk_shape))
         if any(s % c for s, c in zip(shard["shape"], chunk_shape)):
             raise FormatError(f"{where}: shard shape {shard['shape']} is not a multiple of the "
                               f"chunk shape {chunk_shape}")
-        grid = _grid(shape, chunk_shape)
-        for scoords in np.ndindex(*_grid(shape, shard["shape"])):
-            sloc = locate(encode(scoords))
-            if sloc is None:
-                continue
+        per = tuple(s // c for s, c in zip(shard["shape"], chunk_shape))
+        for scoords, sloc in sorted(stored.items()):
             index = _read_shard_index(sloc, per, shard, read_range, where)
             for inner in np.ndindex(*per):
-                off, nbytes = index[inner]
+                off, nbytes = (int(x) for x in index[inner])
                 if off == _EMPTY and nbytes == _EMPTY:
                     continue
                 g = tuple(int(s * p + i) for s, p, i in zip(scoords, per, inner))
                 if any(x >= n for x, n in zip(g, grid)):
                     continue
-                if off + nbytes > sloc.size:
+                if nbytes < 1 or off + nbytes > sloc.size:
                     raise FormatError(f"{where}: shard {sloc.url} index points past its end "
                                       f"(chunk {g}: bytes {off}-{off + nbytes} of {sloc.size})")
-                chunks[g] = Locator(sloc.url, sloc.offset + int(off), int(nbytes),
+                chunks[g] = Locator(sloc.url, sloc.offset + off, nbytes,
                                     etag=sloc.etag, version_id=sloc.version_id)
     from .hdf5 import packing_from_attrs
 
@@ -280,19 +284,35 @@ def _grid(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
     return tuple(math.ceil(n / c) if c else 0 for n, c in zip(shape, chunks))
 
 
-def _key_encoder(meta: Mapping[str, Any], ndim: int) -> Callable[[tuple[int, ...]], str]:
-    """Chunk coordinates -> the chunk's key relative to the array."""
+def _key_decoder(meta: Mapping[str, Any], ndim: int) -> Callable[[str], tuple[int, ...] | None]:
+    """Chunk key (relative to the array) -> chunk coordinates, or None for other keys."""
+    prefix = ""
     if int(meta.get("zarr_format", 2)) == 3:
         enc = meta.get("chunk_key_encoding") or {"name": "default"}
         name = enc.get("name", "default")
+        if name not in ("default", "v2"):
+            raise UnsupportedError(f"chunk key encoding {name!r} is not supported")
         sep = (enc.get("configuration") or {}).get("separator", "/" if name == "default" else ".")
         if name == "default":
-            return lambda c: "c" + "".join(sep + str(i) for i in c) if c else "c"
-        if name == "v2":
-            return lambda c: sep.join(str(i) for i in c) if c else "0"
-        raise UnsupportedError(f"chunk key encoding {name!r} is not supported")
-    sep = meta.get("dimension_separator") or "."
-    return lambda c: sep.join(str(int(i)) for i in c) if c else "0"
+            prefix = "c"
+    else:
+        sep = meta.get("dimension_separator") or "."
+    if sep not in (".", "/"):
+        raise FormatError(f"chunk key separator {sep!r} must be '.' or '/'")
+    empty = prefix if prefix else "0"
+
+    def decode(key: str) -> tuple[int, ...] | None:
+        if ndim == 0:
+            return () if key == empty else None
+        if prefix:
+            if not key.startswith(prefix + sep):
+                return None
+            key = key[len(prefix) + len(sep):]
+        parts = key.split(sep)
+        if len(parts) != ndim or not all(p.isdigit() for p in parts):
+            return None
+        return tuple(int(p) for p in parts)
+    return decode
 
 
 def _read_shard_index(sloc: Locator, per: tuple[int, ...], shard: Mapping[str, Any],
@@ -420,13 +440,14 @@ def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] |
     except (OSError, FileNotFoundError) as exc:
         raise StorageError(f"{url}: cannot list {array_root}: {exc}", store=url) from exc
 
-    def locate(key: str) -> Locator | None:
-        info = listing.get(f"{array_root}/{key}")
-        if info is None or info.get("type", "file") != "file":
-            return None
+    objects = {}
+    for path, info in listing.items():
+        if info.get("type", "file") != "file" or not path.startswith(array_root + "/"):
+            continue
         etag = info.get("ETag") or info.get("etag")
-        return Locator(prefix + info["name"], 0, int(info["size"]),
-                       etag=etag.strip('"') if etag else None, version_id=info.get("VersionId"))
+        objects[path[len(array_root) + 1:]] = Locator(
+            prefix + path, 0, int(info["size"]), etag=etag.strip('"') if etag else None,
+            version_id=info.get("VersionId"))
 
     def read_range(loc: Locator, start: int, stop: int) -> bytes:
         path = loc.url[len(prefix):] if prefix else loc.url
@@ -438,7 +459,7 @@ def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] |
 
     meta = arr.metadata.to_dict()
     attrs = dict(meta.pop("attributes", None) or arr.attrs)
-    return variable_from_metadata(_jsonable(meta), attrs, ncvar, url, locate,
+    return variable_from_metadata(_jsonable(meta), attrs, ncvar, url, objects,
                                   read_range=read_range)
 
 

@@ -290,3 +290,37 @@ def test_chunk_key_encodings(tmp_path, fmt, encoding):
     var = open_zarr(str(tmp_path / "k.zarr"), "k")
     assert len(var.chunks) == 2 * 2 * 2
     np.testing.assert_array_equal(assemble(var).data, arr[...])
+
+
+def test_huge_sparse_grid_opens_in_time_proportional_to_stored_chunks(tmp_path):
+    """The chunk index comes from the listing, not from walking a 2**40-chunk grid."""
+    import time
+
+    arr = zarr.create_array(str(tmp_path / "h.zarr"), shape=(2**40,), chunks=(4,), dtype="i2",
+                            fill_value=0)
+    arr[8:16] = np.arange(1, 9, dtype="i2")
+    t0 = time.perf_counter()
+    var = open_zarr(str(tmp_path / "h.zarr"), "h")
+    assert time.perf_counter() - t0 < 5
+    assert sorted(var.chunks) == [(2,), (3,)] and var.grid == (2**38,)
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(["shape", "chunks", "dtype", "compressor", "filters", "fill_value",
+                            "order", "dimension_separator", "zarr_format"]),
+       value=st.none() | st.integers(-3, 2**64) | st.text(max_size=4)
+       | st.lists(st.integers(-2, 5), max_size=3) | st.dictionaries(st.text(max_size=3),
+                                                                   st.integers(), max_size=2))
+def test_damaged_zarr_metadata_in_references_raises_typed_errors(key, value):
+    from activestorage.errors import ActiveStorageError
+    from activestorage.formats.references import open_references
+
+    meta = {"zarr_format": 2, "shape": [4, 4], "chunks": [2, 2], "dtype": "<f4",
+            "compressor": None, "filters": None, "fill_value": 0, "order": "C"}
+    meta[key] = value
+    refs = {"v/.zarray": json.dumps(meta), "v/0.0": ["/nonexistent/x", 0, 16]}
+    try:
+        var = open_references({"version": 1, "refs": refs}, "v")
+    except ActiveStorageError:
+        return
+    assert var.chunk_shape and all(c >= 1 for c in var.chunk_shape)
