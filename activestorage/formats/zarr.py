@@ -18,6 +18,8 @@ No netCDF default fill values apply to Zarr.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import math
 import os
@@ -188,23 +190,42 @@ def layout(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise FormatError(f"{where}: zarr array metadata is malformed ({exc!r})") from exc
 
 
+def _xarray_fill(value: Any, dtype: np.dtype) -> Any:
+    """xarray writes a float ``_FillValue`` of a Zarr v3 array as base64 of its little-endian
+    bytes (``"AAAAAAAA+H8="`` is NaN); decode that, pass anything else through."""
+    if not isinstance(value, str) or dtype.kind != "f":
+        return value
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return value
+    if len(raw) not in (4, 8):
+        return value
+    return np.frombuffer(raw, "<f8" if len(raw) == 8 else "<f4")[0]
+
+
 def missing_from_zarr(attrs: Mapping[str, Any], dtype: np.dtype, fill_value: Any,
                       xarray_v2: bool) -> Missing:
-    """CF missing-data attributes (no netCDF default fill values) as a :class:`Missing`."""
+    """CF missing-data attributes as a :class:`Missing`, with netCDF4-python's rules for
+    ``_FillValue``, ``missing_value`` and valid ranges but no netCDF default fill values."""
     from .hdf5 import missing_from_attrs
 
     cf = dict(attrs)
-    if xarray_v2 and fill_value is not None and "_FillValue" not in cf:
-        cf["_FillValue"] = fill_value
     if "_FillValue" in cf:
-        return missing_from_attrs(cf, dtype, True)[0]
-    # missing_from_attrs would add the netCDF default fill value when _FillValue is absent, which
-    # Zarr readers never mask: stand in the first missing_value (already masked) for _FillValue.
-    if "missing_value" in cf:
-        cf["_FillValue"] = np.atleast_1d(cf["missing_value"])[0]
-        return missing_from_attrs(cf, dtype, True)[0]
-    rng = missing_from_attrs(cf, dtype, True)[0]
-    return Missing(values=(), valid_min=rng.valid_min, valid_max=rng.valid_max)
+        cf["_FillValue"] = _xarray_fill(cf["_FillValue"], dtype)
+    elif xarray_v2 and fill_value is not None:
+        cf["_FillValue"] = fill_value
+    missing, _ = missing_from_attrs(cf, dtype, True)
+    # keep only values the attributes declare (drop the netCDF default missing_from_attrs adds)
+    declared = set()
+    for key in ("_FillValue", "missing_value"):
+        for v in np.atleast_1d(np.asarray(cf.get(key, []), dtype=object)):
+            try:
+                declared.add(repr(dtype.type(v)))
+            except (TypeError, ValueError, OverflowError):
+                pass
+    return Missing(values=tuple(v for v in missing.values if repr(v) in declared),
+                   valid_min=missing.valid_min, valid_max=missing.valid_max)
 
 
 def variable_from_metadata(meta: Mapping[str, Any], attrs: Mapping[str, Any], name: str,

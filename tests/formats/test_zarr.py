@@ -324,3 +324,27 @@ def test_damaged_zarr_metadata_in_references_raises_typed_errors(key, value):
     except ActiveStorageError:
         return
     assert var.chunk_shape and all(c >= 1 for c in var.chunk_shape)
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_xarray_written_stores_mask_like_xarray(tmp_path, fmt):
+    """xarray keeps _FillValue in fill_value (v2) or as a base64 attribute (v3 floats): the
+    masked elements must be exactly the ones xarray decodes as NaN."""
+    xr = pytest.importorskip("xarray", reason="xarray is the oracle for xarray-written stores")
+    data = np.arange(24, dtype="f4").reshape(4, 6)
+    data[1, 2] = np.nan
+    ds = xr.Dataset({"tas": (("time", "x"), data),
+                     "cnt": (("time", "x"), np.arange(24, dtype="i2").reshape(4, 6))})
+    ds["tas"].encoding.update(_FillValue=-1.0, chunks=(2, 3))
+    ds["cnt"].encoding.update(_FillValue=np.int16(5), chunks=(2, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(str(tmp_path / "x.zarr"), mode="w", zarr_format=fmt, consolidated=fmt == 2)
+        back = xr.open_zarr(str(tmp_path / "x.zarr"))
+    for name in ("tas", "cnt"):
+        var = open_zarr(str(tmp_path / "x.zarr"), name)
+        got = assemble(var)
+        want = back[name].values.astype("f8")
+        np.testing.assert_array_equal(got.mask, np.isnan(want))
+        np.testing.assert_array_equal(got.compressed().astype("f8"), want[~np.isnan(want)])
+        assert var.dimensions == ("time", "x")
