@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -158,17 +159,35 @@ class FetchBackend(Backend):
         kind = url_kind(url)
         if kind == "file":
             data = self._read_file(url, start, end)
-        elif kind == "s3":
-            data = self._read_s3(url, start, end, etag, version_id)
-        else:
-            data = self._read_http(url, start, end, etag)
+            self._check_length(data, url, start, end)
+            self._account(bytes_read=len(data), requests=1)
+            return data
+        attempt = 0
+        while True:  # a body cut short is retried: range reads are idempotent
+            try:
+                if kind == "s3":
+                    data = self._read_s3(url, start, end, etag, version_id)
+                else:
+                    data = self._read_http(url, start, end, etag)
+                self._check_length(data, url, start, end)
+            except _Transient as exc:
+                self._account(requests=1)
+                if attempt >= self.retries:
+                    raise StorageError(str(exc), status=exc.status, store=url,
+                                       causes=exc.causes) from exc
+                attempt += 1
+                log.info("%s; retry %d/%d", exc, attempt, self.retries)
+                time.sleep(0.05 * 2 ** attempt)
+                continue
+            self._account(bytes_read=len(data), bytes_received=len(data), requests=1)
+            return data
+
+    @staticmethod
+    def _check_length(data: bytes, url: str, start: int, end: int) -> None:
         if len(data) != end - start:
-            raise StorageError(
+            raise _Transient(
                 f"short read from {url}: wanted bytes {start}-{end - 1}, got {len(data)} bytes "
-                "(object truncated or replaced?)", status=502, store=url)
-        self._account(bytes_read=len(data), bytes_received=len(data) if kind != "file" else 0,
-                      requests=1)
-        return data
+                "(body cut short, or the object was truncated or replaced)", status=502, store=url)
 
     def _read_file(self, url: str, start: int, end: int) -> bytes:
         path = local_path(url)
@@ -204,6 +223,9 @@ class FetchBackend(Backend):
             body = resp["Body"]
             try:
                 data = body.read()
+            except Exception as exc:  # noqa: BLE001 - reset/cut body: urllib3 or botocore types
+                raise _Transient(f"reading {url}: body cut short: {exc}", status=502, store=url,
+                                 causes=[f"{type(exc).__name__}: {exc}"]) from exc
             finally:
                 body.close()
         except ClientError as exc:
@@ -220,6 +242,7 @@ class FetchBackend(Backend):
 
     def _read_http(self, url: str, start: int, end: int, etag: str | None) -> bytes:
         import requests
+        import urllib3
 
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag:
@@ -239,11 +262,17 @@ class FetchBackend(Backend):
                 if etag and got and got != etag.strip('"'):
                     raise ObjectChangedError(f"object changed since manifest was written: {url}",
                                              status=409, store=url)
-                if resp.status_code == 206:
-                    return resp.raw.read(end - start + 1, decode_content=True)[: end - start]
-                # 200: the server ignored Range; read (bounded) up to the end of our range.
-                data = resp.raw.read(end, decode_content=True)
-                return data[start:end]
+                try:
+                    if resp.status_code == 206:
+                        return resp.raw.read(end - start + 1, decode_content=True)[: end - start]
+                    # 200: the server ignored Range; read (bounded) up to the end of our range.
+                    return resp.raw.read(end, decode_content=True)[start:end]
+                except urllib3.exceptions.ReadTimeoutError as exc:
+                    raise StorageError(f"reading {url} timed out after {self.timeout}s",
+                                       status=504, store=url, causes=[str(exc)]) from exc
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    raise _Transient(f"reading {url}: body cut short: {exc}", status=502,
+                                     store=url, causes=[f"{type(exc).__name__}: {exc}"]) from exc
         except requests.Timeout as exc:
             raise StorageError(f"reading {url} timed out after {self.timeout}s", status=504,
                                store=url, causes=[str(exc)]) from exc
@@ -303,6 +332,10 @@ class FetchBackend(Backend):
             http.close()
         if s3 is not None:
             s3.close()
+
+
+class _Transient(StorageError):
+    """A read that failed part-way (reset, body cut short): worth retrying."""
 
 
 def _quote_etag(etag: str) -> str:

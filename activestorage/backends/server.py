@@ -80,7 +80,9 @@ def post_with_retries(session: Any, url: str, *, data: bytes, headers: Mapping[s
     attempt = 0
     while True:
         try:
+            # verify= per call: requests would otherwise let REQUESTS_CA_BUNDLE override it
             resp = session.post(url, data=data, headers=dict(headers), timeout=timeout,
+                                verify=session.verify,
                                 **({"auth": auth} if auth is not None else {}))
             if on_attempt is not None:
                 on_attempt(len(resp.content))
@@ -102,6 +104,17 @@ def post_with_retries(session: Any, url: str, *, data: bytes, headers: Mapping[s
                 continue
             raise ServerError(f"cannot reach reduction server {url}: {_root_cause(exc)}",
                               status=None, url=url, body=None) from exc
+        except (requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError) as exc:
+            # the answer was cut short (reset, wrong Content-Length): retry, it is idempotent
+            if on_attempt is not None:
+                on_attempt(0)
+            if attempt < retries:
+                attempt += 1
+                _sleep(backoff, attempt, None)
+                continue
+            raise ServerError(f"reduction server {url} answer was cut short: {_root_cause(exc)}",
+                              status=502, url=url, body=None) from exc
         except requests.RequestException as exc:
             raise ServerError(f"request to reduction server {url} failed: {exc}", url=url) from exc
         if resp.status_code in RETRY_STATUSES and attempt < retries:
@@ -405,7 +418,7 @@ class ServerBackend(Backend):
 
         url = f"{self.url}/capabilities"
         try:
-            resp = self.session.get(url, timeout=self.timeout)
+            resp = self.session.get(url, timeout=self.timeout, verify=self.session.verify)
         except requests.RequestException as exc:
             raise ServerError(f"cannot reach reduction server {url}: {_root_cause(exc)}",
                               url=url) from exc
