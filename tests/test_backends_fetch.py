@@ -82,6 +82,7 @@ class FakeStore:
         self.etag = "v1"
         self.ignore_range = False
         self.truncate = False
+        self.cut_once = 0
         self.fail_first: list[int] = []
         self.gets = 0
         store = self
@@ -121,6 +122,14 @@ class FakeStore:
                 body = blob[a:b + 1]
                 if store.truncate:
                     body = body[:-1]
+                if store.cut_once:  # promise the full length, send half, hang up
+                    store.cut_once -= 1
+                    self.send_response(206)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                    return
                 self._send(206, body, Content_Range=f"bytes {a}-{a + len(body) - 1}/{len(blob)}")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
@@ -195,3 +204,17 @@ def test_http_errors_are_typed(store, tmp_path):
     with FetchBackend(env={}) as b, pytest.raises(StorageError) as ei:
         b.reduce_chunk(reqs[0].with_(url=str(tmp_path / "missing")), "sum")
     assert ei.value.status == 404
+
+
+def test_http_body_cut_short_is_retried(store, tmp_path):
+    blob, reqs = _http_reqs(store, tmp_path)
+    r = reqs[2]
+    store.cut_once = 2
+    with FetchBackend(env={}, retries=2) as b:
+        p = b.reduce_chunk(r, "sum")
+        assert b.stats.requests == 3
+    assert p.values == reduce_chunk(blob[r.offset:r.offset + r.size], r, "sum").values
+    store.cut_once = 5
+    with FetchBackend(env={}, retries=1) as b, pytest.raises(StorageError) as ei:
+        b.reduce_chunk(r, "sum")
+    assert ei.value.status == 502 and store.url in str(ei.value)

@@ -65,6 +65,14 @@ class FakeReductionist:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return True
+                if item == "cut":  # promise 100 bytes, send 3, hang up
+                    self.send_response(200)
+                    self.send_header("content-type", "application/cbor")
+                    self.send_header("content-length", "100")
+                    self.end_headers()
+                    self.wfile.write(b"\xa1ab")
+                    self.close_connection = True
+                    return True
                 self._send(*item)
                 return True
 
@@ -311,6 +319,18 @@ def test_retries_transient_statuses_then_succeeds(fake):
     with backend(fake, retries=4) as b:
         assert float(b.reduce_chunk(req, "max").values[0]) == 9.0
         assert b.stats.requests == 5  # every attempt is accounted
+
+
+def test_answer_cut_short_is_retried_then_typed(fake):
+    req = _req(fake)
+    fake.script += ["cut", "cut"]
+    with backend(fake, retries=2) as b:
+        assert float(b.reduce_chunk(req, "max").values[0]) == 9.0
+    fake.script += ["cut"] * 3
+    with backend(fake, retries=1) as b, pytest.raises(ServerError, match="cut short") as ei:
+        b.reduce_chunk(req, "max")
+    assert ei.value.status == 502 and ei.value.url.startswith(fake.url)
+    fake.script.clear()
 
 
 def test_retries_are_bounded(fake):
