@@ -53,6 +53,7 @@ import math
 import operator
 import os
 import sys
+from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -412,6 +413,8 @@ def concatenate(variables: Sequence[Variable], dim: str | int) -> Variable:
     if not 0 <= axis < first.ndim:
         raise FormatError(f"{first.name}: cannot concatenate along axis {dim} of a "
                           f"{first.ndim}-d variable")
+    variables = _align_contiguous(variables, axis)
+    first = variables[0]
     step = first.chunk_shape[axis]
     chunks: dict[tuple[int, ...], Locator] = {}
     length = 0
@@ -456,6 +459,35 @@ def concatenate(variables: Sequence[Variable], dim: str | int) -> Variable:
         missing=first.missing, fill_value=first.fill_value, scale_factor=first.scale_factor,
         add_offset=first.add_offset, attrs=dict(first.attrs), dimensions=first.dimensions,
         format=first.format)
+
+
+def _contiguous(v: Variable) -> bool:
+    """One uncompressed C-order chunk covering the whole variable: any row slab is a byte range."""
+    return (v.nchunks == 1 and len(v.chunks) == 1 and tuple(v.chunk_shape) == tuple(v.shape)
+            and v.compression is None and not v.filters and v.order == "C"
+            and not next(iter(v.chunks.values())).filters
+            and next(iter(v.chunks.values())).compression is None)
+
+
+def _align_contiguous(variables: Sequence[Variable], axis: int) -> list[Variable]:
+    """Contiguous parts of different lengths along axis 0 (netCDF-3 fixed variables, unchunked
+    netCDF-4) are re-chunked into equal slabs of ``gcd(lengths)`` rows so they concatenate."""
+    out = list(variables)
+    lengths = [v.shape[0] for v in out if v.ndim]
+    if (axis != 0 or len(out) < 2 or not all(v.ndim and _contiguous(v) for v in out)
+            or len({v.chunk_shape[0] for v in out}) == 1):
+        return out
+    rows = math.gcd(*lengths) or 1
+    for k, v in enumerate(out):
+        loc = next(iter(v.chunks.values()))
+        row_bytes = math.prod(v.shape[1:]) * v.dtype.itemsize
+        if loc.size != v.shape[0] * row_bytes:
+            return list(variables)  # not what it seems: leave it to the checks
+        chunks = {(i,) + (0,) * (v.ndim - 1): Locator(
+                      loc.url, loc.offset + i * rows * row_bytes, rows * row_bytes, loc.etag,
+                      loc.version_id) for i in range(v.shape[0] // rows)}
+        out[k] = replace(v, chunk_shape=(rows, *v.shape[1:]), chunks=chunks)
+    return out
 
 
 def _same(a: Any, b: Any) -> bool:

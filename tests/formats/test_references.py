@@ -380,3 +380,29 @@ def test_damaged_manifests_raise_typed_errors_only(manifest, data):
     except ActiveStorageError:
         return
     assert all(loc.size >= 1 and loc.offset >= 0 for loc in var.chunks.values())
+
+
+@pytest.mark.parametrize("fmt", ["NETCDF3_CLASSIC", "NETCDF4"])
+def test_concatenate_contiguous_files_of_different_lengths(tmp_path, fmt):
+    """Contiguous (unchunked, uncompressed) variables of 31, 28 and 31 rows: re-chunked into
+    row slabs so the months join into one variable."""
+    from activestorage import Active
+
+    parts, paths = [], []
+    for i, n in enumerate((31, 28, 31)):
+        data = np.arange(n * 5, dtype="f8").reshape(n, 5) + 1000 * i
+        p = tmp_path / f"m{i}.nc"
+        with netCDF4.Dataset(p, "w", format=fmt) as ds:
+            ds.createDimension("time", n)
+            ds.createDimension("x", 5)
+            kw = {"contiguous": True} if fmt == "NETCDF4" else {}
+            ds.createVariable("tas", "f8", ("time", "x"), **kw)[:] = data
+        parts.append(data)
+        paths.append(str(p))
+    doc = write_manifest(paths, ["tas"], None, concat_dim="time")
+    full = np.concatenate(parts)
+    var = open_references(doc, "tas")
+    assert var.shape == (90, 5) and var.chunk_shape == (1, 5)
+    np.testing.assert_array_equal(assemble(var).data, full)
+    with Active(doc, "tas") as a:
+        assert a.sum[...] == full.sum() and a.min[29:33] == full[29:33].min()
