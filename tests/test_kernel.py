@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -283,9 +283,20 @@ def arrays_for(draw, dtype: np.dtype, shape: tuple[int, ...], attrs: dict) -> np
 
 @st.composite
 def slices_for(draw, n: int) -> tuple:
-    bound = st.one_of(st.none(), st.integers(-n - 1, n))
+    """Python slice arguments for a dimension of ``n``: mostly non-empty, any spelling."""
+    if not draw(st.integers(0, 4)):  # anything a Python slice accepts within [-n-1, n]
+        bound = st.one_of(st.none(), st.integers(-n - 1, n))
+        return draw(bound), draw(bound), draw(st.sampled_from([1, 2, 3, -1, -2, -3]))
+    i = draw(st.integers(0, n - 1))
+    j = draw(st.integers(i + 1, n))
     step = draw(st.sampled_from([1, 1, 2, 3, -1, -2, -3]))
-    return draw(bound), draw(bound), step
+    start, stop = (i, j) if step > 0 else (j - 1, i - 1 if i else None)
+    if draw(st.booleans()):  # negative-index spelling of the same ends
+        start -= n
+        stop = stop - n if stop is not None and stop < n else stop
+    if draw(st.integers(0, 3)) == 0:
+        start = None if start in (0, -n) and step > 0 else start
+    return start, stop, step
 
 
 @st.composite
@@ -328,6 +339,10 @@ def selected(case):
         sl = tuple(slice(*s) for s in case["sel"])
         x, mask = x[sl], mask[sl]
     axis = tuple(range(x.ndim)) if case["axis"] is None else case["axis"]
+    # what the examples covered (pytest --hypothesis-show-statistics)
+    event("empty selection" if x.size == 0 else "all missing" if mask.all()
+          else "some missing" if mask.any() else "none missing")
+    event(f"codec {case['codec'][0]} {[f['id'] + ('+outer' * bool(f.get('outer'))) for f in case['codec'][1]]}"[:40])
     return x, mask, axis
 
 
@@ -402,6 +417,26 @@ def test_nc_mask_oracle_is_netcdf4(tmp_path_factory, dtype, data):
 
 
 # --------------------------------------------------------------------- specific cases
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("byte_order,order", [("little", "C"), ("big", "F")])
+def test_whole_chunk_reductions_match_numpy(dtype, byte_order, order):
+    """Realistic chunk sizes (the fast path: no selection, nothing missing, every axis)."""
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(3)
+    if dt.kind == "f":
+        x = rng.standard_normal((64, 256)).astype(dt)
+    else:
+        info = np.iinfo(dt)
+        x = rng.integers(info.min, info.max, (64, 256), dtype=dt, endpoint=True)
+    raw = encode(x, byte_order, order, None, ())
+    for missing in (None, Missing()):
+        req = make_request(dt, x.shape, byte_order=byte_order, order=order, missing=missing)
+        for op in ("count", "min", "max", "sum"):
+            check(reduce_chunk(raw, req, op), x, np.zeros(x.shape, bool), (0, 1), op)
+        check(reduce_chunk(raw, req.with_(axis=(0, 1)), "sum"), x, np.zeros(x.shape, bool),
+              (0, 1), "sum")
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_all_missing_gives_count_zero(dtype):
