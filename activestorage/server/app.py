@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from .. import __version__
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
@@ -574,6 +575,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_api_route(other, fn, methods=["POST"], include_in_schema=False,
                           response_class=Response)
 
+    # The hot paths skip FastAPI's per-request dependency solving (~15% of a 64 KiB request's
+    # CPU): plain Starlette routes placed first answer them; the FastAPI routes above remain for
+    # the OpenAPI document and are never reached.
+    fast = []
+    for path, fn in (("/v1/{operation}/", v1), ("/v1/{operation}", v1), ("/v2/{operation}", v2),
+                     ("/v2/{operation}/", v2), ("/v2/batch/{operation}", batch),
+                     ("/v2/batch/{operation}/", batch)):
+        fast.append(Route(path, _plain(fn), methods=["POST"], include_in_schema=False))
+    app.router.routes[:0] = fast
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """Liveness: the process serves requests."""
@@ -591,6 +602,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(FrontDoor, server=server)
     return app
+
+
+def _plain(fn: Any) -> Any:
+    """A Starlette endpoint calling ``fn(operation, request)``."""
+    async def endpoint(request: Request) -> Response:
+        return await fn(request.path_params["operation"], request)
+    return endpoint
 
 
 def app_from_env() -> FastAPI:
