@@ -87,13 +87,13 @@ def thread_pool_mean(urls: list[str], so: dict[str, Any], server: str, threads: 
 
 
 def dask_mean(client: Any, urls: list[str], so: dict[str, Any], server: Any,
-              chunks: str) -> float:
+              chunks: str, threads: int) -> float:
     import dask.array as da
 
     from activestorage import dask as ad
 
     r = da.concatenate([ad.regions(u, "v", storage_options=so, active_storage_url=server,
-                                   chunks=chunks) for u in urls], axis=0)
+                                   chunks=chunks, max_threads=threads) for u in urls], axis=0)
     return float(client.compute(ad.mean(r), sync=True))
 
 
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=8, help="number of files/objects (default 8)")
     p.add_argument("--chunk-mb", type=float, default=4, help="storage chunk size (default 4)")
     p.add_argument("--threads", type=int, default=8, help="Active client threads (default 8)")
+    p.add_argument("--task-threads", type=int, default=2,
+                   help="Active threads inside each Dask task (default 2: 2 workers x 2 threads "
+                        "x 2 = 8 requests in flight, as the thread pool)")
     p.add_argument("--blocks", choices=["storage", "auto"], default="auto",
                    help="Dask blocks: one per storage chunk, or 'auto' (multiples, ~128 MiB)")
     p.add_argument("--repeat", type=int, default=2, help="runs per method; the best is kept")
@@ -165,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                                       dashboard_address=None, silence_logs=40) as cluster, \
                 distributed.Client(cluster) as client:
             run("Dask LocalCluster(2 workers), 1 server", dask_mean, client, urls, so, s1.url,
-                args.blocks)
+                args.blocks, args.task_threads)
             run("Dask LocalCluster(2 workers), 2 servers", dask_mean, client, urls, so,
-                [s1.url, s2.url], args.blocks)
+                [s1.url, s2.url], args.blocks, args.task_threads)
         base = rows[0]["seconds"]
         print("scaling ratio (thread-pool seconds / method seconds): " + ", ".join(
             f"{r['method']}: {base / r['seconds']:.2f}x" for r in rows[1:]))
