@@ -325,10 +325,13 @@ class Server:
                 items.append(prepare(b, op, "v2", auth, self.settings))
             except ActiveStorageError as exc:
                 raise at_item(exc, i) from None
-        total = sum(it.cost for it in items)
+        jobs = self._plan(items)
+        # what this batch holds at once: every fetched range (gaps included) + decoded arrays
+        total = sum(size if size is not None else items[run[0]].max_raw
+                    for run, _t, _o, size in jobs) + sum(it.req.nbytes for it in items)
         async with self.budget.reserve(total):
             self.metrics.in_flight.set(self.budget.used)
-            raws = await self._fetch_coalesced(items)
+            raws = await self._fetch(items, jobs)
             n = max(1, min(self.settings.kernel_threads, len(items)))
             pairs = [(i, raws[i], it) for i, it in enumerate(items)]
             loop = asyncio.get_running_loop()
@@ -344,10 +347,10 @@ class Server:
                 results[i] = m
         return Response(cbor2.dumps({"results": results}), media_type="application/cbor")
 
-    async def _fetch_coalesced(self, items: list[Item]) -> list[bytes]:
-        """Fetch every item's range; neighbouring ranges of one object share one GET."""
+    def _plan(self, items: list[Item]) -> list[tuple[list[int], Target, int, int | None]]:
+        """GETs to make: (item indices, object, start, size); ranges of one object that are
+        adjacent or within ``coalesce_gap_bytes`` share one GET of at most ``coalesce_max_bytes``."""
         s = self.settings
-        raws: list[bytes] = [b""] * len(items)
         groups: dict[tuple[Any, ...], list[int]] = {}
         jobs: list[tuple[list[int], Target, int, int | None]] = []
         for i, it in enumerate(items):
@@ -362,7 +365,8 @@ class Server:
             for i in idx:
                 o = items[i].req.offset
                 e = o + (items[i].read_size or 0)
-                if run and o <= end + s.coalesce_gap_bytes and max(e, end) - start <= s.coalesce_max_bytes:
+                if (run and o <= end + s.coalesce_gap_bytes
+                        and max(e, end) - start <= s.coalesce_max_bytes):
                     run.append(i)
                     end = max(end, e)
                     continue
@@ -371,6 +375,12 @@ class Server:
                 run, start, end = [i], o, e
             if run:
                 jobs.append((run, target, start, end - start))
+        return jobs
+
+    async def _fetch(self, items: list[Item],
+                     jobs: list[tuple[list[int], Target, int, int | None]]) -> list[Any]:
+        """Run the planned GETs concurrently (bounded by the upstream semaphore); bytes per item."""
+        raws: list[Any] = [b""] * len(items)
 
         async def each(run: list[int]) -> None:
             for i in sorted(run):
