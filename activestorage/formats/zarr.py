@@ -389,8 +389,68 @@ def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[An
     if kind == "s3":
         fs = s3_filesystem(resolve_s3_options(storage_options))
         return fs, url.split("://", 1)[1].rstrip("/"), "s3://"
-    raise UnsupportedError(f"{url}: Zarr stores must be local or s3:// (an HTTP store cannot be "
-                           "listed to find which chunks exist)")
+    import fsspec
+
+    http_kwargs = dict(storage_options or {})
+    client_kwargs = dict(http_kwargs.pop("client_kwargs", None) or {})
+    client_kwargs.setdefault("timeout", _http_timeout(HTTP_TIMEOUT))
+    fs = fsspec.filesystem("http", client_kwargs=client_kwargs, **http_kwargs)
+    return fs, url, kind  # an HTTP "path" is the URL itself
+
+
+#: an HTTP store cannot be listed: every possible chunk object is probed with a HEAD request, in
+#: parallel, up to this many (write a manifest from a listable copy for bigger arrays).
+MAX_HTTP_PROBES = int(os.environ.get("ACTIVESTORAGE_MAX_HTTP_PROBES", 100_000))
+HTTP_TIMEOUT = 30.0
+
+
+def _http_timeout(seconds: float) -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
+
+
+def _probe_http(fs: Any, array_root: str, keys: list[str], where: str) -> dict[str, Locator]:
+    """HEAD each candidate chunk object of an HTTP store; absent ones (404) are skipped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(keys) > MAX_HTTP_PROBES:
+        raise UnsupportedError(
+            f"{where}: an HTTP Zarr store cannot be listed and this array has {len(keys)} possible "
+            f"chunk objects (limit {MAX_HTTP_PROBES}, ACTIVESTORAGE_MAX_HTTP_PROBES); write a "
+            "manifest from a listable copy (local or S3) instead")
+
+    def head(key: str) -> tuple[str, Locator | None]:
+        url = f"{array_root}/{key}"
+        try:
+            info = fs.info(url)
+        except FileNotFoundError:
+            return key, None
+        except Exception as exc:  # noqa: BLE001 - name the object
+            raise StorageError(f"{where}: cannot read {url}: {exc}", store=url) from exc
+        etag = info.get("ETag") or info.get("etag")
+        if etag and etag.startswith("W/"):
+            etag = None  # a weak ETag cannot pin byte ranges
+        return key, Locator(url, 0, int(info["size"]), etag=etag.strip('"') if etag else None)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {k: loc for k, loc in pool.map(head, keys) if loc is not None}
+
+
+def _chunk_keys(meta: Mapping[str, Any], grid: Sequence[int]) -> list[str]:
+    """Every possible chunk key (relative to the array) of a (shard) grid."""
+    if int(meta.get("zarr_format", 2)) == 3:
+        enc = meta.get("chunk_key_encoding") or {"name": "default"}
+        default = enc.get("name", "default") == "default"
+        sep = (enc.get("configuration") or {}).get("separator", "/" if default else ".")
+        pre = "c" if default else ""
+    else:
+        sep, pre, default = meta.get("dimension_separator") or ".", "", False
+    keys = []
+    for c in np.ndindex(*grid):
+        body = sep.join(str(int(i)) for i in c)
+        keys.append((pre + sep + body if body else pre) if default else (body or "0"))
+    return keys
 
 
 def _zarr_store(fs: Any, root: str, prefix: str) -> Any:
@@ -456,12 +516,21 @@ def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] |
             raise VariableNotFoundError(f"{url} has no array {ncvar!r}; arrays: {names}")
         apath = ncvar.strip("/")
     array_root = f"{root}/{apath}" if apath else root
-    try:
-        listing = fs.find(array_root, detail=True)
-    except (OSError, FileNotFoundError) as exc:
-        raise StorageError(f"{url}: cannot list {array_root}: {exc}", store=url) from exc
-
-    objects = {}
+    meta = _jsonable(arr.metadata.to_dict())
+    attrs = dict(meta.pop("attributes", None) or arr.attrs)
+    if prefix in ("http", "https"):
+        lay = layout(meta, f"{url}: {ncvar}")
+        outer = lay["chunk_shape"] if lay["shard"] is None else lay["shard"]["shape"]
+        objects = _probe_http(fs, array_root, _chunk_keys(meta, _grid(lay["shape"], outer)),
+                              f"{url}: {ncvar}")
+        prefix = ""
+        listing: dict[str, Any] = {}
+    else:
+        try:
+            listing = fs.find(array_root, detail=True)
+        except (OSError, FileNotFoundError) as exc:
+            raise StorageError(f"{url}: cannot list {array_root}: {exc}", store=url) from exc
+        objects = {}
     for path, info in listing.items():
         if info.get("type", "file") != "file" or not path.startswith(array_root + "/"):
             continue
@@ -478,10 +547,7 @@ def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] |
             raise StorageError(f"cannot read the shard index of {loc.url}: {exc}",
                                store=loc.url) from exc
 
-    meta = arr.metadata.to_dict()
-    attrs = dict(meta.pop("attributes", None) or arr.attrs)
-    return variable_from_metadata(_jsonable(meta), attrs, ncvar, url, objects,
-                                  read_range=read_range)
+    return variable_from_metadata(meta, attrs, ncvar, url, objects, read_range=read_range)
 
 
 def _jsonable(meta: Any) -> Any:

@@ -270,3 +270,22 @@ def test_manifest_cli_globs_s3_files_and_writes_to_s3(datasets, s3, moto_server,
     with Active(out, "tas", storage_options=so, backend="fetch") as a:
         assert a.shape == full.shape
         assert a.sum[...] == full.sum() and a.max[3:9] == full[3:9].max()
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_zarr_over_http_probes_chunk_objects(nginx_server, fmt):
+    """An HTTP store cannot be listed: chunk objects are found with HEAD requests; absent ones
+    read as the fill value; sharded arrays read their shard indexes with range GETs."""
+    docroot = nginx_server.extra["docroot"]
+    kw = {"shards": (4, 6)} if fmt == 3 else {}
+    a = zarr.create_array(str(docroot / f"h{fmt}.zarr"), shape=(10, 6), chunks=(2, 3),
+                          dtype="i4", zarr_format=fmt, fill_value=-1, **kw)
+    a.attrs["_FillValue"] = -1
+    a[:6] = np.arange(36, dtype="i4").reshape(6, 6)
+    want = np.ma.masked_equal(a[...], -1)
+    url = f"{nginx_server.url}/h{fmt}.zarr"
+    var = open_zarr(url, f"h{fmt}")
+    assert len(var.chunks) == 6 and all(loc.url.startswith("http://") for loc in var.chunks.values())
+    with Active(url, f"h{fmt}", backend="fetch") as x:
+        for op in OPS:
+            check(getattr(x, op)[...], want, op)
