@@ -43,7 +43,8 @@ class CallStats:
     """A read-only record of one call's work.
 
     ``bytes_without_active`` is what a client would have had to move to compute the same answer
-    itself: the stored (possibly compressed) bytes of every chunk touched.
+    itself: the stored (possibly compressed) bytes of every chunk touched. ``seconds`` is the
+    reduction's time; ``metadata_*`` is what opening the dataset cost (once per ``Active``).
     """
 
     operation: str
@@ -55,6 +56,8 @@ class CallStats:
     requests: int = 0
     seconds: float = 0.0
     metadata_seconds: float = 0.0
+    metadata_bytes: int = 0
+    metadata_requests: int = 0
     backend: str = ""
 
     @property
@@ -268,6 +271,7 @@ class Active:
             bytes_received=after.bytes_received - before.bytes_received,
             bytes_without_active=touched_bytes, requests=after.requests - before.requests,
             seconds=time.perf_counter() - t0, metadata_seconds=self._metadata_seconds,
+            metadata_bytes=var.metadata_bytes, metadata_requests=var.metadata_requests,
             backend=self._backend.name)
         if components and isinstance(result, dict) and operation in ("min", "max") \
                 and kop != operation:

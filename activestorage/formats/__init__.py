@@ -128,7 +128,12 @@ def _open_remote(url: str, ncvar: str | None, storage_options: dict[str, Any] | 
         if kind == "hdf5":
             from .hdf5 import open_hdf5
 
-            return open_hdf5(f, ncvar, url=url)
+            var = open_hdf5(f, ncvar, url=url)
+            stats = getattr(f, "stats", None)
+            if stats is not None:
+                var.metadata_bytes = stats.bytes_read
+                var.metadata_requests = stats.requests
+            return var
     if kind == "netcdf3":
         from .netcdf3 import open_netcdf3
 

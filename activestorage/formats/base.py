@@ -63,6 +63,9 @@ class Variable:
     attrs: dict[str, Any] = field(default_factory=dict)
     dimensions: tuple[str, ...] = ()
     format: str = ""
+    #: what reading this metadata cost the store (remote datasets): bytes and requests
+    metadata_bytes: int = 0
+    metadata_requests: int = 0
 
     @property
     def ndim(self) -> int:

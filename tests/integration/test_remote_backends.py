@@ -291,6 +291,11 @@ def test_metadata_read_is_cheap(files, s3_files, moto):
             assert f.etag
             assert 1 <= f.stats.requests <= 4, f.stats
             print(f"metadata of {name} ({f.size} bytes): {f.stats}")
+        url, var = s3_files[name], files[name][1]
+        with Active(url, var, storage_options=storage_options(moto), backend="fetch") as a:
+            a.max[...]
+            assert 1 <= a.stats.metadata_requests <= 4
+            assert 0 < a.stats.metadata_bytes <= f.size
 
 
 def test_wrong_secret_is_refused_end_to_end(files, s3_files, server, moto):
