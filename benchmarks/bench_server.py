@@ -15,6 +15,7 @@ printing req/s, MiB/s and latency percentiles. ``--quick`` runs a short version 
 from __future__ import annotations
 
 import argparse
+import base64
 import asyncio
 import json
 import os
@@ -73,6 +74,26 @@ async def _one(make: Callable[[Any], Any], session: Any) -> None:
         await resp.read()
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User+system CPU of ``pid`` and its direct children (uvicorn workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def one(p: int) -> tuple[int, float]:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return -1, 0.0
+        return int(f[1]), (int(f[11]) + int(f[12])) / tick
+
+    total = one(pid)[1]
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != pid:
+            ppid, cpu = one(int(d.name))
+            if ppid == pid:
+                total += cpu
+    return total
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few requests (a smoke run)")
@@ -105,9 +126,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (www / f"{name}.bin").write_bytes(data)
             s3.put_object(Bucket="bench", Key=f"{name}.bin", Body=data, ACL="public-read")
 
-        import aiohttp
-
-        auth_hdr = {"Authorization": aiohttp.BasicAuth(S3_KEY, S3_SECRET).encode()}
+        token = base64.b64encode(f"{S3_KEY}:{S3_SECRET}".encode()).decode()
+        auth_hdr = {"Authorization": f"Basic {token}"}
         rows: list[dict[str, Any]] = []
         for name, size in ((k, SIZES[k]) for k in args.sizes):
             rng_hdr = {"Range": f"bytes=0-{size - 1}"}
@@ -131,13 +151,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     n = (3000 if small else 300) if "nginx" in label else (600 if small else 120)
                     if args.quick:
                         n = max(conc, n // 20)
+                    cpu0 = process_cpu_seconds(srv.pid)
                     res = asyncio.run(load(make, n, conc))
+                    cpu = (process_cpu_seconds(srv.pid) - cpu0) / (n + conc)  # + warm-up
                     row = {"target": label, "size": name, "concurrency": conc, **res,
                            "MiB/s": res["rps"] * size / 2**20}
+                    extra = ""
+                    if label.startswith("server"):
+                        row["server_cpu_ms"] = 1000 * cpu
+                        extra = f"  server CPU {1000 * cpu:.2f} ms/req"
                     rows.append(row)
                     print(f"{name:>6} c={conc:<3} {label:<20} n={n:<5} {res['rps']:8.0f} req/s "
                           f"{row['MiB/s']:8.0f} MiB/s  p50 {res['p50']:7.2f}  p90 {res['p90']:7.2f}"
-                          f"  p99 {res['p99']:7.2f} ms  errors {res['errors']}", flush=True)
+                          f"  p99 {res['p99']:7.2f} ms  errors {res['errors']}{extra}", flush=True)
         summary = _summary(rows)
         for line in summary["lines"]:
             print(line)
@@ -152,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by = {(r["target"], r["size"], r["concurrency"]): r for r in rows}
-    lines = []
+    lines = [f"machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+             "(other processes share these cores; compare rows of the same run)"]
     for (target, size, conc), r in sorted(by.items()):
         if not target.startswith("server"):
             continue
