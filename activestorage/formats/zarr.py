@@ -516,8 +516,9 @@ def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] |
             raise VariableNotFoundError(f"{url} has no array {ncvar!r}; arrays: {names}")
         apath = ncvar.strip("/")
     array_root = f"{root}/{apath}" if apath else root
-    meta = _jsonable(arr.metadata.to_dict())
-    attrs = dict(meta.pop("attributes", None) or arr.attrs)
+    raw_meta = dict(arr.metadata.to_dict())
+    attrs = dict(raw_meta.pop("attributes", None) or arr.attrs)  # values as zarr parsed them
+    meta = _jsonable(raw_meta)
     if prefix in ("http", "https"):
         lay = layout(meta, f"{url}: {ncvar}")
         outer = lay["chunk_shape"] if lay["shard"] is None else lay["shard"]["shape"]
