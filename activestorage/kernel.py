@@ -270,8 +270,11 @@ def _unshuffle(buf: Any, element_size: int) -> Any:
     a = np.frombuffer(buf, np.uint8)
     whole = n * element_size
     out = np.empty(a.size, np.uint8)
-    # numpy's strided copy releases the GIL, so decoding threads run in parallel.
-    np.copyto(out[:whole].reshape(n, element_size), a[:whole].reshape(element_size, n).T)
+    elements = out[:whole].reshape(n, element_size)
+    # One contiguous plane per byte position: ~10x faster than one transposing copy, and
+    # numpy releases the GIL for each, so decoding threads run in parallel.
+    for k in range(element_size):
+        elements[:, k] = a[k * n:(k + 1) * n]
     if whole < a.size:
         out[whole:] = a[whole:]
     return out
@@ -354,8 +357,10 @@ def _as_dtype(v: Any, dtype: np.dtype) -> Any:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             a = np.asarray(v)
-            if a.shape != () or a.dtype.kind not in "iuf":
+            if a.shape != () or a.dtype.kind not in "biuf":
                 return None
+            if a.dtype.kind == "b":  # True == 1, as in the lru_cache key
+                a = np.asarray(int(a))
             if dtype.kind in "iu":
                 if a.dtype.kind == "f":
                     if not np.isfinite(a) or a != np.floor(a):
@@ -458,12 +463,13 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     if operation == "select":
         counts = (np.ones(x.shape, np.int64) if bad is None
                   else np.logical_not(bad).astype(np.int64))
-        return Partial(np.ascontiguousarray(x), counts)
+        # a copy: x may be a view of the caller's (possibly reused or memory-mapped) buffer
+        return Partial(np.array(x, order="C"), counts)
 
     out_shape = tuple(1 if i in axis else n for i, n in enumerate(x.shape))
     if bad is None:
         valid = None
-        counts = np.full(out_shape, math.prod(x.shape[i] for i in axis), np.int64)
+        counts = _filled(out_shape, math.prod(x.shape[i] for i in axis), _INT64)
     else:
         valid = np.logical_not(bad)
         counts = np.count_nonzero(valid, axis=axis, keepdims=True).astype(np.int64, copy=False)

@@ -489,6 +489,13 @@ def test_missing_values_that_fit_no_element_are_ignored():
     np.testing.assert_array_equal(missing_mask(x, m), [False, True, False, False])
     many = Missing(values=tuple(range(2, 40)) + (127,))
     np.testing.assert_array_equal(missing_mask(x, many), [False, False, True, False])
+    # a bound that fits no int8 is ignored (netCDF4-python ignores such attributes too)
+    assert missing_mask(x, Missing(valid_min=-1000, valid_max=1000)) is None
+    assert missing_mask(x, Missing(values=(True,))).tolist() == [False, True, False, False]
+    f = np.array([1e38, np.inf, 0.1], np.float32)
+    assert missing_mask(f, Missing(values=(1e39,))) is None  # would overflow to inf: ignored
+    assert missing_mask(f, Missing(values=(0.1,))).tolist() == [False, False, True]
+    assert missing_mask(f, Missing(valid_max=1e300)) is None  # as netCDF4-python: ignored
 
 
 def test_nan_is_missing_only_when_declared():
@@ -797,6 +804,13 @@ def test_fuzz_only_activestorage_errors_escape(req, junk, op, data):
     except ActiveStorageError:
         return
     assert isinstance(p, Partial)
+
+
+def test_select_does_not_alias_the_input_buffer():
+    buf = bytearray(np.arange(6, dtype=np.float64).tobytes())
+    p = reduce_chunk(buf, make_request(np.float64, (6,)), "select")
+    buf[:8] = np.float64(99).tobytes()
+    assert p.values[0] == 0 and p.values.flags.writeable
 
 
 def test_decode_returns_native_order_and_is_zero_copy_when_possible():
