@@ -651,6 +651,7 @@ def _watch_distributed(client: Any, futures: Sequence[Any], bar: Any) -> Any:
     return asyncio.run_coroutine_threadsafe(watcher.listen(), loop)
 
 
+# min, max and sum are left out of __all__: a star import must not shadow the builtins.
 __all__ = ["Region", "Source", "ProgressCallback", "active_for", "clear_cache",
-           "combine_components", "compute", "count", "finalize", "max", "mean", "min", "reduce",
-           "regions", "result_dtype", "sum", "to_dask"]
+           "combine_components", "compute", "count", "finalize", "mean", "reduce", "regions",
+           "result_dtype", "to_dask"]

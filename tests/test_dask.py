@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import pickle
-from functools import partial
 from pathlib import Path
 
 import dask
