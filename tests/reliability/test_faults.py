@@ -239,10 +239,6 @@ def test_server_backend_retries_transient_faults(fault, server_proxy, store):
         assert server_proxy.requests == 3, server_proxy.outcomes
 
 
-@pytest.mark.xfail(strict=True, reason="client bug: ServerBackend (post_with_retries) does not "
-                   "retry a response cut short (requests' ChunkedEncodingError/ContentDecodingError"
-                   " are RequestExceptions, not ConnectionErrors), so one answer reset or cut short "
-                   "fails an idempotent reduction that a retry would complete")
 @pytest.mark.parametrize("fault", ["reset", "truncate", "long_length"])
 def test_server_backend_retries_truncated_answers(fault, server_proxy, store):
     req = _chunk_request(store)
@@ -326,9 +322,6 @@ def test_fetch_backend_s3_retries_503(proxies, store):
     assert int(p.values.reshape(-1)[0]) == int(big[:4096].sum(dtype=np.int64))
 
 
-@pytest.mark.xfail(strict=True, reason="client bug: FetchBackend does not retry a body cut short "
-                   "(reset/truncated mid-body): urllib3's Retry covers connect and status only, and "
-                   "read_range raises 'short read' at once, so one transient fault fails the read")
 @pytest.mark.parametrize("fault", ["reset", "truncate"])
 def test_fetch_backend_retries_cut_bodies(fault, proxies, store):
     proxy = proxies["http"]
@@ -340,14 +333,8 @@ def test_fetch_backend_retries_cut_bodies(fault, proxies, store):
     assert int(p.counts.reshape(-1)[0]) == 4096
 
 
-CUT_BODIES = ["truncate", "reset", "long_length"]
-UNTYPED = pytest.mark.xfail(strict=True, reason="client bug: FetchBackend._read_http lets urllib3's "
-                            "ProtocolError (body cut by a reset or a short Content-Length) escape "
-                            "untyped instead of a StorageError(status=502) naming the store")
-
-
-@pytest.mark.parametrize("fault", ["status503", "refuse", "stall", "short_length"] +
-                         [pytest.param(f, marks=UNTYPED) for f in CUT_BODIES])
+@pytest.mark.parametrize("fault", ["status503", "refuse", "stall", "short_length", "truncate",
+                                   "reset", "long_length"])
 def test_fetch_backend_gives_up_typed_never_wrong(fault, proxies, store):
     proxy = proxies["http"]
     req = make_request("int16", (4096,), offset=0, size=8192, url=f"{proxy.url}/big.bin")

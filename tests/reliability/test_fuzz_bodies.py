@@ -342,9 +342,10 @@ def test_deeply_nested_json_is_a_400(srv, depth):
     check_answer(r, context=depth)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a url with control characters (NUL, CR/LF) "
-                   "passes check_allowed and makes httpx raise InvalidURL, which upstream.read "
-                   "does not map -> 500 instead of 400 naming 'url'")
+@pytest.mark.xfail(strict=True, reason="server bug: a url with control characters passes "
+                   "check_allowed; NUL makes the HTTP client raise ValueError -> 500, CR/LF is "
+                   "silently stripped and the mangled path is fetched -> 502; both should be a 400 "
+                   "naming 'url' before any upstream request")
 @pytest.mark.parametrize("suffix", ["\x00", "\r\nX-Injected: 1"])
 def test_url_with_control_characters_is_a_400(srv, suffix):
     base, session, store = srv

@@ -376,7 +376,7 @@ def tls_server(rel_dir):
 
 
 def test_tls_with_self_signed_ca(tls_server, store, monkeypatch):
-    # requests lets these override a session's verify= (see the xfail test below)
+    # requests would let these override a session's verify= (see the next test)
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     proc, ca = tls_server
@@ -398,17 +398,14 @@ def test_tls_with_self_signed_ca(tls_server, store, monkeypatch):
     server_alive(proc)
 
 
-@pytest.mark.xfail(strict=True, reason="client bug: ServerBackend(verify=<ca bundle>) is ignored "
-                   "when REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE is set (requests' "
-                   "merge_environment_settings prefers the env bundle over session.verify); pass "
-                   "verify=session.verify on each session.post/get")
 def test_tls_verify_argument_wins_over_env_bundle(tls_server, store, monkeypatch):
     proc, ca = tls_server
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     req = make_request("float64", (4096,), offset=0, size=32768, url=store.http_url("f64.bin"))
     with ServerBackend(f"https://127.0.0.1:{proc.port}", env={}, verify=str(ca), batch=False,
                        retries=0) as b:
-        b.reduce_chunk(req, "max")
+        p = b.reduce_chunk(req, "max")
+    assert float(p.values.reshape(-1)[0]) == float(store.arrays["f64.bin"].max())
 
 
 def test_security_servers_survived(sec_server):
