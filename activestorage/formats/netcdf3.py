@@ -316,7 +316,8 @@ def variable_from_header(hdr: Nc3Header, ncvar: str, url: str, file_size: int, *
 
 
 def _read(path_or_url: str, storage_options: Mapping[str, Any] | None
-          ) -> tuple[Nc3Header, str, int, str | None, str | None]:
+          ) -> tuple[Nc3Header, str, int, Any]:
+    """(header, url, file size, the open file: its etag, version_id and stats)."""
     from ..storage import open_url
 
     url = os.fspath(path_or_url)
@@ -324,8 +325,7 @@ def _read(path_or_url: str, storage_options: Mapping[str, Any] | None
         url = url[len("file://"):]
     with open_url(url, storage_options) as f:
         size = int(f.size)
-        hdr = read_header(f, url, size)
-        return hdr, url, size, getattr(f, "etag", None), getattr(f, "version_id", None)
+        return read_header(f, url, size), url, size, f
 
 
 def open_netcdf3(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] | None = None,
@@ -334,15 +334,20 @@ def open_netcdf3(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any
 
     Remote locators are pinned to the object's ETag/version id as seen when the header was read.
     """
-    hdr, url, size, etag, version_id = _read(path_or_url, storage_options)
-    return variable_from_header(hdr, ncvar, url, size, etag=etag, version_id=version_id,
-                                max_chunk_bytes=max_chunk_bytes)
+    hdr, url, size, f = _read(path_or_url, storage_options)
+    var = variable_from_header(hdr, ncvar, url, size, etag=getattr(f, "etag", None),
+                               version_id=getattr(f, "version_id", None),
+                               max_chunk_bytes=max_chunk_bytes)
+    stats = getattr(f, "stats", None)
+    if stats is not None:
+        var.metadata_bytes, var.metadata_requests = stats.bytes_read, stats.requests
+    return var
 
 
 def list_variables(path_or_url: str, storage_options: Mapping[str, Any] | None = None
                    ) -> dict[str, dict[str, Any]]:
     """``{name: {"dimensions", "shape", "dtype"}}`` for every variable of a netCDF-3 file."""
-    hdr, _url, size, _e, _v = _read(path_or_url, storage_options)
+    hdr, _url, size, _f = _read(path_or_url, storage_options)
     out = {}
     for v in hdr.variables:
         shape = [hdr.dims[d][1] for d in v.dimids]

@@ -103,6 +103,7 @@ def test_remote_locators_are_pinned_and_listing_is_one_request(datasets, moto_se
     url, var, _ = datasets["NETCDF3_CLASSIC/tas"]
     v = open_netcdf3(url, var, storage_options=so)
     assert all(loc.etag for loc in v.chunks.values())
+    assert v.metadata_requests == 2 and v.metadata_bytes > 0  # a HEAD and one block GET
     z = open_zarr(datasets["zarr2"][0], datasets["zarr2"][1], storage_options=so)
     assert len(z.chunks) == 4 * 2 and all(loc.etag and loc.offset == 0 for loc in z.chunks.values())
     s = open_zarr(datasets["zarr3"][0], datasets["zarr3"][1], storage_options=so)
