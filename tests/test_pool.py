@@ -98,6 +98,8 @@ def test_spreads_work_over_healthy_servers(dataset):
     assert max(m.chunks for m in members) < 0.6 * total  # no server took most of the work
     assert pool.stats.bytes_read == sum(m.stats.bytes_read for m in members) > 0
     assert pool.stats.requests == sum(m.stats.requests for m in members)
+    assert all(s["outstanding"] == 0 and s["up"] for s in pool.status())
+    assert max(m.max_in_flight for m in members) >= 1
     pool.close()
 
 
