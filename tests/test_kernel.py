@@ -741,12 +741,19 @@ def bombs():
         "zstd-stream": _zstd_rle_frame(BOMB_BYTES // 131072, None),
         "zstd-lying": _zstd_rle_frame(BOMB_BYTES // 131072, 4096),
         "blosc": bytes(Blosc(cname="zstd").encode(zeros)),
+        "blosc-lying": _lie(bytes(Blosc(cname="lz4").encode(zeros)), 4, 4096),
         "lz4": bytes(LZ4().encode(zeros)),
+        "lz4-lying": _lie(bytes(LZ4().encode(zeros)), 0, 4096),
     }
 
 
+def _lie(raw: bytes, at: int, size: int) -> bytes:
+    """``raw`` with the little-endian uint32 decoded-size field at ``at`` set to ``size``."""
+    return raw[:at] + struct.pack("<I", size) + raw[at + 4:]
+
+
 @pytest.mark.parametrize("kind", ["zlib", "gzip", "bz2", "zstd", "zstd-stream", "zstd-lying",
-                                  "blosc", "lz4"])
+                                  "blosc", "blosc-lying", "lz4", "lz4-lying"])
 def test_decompression_bomb_is_refused_without_allocating(bombs, kind):
     cid = kind.split("-")[0]
     req = make_request(np.float32, (1024,), compression={"id": cid})
