@@ -330,3 +330,19 @@ def test_corrupt_files_raise_format_errors_only(tmp_path, small, data):
         list_variables(str(bad))
     except ActiveStorageError:
         pass
+
+
+def test_header_larger_than_the_first_read(tmp_path):
+    """A header beyond the first 64 KiB read (long history attribute, many variables)."""
+    path = tmp_path / "long.nc"
+    with netCDF4.Dataset(path, "w", format="NETCDF3_CLASSIC") as ds:
+        ds.history = "x" * 300_000
+        ds.createDimension("t", None)
+        for i in range(300):
+            v = ds.createVariable(f"v{i}", "i4", ("t",))
+            v.long_name = f"variable number {i}"
+            v[:] = np.arange(3) + i
+    assert parse_header(path.read_bytes(), "x").header_size > 300_000
+    var = check(path, "v299")
+    assert var.shape == (3,)
+    assert len(list_variables(str(path))) == 300
