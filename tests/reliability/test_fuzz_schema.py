@@ -30,7 +30,7 @@ from relhelp import check_answer, server_alive
 
 pytestmark = pytest.mark.timeout(900)
 
-EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "30"))
 OPS = ["count", "min", "max", "sum", "select"]
 STATUS: dict[str, Counter] = {"served": Counter(), "routed": Counter()}
 
