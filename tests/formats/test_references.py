@@ -14,7 +14,7 @@ import zarr
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from _oracle import assemble, assert_masked_equal, assert_reductions
-from activestorage.errors import (FormatError, StorageError, UnsupportedError,
+from activestorage.errors import (FormatError, UnsupportedError,
                                   VariableNotFoundError)
 from activestorage.formats import open_variable
 from activestorage.formats.detect import detect_format
@@ -125,7 +125,7 @@ def test_nan_and_infinite_values_survive_json(tmp_path):
                           fill_value=np.nan, zarr_format=2)
     z.attrs.update({"_ARRAY_DIMENSIONS": ["x"], "valid_max": float("inf")})
     z[:2] = [1, np.nan]
-    doc = write_manifest(str(tmp_path / "n.zarr"), ["n"], str(tmp_path / "n.json"))
+    write_manifest(str(tmp_path / "n.zarr"), ["n"], str(tmp_path / "n.json"))
     text = (tmp_path / "n.json").read_text()
     assert "NaN" in text and json.loads(text)  # strict JSON: NaN appears only as a string
     var = open_references(str(tmp_path / "n.json"), "n")
