@@ -41,7 +41,11 @@ class Missing:
 
     ``values``: elements equal to any of these are missing (``_FillValue``, ``missing_value``s,
     default fill values); NaN in it means NaN elements are missing. ``valid_min``/``valid_max``:
-    elements outside are missing. All values are in the stored (packed) units and dtype.
+    elements outside are missing. All values are in the stored (packed) units and should be of the
+    variable's dtype; the kernel converts them as netCDF4-python does (``numpy.array(v, dtype)``)
+    and ignores one that fits no value of the dtype. netCDF4-python's attribute rules (valid_range
+    wins over valid_min/valid_max; an attribute that does not cast exactly is ignored; default
+    fill values) are for the format reader that builds this.
     """
 
     values: tuple[Any, ...] = ()
@@ -166,7 +170,11 @@ class ChunkRequest:
         """Validate a Reductionist JSON body; raise :class:`RequestValidationError` naming the field.
 
         Routing fields (``source``/``bucket``/``object``, ``interface_type``/``url``) are validated
-        by the server; this covers the numeric description. ``max_elements`` bounds ``shape``.
+        by the server; this covers the numeric description. ``max_elements`` bounds ``shape`` (or
+        the element count implied by ``size``). Selection ends must lie in ``[-n-1, n]`` (a Python
+        slice would clip larger ones; we refuse them). Without compression ``size`` must be the
+        data's size plus 4 bytes per Fletcher-32 filter. Missing values are rounded to ``dtype``
+        and must fit it. Several ``missing`` keys at once are accepted (our extension).
         """
         if not isinstance(body, Mapping):
             raise RequestValidationError("body", "request body must be a JSON object")
