@@ -56,6 +56,12 @@ def reset_peak() -> bool:
         return False
 
 
+def file_rss_kb() -> int:
+    """Resident file-backed pages (mmap'ed files, libraries) in KiB; 0 where /proc is absent.
+    Peak RSS counts them too: a reader that mmaps the file "holds" page cache, not heap."""
+    return _status_kb("RssFile") or 0
+
+
 def peak_kb() -> int:
     """RSS high-water mark (since the last :func:`reset_peak`) in KiB."""
     hwm = _status_kb("VmHWM")
@@ -116,7 +122,7 @@ def time_case(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, Any]:
         cpu.append(time.process_time() - c0)
     return {"result": result, "times": times, "median": statistics.median(times),
             "cpu_median": statistics.median(cpu), "peak_kb": peak_kb(),
-            "peak_per_case": supported}
+            "file_kb": file_rss_kb(), "peak_per_case": supported}
 
 
 def run_method(method: str, config: dict[str, Any],
@@ -132,6 +138,7 @@ def run_method(method: str, config: dict[str, Any],
     out: dict[str, Any] = {"method": method, "baseline_rss_mb": baseline_kb / 1024,
                            "datasets": {}}
     oracle = np.load(config["oracle"]) if config.get("oracle") else None
+    file_baseline_kb = file_rss_kb()
     for ds in config["datasets"]:
         rec: dict[str, Any] = {"cases": {}}
         out["datasets"][ds["name"]] = rec
@@ -163,6 +170,8 @@ def run_method(method: str, config: dict[str, Any],
                     "cpu_s": m["cpu_median"],
                     "peak_rss_mb": (m["peak_kb"] - baseline_kb) / 1024,
                     "peak_rss_per_case": m["peak_per_case"],
+                    # of which file-backed (mmap) at the end of the case, above the baseline
+                    "rss_file_mb": (m["file_kb"] - file_baseline_kb) / 1024,
                     "logical_bytes": case["logical_bytes"],
                     "gbps": case["logical_bytes"] / m["median"] / 1e9 if m["median"] > 0 else None,
                     "bytes_moved": moved(case) if moved else None,
