@@ -117,7 +117,9 @@ class Upstream:
                  max_clients: int = 64) -> None:
         self._sem = asyncio.Semaphore(max_concurrency)
         self._max_concurrency = max_concurrency
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+        # sock_read bounds each wait for bytes; total bounds a store that drips bytes slowly.
+        self._timeout = aiohttp.ClientTimeout(total=connect_timeout + 4 * read_timeout,
+                                              connect=connect_timeout,
                                               sock_connect=connect_timeout,
                                               sock_read=read_timeout)
         self._region = region
