@@ -472,8 +472,10 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
         counts = _filled(out_shape, math.prod(x.shape[i] for i in axis), _INT64)
     else:
         valid = np.logical_not(bad)
-        counts = np.count_nonzero(valid, axis=axis, keepdims=True).astype(np.int64, copy=False)
-        counts = counts.reshape(out_shape)
+        if len(axis) == x.ndim:  # a plain count is ~10x faster than one along axes
+            counts = _filled(out_shape, np.count_nonzero(valid), _INT64)
+        else:
+            counts = np.add.reduce(valid, axis=axis, dtype=_INT64, keepdims=True)
 
     if operation == "count":
         return Partial(counts.copy(), counts)
