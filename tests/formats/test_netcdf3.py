@@ -345,3 +345,34 @@ def test_header_larger_than_the_first_read(tmp_path):
     var = check(path, "v299")
     assert var.shape == (3,)
     assert len(list_variables(str(path))) == 300
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=nc3_spec(), data=st.data())
+def test_active_selections_on_random_netcdf3_files(tmp_path, spec, data):
+    """Active over every non-scalar variable of a random netCDF-3 file with a random selection."""
+    from activestorage import Active
+
+    path = tmp_path / "f.nc"
+    write_spec(path, spec)
+    with netCDF4.Dataset(path) as ds:
+        names = [n for n, v in ds.variables.items() if v.ndim and v.size]
+    for name in names:
+        want_all = oracle(path, name)
+        key = tuple(slice(data.draw(st.integers(0, n - 1)), None, data.draw(st.integers(1, 2)))
+                    for n in want_all.shape)
+        want = want_all[key]
+        op = data.draw(st.sampled_from(["min", "max", "sum", "count", "mean"]))
+        with Active(str(path), name) as a:
+            got = getattr(a, op)[key]
+        n = np.ma.count(want)
+        if op == "count":
+            assert int(got) == n
+        elif n == 0:
+            assert np.ma.is_masked(got)
+        elif op in ("min", "max"):
+            assert got == getattr(np.ma, op)(want)
+        else:
+            w = want.astype("f8")
+            np.testing.assert_allclose(float(got), float(getattr(np.ma, op)(w)), rtol=1e-6,
+                                       atol=1e-6 * float(np.ma.abs(w).max()))
