@@ -174,7 +174,7 @@ def variable_to_dict(var: Variable) -> dict[str, Any]:
         chunks[_key(coords)] = entry
     m = var.missing
     return {
-        "source": var.source, "format": var.format, "dtype": var.dtype.name,
+        "source": _absolute(var.source), "format": var.format, "dtype": var.dtype.name,
         "byte_order": var.byte_order, "order": var.order, "shape": list(var.shape),
         "chunk_shape": list(var.chunk_shape), "dimensions": list(var.dimensions),
         "compression": dict(var.compression) if var.compression is not None else None,
@@ -189,9 +189,10 @@ def variable_to_dict(var: Variable) -> dict[str, Any]:
 
 def _absolute(url: str) -> str:
     """Local paths are recorded absolute, so the manifest works from any directory."""
-    if "://" in url and not url.startswith("file://"):
+    path = url.removeprefix("file://")
+    if "://" in path or not os.path.exists(path):
         return url
-    return os.path.abspath(url.removeprefix("file://"))
+    return os.path.abspath(path)
 
 
 def manifest_from_variables(variables: Iterable[Variable]) -> dict[str, Any]:
