@@ -330,7 +330,7 @@ def pin(var: Variable, storage_options: Mapping[str, Any] | None = None, *,
                               f"{loc.offset + loc.size} lie past the end of {loc.url} ({size} bytes)")
         etag, vid = ident.get("etag"), ident.get("version_id")
         if loc.etag and etag and loc.etag != etag:
-            raise ObjectChangedError(f"object changed since it was opened: {loc.url}", status=412,
+            raise ObjectChangedError(f"object changed since it was opened: {loc.url}", status=409,
                                      store=loc.url)
         chunks[coords] = Locator(loc.url, loc.offset, loc.size, etag=loc.etag or etag,
                                  version_id=loc.version_id or vid, compression=loc.compression,
