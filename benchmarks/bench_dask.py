@@ -97,6 +97,15 @@ def dask_mean(client: Any, urls: list[str], so: dict[str, Any], server: Any,
     return float(client.compute(ad.mean(r), sync=True))
 
 
+def _warm_up() -> None:
+    import activestorage.active  # noqa: F401
+    import activestorage.backends.server  # noqa: F401
+    import activestorage.dask  # noqa: F401
+    import activestorage.formats.hdf5  # noqa: F401
+    import activestorage.storage  # noqa: F401
+    import s3fs  # noqa: F401
+
+
 def timed(fn: Any, *args: Any) -> tuple[float, float]:
     t0 = time.perf_counter()
     value = fn(*args)
@@ -119,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write results here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # shutdown chatter
     import distributed
+
+    for name in ("distributed", "tornado", "asyncio"):  # shutdown chatter
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     servers = servers_module()
     tmp = tempfile.TemporaryDirectory(prefix="bench-dask-")
@@ -162,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'ok' if ok else f'WRONG {value} != {expected}'}", flush=True)
 
         print(f"{'method':44} {'seconds':>10}  {'throughput':>11}  check")
-        print("(Dask rows include each worker's first metadata read; --repeat keeps the best)")
+        print("(Dask rows include each worker's first metadata reads; --repeat keeps the best)")
         run("Active thread pool, 1 server", thread_pool_mean, urls, so, s1.url, args.threads)
         with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                      dashboard_address=None, silence_logs=40) as cluster, \
+                                      dashboard_address=":0",
+                                      silence_logs=logging.CRITICAL) as cluster, \
                 distributed.Client(cluster) as client:
+            client.run(_warm_up)  # imports in the workers are not what we measure
             run("Dask LocalCluster(2 workers), 1 server", dask_mean, client, urls, so, s1.url,
                 args.blocks, args.task_threads)
             run("Dask LocalCluster(2 workers), 2 servers", dask_mean, client, urls, so,

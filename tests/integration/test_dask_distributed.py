@@ -53,7 +53,7 @@ def check(got, want, op):
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=40) as cluster, \
+                                  dashboard_address=":0", silence_logs=40) as cluster, \
             distributed.Client(cluster) as c:
         # Workers import this module's helpers by value (tests/ is not a package).
         import cloudpickle
