@@ -290,3 +290,21 @@ def test_zarr_over_http_probes_chunk_objects(nginx_server, fmt):
     with Active(url, f"h{fmt}", backend="fetch") as x:
         for op in OPS:
             check(getattr(x, op)[...], want, op)
+
+
+def test_object_changed_between_open_and_manifest_is_refused(datasets, s3, moto_server, tmp_path):
+    from activestorage.formats.references import pin
+
+    so = storage_options(moto_server)
+    p = tmp_path / "o.nc"
+    with netCDF4.Dataset(p, "w", format="NETCDF3_CLASSIC") as ds:
+        ds.createDimension("x", 4)
+        ds.createVariable("v", "i4", ("x",))[:] = [1, 2, 3, 4]
+    url = upload(s3, BUCKET, p, "opened-then-changed.nc")
+    var = open_netcdf3(url, "v", storage_options=so)
+    with netCDF4.Dataset(p, "a") as ds:
+        ds["v"][:] = [5, 6, 7, 8]
+    upload(s3, BUCKET, p, "opened-then-changed.nc")
+    with pytest.raises(ObjectChangedError, match="opened-then-changed.nc") as info:
+        pin(var, so)
+    assert info.value.status == 409
