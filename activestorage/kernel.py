@@ -71,11 +71,20 @@ def _nbytes(buf: Any) -> int:
     return memoryview(buf).nbytes
 
 
+try:  # ISA-L inflates the same streams 1.5-2x faster than zlib (and releases the GIL)
+    from isal import isal_zlib as _inflate_lib
+except ImportError:  # pragma: no cover - isal is a dependency, but zlib is always there
+    _inflate_lib = zlib
+_INFLATE_ERRORS = (zlib.error, getattr(_inflate_lib, "error", zlib.error))
+
+
 def _bounded_inflate(raw: Any, expected: int, wbits: int, what: str) -> bytes:
-    d = zlib.decompressobj(wbits)
+    """Inflate at most ``expected + 1`` bytes: a stream that yields more is a bomb, one that ends
+    early is truncated; either way nothing beyond the declared size is ever allocated."""
+    d = _inflate_lib.decompressobj(wbits)
     try:
         out = d.decompress(raw, expected + 1)
-    except zlib.error as exc:
+    except _INFLATE_ERRORS as exc:
         raise DecodeError(f"{what} data is corrupt: {exc}") from exc
     if len(out) > expected or d.unconsumed_tail:
         raise DecodeError(f"{what} data expands beyond the declared {expected} bytes")
