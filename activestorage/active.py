@@ -420,8 +420,7 @@ def _shape_result(result: Any, sel: Selection, red_axes: Sequence[int], keepdims
             return np.ma.masked if np.ma.getmaskarray(x).item() else np.ma.getdata(x)[()]
         return x
 
-    if isinstance(result, dict):
-        return {k: (shape_one(v) if isinstance(v, np.ma.MaskedArray) else
-                    shape_one(np.ma.MaskedArray(v)) if isinstance(v, np.ndarray) else v)
+    if isinstance(result, dict):  # components: the counts "n" stay a plain array
+        return {k: (np.ma.getdata(shape_one(np.ma.MaskedArray(v))) if k == "n" else shape_one(v))
                 for k, v in result.items()}
     return shape_one(result)

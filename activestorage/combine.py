@@ -46,6 +46,7 @@ class Accumulator:
     def add(self, index: tuple[slice, ...], p: Partial) -> None:
         """Fold one partial into ``values[index]``/``counts[index]``."""
         op = self.operation
+        index = tuple(index) + (Ellipsis,)  # a view even for 0-d (scalar) variables
         if op == "select":
             self.values[index] = p.values
             self.counts[index] = p.counts

@@ -427,15 +427,15 @@ def missing_mask(x: np.ndarray, missing: Missing | None) -> np.ndarray | None:
         return None
     bad: np.ndarray | None = None
     if len(m.values) > 8:
-        bad = np.isin(x, np.array(m.values, x.dtype))
+        bad = np.asarray(np.isin(x, np.array(m.values, x.dtype)))
     else:
         for v in m.values:
-            bad = x == v if bad is None else np.logical_or(bad, x == v, out=bad)
+            bad = np.asarray(x == v) if bad is None else np.logical_or(bad, x == v, out=bad)
     for test in ((np.isnan(x) if m.nan else None),
                  (None if m.vmin is None else x < m.vmin),
                  (None if m.vmax is None else x > m.vmax)):
-        if test is not None:
-            bad = test if bad is None else np.logical_or(bad, test, out=bad)
+        if test is not None:  # np.asarray: comparisons on 0-d arrays give scalars, not arrays
+            bad = np.asarray(test) if bad is None else np.logical_or(bad, test, out=bad)
     return bad
 
 

@@ -334,3 +334,16 @@ def test_server_list_builds_a_pool(tmp_path):
                         ["http://127.0.0.1:1", "http://127.0.0.1:2"])
     assert isinstance(b, ServerPool) and len(b.urls) == 2
     b.close()
+
+
+def test_scalar_variables(tmp_path):
+    path = tmp_path / "scalar.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createVariable("s", "f8", ()).assignValue(3.5)
+        ds.createVariable("m", "i4", (), fill_value=-1).assignValue(-1)
+    with Active(str(path), "s") as a:
+        assert a[...] == 3.5 and a.mean[...] == 3.5 and a.count[...] == 1 and a.max[...] == 3.5
+        c = a.sum(components=True)[...]
+        assert c["sum"] == 3.5 and c["n"] == 1
+    with Active(str(path), "m") as a:
+        assert a.mean[...] is np.ma.masked and a.count[...] == 0

@@ -7,6 +7,7 @@ or an already open h5py/h5netcdf/netCDF4 variable, detects the format and calls 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,10 @@ def _open_remote(url: str, ncvar: str | None, storage_options: dict[str, Any] | 
             from .hdf5 import open_hdf5
 
             var = open_hdf5(f, ncvar, url=url)
+            etag, version = getattr(f, "etag", None), getattr(f, "version_id", None)
+            if etag or version:  # pin every chunk to the object version the index came from
+                var.chunks = {k: replace(loc, etag=etag, version_id=version)
+                              for k, loc in var.chunks.items()}
             stats = getattr(f, "stats", None)
             if stats is not None:
                 var.metadata_bytes = stats.bytes_read

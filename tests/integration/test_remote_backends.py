@@ -439,3 +439,20 @@ def test_pyactivestorage_reduce_chunk_against_our_server(files, s3_files, server
                      info.byte_offset, info.size, numcodecs.Zlib(), None, None, chunk.dtype,
                      chunk.shape, "C", None, None, "max", storage_type="s3")
     assert ei.value.status == 401
+
+
+def test_remote_netcdf4_chunks_are_pinned_to_the_object_version(files, moto, tmp_path):
+    """Opening a netCDF-4 object pins its chunk index to the ETag: a rewrite fails loudly."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto["endpoint"], aws_access_key_id=moto["key"],
+                      aws_secret_access_key=moto["secret"], region_name="us-east-1")
+    path, var = files["floats.nc"]
+    s3.put_object(Bucket=BUCKET, Key="pinned.nc", Body=Path(path).read_bytes())
+    url = f"s3://{BUCKET}/pinned.nc"
+    with Active(url, var, storage_options=storage_options(moto), backend="fetch") as a:
+        assert all(loc.etag for loc in a.variable.chunks.values())
+        a.max[...]
+        s3.put_object(Bucket=BUCKET, Key="pinned.nc", Body=Path(path).read_bytes() + b"\0")
+        with pytest.raises(ObjectChangedError, match="object changed"):
+            a.max[...]
