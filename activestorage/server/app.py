@@ -104,6 +104,10 @@ def _target(body: dict[str, Any], api: str, auth: tuple[str, str] | None,
                                              f"{kind!r}")
             kind = "http"
     etag, version = body.get("etag"), body.get("version_id")
+    for name, pin in (("etag", etag), ("version_id", version)):
+        if isinstance(pin, str) and (len(pin) > 1024 or not pin.isascii()
+                                     or any(ord(c) < 0x20 or ord(c) == 0x7F for c in pin)):
+            raise RequestValidationError(name, "must be printable ASCII of at most 1024 characters")
     return Target(kind=kind, url=url, auth=auth, etag=etag if isinstance(etag, str) else None,
                   version_id=version if isinstance(version, str) else None)
 
@@ -284,6 +288,8 @@ class Server:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestValidationError("body", f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise RequestValidationError("body", "malformed JSON: nested too deeply") from None
 
     async def fetch(self, item: Item) -> bytes:
         data = await self.upstream.read(item.target, item.req.offset, item.read_size,

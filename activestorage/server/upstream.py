@@ -65,8 +65,38 @@ def s3_url(source: str, bucket: str, key: str) -> str:
     return f"{source.rstrip('/')}/{quote(bucket, safe='')}/{quote(key.lstrip('/'), safe='/')}"
 
 
+#: never reachable through ``*``: cloud instance-metadata / credential endpoints. They (and the
+#: link-local ranges below) must be listed explicitly to be read.
+METADATA_HOSTS = ("metadata.google.internal", "metadata", "100.100.100.200", "fd00:ec2::254")
+
+
+def _control_chars(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def _wildcard_may_reach(host: str) -> bool:
+    """Whether ``*`` covers ``host``: not link-local (169.254/16, fe80::/10), not metadata."""
+    import ipaddress
+
+    if host in METADATA_HOSTS:
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_link_local
+
+
 def check_allowed(url: str, allow: Iterable[str], field: str = "url") -> None:
-    """Raise a 400-class error unless ``url`` is http(s) to a host on the allow-list."""
+    """Raise a 400-class error unless ``url`` is http(s) to a host on the allow-list.
+
+    ``*`` allows any host except link-local and cloud-metadata addresses (list those explicitly),
+    so a wildcard cannot turn the server into a proxy to instance credentials.
+    """
+    if _control_chars(url) or " " in url:
+        raise RequestValidationError(field, "must not contain spaces or control characters")
     try:
         p = urlsplit(url)
         host = (p.hostname or "").lower()
@@ -78,7 +108,9 @@ def check_allowed(url: str, allow: Iterable[str], field: str = "url") -> None:
     for entry in allow:
         entry = entry.strip().lower()
         if entry == "*":
-            return
+            if _wildcard_may_reach(host):
+                return
+            continue
         if entry.startswith("["):  # [::1]:port
             h, _, rest = entry[1:].partition("]")
             eport = rest.lstrip(":")

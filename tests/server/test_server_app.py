@@ -216,3 +216,18 @@ def test_batch_plan_coalesces_near_ranges_of_one_object_only():
                     ([4], a, 2000, 80),           # too far from the others
                     ([5], a, 400, 800)]           # would make the GET longer than 1000 bytes
     srv.pool.shutdown()
+
+
+@pytest.mark.parametrize("field,value", [("etag", "a\r\nX-Injected: 1"), ("etag", "\x00"),
+                                         ("version_id", "\x1f"), ("etag", "é")])
+def test_pins_with_control_characters_are_400(client, field, value):
+    r = client.post("/v2/count", json={"interface_type": "http", "url": "http://127.0.0.1:1/x",
+                                       "dtype": "int8", "size": 1, field: value})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith(field)
+
+
+def test_deeply_nested_json_is_400(client):
+    for depth in (5000, 100_000):
+        r = client.post("/v2/sum", content=b"[" * depth + b"]" * depth,
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]

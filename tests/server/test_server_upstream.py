@@ -189,3 +189,22 @@ def test_allow_list():
 
 def test_s3_url_quotes_keys():
     assert s3_url("http://h:9/", "b", "dir/a b+c.nc") == "http://h:9/b/dir/a%20b%2Bc.nc"
+
+
+def test_wildcard_does_not_reach_link_local_or_metadata():
+    check_allowed("http://s3.example.org/x", ["*"])
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/x",
+                "http://[::ffff:169.254.169.254]/x", "http://metadata.google.internal/x",
+                "http://100.100.100.200/x"):
+        with pytest.raises(StorageError) as e:
+            check_allowed(url, ["*"])
+        assert e.value.status == 403
+    check_allowed("http://169.254.169.254/x", ["*", "169.254.169.254"])  # explicit: allowed
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/x\x00", "http://127.0.0.1/x\r\nX-Injected: 1",
+                                 "http://127.0.0.1/a b"])
+def test_urls_with_control_characters_are_refused(url):
+    with pytest.raises(RequestValidationError) as e:
+        check_allowed(url, ["*"])
+    assert e.value.field == "url"
