@@ -267,13 +267,23 @@ class Server:
         self.pool = ThreadPoolExecutor(settings.kernel_threads, thread_name_prefix="as-kernel")
 
     async def read_body(self, request: Request) -> bytes:
+        """The body, at most ``max_body_bytes`` (413), within ``client_timeout`` seconds (408)."""
         limit = self.settings.max_body_bytes
-        parts, n = [], 0
-        async for part in request.stream():
-            n += len(part)
-            if n > limit:
-                raise LimitError(f"request body exceeds {limit} bytes (--max-body-bytes)", 413)
-            parts.append(part)
+        parts: list[bytes] = []
+
+        async def read() -> None:
+            n = 0
+            async for part in request.stream():
+                n += len(part)
+                if n > limit:
+                    raise LimitError(f"request body exceeds {limit} bytes (--max-body-bytes)", 413)
+                parts.append(part)
+
+        try:
+            await asyncio.wait_for(read(), self.settings.client_timeout)
+        except asyncio.TimeoutError:
+            raise LimitError(f"request body not received within {self.settings.client_timeout} s "
+                             "(--client-timeout)", 408) from None
         return b"".join(parts)
 
     async def parse(self, request: Request, cbor_ok: bool = True) -> Any:
@@ -523,10 +533,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     server = Server(settings)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         log.info("activestorage server %s ready; upstream allow-list: %s", __version__,
                  ", ".join(settings.allow_upstream))
-        yield
+        # lifespan state: read by the connection protocol for its request-header deadline
+        yield {"client_timeout": settings.client_timeout}
         await server.aclose()
 
     app = FastAPI(title="activestorage reduction server", version=__version__,

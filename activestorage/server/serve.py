@@ -20,6 +20,16 @@ def configure_logging(level_name: str) -> None:
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
+def _http_protocol() -> object:
+    """httptools with a request-header deadline when httptools is installed, else uvicorn's h11."""
+    try:
+        from .protocol import DeadlineHttpToolsProtocol
+    except ImportError:  # no httptools: the h11 protocol (no header deadline; put nginx in front)
+        log.warning("httptools is not installed: no request-header deadline (slowloris)")
+        return "h11"
+    return DeadlineHttpToolsProtocol
+
+
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get up to 10 s to finish (graceful)."""
     import uvicorn
@@ -28,7 +38,7 @@ def run(settings: Settings) -> None:
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                   access_log=False, timeout_graceful_shutdown=10, server_header=False,
                   ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
-                  timeout_keep_alive=30, log_config=None)
+                  timeout_keep_alive=30, log_config=None, http=_http_protocol())
     if settings.workers > 1:
         # Each worker process enforces its share of the process-wide limits.
         per = dataclasses.replace(

@@ -38,6 +38,8 @@ class Settings:
     max_upstream_concurrency: int = 64
     #: threads running the numeric kernel.
     kernel_threads: int = 4
+    #: seconds a client has to send a request's headers, and again its body (slowloris bound).
+    client_timeout: float = 10.0
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 30.0
     #: most items in one /v2/batch request.
@@ -99,6 +101,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     a("--max-upstream-concurrency", type=int,
       default=_env(env, "max_upstream_concurrency", d.max_upstream_concurrency))
     a("--kernel-threads", type=int, default=_env(env, "kernel_threads", d.kernel_threads))
+    a("--client-timeout", type=float, default=_env(env, "client_timeout", d.client_timeout),
+      help="seconds a client may take to send request headers, and again the body")
     a("--upstream-connect-timeout", type=float,
       default=_env(env, "upstream_connect_timeout", d.upstream_connect_timeout))
     a("--upstream-read-timeout", type=float,
@@ -130,6 +134,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         memory_wait_seconds=float(ns.memory_wait_seconds),
         max_upstream_concurrency=int(ns.max_upstream_concurrency),
         kernel_threads=max(1, int(ns.kernel_threads)),
+        client_timeout=float(ns.client_timeout),
         upstream_connect_timeout=float(ns.upstream_connect_timeout),
         upstream_read_timeout=float(ns.upstream_read_timeout), max_batch=int(ns.max_batch),
         s3_region=ns.s3_region, tls_cert=ns.tls_cert or None, tls_key=ns.tls_key or None,

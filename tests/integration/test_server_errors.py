@@ -237,7 +237,7 @@ def limited(servers_dir: Path) -> Iterator[ServerProcess]:
     proc = start_active_server(
         servers_dir / "limited", "--upstream-read-timeout", "0.5", "--upstream-connect-timeout",
         "0.5", "--max-body-bytes", "4096", "--max-bytes-in-flight", "100000", "--max-batch", "4",
-        "--log-level", "debug")
+        "--client-timeout", "1", "--log-level", "debug")
     yield proc
     proc.stop()
 
@@ -429,3 +429,36 @@ def test_multiple_workers_serve_and_log(env, servers_dir):
     finally:
         proc.stop()
     assert proc.log_text().count('"path": "/v2/max"') == 4
+
+
+def test_slow_clients_are_cut_off(limited):
+    """Slowloris: headers dripped past --client-timeout close the connection; a dripped body is 408."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as s:
+        t0 = time.monotonic()
+        closed_after = None
+        for ch in b"POST /v2/sum HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+            try:
+                s.sendall(bytes([ch]))
+                time.sleep(0.2)
+                s.setblocking(False)
+                if s.recv(1) == b"":
+                    closed_after = time.monotonic() - t0
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_after = time.monotonic() - t0
+                break
+            finally:
+                s.setblocking(True)
+        assert closed_after is not None and closed_after < 5, closed_after
+
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as s:
+        s.sendall(b"POST /v2/sum HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{")
+        t0 = time.monotonic()
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408") and b"client-timeout" in answer, answer[:300]
+        assert time.monotonic() - t0 < 5
