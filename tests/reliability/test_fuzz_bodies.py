@@ -134,11 +134,8 @@ def hostile(draw, bases):
         elif field == "unknown":
             body[draw(st.text(min_size=1, max_size=10))] = draw(JUNK)
         else:
-            # control characters in etag/version_id: test_pins_with_control_characters_are_a_400
-            printable = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), max_size=8)
             body[draw(st.sampled_from(["option_wide_sum", "option_shape_as_bytes",
-                                       "option_count_as_bytes", "etag", "version_id"]))] = draw(
-                st.one_of(JUNK.filter(lambda v: not isinstance(v, str)), printable))
+                                       "option_count_as_bytes", "etag", "version_id"]))] = draw(JUNK)
     return api, op, body, array
 
 
@@ -337,9 +334,6 @@ def test_moderately_nested_json_is_rejected(srv, depth):
         assert r.status_code == 400
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: JSON nested deeper than Python's recursion "
-                   "limit (~1000) raises RecursionError in json.loads, which app.Server.parse does "
-                   "not catch -> 500 instead of 400 'body: malformed JSON'")
 @pytest.mark.parametrize("depth", [5000, 100_000])
 def test_deeply_nested_json_is_a_400(srv, depth):
     base, session, _ = srv
@@ -348,11 +342,7 @@ def test_deeply_nested_json_is_a_400(srv, depth):
     check_answer(r, context=depth)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a url with control characters passes "
-                   "check_allowed; NUL makes the HTTP client raise ValueError -> 500, CR/LF is "
-                   "silently stripped and the mangled path is fetched -> 502; both should be a 400 "
-                   "naming 'url' before any upstream request")
-@pytest.mark.parametrize("suffix", ["\x00", "\r\nX-Injected: 1"])
+@pytest.mark.parametrize("suffix", ["\x00", "\r\nX-Injected: 1", " x", "\t"])
 def test_url_with_control_characters_is_a_400(srv, suffix):
     base, session, store = srv
     body = {"interface_type": "http", "url": store.http_url("f64.bin") + suffix,
@@ -363,9 +353,6 @@ def test_url_with_control_characters_is_a_400(srv, suffix):
     assert r.status_code == 400
 
 
-@pytest.mark.xfail(strict=True, reason="server bug (found by the long fuzz run): an etag with a "
-                   "control character is put into the upstream If-Match header, where the HTTP "
-                   "client raises ValueError -> 500; should be a 400 naming 'etag'")
 @pytest.mark.parametrize("etag", ["\x1f", "a\r\nX-Injected: 1", "\x00"])
 def test_pins_with_control_characters_are_a_400(srv, etag):
     base, session, store = srv

@@ -292,10 +292,6 @@ def test_allow_list_blocks_private_and_metadata_addresses(url):
     assert getattr(ei.value, "status", 400) in (400, 403)
 
 
-@pytest.mark.xfail(strict=True, reason="server gap: with --allow-upstream '*' check_allowed lets "
-                   "link-local / cloud-metadata addresses through (169.254.169.254 etc.); they "
-                   "should be refused unless listed explicitly, so '*' cannot turn the server into "
-                   "a proxy to instance credentials")
 @pytest.mark.parametrize("url", METADATA[:2] + ["http://[fe80::1]/x"])
 def test_wildcard_allow_list_still_blocks_metadata(url):
     from activestorage.errors import ActiveStorageError
