@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             notes += svc.notes
             if svc.http_base is None and "nginx_get" in methods:
                 methods.remove("nginx_get")
-            if svc.http_base is None and store == "http":
+            if svc.http_base is None and store == "http" and remote:
                 raise SystemExit("--store http needs nginx (apt-get install -y nginx)")
             for d in datasets:
                 d["s3_url"] = svc.s3_url(Path(d["path"])) if svc.s3 else None
