@@ -141,6 +141,7 @@ def run_method(method: str, config: dict[str, Any],
     file_baseline_kb = file_rss_kb()
     for ds in config["datasets"]:
         rec: dict[str, Any] = {"cases": {}}
+        moved = extra = None
         out["datasets"][ds["name"]] = rec
         try:
             runner = factory(ds, config)
@@ -191,7 +192,8 @@ def run_method(method: str, config: dict[str, Any],
                 rec["cases"][name] = c
         finally:
             runner.close()
-            del runner  # free this dataset's memory before opening the next
+            # free this dataset's memory before opening the next (bound methods hold it too)
+            runner = moved = extra = None
     return out
 
 
