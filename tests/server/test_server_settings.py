@@ -14,10 +14,10 @@ def test_defaults_are_loopback_only():
 def test_environment_then_flags():
     env = {"ACTIVESTORAGE_PORT": "9100", "ACTIVESTORAGE_ALLOW_UPSTREAM": "s3.example.org, minio:9000",
            "ACTIVESTORAGE_MAX_BODY_BYTES": "2048", "ACTIVESTORAGE_ACCESS_LOG": "false",
-           "ACTIVESTORAGE_UPSTREAM_READ_TIMEOUT": "2.5"}
+           "ACTIVESTORAGE_UPSTREAM_READ_TIMEOUT": "2.5", "ACTIVESTORAGE_CLIENT_TIMEOUT": "3"}
     s = parse_args([], environ=env)
     assert (s.port, s.max_body_bytes, s.access_log, s.upstream_read_timeout) == (9100, 2048, False, 2.5)
-    assert s.allow_upstream == ("s3.example.org", "minio:9000")
+    assert s.allow_upstream == ("s3.example.org", "minio:9000") and s.client_timeout == 3.0
     s = parse_args(["--port", "9200", "--allow-upstream", "a,b", "--allow-upstream", "c",
                     "--workers", "3", "--log-level", "debug"], environ=env)
     assert (s.port, s.workers, s.log_level) == (9200, 3, "debug")
