@@ -446,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="run the end-to-end demo on local servers",
                        description="Create a sample dataset, start a local S3 server (moto) and a "
                                    "reduction server, and compare backends on a few reductions.")
-    p.add_argument("--size-mb", type=float, default=256.0,
-                   help="decoded size of the sample variable in MiB (default 256)")
+    p.add_argument("--size-mb", type=float, default=128.0,
+                   help="decoded size of the sample variable in MiB (default 128)")
     p.add_argument("--keep-running", action="store_true",
                    help="leave the servers up (until Ctrl-C) and print how to use them")
     p.add_argument("--workdir", metavar="DIR",

@@ -39,7 +39,7 @@ FILL = np.float32(1.0e20)
 
 # ------------------------------------------------------------------------------ sample data
 
-def make_sample(path: str | os.PathLike, size_mb: float = 256.0, seed: int = 0) -> Path:
+def make_sample(path: str | os.PathLike, size_mb: float = 128.0, seed: int = 0) -> Path:
     """Write a netCDF-4 file with ``tos(time, lat, lon)`` of about ``size_mb`` MiB decoded.
 
     Smooth latitude gradient + seasonal cycle + weather noise (kept to 0.01 K like real products),
@@ -334,7 +334,7 @@ def print_table(rows: list[Row], out: Any = None) -> None:
 
 # ------------------------------------------------------------------------------ the demo
 
-def run_demo(size_mb: float = 256.0, keep_running: bool = False, workdir: str | None = None,
+def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | None = None,
              backends: str = "posix,fetch,server") -> int:
     """Run the demo; returns the exit code (0 all results agree with NumPy, 1 otherwise)."""
     wanted = [b.strip() for b in backends.split(",") if b.strip()]
