@@ -17,7 +17,7 @@ from .kernel import Partial, reduce_array
 from .request import ChunkRequest
 
 #: a run is cut at this many bytes so memory in flight stays bounded
-MAX_RUN_BYTES = 64 * 2**20
+MAX_RUN_BYTES = 8 * 2**20
 
 
 def _alike(a: ChunkRequest, b: ChunkRequest) -> bool:

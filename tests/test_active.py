@@ -347,3 +347,17 @@ def test_scalar_variables(tmp_path):
         assert c["sum"] == 3.5 and c["n"] == 1
     with Active(str(path), "m") as a:
         assert a.mean[...] is np.ma.masked and a.count[...] == 0
+
+
+@pytest.mark.parametrize("use_mmap", [True, False])
+def test_posix_reads_by_map_or_pread_agree(tmp_path, use_mmap):
+    from activestorage.backends.posix import PosixBackend
+
+    data = np.random.default_rng(2).normal(size=(30, 8, 9)).astype(">f4")
+    path = write_nc(tmp_path / "r.nc", data, chunks=[1, 4, 9], attrs={"valid_min": np.float32(-1)})
+    with netCDF4.Dataset(path) as ds:
+        x = ds["v"][...]
+    with Active(str(path), "v", backend=PosixBackend(use_mmap=use_mmap)) as a:
+        for op in OPS:
+            assert_same(getattr(a, op)(axis=(0, 2))[3:27:2], oracle(x[3:27:2], op, (0, 2)), "f4", op)
+        np.testing.assert_array_equal(np.ma.filled(a[2:5], 0), np.ma.filled(x[2:5], 0))

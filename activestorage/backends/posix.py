@@ -1,9 +1,12 @@
-"""Local files: one handle per file, bytes by memory map (zero-copy) or ``os.pread``; kernel in-process.
+"""Local files: one handle per file, bytes by memory map or ``os.preadv``; kernel in-process.
 
-Chunks are read through a read-only memory map of each file, so an uncompressed chunk is reduced
-straight from the page cache with no copy, and a compressed one is handed to the decompressor
-without an intermediate buffer. ``select`` results are copied out (they must outlive the map).
-With ``use_mmap=False`` every read is an ``os.pread``.
+By default each file is memory-mapped read-only and chunks are reduced straight from the page
+cache: no copy at all. The mapped pages count in the process's RSS as *file-backed* memory, which
+is the page cache itself (clean, shared, reclaimed by the kernel under pressure), not memory the
+process allocated. With ``use_mmap=False`` each worker thread instead reads into one reusable
+buffer with ``os.preadv`` (one copy; RSS bounded by threads x the largest read). Runs of adjacent
+uncompressed chunks are read at once and reduced as one stacked array
+(:mod:`activestorage.coalesce`). ``select`` results always get bytes of their own.
 """
 
 from __future__ import annotations
@@ -20,31 +23,6 @@ from ..request import ChunkRequest
 from .base import Backend
 
 
-class _File:
-    __slots__ = ("fd", "map", "size")
-
-    def __init__(self, path: str, use_mmap: bool) -> None:
-        try:
-            self.fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise StorageError(f"cannot open {path}: {exc.strerror}", status=400, store=path) from exc
-        self.size = os.fstat(self.fd).st_size
-        self.map: mmap.mmap | None = None
-        if use_mmap and self.size:
-            try:
-                self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # e.g. special files: fall back to pread
-                self.map = None
-
-    def close(self) -> None:
-        if self.map is not None:
-            try:
-                self.map.close()
-            except BufferError:  # a view is still alive somewhere; the GC will unmap it
-                pass
-        os.close(self.fd)
-
-
 class PosixBackend(Backend):
     """Reads chunks of local files (no per-chunk opens; thread-safe)."""
 
@@ -53,35 +31,66 @@ class PosixBackend(Backend):
     def __init__(self, use_mmap: bool = True) -> None:
         super().__init__()
         self.use_mmap = use_mmap
-        self._files: dict[str, _File] = {}
+        self._fds: dict[str, int] = {}
+        self._maps: dict[int, tuple[mmap.mmap, int] | None] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     @property
     def default_threads(self) -> int:
         return os.cpu_count() or 1
 
-    def _file(self, path: str) -> _File:
-        f = self._files.get(path)
-        if f is None:
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
             with self._lock:
-                f = self._files.get(path)
-                if f is None:
-                    f = self._files[path] = _File(path, self.use_mmap)
-        return f
+                fd = self._fds.get(path)
+                if fd is None:
+                    try:
+                        fd = os.open(path, os.O_RDONLY)
+                    except OSError as exc:
+                        raise StorageError(f"cannot open {path}: {exc.strerror}", status=400,
+                                           store=path) from exc
+                    self._maps[fd] = self._map(fd) if self.use_mmap else None
+                    self._fds[path] = fd
+        return fd
 
-    def _bytes(self, path: str, offset: int, size: int, copy: bool) -> Any:
-        f = self._file(path)
-        if f.map is not None and not copy and offset + size <= f.size:
-            return memoryview(f.map)[offset:offset + size]
-        data = os.pread(f.fd, size, offset)
-        if len(data) != size:
+    @staticmethod
+    def _map(fd: int) -> tuple[mmap.mmap, int] | None:
+        size = os.fstat(fd).st_size
+        if not size:
+            return None
+        try:
+            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ), size
+        except (OSError, ValueError):  # special files: read them instead
+            return None
+
+    def _buffer(self, size: int) -> memoryview:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.buf = bytearray(max(size, 1 << 16))
+        return memoryview(buf)[:size]
+
+    def _read(self, path: str, offset: int, size: int, own: bool) -> Any:
+        """``size`` bytes at ``offset``: a view of this thread's buffer, or fresh bytes if ``own``."""
+        fd = self._fd(path)
+        mapped = self._maps.get(fd)
+        if mapped is not None and not own and offset + size <= mapped[1]:
+            return memoryview(mapped[0])[offset:offset + size]
+        if own:
+            data: Any = os.pread(fd, size, offset)
+            n = len(data)
+        else:
+            data = self._buffer(size)
+            n = os.preadv(fd, [data], offset)
+        if n != size:
             raise StorageError(f"{path}: short read at offset {offset}: wanted {size} bytes, "
-                               f"got {len(data)} (file truncated or index stale?)", store=path)
+                               f"got {n} (file truncated or chunk index stale?)", store=path)
         return data
 
     def read(self, path: str, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` of ``path``; a short read is an error, never padding."""
-        return bytes(self._bytes(path, offset, size, copy=True))
+        return self._read(path, offset, size, own=True)
 
     def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
         return self.reduce_chunks([request], operation)[0]
@@ -89,23 +98,32 @@ class PosixBackend(Backend):
     def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
         out: list[Partial] = []
         nbytes = 0
-        copy = operation == "select"
-        spans = [(i, i + 1) for i in range(len(requests))] if copy else runs(requests)
+        own = operation == "select"
+        spans = [(i, i + 1) for i in range(len(requests))] if own else runs(requests)
         for a, b in spans:
             r = requests[a]
             size = sum(q.size for q in requests[a:b])  # type: ignore[misc]
-            raw = self._bytes(r.url, r.offset, size, copy)  # type: ignore[arg-type]
+            raw = self._read(r.url, r.offset, size, own)  # type: ignore[arg-type]
             nbytes += size
             if b - a == 1:
                 out.append(reduce_chunk(raw, r, operation))
             else:
                 out.extend(reduce_run(raw, requests[a:b], operation))
-            del raw
         self._account(bytes_read=nbytes, requests=len(spans))
         return out
 
     def close(self) -> None:
         with self._lock:
-            for f in self._files.values():
-                f.close()
-            self._files.clear()
+            for fd in self._fds.values():
+                mapped = self._maps.get(fd)
+                if mapped is not None:
+                    try:
+                        mapped[0].close()
+                    except BufferError:  # a view is still alive; the GC unmaps it later
+                        pass
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds.clear()
+            self._maps.clear()
