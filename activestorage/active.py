@@ -36,6 +36,11 @@ from .request import ChunkRequest
 log = logging.getLogger(__name__)
 
 METHODS = ("mean", "min", "max", "sum", "count")
+#: memory allowed for per-batch accumulators of axis reductions (beyond it, partials are folded
+#: on the calling thread)
+LOCAL_ACCUMULATOR_BYTES = 256 * 2**20
+#: chunks a worker reduces before folding their partials into its accumulator
+LOCAL_FOLD_TASKS = 64
 
 
 @dataclass(frozen=True)
@@ -338,6 +343,23 @@ class Active:
         if len(batches) == 1:
             for i, p in enumerate(work(batches[0])):
                 acc.add(index[i], p)
+            return
+        if kop != "select" and acc.nbytes * threads <= LOCAL_ACCUMULATOR_BYTES:
+            # Axis reductions: partials can be as large as the chunks (a length-1 axis reduced),
+            # so each batch folds its own into an accumulator on its worker thread and only
+            # those travel back; they are merged in batch order, so the answer is deterministic.
+            def work_local(span: tuple[int, int]) -> Accumulator:
+                local = acc.empty_like()
+                for a in range(span[0], span[1], LOCAL_FOLD_TASKS):
+                    for j, p in enumerate(work((a, min(a + LOCAL_FOLD_TASKS, span[1])))):
+                        local.add(index[a + j], p)
+                return local
+
+            edges = np.linspace(0, len(tasks), threads + 1).astype(int)
+            spans = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+            with ThreadPoolExecutor(threads, thread_name_prefix="activestorage") as ex:
+                for local in ex.map(work_local, spans):
+                    acc.merge(local)
             return
         with ThreadPoolExecutor(threads, thread_name_prefix="activestorage") as ex:
             for (a, _b), parts in zip(batches, ex.map(work, batches)):

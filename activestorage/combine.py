@@ -43,6 +43,19 @@ class Accumulator:
         self.values = np.full(shape, _initial(operation, self.dtype), dtype=adt)
         self.counts = np.zeros(shape, dtype=np.int64)
 
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.counts.nbytes
+
+    def empty_like(self) -> "Accumulator":
+        """A fresh accumulator for the same reduction (for folding on another thread)."""
+        return Accumulator(self.operation, self.values.shape, self.dtype)
+
+    def merge(self, other: "Accumulator") -> None:
+        """Fold another accumulator of the same shape into this one."""
+        self.add(tuple(slice(None) for _ in self.values.shape),
+                 Partial(other.values, other.counts))
+
     def add(self, index: tuple[slice, ...], p: Partial) -> None:
         """Fold one partial into ``values[index]``/``counts[index]``."""
         op = self.operation

@@ -97,7 +97,7 @@ VALIDATION = [
     ({"interface_type": None}, "interface_type"),
     ({"url": None}, "url"),
     ({"url": "ftp://127.0.0.1/x"}, "url"),
-    ({"interface_type": "https"}, "url"),
+    ({"interface_type": "https", "url": "s3://bucket/key"}, "url"),
     ({"option_wide_sum": "yes"}, "option_wide_sum"),
 ]
 
@@ -106,6 +106,15 @@ VALIDATION = [
 def test_validation_rules_give_400_naming_the_field(env, change, words):
     r = post(env["server"] + "/v2/sum", body(env, **change))
     assert_error(r, 400, words)
+
+
+def test_https_interface_type_with_an_http_url_is_served(env):
+    """PyActiveStorage 0.8 says interface_type "https" for every HTTP store; the URL decides."""
+    ok = post(env["server"] + "/v2/sum", body(env, interface_type="http", url=env["http"]))
+    assert ok.status_code == 200, ok.text
+    r = post(env["server"] + "/v2/sum", body(env, interface_type="https", url=env["http"]))
+    assert r.status_code == 200, r.text
+    assert r.content == ok.content
 
 
 @pytest.mark.parametrize("missing", ["source", "bucket", "object"])
