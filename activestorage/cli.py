@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module, func, helptext in (
             ("serve", "activestorage.server", "serve_main", "run the reduction server"),
-            ("manifest", "activestorage.formats.references", "manifest_main",
+            ("manifest", "activestorage.manifest_cli", "manifest_main",
              "write a chunk manifest for a dataset")):
         p = sub.add_parser(name, help=helptext, add_help=False,
                            description=f"{helptext}; all arguments are passed on "

@@ -242,7 +242,7 @@ def test_unreachable_server_is_a_runtime_error(sample):
 
 
 @pytest.mark.parametrize("cmd,module,func", [("serve", "activestorage.server", "serve_main"),
-                                             ("manifest", "activestorage.formats.references",
+                                             ("manifest", "activestorage.manifest_cli",
                                               "manifest_main")])
 def test_delegated_commands(cmd, module, func):
     try:

@@ -18,7 +18,8 @@ from activestorage.errors import (FormatError, UnsupportedError,
                                   VariableNotFoundError)
 from activestorage.formats import open_variable
 from activestorage.formats.detect import detect_format
-from activestorage.formats.references import (concatenate, list_variables, manifest_main,
+from activestorage.manifest_cli import manifest_main
+from activestorage.formats.references import (concatenate, list_variables,
                                               open_references, write_manifest)
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "netcdf"

@@ -251,7 +251,7 @@ def test_kerchunk_references_to_s3_objects(datasets, moto_server, s3):
 def test_manifest_cli_globs_s3_files_and_writes_to_s3(datasets, s3, moto_server, tmp_path):
     """`activestorage manifest 's3://bucket/series_*.nc' tas -o s3://.../refs.json` combines the
     files along time; Active on the S3 manifest equals numpy on the concatenated data."""
-    from activestorage.formats.references import manifest_main
+    from activestorage.manifest_cli import manifest_main
 
     so = storage_options(moto_server)
     parts = []
