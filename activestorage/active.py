@@ -293,7 +293,8 @@ class Active:
                      for t in tasks]
         threads = self._threads(len(tasks))
         # enough batches to balance threads and move a progress bar; few enough to amortise calls
-        nbatches = min(len(tasks), max(threads * 4, len(tasks) // 512))
+        per_thread = getattr(self._backend, "batches_per_thread", 4)
+        nbatches = min(len(tasks), max(threads * per_thread, len(tasks) // 512))
         if threads == 1 and len(tasks) <= 4096:
             nbatches = 1
         bar = progress(len(tasks), f"{kop} {var.name}", self.progress)

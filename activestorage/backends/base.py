@@ -39,6 +39,9 @@ class Backend(ABC):
 
     #: a short name for reports ("posix", "fetch", "server")
     name: str = "backend"
+    #: how many batches per thread a caller should split its chunks into: several balance the
+    #: threads of an in-process backend; one keeps the batches of a batching server large
+    batches_per_thread: int = 4
 
     def __init__(self) -> None:
         self._stats_lock = threading.Lock()

@@ -103,6 +103,7 @@ class ServerPool(Backend):
     """
 
     name = "server-pool"
+    batches_per_thread = 1  # one large batch request per thread
 
     def __init__(self, urls: Sequence[str] | str, *, backoff: float | None = None,
                  backend_factory: Callable[[str], Backend] | None = None,

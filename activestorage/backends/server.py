@@ -353,6 +353,7 @@ class ServerBackend(Backend):
     """
 
     name = "server"
+    batches_per_thread = 1  # one large batch request per thread
 
     def __init__(self, url: str | None = None, *, username: str | None = None,
                  password: str | None = None, storage_options: Mapping[str, Any] | None = None,
