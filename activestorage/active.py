@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .backends.base import Backend
+from .coalesce import MAX_RUN_BYTES
 from .combine import Accumulator, finish, fold
 from .errors import ActiveStorageError, SelectionError
 from .formats import open_variable
@@ -291,81 +292,107 @@ class Active:
         else:
             index = [tuple(slice(0, 1) if ax in kernel_axes else o for ax, o in enumerate(t.out))
                      for t in tasks]
-        threads = self._threads(len(tasks))
+        # A folding backend gets fixed blocks of tasks (a function of the chunk size only), so
+        # which partials it folds together, and so the rounding, never depends on thread count.
+        folds = self._backend.folds and kop != "select"
+        block = max(1, MAX_RUN_BYTES // max(1, var.chunk_nbytes)) if folds else 1
+        nblocks = -(-len(tasks) // block)
+        threads = self._threads(nblocks)
         # enough batches to balance threads and move a progress bar; few enough to amortise calls
         per_thread = getattr(self._backend, "batches_per_thread", 4)
-        nbatches = min(len(tasks), max(threads * per_thread, len(tasks) // 512))
+        nbatches = min(nblocks, max(threads * per_thread, len(tasks) // 512))
         if threads == 1 and len(tasks) <= 4096:
             nbatches = 1
         bar = progress(len(tasks), f"{kop} {var.name}", self.progress)
         try:
-            self._run_batches(tasks, index, nbatches, threads, kop, kernel_axes, acc, full, bar)
+            self._run_batches(tasks, index, nbatches, block, threads, kop, kernel_axes, acc,
+                              full, folds, bar)
         finally:
             bar.close()
 
     def _run_batches(self, tasks: list[ChunkTask], index: list[tuple[slice, ...]], nbatches: int,
-                     threads: int, kop: str, kernel_axes: tuple[int, ...], acc: Accumulator,
-                     full: bool, bar: Any) -> None:
+                     block: int, threads: int, kop: str, kernel_axes: tuple[int, ...],
+                     acc: Accumulator, full: bool, folds: bool, bar: Any) -> None:
         var = self._variable
-        bounds = np.linspace(0, len(tasks), nbatches + 1).astype(int)
-        batches = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        backend = self._backend
+        batches = _spans(len(tasks), nbatches, block)
+        if folds:  # partials may be folded where they land in the same part of the result
+            slot_of = [0] * len(tasks) if full else [
+                tuple(c for ax, c in enumerate(t.coords) if ax not in kernel_axes) for t in tasks]
 
-        def work(span: tuple[int, int]) -> list[Partial]:
+        def work(span: tuple[int, int]) -> list[Partial | None]:
+            """Partials of tasks ``span`` in order (``None`` where folded into an earlier one)."""
             a, b = span
-            reqs: list[ChunkRequest] = []
-            slots: list[int] = []
             partials: list[Partial | None] = [None] * (b - a)
-            for i in range(a, b):
-                t = tasks[i]
-                req = var.request_for(t.coords, selection=None if t.whole else t.selection,
-                                      axis=kernel_axes)
-                if req is None:
-                    partials[i - a] = _fill_partial(var, t, kop, kernel_axes)
-                else:
-                    reqs.append(req)
-                    slots.append(i - a)
-            if reqs:
-                for slot, p in zip(slots, self._backend.reduce_chunks(reqs, kop)):
-                    partials[slot] = p
-            done = [p for p in partials if p is not None]
+            step = block if folds else b - a
+            for c in range(a, b, step):
+                reqs: list[ChunkRequest] = []
+                where: list[int] = []
+                for i in range(c, min(c + step, b)):
+                    t = tasks[i]
+                    req = var.request_for(t.coords, selection=None if t.whole else t.selection,
+                                          axis=kernel_axes)
+                    if req is None:
+                        partials[i - a] = _fill_partial(var, t, kop, kernel_axes)
+                    else:
+                        reqs.append(req)
+                        where.append(i)
+                if not reqs:
+                    continue
+                got = (backend.reduce_and_fold(reqs, kop, [slot_of[i] for i in where]) if folds
+                       else backend.reduce_chunks(reqs, kop))
+                for i, p in zip(where, got):
+                    partials[i - a] = p
             bar.update(b - a)
-            return [fold(done, kop, var.dtype)] if full else done
+            if full:
+                return [fold([p for p in partials if p is not None], kop, var.dtype)]
+            return partials
 
         if full:
-            results: Iterable[list[Partial]]
+            results: Iterable[list[Partial | None]]
             if len(batches) == 1:
                 results = [work(batches[0])]
             else:
                 with ThreadPoolExecutor(threads, thread_name_prefix="activestorage") as ex:
                     results = list(ex.map(work, batches))
-            flat = [p for r in results for p in r]
+            flat = [p for r in results for p in r if p is not None]
             acc.add(index[0], fold(flat, kop, var.dtype))
             return
+
+        def add_all(into: Accumulator, a: int, parts: list[Partial | None]) -> None:
+            for j, p in enumerate(parts):
+                if p is not None:
+                    into.add(index[a + j], p)
+
         if len(batches) == 1:
-            for i, p in enumerate(work(batches[0])):
-                acc.add(index[i], p)
+            add_all(acc, batches[0][0], work(batches[0]))
             return
         if kop != "select" and acc.nbytes * threads <= LOCAL_ACCUMULATOR_BYTES:
             # Axis reductions: partials can be as large as the chunks (a length-1 axis reduced),
             # so each batch folds its own into an accumulator on its worker thread and only
             # those travel back; they are merged in batch order, so the answer is deterministic.
+            step = block if folds else LOCAL_FOLD_TASKS
+
             def work_local(span: tuple[int, int]) -> Accumulator:
                 local = acc.empty_like()
-                for a in range(span[0], span[1], LOCAL_FOLD_TASKS):
-                    for j, p in enumerate(work((a, min(a + LOCAL_FOLD_TASKS, span[1])))):
-                        local.add(index[a + j], p)
+                for a in range(span[0], span[1], step):
+                    add_all(local, a, work((a, min(a + step, span[1]))))
                 return local
 
-            edges = np.linspace(0, len(tasks), threads + 1).astype(int)
-            spans = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
             with ThreadPoolExecutor(threads, thread_name_prefix="activestorage") as ex:
-                for local in ex.map(work_local, spans):
+                for local in ex.map(work_local, _spans(len(tasks), threads, block)):
                     acc.merge(local)
             return
         with ThreadPoolExecutor(threads, thread_name_prefix="activestorage") as ex:
             for (a, _b), parts in zip(batches, ex.map(work, batches)):
-                for j, p in enumerate(parts):
-                    acc.add(index[a + j], p)
+                add_all(acc, a, parts)
+
+
+def _spans(n: int, parts: int, block: int) -> list[tuple[int, int]]:
+    """``range(n)`` cut into about ``parts`` non-empty spans whose edges are multiples of ``block``."""
+    nblocks = -(-n // block)
+    edges = [min(n, round(nblocks * i / parts) * block) for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 class Reduction:

@@ -1,15 +1,22 @@
-"""Coalescing: reduce a run of adjacent, uncompressed, alike chunks as one stacked array.
+"""Coalescing: reduce a run of adjacent uncompressed chunks with a few vectorised calls.
 
 HDF5 and netCDF-3 writers usually lay chunks out back to back. When consecutive requests read
-neighbouring byte ranges of one object and describe chunks the same way (dtype, byte order,
-shape, order, selection, axes, missing data) and carry no codecs, their bytes form one array of
-shape ``(k, *chunk_shape)``: one read and one vectorised reduction replace ``k`` of each, which
-removes the per-chunk Python overhead that dominates small chunks.
+neighbouring byte ranges of one object and carry no codecs, one read fetches them all. Inside
+that run, chunks described the same way (dtype, byte order, shape, order, selection, axes, missing
+data) sit at a regular byte stride — every chunk, or every n-th when a selection cuts the chunk
+grid into n differently-selected columns — so each such group is one strided array view of shape
+``(k, *chunk_shape)`` and one reduction replaces ``k``: that removes the per-chunk Python overhead
+that dominates small chunks.
+
+Callers that only need the partials combined (chunks landing in the same part of the result)
+pass a ``slot`` per request: requests sharing a slot may then be folded into one partial, which
+is returned for the first of them, with ``None`` for the rest. Folding happens inside NumPy (the
+stacked axis is reduced too), so the caller adds one partial per group instead of one per chunk.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence
 
 import numpy as np
 
@@ -20,20 +27,16 @@ from .request import ChunkRequest
 MAX_RUN_BYTES = 8 * 2**20
 
 
-def _alike(a: ChunkRequest, b: ChunkRequest) -> bool:
-    return (b.url == a.url and b.offset == a.offset + a.size and b.size == a.size
-            and b.shape == a.shape and b.selection == a.selection and b.axis == a.axis
-            and b.missing == a.missing and b.dtype == a.dtype and b.byte_order == a.byte_order
-            and b.order == a.order and b.compression is None and not b.filters)
-
-
 def _plain(r: ChunkRequest) -> bool:
     return (r.compression is None and not r.filters and r.size is not None
             and r.size == r.nbytes and r.nbytes > 0)
 
 
 def runs(requests: Sequence[ChunkRequest], max_bytes: int = MAX_RUN_BYTES) -> list[tuple[int, int]]:
-    """Split ``requests`` into index spans ``[a, b)``; spans longer than one can be stacked."""
+    """Split ``requests`` into index spans ``[a, b)`` of uncompressed chunks stored back to back.
+
+    A span longer than one can be read at once and reduced with :func:`reduce_run`.
+    """
     spans = []
     i, n = 0, len(requests)
     while i < n:
@@ -41,29 +44,93 @@ def runs(requests: Sequence[ChunkRequest], max_bytes: int = MAX_RUN_BYTES) -> li
         r = requests[i]
         if _plain(r):
             total = r.size or 0
-            while (j < n and total + (requests[j].size or 0) <= max_bytes
-                   and _alike(requests[j - 1], requests[j])):
-                total += requests[j].size or 0
+            prev = r
+            while j < n:
+                q = requests[j]
+                if not (_plain(q) and q.url == r.url and q.offset == prev.offset + (prev.size or 0)
+                        and total + (q.size or 0) <= max_bytes):
+                    break
+                total += q.size or 0
+                prev = q
                 j += 1
         spans.append((i, j))
         i = j
     return spans
 
 
-def reduce_run(raw: Any, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
-    """Reduce ``len(requests)`` alike chunks whose bytes are ``raw`` back to back."""
-    r0 = requests[0]
-    k = len(requests)
-    flat = np.frombuffer(raw, dtype=r0.stored_dtype)
-    if not flat.dtype.isnative:
-        flat = flat.astype(flat.dtype.newbyteorder("="))
-    ndim = len(r0.shape)
+def _layout(r: ChunkRequest) -> tuple[Any, ...]:
+    """Everything that must agree for two chunks to be reduced as one stacked array."""
+    return (r.dtype, r.byte_order, r.shape, r.order, r.selection, r.axis, r.missing, r.size)
+
+
+def _groups(requests: Sequence[ChunkRequest], slots: Sequence[Hashable] | None) -> list[list[int]]:
+    """Indices of alike requests (and equal slots), split where the byte stride changes."""
+    by_key: dict[Any, list[int]] = {}
+    for i, r in enumerate(requests):
+        key: Any = (_layout(r), None if slots is None else slots[i])
+        try:
+            by_key.setdefault(key, []).append(i)
+        except TypeError:  # unhashable missing values: keep this chunk on its own
+            by_key[("alone", i)] = [i]
+    out: list[list[int]] = []
+    for members in by_key.values():
+        seg = [members[0]]
+        stride = None
+        for m in members[1:]:
+            d = requests[m].offset - requests[seg[-1]].offset
+            if stride is None or d == stride:
+                stride = d
+                seg.append(m)
+            else:
+                out.append(seg)
+                seg, stride = [m], None
+        out.append(seg)
+    return out
+
+
+def _stacked(raw: Any, base: int, reqs: Sequence[ChunkRequest]) -> np.ndarray:
+    """A ``(k, *shape)`` view of ``raw`` (bytes from offset ``base``) over alike chunks ``reqs``."""
+    r0 = reqs[0]
+    dtype = r0.stored_dtype
+    shape = r0.shape
+    strides = [dtype.itemsize] * len(shape)
     if r0.order == "F":
-        x = flat.reshape((k,) + r0.shape[::-1]).transpose((0,) + tuple(range(ndim, 0, -1)))
+        for i in range(1, len(shape)):
+            strides[i] = strides[i - 1] * shape[i - 1]
     else:
-        x = flat.reshape((k,) + r0.shape)
-    sl = r0.selection_slices()
-    if sl is not None:
-        x = x[(slice(None),) + sl]
-    p = reduce_array(x, operation, tuple(a + 1 for a in r0.reduce_axes), r0.missing)
-    return [Partial(p.values[i], p.counts[i]) for i in range(k)]
+        for i in range(len(shape) - 2, -1, -1):
+            strides[i] = strides[i + 1] * shape[i + 1]
+    step = reqs[1].offset - r0.offset if len(reqs) > 1 else (r0.size or 0)
+    x = np.ndarray((len(reqs),) + shape, dtype=dtype, buffer=raw, offset=r0.offset - base,
+                   strides=(step,) + tuple(strides))
+    if not dtype.isnative:
+        x = x.astype(dtype.newbyteorder("="))
+    return x
+
+
+def reduce_run(raw: Any, requests: Sequence[ChunkRequest], operation: str,
+               slots: Sequence[Hashable] | None = None) -> list[Partial | None]:
+    """Reduce the chunks of one run (see :func:`runs`) whose bytes are ``raw`` back to back.
+
+    One partial per request, in order; with ``slots``, requests sharing a slot may be folded into
+    the partial of the first of them (the others get ``None``). ``select`` is not supported here.
+    """
+    base = requests[0].offset
+    out: list[Partial | None] = [None] * len(requests)
+    fold = slots is not None
+    for seg in _groups(requests, slots):
+        reqs = [requests[i] for i in seg]
+        r0 = reqs[0]
+        x = _stacked(raw, base, reqs)
+        sl = r0.selection_slices()
+        if sl is not None:
+            x = x[(slice(None),) + sl]
+        axes = tuple(a + 1 for a in r0.reduce_axes)
+        if fold:
+            p = reduce_array(x, operation, (0,) + axes, r0.missing)
+            out[seg[0]] = Partial(p.values[0], p.counts[0])
+        else:
+            p = reduce_array(x, operation, axes, r0.missing)
+            for j, i in enumerate(seg):
+                out[i] = Partial(p.values[j], p.counts[j])
+    return out

@@ -133,14 +133,13 @@ def plan_chunks(sel: Selection, chunk_shape: Sequence[int]) -> list[ChunkTask]:
     per_axis = [_axis_plan(r, c) for r, c in zip(sel.ranges, chunk_shape)]
     if any(not p for p in per_axis):
         return []
-    per_axis_whole = [[_whole(s, c) for _, s, _ in p] for p, c in zip(per_axis, chunk_shape)]
-    tasks = []
-    for idx in itertools.product(*(range(len(p)) for p in per_axis)):
-        combo = [p[i] for p, i in zip(per_axis, idx)]
-        tasks.append(ChunkTask(tuple(c for c, _, _ in combo), tuple(s for _, s, _ in combo),
-                               tuple(o for _, _, o in combo),
-                               all(w[i] for w, i in zip(per_axis_whole, idx))))
-    return tasks
+    product = itertools.product  # one C-level product per field: millions of tasks stay cheap
+    coords = product(*([c for c, _, _ in p] for p in per_axis))
+    sels = product(*([s for _, s, _ in p] for p in per_axis))
+    outs = product(*([o for _, _, o in p] for p in per_axis))
+    wholes = map(all, product(*([_whole(s, c) for _, s, _ in p]
+                                for p, c in zip(per_axis, chunk_shape))))
+    return list(map(ChunkTask, coords, sels, outs, wholes))
 
 
 def count_chunks(sel: Selection, chunk_shape: Sequence[int]) -> int:

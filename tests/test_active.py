@@ -232,7 +232,8 @@ def test_stats_record_work(tmp_path):
     with Active(str(path), "v") as a:
         a.sum[0:3]
         s = a.stats
-        assert s.chunks_touched == 2 and s.requests == 2
+        # the two chunks are stored back to back: one read, though they are selected differently
+        assert s.chunks_touched == 2 and s.requests == 1
         assert s.bytes_read == 2 * 2 * 8 * 4 == s.bytes_without_active
         assert s.operation == "sum" and s.backend == "posix"
 

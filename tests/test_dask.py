@@ -135,9 +135,9 @@ def test_each_block_is_an_active_reduction(multifile):
     seen = []
 
     class Spy(PosixBackend):
-        def reduce_chunks(self, requests, operation):
+        def reduce_and_fold(self, requests, operation, slots):
             seen.append((len(requests), operation))
-            return super().reduce_chunks(requests, operation)
+            return super().reduce_and_fold(requests, operation, slots)
 
     spy = ad.regions(paths[3], "v", backend=Spy)
     assert_same(ad.mean(spy).compute(), oracle(x[15:], "mean"), "f4", "mean")

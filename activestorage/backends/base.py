@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Hashable, Sequence
 
 from ..kernel import Partial
 from ..request import ChunkRequest
@@ -42,6 +42,9 @@ class Backend(ABC):
     #: how many batches per thread a caller should split its chunks into: several balance the
     #: threads of an in-process backend; one keeps the batches of a batching server large
     batches_per_thread: int = 4
+    #: whether :meth:`reduce_and_fold` really folds (callers then hand it fixed-size blocks of
+    #: chunks, so what gets folded together never depends on the thread count)
+    folds: bool = False
 
     def __init__(self) -> None:
         self._stats_lock = threading.Lock()
@@ -60,6 +63,15 @@ class Backend(ABC):
     def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
         """Reduce several chunks, results in the order given. Override to batch."""
         return [self.reduce_chunk(r, operation) for r in requests]
+
+    def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
+                        slots: Sequence[Hashable]) -> list[Partial | None]:
+        """Like :meth:`reduce_chunks` for a caller that only needs partials combined per slot.
+
+        A backend may fold the partial of a request into that of an earlier request with the same
+        slot and return ``None`` in its place (never for ``select``). By default nothing is folded.
+        """
+        return list(self.reduce_chunks(requests, operation))
 
     def close(self) -> None:
         """Release files, sessions and connections."""

@@ -5,8 +5,9 @@ cache: no copy at all. The mapped pages count in the process's RSS as *file-back
 is the page cache itself (clean, shared, reclaimed by the kernel under pressure), not memory the
 process allocated. With ``use_mmap=False`` each worker thread instead reads into one reusable
 buffer with ``os.preadv`` (one copy; RSS bounded by threads x the largest read). Runs of adjacent
-uncompressed chunks are read at once and reduced as one stacked array
-(:mod:`activestorage.coalesce`). ``select`` results always get bytes of their own.
+uncompressed chunks are read at once and reduced as a few stacked arrays, folding partials that
+share a result slot (:mod:`activestorage.coalesce`). ``select`` results always get bytes of their
+own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence
 
 from ..coalesce import reduce_run, runs
 from ..errors import StorageError
@@ -27,6 +28,7 @@ class PosixBackend(Backend):
     """Reads chunks of local files (no per-chunk opens; thread-safe)."""
 
     name = "posix"
+    folds = True
 
     def __init__(self, use_mmap: bool = True) -> None:
         super().__init__()
@@ -96,7 +98,15 @@ class PosixBackend(Backend):
         return self.reduce_chunks([request], operation)[0]
 
     def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
-        out: list[Partial] = []
+        return self._reduce(requests, operation, None)  # type: ignore[return-value]
+
+    def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
+                        slots: Sequence[Hashable]) -> list[Partial | None]:
+        return self._reduce(requests, operation, None if operation == "select" else slots)
+
+    def _reduce(self, requests: Sequence[ChunkRequest], operation: str,
+                slots: Sequence[Hashable] | None) -> list[Partial | None]:
+        out: list[Partial | None] = []
         nbytes = 0
         own = operation == "select"
         spans = [(i, i + 1) for i in range(len(requests))] if own else runs(requests)
@@ -108,7 +118,8 @@ class PosixBackend(Backend):
             if b - a == 1:
                 out.append(reduce_chunk(raw, r, operation))
             else:
-                out.extend(reduce_run(raw, requests[a:b], operation))
+                out.extend(reduce_run(raw, requests[a:b], operation,
+                                      None if slots is None else slots[a:b]))
         self._account(bytes_read=nbytes, requests=len(spans))
         return out
 

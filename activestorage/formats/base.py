@@ -81,6 +81,11 @@ class Variable:
         return math.prod(self.grid)
 
     @property
+    def chunk_nbytes(self) -> int:
+        """Decoded size of one chunk in bytes."""
+        return math.prod(self.chunk_shape) * self.dtype.itemsize
+
+    @property
     def stored_bytes(self) -> int:
         return sum(loc.size for loc in self.chunks.values())
 
