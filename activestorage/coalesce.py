@@ -25,18 +25,23 @@ from .request import ChunkRequest
 
 #: a run is cut at this many bytes so memory in flight stays bounded
 MAX_RUN_BYTES = 8 * 2**20
+#: only chunks smaller than this are stacked: a larger one amortises its own per-call cost, and
+#: reading it alone keeps each thread's buffer to one chunk
+MAX_STACKED_CHUNK = 2**20
 
 
 def _plain(r: ChunkRequest) -> bool:
     return (r.compression is None and not r.filters and r.size is not None
-            and r.size == r.nbytes and r.nbytes > 0)
+            and r.size == r.nbytes and 0 < r.nbytes < MAX_STACKED_CHUNK)
 
 
-def runs(requests: Sequence[ChunkRequest], max_bytes: int = MAX_RUN_BYTES) -> list[tuple[int, int]]:
-    """Split ``requests`` into index spans ``[a, b)`` of uncompressed chunks stored back to back.
+def runs(requests: Sequence[ChunkRequest], max_bytes: int | None = None) -> list[tuple[int, int]]:
+    """Split ``requests`` into index spans ``[a, b)`` of small uncompressed chunks stored back to back.
 
     A span longer than one can be read at once and reduced with :func:`reduce_run`.
     """
+    if max_bytes is None:
+        max_bytes = MAX_RUN_BYTES
     spans = []
     i, n = 0, len(requests)
     while i < n:

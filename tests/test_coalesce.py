@@ -49,6 +49,8 @@ def test_runs_break_on_gaps_codecs_and_size():
     other = make_request("f4", (4,), offset=72, url="g", size=16)
     assert runs([a, b, gap, z, other]) == [(0, 2), (2, 3), (3, 4), (4, 5)]
     assert runs([a, b], max_bytes=16) == [(0, 1), (1, 2)]
+    big = [make_request("f4", (2**18,), url="f", offset=i * 2**20, size=2**20) for i in range(2)]
+    assert runs(big) == [(0, 1), (1, 2)]  # 1 MiB chunks gain nothing from stacking
 
 
 @settings(max_examples=150, deadline=None)
