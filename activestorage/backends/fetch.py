@@ -4,7 +4,9 @@ With no reduction server the client reads each chunk's bytes and reduces them it
 client per backend does the reads (a botocore S3 client, thread-safe, or a ``requests.Session``),
 so threads share connections instead of paying a TCP/TLS handshake per chunk. ``reduce_chunks``
 coalesces ranges of the same object that are adjacent (or separated by at most ``max_gap`` bytes)
-into one GET, which for contiguous HDF5 chunks turns thousands of small requests into a few.
+into one GET, which for contiguous HDF5 chunks turns thousands of small requests into a few;
+small chunks stored back to back are then reduced stacked, as the POSIX backend does
+(:mod:`activestorage.coalesce`).
 
 Pinned locators (``etag``/``version_id``) are honoured: S3 gets ``IfMatch``/``VersionId``, HTTP an
 ``If-Match`` header, and a 412 or a differing ETag raises :class:`ObjectChangedError`.
@@ -18,8 +20,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
+from ..coalesce import reduce_run, runs
 from ..errors import ObjectChangedError, StorageError
 from ..kernel import Partial, reduce_chunk
 from ..request import ChunkRequest
@@ -80,6 +83,7 @@ class FetchBackend(Backend):
     """
 
     name = "fetch"
+    folds = True
 
     def __init__(self, storage_options: Mapping[str, Any] | None = None, *,
                  max_threads: int | None = None, timeout: float = 30.0,
@@ -290,6 +294,14 @@ class FetchBackend(Backend):
 
     def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
         """Reduce many chunks: nearby ranges of one object share a GET; groups run concurrently."""
+        return self._reduce(requests, operation, None)  # type: ignore[return-value]
+
+    def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
+                        slots: Sequence[Hashable]) -> list[Partial | None]:
+        return self._reduce(requests, operation, None if operation == "select" else slots)
+
+    def _reduce(self, requests: Sequence[ChunkRequest], operation: str,
+                slots: Sequence[Hashable] | None) -> list[Partial | None]:
         if not requests:
             return []
         if not self.coalesce:
@@ -302,10 +314,20 @@ class FetchBackend(Backend):
         def run(g: _Group) -> None:
             raw = self.read_range(g.url, g.start, g.end, etag=g.etag, version_id=g.version_id)
             view = memoryview(raw)
-            for i in g.members:
-                r = requests[i]
-                lo = r.offset - g.start
-                out[i] = reduce_chunk(view[lo: lo + (r.size or 0)], r, operation)
+            reqs = [requests[i] for i in g.members]  # sorted by offset
+            spans = ([(j, j + 1) for j in range(len(reqs))] if operation == "select"
+                     else runs(reqs))
+            for a, b in spans:  # small back-to-back chunks are reduced stacked
+                lo = reqs[a].offset - g.start
+                hi = reqs[b - 1].offset + (reqs[b - 1].size or 0) - g.start
+                if b - a == 1:
+                    out[g.members[a]] = reduce_chunk(view[lo:hi], reqs[a], operation)
+                    continue
+                members = g.members[a:b]
+                parts = reduce_run(view[lo:hi], reqs[a:b], operation,
+                                   None if slots is None else [slots[i] for i in members])
+                for i, p in zip(members, parts):
+                    out[i] = p
 
         if len(groups) == 1 or self.max_threads <= 1:
             for g in groups:
@@ -313,7 +335,7 @@ class FetchBackend(Backend):
         else:
             for fut in [self._executor().submit(run, g) for g in groups]:
                 fut.result()
-        return out  # type: ignore[return-value]
+        return out
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
