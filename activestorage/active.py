@@ -24,7 +24,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .backends.base import Backend
-from .coalesce import MAX_RUN_BYTES, MAX_STACKED_CHUNK
 from .combine import Accumulator, finish, fold
 from .errors import ActiveStorageError, SelectionError
 from .formats import open_variable
@@ -295,8 +294,7 @@ class Active:
         # A folding backend gets fixed blocks of tasks (a function of the chunk size only), so
         # which partials it folds together, and so the rounding, never depends on thread count.
         folds = self._backend.folds and kop != "select"
-        small = var.chunk_nbytes < MAX_STACKED_CHUNK
-        block = max(1, MAX_RUN_BYTES // max(1, var.chunk_nbytes)) if folds and small else 1
+        block = max(1, self._backend.fold_block_bytes // max(1, var.chunk_nbytes)) if folds else 1
         nblocks = -(-len(tasks) // block)
         threads = self._threads(nblocks)
         # enough batches to balance threads and move a progress bar; few enough to amortise calls

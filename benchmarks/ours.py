@@ -19,6 +19,7 @@ from typing import Any
 import activestorage.backends.fetch  # noqa: F401
 import activestorage.backends.server  # noqa: F401
 import botocore.session  # noqa: F401
+import h5py  # noqa: F401  (the netCDF-4/HDF5 reader opens files with it)
 import requests  # noqa: F401
 from activestorage import Active
 

@@ -45,6 +45,8 @@ class Backend(ABC):
     #: whether :meth:`reduce_and_fold` really folds (callers then hand it fixed-size blocks of
     #: chunks, so what gets folded together never depends on the thread count)
     folds: bool = False
+    #: decoded chunk bytes in one such block
+    fold_block_bytes: int = 8 * 2**20
 
     def __init__(self) -> None:
         self._stats_lock = threading.Lock()

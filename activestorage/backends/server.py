@@ -26,7 +26,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -224,11 +224,12 @@ def result_shapes(req: ChunkRequest, operation: str) -> tuple[tuple[int, ...], t
             tuple(1 if i in axes else n for i, n in enumerate(sel)))
 
 
-def _expected_dtypes(req: ChunkRequest, operation: str) -> tuple[np.dtype, ...]:
+def _expected_dtypes(req: ChunkRequest, operation: str, folded: bool) -> tuple[np.dtype, ...]:
     if operation == "count":
         return (np.dtype(np.int64),)
     if operation == "sum":
-        return (np.dtype(sum_dtype(req.dtype)), req.dtype)
+        wide = (np.dtype(np.float64),) if folded and req.dtype.kind == "f" else ()
+        return (np.dtype(sum_dtype(req.dtype)), req.dtype) + wide
     return (req.dtype,)
 
 
@@ -238,13 +239,16 @@ def _malformed(url: str, why: str, body: Any = None) -> ServerError:
 
 
 def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count: Any,
-               req: ChunkRequest, operation: str, url: str) -> Partial:
-    """Check one decoded response against its request and turn it into a keepdims Partial."""
+               req: ChunkRequest, operation: str, url: str, folded: bool = False) -> Partial:
+    """Check one decoded response against its request and turn it into a keepdims Partial.
+
+    ``folded``: the result combines several chunks (a batch ``fold``), so float sums may come
+    back in float64."""
     try:
         dt = np.dtype(str(dtype))
     except TypeError as exc:
         raise _malformed(url, f"unknown dtype {dtype!r}") from exc
-    if dt not in _expected_dtypes(req, operation):
+    if dt not in _expected_dtypes(req, operation, folded):
         raise _malformed(url, f"{operation} of {req.dtype.name} came back as {dt.name}")
     if byte_order not in ("little", "big"):
         raise _malformed(url, f"byte_order {byte_order!r}")
@@ -259,7 +263,8 @@ def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count
         raise _malformed(url, f"{len(values_bytes)} result bytes for {n} {dt.name} values")
     values = np.frombuffer(values_bytes, dt.newbyteorder("<" if byte_order == "little" else ">"))
     values = values.astype(dt, copy=True).reshape(keep_shape)
-    if operation == "sum" and values.dtype != sum_dtype(req.dtype):
+    if operation == "sum" and values.dtype != sum_dtype(req.dtype) and not (
+            folded and values.dtype == np.float64):
         # a server without option_wide_sum summed in the request dtype (may have overflowed)
         log.info("%s returned a %s sum of %s data", url, values.dtype.name, req.dtype.name)
         values = values.astype(sum_dtype(req.dtype))
@@ -288,7 +293,8 @@ def _as_count_list(count: Any, url: str) -> list[int]:
     raise _malformed(url, f"count {str(count)[:100]!r}")
 
 
-def decode_v2(payload: Any, req: ChunkRequest, operation: str, url: str) -> Partial:
+def decode_v2(payload: Any, req: ChunkRequest, operation: str, url: str,
+              folded: bool = False) -> Partial:
     """A v2 CBOR response map -> Partial."""
     if not isinstance(payload, Mapping):
         raise _malformed(url, "expected a CBOR map")
@@ -306,7 +312,8 @@ def decode_v2(payload: Any, req: ChunkRequest, operation: str, url: str) -> Part
             raise _malformed(url, f"no {key!r} in response")
     if shape is None:
         raise _malformed(url, "no 'shape' in response")
-    return to_partial(payload["bytes"], payload["dtype"], bo, shape, count, req, operation, url)
+    return to_partial(payload["bytes"], payload["dtype"], bo, shape, count, req, operation, url,
+                      folded)
 
 
 def decode_v1(resp: Any, req: ChunkRequest, operation: str, url: str) -> Partial:
@@ -354,6 +361,7 @@ class ServerBackend(Backend):
 
     name = "server"
     batches_per_thread = 1  # one large batch request per thread
+    fold_block_bytes = 64 * 2**20  # chunk bytes per folded batch: few, large requests
 
     def __init__(self, url: str | None = None, *, username: str | None = None,
                  password: str | None = None, storage_options: Mapping[str, Any] | None = None,
@@ -487,16 +495,20 @@ class ServerBackend(Backend):
         size = math.ceil(n / parts)
         return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def _reduce_batch(self, requests: Sequence[ChunkRequest], operation: str,
-                      kind: str) -> list[Partial]:
-        """One batch POST (all items of one auth kind); a 413 splits it in two."""
+    def _reduce_batch(self, requests: Sequence[ChunkRequest], operation: str, kind: str,
+                      fold: Sequence[int] | None = None) -> list[Partial | None]:
+        """One batch POST (all items of one auth kind); a 413 splits it in two. With ``fold``
+        ids the server combines results sharing an id (``None`` for the folded-away ones)."""
         import cbor2
 
         items = [request_body(r, operation, self._routing(r), wide_sum=self.wide_sum)
                  for r in requests]
+        body: dict[str, Any] = {"requests": items}
+        if fold is not None:
+            body["fold"] = list(fold)
         url = f"{self.url}/v2/batch/{operation}"
         resp = post_with_retries(
-            self.session, url, data=cbor2.dumps({"requests": items}),
+            self.session, url, data=cbor2.dumps(body),
             headers={"content-type": "application/cbor", "accept": "application/cbor"},
             timeout=self.timeout, retries=self.retries, backoff=self.backoff,
             on_attempt=self._on_attempt, auth=self._auth[kind])
@@ -506,8 +518,10 @@ class ServerBackend(Backend):
             if resp.status_code == 413 and len(requests) > 1:
                 half = len(requests) // 2
                 log.info("%s: batch of %d is too large; splitting", url, len(requests))
-                return (self._reduce_batch(requests[:half], operation, kind)
-                        + self._reduce_batch(requests[half:], operation, kind))
+                return (self._reduce_batch(requests[:half], operation, kind,
+                                           None if fold is None else fold[:half])
+                        + self._reduce_batch(requests[half:], operation, kind,
+                                             None if fold is None else fold[half:]))
             self._account(bytes_read=sum(r.size or 0 for r in requests))
             raise_for_error(resp, url)
             payload = _decode_cbor(resp, url)
@@ -516,12 +530,36 @@ class ServerBackend(Backend):
         results = payload.get("results") if isinstance(payload, Mapping) else None
         if not isinstance(results, list) or len(results) != len(requests):
             raise _malformed(url, f"expected {len(requests)} results")
-        return [decode_v2(res, r, operation, f"{url} (item {i})")
-                for i, (res, r) in enumerate(zip(results, requests))]
+        out: list[Partial | None] = []
+        seen: set[int] = set()
+        for i, (res, r) in enumerate(zip(results, requests)):
+            if res is None and fold is not None and fold[i] in seen:
+                out.append(None)  # folded into an earlier item's result
+            else:
+                out.append(decode_v2(res, r, operation, f"{url} (item {i})", fold is not None))
+            if fold is not None:
+                seen.add(fold[i])
+        return out
+
+    @property
+    def folds(self) -> bool:  # type: ignore[override]
+        """Whether batches can ask the server to fold results (ours says so in capabilities)."""
+        return self.api_version == 2 and self.batching and bool(self.capabilities().get("fold"))
 
     def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
         """Reduce many chunks: batched against our server, else one request per chunk; the
         requests (or batches) run concurrently on ``max_threads`` connections."""
+        return self._reduce(requests, operation, None)  # type: ignore[return-value]
+
+    def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
+                        slots: Sequence[Hashable]) -> list[Partial | None]:
+        if operation == "select" or not self.folds:
+            return list(self.reduce_chunks(requests, operation))
+        ids: dict[Hashable, int] = {}
+        return self._reduce(requests, operation, [ids.setdefault(s, len(ids)) for s in slots])
+
+    def _reduce(self, requests: Sequence[ChunkRequest], operation: str,
+                fold: list[int] | None) -> list[Partial | None]:
         if not requests:
             return []
         if len(requests) > 1 and self.batching:
@@ -532,7 +570,8 @@ class ServerBackend(Backend):
                     for rg in self._split([requests[i] for i in idx])]
             try:
                 results = self._map(lambda job: self._reduce_batch(
-                    [requests[i] for i in job[1]], operation, job[0]), jobs)
+                    [requests[i] for i in job[1]], operation, job[0],
+                    None if fold is None else [fold[i] for i in job[1]]), jobs)
             except _NoBatch:
                 results = None
             if results is not None:
@@ -540,7 +579,7 @@ class ServerBackend(Backend):
                 for (_, idx), parts in zip(jobs, results):
                     for i, p in zip(idx, parts):
                         out[i] = p
-                return out  # type: ignore[return-value]
+                return out
             log.warning("%s has no batch endpoint; falling back to per-chunk requests", self.url)
             self._batch_pref = False
         return self._map(lambda r: self.reduce_chunk(r, operation), list(requests))

@@ -3,8 +3,10 @@
 A request goes: bounded body read -> JSON/CBOR parse -> routing fields (allow-listed upstream) ->
 :meth:`ChunkRequest.from_wire` validation -> reserve its bytes in the memory budget -> range GET
 (:mod:`.upstream`) -> :func:`activestorage.kernel.reduce_chunk` in a thread pool -> v1 raw bytes with
-``x-activestorage-*`` headers, or v2 CBOR. Every error leaves as ``{"error": {"message",
-"caused_by"}}`` with the spec's status; nothing else (no FastAPI 422 shape, no tracebacks).
+``x-activestorage-*`` headers, or v2 CBOR. A batch may carry ``fold`` ids: results sharing one
+are combined here, so an axis reduction over many small chunks answers with a few partials.
+Every error leaves as ``{"error": {"message", "caused_by"}}`` with the spec's status; nothing else
+(no FastAPI 422 shape, no tracebacks).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
                       UnsupportedError)
+from ..combine import Accumulator
 from ..kernel import Partial, reduce_chunk
 from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
 from . import schema
@@ -143,8 +146,10 @@ class Result:
     select: bool
 
 
-def compute(raw: bytes, item: Item) -> Result:
-    """Run the shared kernel and shape its keepdims partial into the API's result."""
+def compute(raw: bytes, item: Item, wide: bool = False) -> Result:
+    """Run the shared kernel and shape its keepdims partial into the API's result.
+
+    ``wide``: keep sums in the accumulating dtype whatever the request asked (for folding)."""
     try:
         p: Partial = reduce_chunk(raw, item.req, item.operation)
     except (DecodeError, UnsupportedError) as exc:
@@ -154,7 +159,7 @@ def compute(raw: bytes, item: Item) -> Result:
     axes = set(item.req.reduce_axes)
     shape = tuple(n for i, n in enumerate(p.values.shape) if i not in axes)
     values = p.values.reshape(shape)
-    if item.operation == "sum" and not item.wide_sum and values.dtype != item.req.dtype:
+    if item.operation == "sum" and not (item.wide_sum or wide) and values.dtype != item.req.dtype:
         with np.errstate(over="ignore", invalid="ignore"):
             values = values.astype(item.req.dtype)  # the spec's result dtype (wraps like NumPy)
     return Result(np.asarray(values, order="C"), p.counts.reshape(shape), False)
@@ -196,14 +201,51 @@ def _compute_v2(raw: bytes, item: Item) -> bytes:
     return cbor2.dumps(v2_map(compute(raw, item), item))
 
 
-def _compute_maps(pairs: list[tuple[int, bytes, Item]]) -> list[tuple[int, dict[str, Any]]]:
+def _compute_groups(groups: list[list[int]], raws: list[Any], items: list[Item],
+                    folding: bool) -> list[tuple[int, dict[str, Any]]]:
+    """Reduce each group of items and, when ``folding``, fold its results in request order (one
+    response map per group, for its first item). Folding adds exactly as the client's accumulator
+    would: float sums in float64, integer sums in (u)int64, min/max over elements with a value."""
     out = []
-    for i, raw, item in pairs:
-        try:
-            out.append((i, v2_map(compute(raw, item), item)))
-        except ActiveStorageError as exc:
-            raise at_item(exc, i) from exc
+    for group in groups:
+        first = group[0]
+        if not folding:
+            try:
+                out.append((first, v2_map(compute(raws[first], items[first]), items[first])))
+            except ActiveStorageError as exc:
+                raise at_item(exc, first) from exc
+            continue
+        acc: Accumulator | None = None
+        for i in group:
+            try:
+                res = compute(raws[i], items[i], wide=True)
+            except ActiveStorageError as exc:
+                raise at_item(exc, i) from exc
+            if acc is None:
+                acc = Accumulator(items[i].operation, res.values.shape, items[i].req.dtype)
+            elif res.values.shape != acc.values.shape:
+                raise at_item(RequestValidationError(
+                    "fold", f"requests {first} and {i} share a fold id but their results have "
+                            f"shapes {list(acc.values.shape)} and {list(res.values.shape)}"), i)
+            acc.add((), Partial(res.values, res.counts))
+        assert acc is not None
+        out.append((first, v2_map(Result(acc.values, acc.counts, False), items[first])))
     return out
+
+
+def fold_groups(fold: Any, n: int, operation: str) -> list[list[int]]:
+    """Item indices grouped by the batch's ``fold`` ids (each item alone when there are none)."""
+    if fold is None:
+        return [[i] for i in range(n)]
+    if not isinstance(fold, list) or len(fold) != n or not all(
+            isinstance(f, int) and not isinstance(f, bool) for f in fold):
+        raise RequestValidationError("fold", f"must be a list of {n} integers, one per request")
+    if operation == "select":
+        raise RequestValidationError("fold", "selections cannot be folded")
+    groups: dict[int, list[int]] = {}
+    for i, f in enumerate(fold):
+        groups.setdefault(f, []).append(i)
+    return list(groups.values())
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -343,6 +385,7 @@ class Server:
                 items.append(prepare(b, op, "v2", auth, self.settings))
             except ActiveStorageError as exc:
                 raise at_item(exc, i) from None
+        groups = fold_groups(body.get("fold"), len(items), op)
         jobs = self._plan(items)
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
         total = sum(size if size is not None else items[run[0]].max_raw
@@ -350,16 +393,16 @@ class Server:
         async with self.budget.reserve(total):
             self.metrics.in_flight.set(self.budget.used)
             raws = await self._fetch(items, jobs)
-            n = max(1, min(self.settings.kernel_threads, len(items)))
-            pairs = [(i, raws[i], it) for i, it in enumerate(items)]
+            n = max(1, min(self.settings.kernel_threads, len(groups)))
             loop = asyncio.get_running_loop()
-            parts = await asyncio.gather(*(loop.run_in_executor(self.pool, _compute_maps,
-                                                                pairs[k::n]) for k in range(n)),
-                                         return_exceptions=True)
+            folding = body.get("fold") is not None
+            parts = await asyncio.gather(
+                *(loop.run_in_executor(self.pool, _compute_groups, groups[k::n], raws, items,
+                                       folding) for k in range(n)), return_exceptions=True)
         errors = [p for p in parts if isinstance(p, BaseException)]
         if errors:
             raise min(errors, key=_item_index)
-        results: list[Any] = [None] * len(items)
+        results: list[Any] = [None] * len(items)  # folded-away items stay null
         for part in parts:
             for i, m in part:  # type: ignore[union-attr]
                 results[i] = m
@@ -432,7 +475,7 @@ class Server:
 
     def capabilities(self) -> dict[str, Any]:
         return {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
-                "batch": True, "max_batch": self.settings.max_batch,
+                "batch": True, "max_batch": self.settings.max_batch, "fold": True,
                 "operations": list(OPERATIONS), "options": list(OPTIONS)}
 
     async def aclose(self) -> None:

@@ -62,7 +62,14 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def batch_schema() -> dict[str, Any]:
     return {"type": "object", "required": ["requests"], "title": "BatchRequest",
-            "properties": {"requests": {"type": "array", "items": inline_schema(V2Request)}}}
+            "properties": {
+                "requests": {"type": "array", "items": inline_schema(V2Request)},
+                "fold": {"type": "array", "items": {"type": "integer"},
+                         "description": "Optional, one id per request: results of requests "
+                                        "sharing an id are combined on the server and returned "
+                                        "for the first of them (the others are null). With "
+                                        "fold, sums come back as float64 or (u)int64. Not "
+                                        "for select."}}}
 
 
 def body_doc(schema: dict[str, Any], cbor: bool = False) -> dict[str, Any]:

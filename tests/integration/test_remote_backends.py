@@ -266,6 +266,24 @@ def test_batching_cuts_requests_and_server_cuts_bytes(files, s3_files, server, m
     assert got["per-chunk"].bytes_received < got["fetch"].bytes_received / 10
 
 
+def test_server_folds_axis_partials(files, s3_files, server, moto):
+    """An axis reduction over many small chunks: the server folds the partials that land in the
+    same part of the result, so a few come back instead of one per chunk; answers unchanged."""
+    url, (path, var) = s3_files["floats.nc"], files["floats.nc"]
+
+    class NoFold(ServerBackend):
+        folds = False
+
+    moved = {}
+    for label, cls in (("fold", ServerBackend), ("no fold", NoFold)):
+        with cls(server, storage_options=storage_options(moto), batch=True, env={}) as b, \
+                Active(url, var, storage_options=storage_options(moto), backend=b) as a:
+            for op in ("mean", "min", "max", "count"):
+                check(getattr(a, op)(axis=0)[3:], oracle(path, var, op, slice(3, None), 0), op)
+            moved[label] = a.stats.bytes_received
+    assert moved["fold"] * 10 < moved["no fold"], moved
+
+
 def test_int32_sum_does_not_overflow(files, s3_files, server, moto):
     url, (path, var) = s3_files["ints.nc"], files["ints.nc"]
     want = oracle(path, var, "sum")

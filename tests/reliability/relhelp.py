@@ -19,7 +19,8 @@ import numpy as np
 #: every name a rejection may point at (request fields, batch items, the body itself, the route).
 FIELDS = ("dtype", "byte_order", "offset", "size", "shape", "order", "selection", "axis",
           "compression", "filters", "missing", "url", "interface_type", "source", "bucket",
-          "object", "requests", "body", "option_", "etag", "version_id", "operation", "path")
+          "object", "requests", "body", "option_", "etag", "version_id", "operation", "path",
+          "fold")
 _FIELD_RE = re.compile(r"\b(" + "|".join(FIELDS) + r")")
 ERROR_STATUSES = (400, 401, 403, 404, 405, 409, 413, 415)
 

@@ -231,3 +231,68 @@ def test_deeply_nested_json_is_400(client):
         r = client.post("/v2/sum", content=b"[" * depth + b"]" * depth,
                         headers={"content-type": "application/json"})
         assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(x=arrays, op=st.sampled_from(["count", "min", "max", "sum"]), data=st.data())
+def test_batch_fold_combines_like_numpy_over_the_stacked_chunks(client, x, op, data):
+    """Requests sharing a fold id come back as one result (for the first of them, the others
+    null) equal to NumPy's reduction over all of their chunks together."""
+    k = data.draw(st.integers(2, 5))
+    chunks = [(x + i).astype(x.dtype) if x.dtype.kind != "u" else x for i in range(k)]
+    ids = data.draw(st.lists(st.integers(0, 2), min_size=k, max_size=k))
+    axis = tuple(sorted(data.draw(st.sets(st.integers(0, x.ndim - 1), min_size=1))))
+    missing = data.draw(st.sampled_from([None, x.reshape(-1)[0].item()]))
+    bodies = []
+    for i, c in enumerate(chunks):
+        url = f"http://127.0.0.1:1/fold-{len(STORE)}-{i}.bin"
+        STORE[url] = c.tobytes()
+        b: dict[str, Any] = {"interface_type": "http", "url": url, "dtype": x.dtype.name,
+                             "shape": list(x.shape), "axis": list(axis)}
+        if missing is not None:
+            b["missing"] = {"missing_value": missing}
+        bodies.append(b)
+    r = client.post(f"/v2/batch/{op}", content=cbor2.dumps({"requests": bodies, "fold": ids}),
+                    headers={"content-type": "application/cbor"})
+    assert r.status_code == 200, r.text
+    results = cbor2.loads(r.content)["results"]
+    for fid in set(ids):
+        members = [i for i, f in enumerate(ids) if f == fid]
+        assert all(results[i] is None for i in members[1:])
+        values, counts = decode_v2(results[members[0]])
+        stacked = np.stack([chunks[i] for i in members])  # the members as one array
+        want, want_count = oracle(stacked, op, (0,) + tuple(a + 1 for a in axis), missing)
+        assert counts.reshape(np.shape(want_count)).tolist() == np.asarray(want_count).tolist()
+        ok = np.asarray(want_count) > 0
+        if op == "sum":
+            assert values.dtype == (np.float64 if x.dtype.kind == "f" else
+                                    {"i": np.int64, "u": np.uint64}[x.dtype.kind])
+            s = np.ma.masked_array(stacked, np.zeros(stacked.shape, bool) if missing is None
+                                   else stacked == missing)
+            exact = np.ma.filled(s.sum(axis=(0,) + tuple(a + 1 for a in axis),
+                                       dtype=values.dtype), 0)
+            np.testing.assert_allclose(np.asarray(values)[ok], np.asarray(exact)[ok], rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(np.asarray(values)[ok], np.asarray(want)[ok])
+
+
+def test_batch_fold_errors_name_the_field(client):
+    STORE["http://127.0.0.1:1/f.bin"] = np.arange(6, dtype="<i4").tobytes()
+    one = {"interface_type": "http", "url": "http://127.0.0.1:1/f.bin", "dtype": "int32",
+           "shape": [2, 3], "axis": [0]}
+    other = {**one, "shape": [3, 2]}  # its result has another shape
+
+    def post(op: str, body: dict[str, Any]) -> Any:
+        return client.post(f"/v2/batch/{op}", content=cbor2.dumps(body),
+                           headers={"content-type": "application/cbor"})
+
+    for fold in ([0], [0, "a"], "x", [0, True]):
+        r = post("sum", {"requests": [one, one], "fold": fold})
+        assert r.status_code == 400 and "fold" in r.json()["error"]["message"], (fold, r.text)
+    r = post("select", {"requests": [one, one], "fold": [0, 0]})
+    assert r.status_code == 400 and "fold" in r.json()["error"]["message"]
+    r = post("sum", {"requests": [one, other], "fold": [0, 0]})
+    assert r.status_code == 400 and "fold" in r.json()["error"]["message"]
+    r = post("sum", {"requests": [one, other], "fold": [0, 1]})  # different ids: fine
+    assert r.status_code == 200 and None not in cbor2.loads(r.content)["results"]
+    assert client.get("/capabilities").json()["fold"] is True
