@@ -197,7 +197,6 @@ http {{
     scgi_temp_path {tmp}/scgi;
     default_type application/octet-stream;
     sendfile on;
-    tcp_nopush on;
     keepalive_timeout 75;
     keepalive_requests 1000000;
     server {{
