@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import cbor2
 import numpy as np
@@ -201,26 +201,32 @@ def _compute_v2(raw: bytes, item: Item) -> bytes:
     return cbor2.dumps(v2_map(compute(raw, item), item))
 
 
-def _compute_groups(groups: list[list[int]], raws: list[Any], items: list[Item],
-                    folding: bool) -> list[tuple[int, dict[str, Any]]]:
-    """Reduce each group of items and, when ``folding``, fold its results in request order (one
-    response map per group, for its first item). Folding adds exactly as the client's accumulator
-    would: float sums in float64, integer sums in (u)int64, min/max over elements with a value."""
+def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
+                   wide: bool) -> list[Result]:
+    """The results of items ``idx`` (whose bytes have arrived), errors naming the item."""
+    out = []
+    for i in idx:
+        try:
+            out.append(compute(raws[i], items[i], wide=wide))
+        except ActiveStorageError as exc:
+            raise at_item(exc, i) from exc
+    return out
+
+
+def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item],
+                   folding: bool) -> list[tuple[int, dict[str, Any]]]:
+    """One response map per group, for its first item; when ``folding``, the group's results
+    folded in request order exactly as the client's accumulator would (float sums in float64,
+    integer sums in (u)int64, min/max over the elements that have a value)."""
     out = []
     for group in groups:
         first = group[0]
         if not folding:
-            try:
-                out.append((first, v2_map(compute(raws[first], items[first]), items[first])))
-            except ActiveStorageError as exc:
-                raise at_item(exc, first) from exc
+            out.append((first, v2_map(results[first], items[first])))
             continue
         acc: Accumulator | None = None
         for i in group:
-            try:
-                res = compute(raws[i], items[i], wide=True)
-            except ActiveStorageError as exc:
-                raise at_item(exc, i) from exc
+            res = results[i]
             if acc is None:
                 acc = Accumulator(items[i].operation, res.values.shape, items[i].req.dtype)
             elif res.values.shape != acc.values.shape:
@@ -390,14 +396,23 @@ class Server:
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
         total = sum(size if size is not None else items[run[0]].max_raw
                     for run, _t, _o, size in jobs) + sum(it.req.nbytes for it in items)
+        folding = body.get("fold") is not None
+        loop = asyncio.get_running_loop()
+        computed: list[Any] = [None] * len(items)
+
+        async def ready(idx: list[int], raws: list[Any]) -> None:
+            """Reduce items as soon as their GET is in: kernels overlap the other GETs."""
+            for i, res in zip(idx, await loop.run_in_executor(
+                    self.pool, _compute_items, idx, raws, items, folding)):
+                computed[i] = res
+                raws[i] = b""  # the bytes are no longer needed
+
         async with self.budget.reserve(total):
             self.metrics.in_flight.set(self.budget.used)
-            raws = await self._fetch(items, jobs)
+            await self._fetch(items, jobs, ready)
             n = max(1, min(self.settings.kernel_threads, len(groups)))
-            loop = asyncio.get_running_loop()
-            folding = body.get("fold") is not None
             parts = await asyncio.gather(
-                *(loop.run_in_executor(self.pool, _compute_groups, groups[k::n], raws, items,
+                *(loop.run_in_executor(self.pool, _encode_groups, groups[k::n], computed, items,
                                        folding) for k in range(n)), return_exceptions=True)
         errors = [p for p in parts if isinstance(p, BaseException)]
         if errors:
@@ -438,9 +453,10 @@ class Server:
                 jobs.append((run, target, start, end - start))
         return jobs
 
-    async def _fetch(self, items: list[Item],
-                     jobs: list[tuple[list[int], Target, int, int | None]]) -> list[Any]:
-        """Run the planned GETs concurrently (bounded by the upstream semaphore); bytes per item."""
+    async def _fetch(self, items: list[Item], jobs: list[tuple[list[int], Target, int, int | None]],
+                     ready: Callable[[list[int], list[Any]], Awaitable[None]]) -> None:
+        """Run the planned GETs concurrently (bounded by the upstream semaphore), handing each
+        one's items to ``ready`` (with the bytes per item) as soon as it is in."""
         raws: list[Any] = [b""] * len(items)
 
         async def each(run: list[int]) -> None:
@@ -449,6 +465,7 @@ class Server:
                     raws[i] = await self.fetch(items[i])
                 except ActiveStorageError as exc:
                     raise at_item(exc, i) from exc
+                await ready([i], raws)
 
         async def one(run: list[int], target: Target, start: int, size: int | None) -> None:
             if size is None or len(run) == 1:
@@ -466,12 +483,12 @@ class Server:
             for i in run:
                 o = items[i].req.offset - start
                 raws[i] = view[o:o + items[i].read_size]  # type: ignore[operator]
+            await ready(run, raws)
 
         results = await asyncio.gather(*(one(*j) for j in jobs), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise min(errors, key=_item_index)
-        return raws
 
     def capabilities(self) -> dict[str, Any]:
         return {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
