@@ -430,8 +430,10 @@ class Server:
         groups: dict[tuple[Any, ...], list[int]] = {}
         jobs: list[tuple[list[int], Target, int, int | None]] = []
         for i, it in enumerate(items):
-            if it.read_size is None:
-                jobs.append(([i], it.target, it.req.offset, None))
+            if it.read_size is None or it.read_size >= s.coalesce_below_bytes:
+                # large ranges gain nothing from sharing a GET, and alone each is reduced as
+                # soon as it arrives instead of waiting for its neighbours
+                jobs.append(([i], it.target, it.req.offset, it.read_size))
             else:
                 groups.setdefault((it.target,), []).append(i)
         for (target,), idx in groups.items():

@@ -48,6 +48,8 @@ class Settings:
     coalesce_gap_bytes: int = 64 << 10
     #: a coalesced GET is never larger than this.
     coalesce_max_bytes: int = 16 << 20
+    #: ranges this large are always fetched alone.
+    coalesce_below_bytes: int = 1 << 20
     #: region used for SigV4 signing of S3 requests.
     s3_region: str = "us-east-1"
     tls_cert: str | None = None

@@ -202,19 +202,23 @@ def test_body_limit_413(client):
 def test_batch_plan_coalesces_near_ranges_of_one_object_only():
     from activestorage.server.app import Server, prepare
 
-    srv = Server(Settings(coalesce_gap_bytes=100, coalesce_max_bytes=1000))
+    srv = Server(Settings(coalesce_gap_bytes=100, coalesce_max_bytes=900,
+                          coalesce_below_bytes=600))
 
     def item(url, offset, size=80):
         return prepare({"interface_type": "http", "url": url, "dtype": "float64", "offset": offset,
                         "size": size}, "sum", "v2", None, srv.settings)
 
     a, b = "http://127.0.0.1/a", "http://127.0.0.1/b"
-    items = [item(a, 0), item(a, 80), item(a, 260), item(b, 80), item(a, 2000), item(a, 400, 800)]
+    items = [item(a, 0), item(a, 80), item(a, 260), item(b, 80), item(a, 2000), item(a, 400, 560),
+             item(a, 2080, 640), item(a, 2720, 40)]
     jobs = sorted((sorted(run), t.url, start, size) for run, t, start, size in srv._plan(items))
     assert jobs == [([0, 1, 2], a, 0, 340),      # adjacent, then a 100-byte gap: one GET
                     ([3], b, 80, 80),             # another object: its own GET
                     ([4], a, 2000, 80),           # too far from the others
-                    ([5], a, 400, 800)]           # would make the GET longer than 1000 bytes
+                    ([5], a, 400, 560),           # would make the GET longer than 900 bytes
+                    ([6], a, 2080, 640),          # adjacent to 4, but large ranges go alone
+                    ([7], a, 2720, 40)]
     srv.pool.shutdown()
 
 
