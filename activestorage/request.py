@@ -12,7 +12,7 @@ them with :meth:`ChunkRequest.to_wire`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np

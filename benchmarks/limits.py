@@ -25,7 +25,6 @@ from typing import Any
 
 import h5py
 import numcodecs
-import numpy as np
 
 from . import data
 

@@ -83,3 +83,22 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class InProcessBackend(Backend):
+    """A backend that runs the kernel in this process on bytes it reads itself (POSIX, fetch):
+    it can fold partials, so both entry points share one implementation."""
+
+    folds = True
+
+    def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
+        return self._reduce(requests, operation, None)  # type: ignore[return-value]
+
+    def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
+                        slots: Sequence[Hashable]) -> list[Partial | None]:
+        return self._reduce(requests, operation, None if operation == "select" else slots)
+
+    @abstractmethod
+    def _reduce(self, requests: Sequence[ChunkRequest], operation: str,
+                slots: Sequence[Hashable] | None) -> list[Partial | None]:
+        """Partials of ``requests`` in order; with ``slots``, folded as :meth:`reduce_and_fold`."""

@@ -27,7 +27,7 @@ from ..errors import ObjectChangedError, StorageError
 from ..kernel import Partial, reduce_chunk
 from ..request import ChunkRequest
 from ..storage import local_path, resolve_s3_options, split_s3_url, url_kind
-from .base import Backend
+from .base import InProcessBackend
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def coalesce(requests: Sequence[ChunkRequest], *, max_gap: int = DEFAULT_MAX_GAP
     return groups
 
 
-class FetchBackend(Backend):
+class FetchBackend(InProcessBackend):
     """Read chunk bytes with range GETs through one pooled client; reduce them in-process.
 
     ``storage_options``: s3fs-style S3 options (see :func:`~activestorage.storage.resolve_s3_options`;
@@ -83,7 +83,6 @@ class FetchBackend(Backend):
     """
 
     name = "fetch"
-    folds = True
 
     def __init__(self, storage_options: Mapping[str, Any] | None = None, *,
                  max_threads: int | None = None, timeout: float = 30.0,
@@ -291,14 +290,6 @@ class FetchBackend(Backend):
         raw = self.read_range(request.url, request.offset, request.offset + request.size,
                               etag=request.etag, version_id=request.version_id)
         return reduce_chunk(raw, request, operation)
-
-    def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
-        """Reduce many chunks: nearby ranges of one object share a GET; groups run concurrently."""
-        return self._reduce(requests, operation, None)  # type: ignore[return-value]
-
-    def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
-                        slots: Sequence[Hashable]) -> list[Partial | None]:
-        return self._reduce(requests, operation, None if operation == "select" else slots)
 
     def _reduce(self, requests: Sequence[ChunkRequest], operation: str,
                 slots: Sequence[Hashable] | None) -> list[Partial | None]:

@@ -21,14 +21,13 @@ from ..coalesce import reduce_run, runs
 from ..errors import StorageError
 from ..kernel import Partial, reduce_chunk
 from ..request import ChunkRequest
-from .base import Backend
+from .base import InProcessBackend
 
 
-class PosixBackend(Backend):
+class PosixBackend(InProcessBackend):
     """Reads chunks of local files (no per-chunk opens; thread-safe)."""
 
     name = "posix"
-    folds = True
 
     def __init__(self, use_mmap: bool = False) -> None:
         super().__init__()
@@ -100,13 +99,6 @@ class PosixBackend(Backend):
 
     def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
         return self.reduce_chunks([request], operation)[0]
-
-    def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
-        return self._reduce(requests, operation, None)  # type: ignore[return-value]
-
-    def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
-                        slots: Sequence[Hashable]) -> list[Partial | None]:
-        return self._reduce(requests, operation, None if operation == "select" else slots)
 
     def _reduce(self, requests: Sequence[ChunkRequest], operation: str,
                 slots: Sequence[Hashable] | None) -> list[Partial | None]:
