@@ -95,6 +95,9 @@ class FetchBackend(InProcessBackend):
         self.max_threads = int(max_threads or env.get("ACTIVESTORAGE_THREADS") or 8)
         #: Active's thread count when the caller gives none (I/O bound: more than the cores)
         self.default_threads = self.max_threads
+        # reads run on the caller's threads (a call with one GET) and on this backend's own pool
+        # (calls with several): keep a connection for each, or urllib3 discards them noisily
+        self._pool_size = 2 * self.max_threads
         self.timeout = timeout
         self.verify = True if verify is None else verify
         self.coalesce = coalesce
@@ -117,7 +120,7 @@ class FetchBackend(InProcessBackend):
                 opts = resolve_s3_options(self.storage_options, self._env)
                 client_kwargs = dict(opts.get("client_kwargs") or {})
                 config = Config(
-                    max_pool_connections=self.max_threads, connect_timeout=self.timeout,
+                    max_pool_connections=self._pool_size, connect_timeout=self.timeout,
                     read_timeout=self.timeout,
                     retries={"max_attempts": self.retries + 1, "mode": "standard"},
                     signature_version=UNSIGNED if opts.get("anon") else None,
@@ -141,7 +144,7 @@ class FetchBackend(InProcessBackend):
                 s = requests.Session()
                 retry = Retry(total=self.retries, backoff_factor=0.2,
                               status_forcelist=(429, 502, 503, 504), allowed_methods=["GET"])
-                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.max_threads,
+                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self._pool_size,
                                       max_retries=retry)
                 s.mount("http://", adapter)
                 s.mount("https://", adapter)

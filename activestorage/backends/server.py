@@ -409,7 +409,8 @@ class ServerBackend(Backend):
                                                       or "")) if http_user else None)}
         if verify is None:
             verify = env.get("ACTIVESTORAGE_CA_BUNDLE") or True
-        self.session = make_session(verify=verify, pool_size=self.max_threads)
+        # requests run on the caller's threads and on this backend's own pool: a connection each
+        self.session = make_session(verify=verify, pool_size=2 * self.max_threads)
 
     def __repr__(self) -> str:  # never show credentials
         return f"ServerBackend({self.url!r}, api_version={self.api_version})"
