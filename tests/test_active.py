@@ -248,6 +248,23 @@ def test_deterministic_across_thread_counts(tmp_path):
     assert len(results) == 1
 
 
+def test_folding_is_deterministic_across_thread_counts(tmp_path):
+    """Several 8 MiB blocks of small chunks, stacked and folded: every thread count folds the
+    same chunks together, so results are bit-identical (and right)."""
+    data = np.random.default_rng(2).normal(size=(5000, 512)).astype("f4") * 1e4
+    path = write_nc(tmp_path / "f.nc", data, chunks=[1, 512])  # 2 KiB chunks, 4096 per block
+    seen: dict[str, set] = {"sum": set(), "axis0": set(), "sub": set()}
+    for threads in (1, 2, 3, 2):
+        with Active(str(path), "v", max_threads=threads) as a:
+            seen["sum"].add(float(a.sum[...]))
+            seen["axis0"].add(np.asarray(a.mean(axis=0)[...]).tobytes())
+            seen["sub"].add(float(a.max[7:4999:3, 5:300]))
+    assert all(len(v) == 1 for v in seen.values()), {k: len(v) for k, v in seen.items()}
+    np.testing.assert_allclose(float(next(iter(seen["sum"]))), data.astype("f8").sum(), rtol=1e-6)
+    np.testing.assert_allclose(np.frombuffer(next(iter(seen["axis0"])), "f4"),
+                               data.astype("f8").mean(axis=0), rtol=1e-5, atol=1e-3)
+
+
 def test_h5py_variable_with_filters_and_filter_mask(tmp_path):
     path = tmp_path / "h.h5"
     data = np.arange(4000, dtype=">i4").reshape(40, 100)
