@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping, Sequence
 
+import numpy as np
+
 from ..coalesce import reduce_run, runs
 from ..errors import ObjectChangedError, StorageError
 from ..kernel import Partial, reduce_chunk
@@ -311,11 +313,14 @@ class FetchBackend(InProcessBackend):
             reqs = [requests[i] for i in g.members]  # sorted by offset
             spans = ([(j, j + 1) for j in range(len(reqs))] if operation == "select"
                      else runs(reqs))
+            # one buffer for the group's decoded chunks instead of fresh memory for each
+            decoded = max((r.nbytes for r in reqs if r.compression or r.filters), default=0)
+            scratch = np.empty(decoded, np.uint8) if decoded and len(reqs) > 1 else None
             for a, b in spans:  # small back-to-back chunks are reduced stacked
                 lo = reqs[a].offset - g.start
                 hi = reqs[b - 1].offset + (reqs[b - 1].size or 0) - g.start
                 if b - a == 1:
-                    out[g.members[a]] = reduce_chunk(view[lo:hi], reqs[a], operation)
+                    out[g.members[a]] = reduce_chunk(view[lo:hi], reqs[a], operation, scratch)
                     continue
                 members = g.members[a:b]
                 parts = reduce_run(view[lo:hi], reqs[a:b], operation,

@@ -17,6 +17,8 @@ import os
 import threading
 from typing import Any, Hashable, Sequence
 
+import numpy as np
+
 from ..coalesce import reduce_run, runs
 from ..errors import StorageError
 from ..kernel import Partial, reduce_chunk
@@ -66,13 +68,15 @@ class PosixBackend(InProcessBackend):
         except (OSError, ValueError):  # special files: read them instead
             return None
 
-    def _take_buffer(self) -> bytearray:
+    def _take_buffer(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes, reused from earlier calls when one is spare."""
         with self._lock:
-            return self._spare.pop() if self._spare else bytearray()
+            buf = self._spare.pop() if self._spare else bytearray()
+        return buf if len(buf) >= size else bytearray(size)
 
     def _give_buffer(self, buf: bytearray) -> None:
         with self._lock:
-            if len(self._spare) < (os.cpu_count() or 1):
+            if len(self._spare) < 2 * (os.cpu_count() or 1):  # a read buffer + a scratch each
                 self._spare.append(buf)
 
     def _read(self, path: str, offset: int, size: int, buf: bytearray | None) -> Any:
@@ -106,24 +110,26 @@ class PosixBackend(InProcessBackend):
         own = operation == "select"  # selections keep their bytes: no shared buffer
         spans = [(i, i + 1) for i in range(len(requests))] if own else runs(requests)
         sizes = [sum(q.size for q in requests[a:b]) for a, b in spans]  # type: ignore[misc]
-        buf = None
-        if not own:
-            buf = self._take_buffer()
-            if len(buf) < max(sizes, default=0):
-                buf = bytearray(max(sizes))
+        buf = None if own else self._take_buffer(max(sizes, default=0))
+        # decoded chunks (codecs undone) go to a reused scratch buffer, not fresh memory
+        decoded = max((r.nbytes for r in requests if r.compression or r.filters), default=0)
+        scratch = self._take_buffer(decoded) if decoded else None
         try:
+            work = None if scratch is None else np.frombuffer(scratch, np.uint8)
             for (a, b), size in zip(spans, sizes):
                 r = requests[a]
                 raw = self._read(r.url, r.offset, size, buf)  # type: ignore[arg-type]
                 if b - a == 1:
-                    out.append(reduce_chunk(raw, r, operation))
+                    out.append(reduce_chunk(raw, r, operation, work))
                 else:
                     out.extend(reduce_run(raw, requests[a:b], operation,
                                           None if slots is None else slots[a:b]))
                 del raw
+            del work
         finally:
-            if buf is not None:
-                self._give_buffer(buf)
+            for b_ in (buf, scratch):
+                if b_ is not None:
+                    self._give_buffer(b_)
         self._account(bytes_read=sum(sizes), requests=len(spans))
         return out
 

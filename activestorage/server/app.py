@@ -146,12 +146,13 @@ class Result:
     select: bool
 
 
-def compute(raw: bytes, item: Item, wide: bool = False) -> Result:
+def compute(raw: bytes, item: Item, wide: bool = False,
+            scratch: np.ndarray | None = None) -> Result:
     """Run the shared kernel and shape its keepdims partial into the API's result.
 
     ``wide``: keep sums in the accumulating dtype whatever the request asked (for folding)."""
     try:
-        p: Partial = reduce_chunk(raw, item.req, item.operation)
+        p: Partial = reduce_chunk(raw, item.req, item.operation, scratch)
     except (DecodeError, UnsupportedError) as exc:
         raise type(exc)(f"{item.target.name}: {exc}") from exc
     if item.operation == "select":
@@ -205,9 +206,12 @@ def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
                    wide: bool) -> list[Result]:
     """The results of items ``idx`` (whose bytes have arrived), errors naming the item."""
     out = []
+    decoded = max((items[i].req.nbytes for i in idx
+                   if items[i].req.compression or items[i].req.filters), default=0)
+    scratch = np.empty(decoded, np.uint8) if decoded and len(idx) > 1 else None
     for i in idx:
         try:
-            out.append(compute(raws[i], items[i], wide=wide))
+            out.append(compute(raws[i], items[i], wide=wide, scratch=scratch))
         except ActiveStorageError as exc:
             raise at_item(exc, i) from exc
     return out
