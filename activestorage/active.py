@@ -343,8 +343,10 @@ class Active:
                 for i, p in zip(where, got):
                     partials[i - a] = p
             bar.update(b - a)
-            if full:
-                return [fold([p for p in partials if p is not None], kop, var.dtype)]
+            if full:  # a few partials per batch: memory stays bounded for millions of chunks
+                # (one per block when folding, so that this grouping, too, is fixed)
+                return [fold([p for p in partials[c - a:c - a + step] if p is not None], kop,
+                             var.dtype) for c in range(a, b, step)]
             return partials
 
         if full:
