@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -161,6 +162,10 @@ class Active:
         self.method = method
         self.progress = progress
         self._stats: CallStats | None = None
+        # worker threads kept between calls (starting threads costs ~0.2-3 ms a call); the pid
+        # says whether they exist in this process (a fork copies the executor, not its threads)
+        self._pool: tuple[ThreadPoolExecutor, int, int] | None = None
+        self._pool_lock = threading.Lock()
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -201,8 +206,24 @@ class Active:
                 f"backend={self._backend.name}>")
 
     def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and pool[1] == os.getpid():
+            pool[0].shutdown(wait=True)
         if self._owns_backend:
             self._backend.close()
+
+    def _executor(self, threads: int) -> ThreadPoolExecutor:
+        """This object's worker threads (at least ``threads``), started once and reused."""
+        with self._pool_lock:
+            pool = self._pool
+            if pool is None or pool[1] != os.getpid() or pool[2] < threads:
+                if pool is not None and pool[1] == os.getpid():
+                    pool[0].shutdown(wait=False)
+                size = max(threads, self.max_threads or 0)
+                pool = self._pool = (ThreadPoolExecutor(size, thread_name_prefix="activestorage"),
+                                     os.getpid(), size)
+            return pool[0]
 
     def __enter__(self) -> "Active":
         return self
@@ -354,8 +375,7 @@ class Active:
             if len(batches) == 1:
                 results = [work(batches[0])]
             else:
-                with ThreadPoolExecutor(threads, thread_name_prefix="activestorage") as ex:
-                    results = list(ex.map(work, batches))
+                results = list(self._executor(threads).map(work, batches))
             flat = [p for r in results for p in r if p is not None]
             acc.add(index[0], fold(flat, kop, var.dtype))
             return
@@ -380,13 +400,12 @@ class Active:
                     add_all(local, a, work((a, min(a + step, span[1]))))
                 return local
 
-            with ThreadPoolExecutor(threads, thread_name_prefix="activestorage") as ex:
-                for local in ex.map(work_local, _spans(len(tasks), threads, block)):
-                    acc.merge(local)
+            locals_ = self._executor(threads).map(work_local, _spans(len(tasks), threads, block))
+            for local in locals_:
+                acc.merge(local)
             return
-        with ThreadPoolExecutor(threads, thread_name_prefix="activestorage") as ex:
-            for (a, _b), parts in zip(batches, ex.map(work, batches)):
-                add_all(acc, a, parts)
+        for (a, _b), parts in zip(batches, self._executor(threads).map(work, batches)):
+            add_all(acc, a, parts)
 
 
 def _spans(n: int, parts: int, block: int) -> list[tuple[int, int]]:

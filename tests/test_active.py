@@ -379,3 +379,30 @@ def test_posix_reads_by_map_or_pread_agree(tmp_path, use_mmap):
         for op in OPS:
             assert_same(getattr(a, op)(axis=(0, 2))[3:27:2], oracle(x[3:27:2], op, (0, 2)), "f4", op)
         np.testing.assert_array_equal(np.ma.filled(a[2:5], 0), np.ma.filled(x[2:5], 0))
+
+
+def _select_in_child(a, want, q):
+    q.put(bool(np.array_equal(a[...], want)))
+
+
+def test_worker_threads_are_reused_and_survive_a_fork(tmp_path):
+    """Worker threads persist between calls; a forked child (which inherits the executor but
+    not its threads) starts its own instead of waiting forever."""
+    import multiprocessing
+    import threading
+
+    data = np.arange(64 * 50, dtype="f4").reshape(64, 50)
+    path = write_nc(tmp_path / "t.nc", data, chunks=[1, 50])
+    with Active(str(path), "v", max_threads=2) as a:
+        a[...]  # a selection: one task per chunk, on the worker threads
+        first = {t.ident for t in threading.enumerate() if t.name.startswith("activestorage")}
+        np.testing.assert_array_equal(a[...], data)
+        again = {t.ident for t in threading.enumerate() if t.name.startswith("activestorage")}
+        assert 1 <= len(first) <= 2 and again == first  # started once, not once per call
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue()
+        child = ctx.Process(target=_select_in_child, args=(a, data, q))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0 and q.get(timeout=5) is True
+    assert not [t for t in threading.enumerate() if t.name.startswith("activestorage")]
