@@ -35,13 +35,11 @@ def _plain(r: ChunkRequest) -> bool:
             and r.size == r.nbytes and 0 < r.nbytes < MAX_STACKED_CHUNK)
 
 
-def runs(requests: Sequence[ChunkRequest], max_bytes: int | None = None) -> list[tuple[int, int]]:
+def runs(requests: Sequence[ChunkRequest], max_bytes: int = MAX_RUN_BYTES) -> list[tuple[int, int]]:
     """Split ``requests`` into index spans ``[a, b)`` of small uncompressed chunks stored back to back.
 
     A span longer than one can be read at once and reduced with :func:`reduce_run`.
     """
-    if max_bytes is None:
-        max_bytes = MAX_RUN_BYTES
     spans = []
     i, n = 0, len(requests)
     while i < n:

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Hashable, Sequence
 
+from ..coalesce import MAX_RUN_BYTES
 from ..kernel import Partial
 from ..request import ChunkRequest
 
@@ -45,8 +46,8 @@ class Backend(ABC):
     #: whether :meth:`reduce_and_fold` really folds (callers then hand it fixed-size blocks of
     #: chunks, so what gets folded together never depends on the thread count)
     folds: bool = False
-    #: decoded chunk bytes in one such block
-    fold_block_bytes: int = 8 * 2**20
+    #: decoded chunk bytes in one such block (in-process: one coalesced run's worth)
+    fold_block_bytes: int = MAX_RUN_BYTES
 
     def __init__(self) -> None:
         self._stats_lock = threading.Lock()
