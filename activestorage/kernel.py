@@ -19,7 +19,7 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -318,6 +318,12 @@ def _undo_codecs(raw: Any, req: ChunkRequest, expected: int,
         else:
             raise UnsupportedError(f"filter {fid!r} is not supported")
     return buf
+
+
+def scratch_bytes(requests: Iterable[ChunkRequest]) -> int:
+    """Size of a :func:`decode` scratch buffer that fits any of ``requests`` (0: none has codecs,
+    so none would use one)."""
+    return max((r.nbytes for r in requests if r.compression is not None or r.filters), default=0)
 
 
 def decode(raw: Any, req: ChunkRequest, scratch: np.ndarray | None = None) -> np.ndarray:

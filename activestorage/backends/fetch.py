@@ -26,7 +26,7 @@ import numpy as np
 
 from ..coalesce import reduce_run, runs
 from ..errors import ObjectChangedError, StorageError
-from ..kernel import Partial, reduce_chunk
+from ..kernel import Partial, reduce_chunk, scratch_bytes
 from ..request import ChunkRequest
 from ..storage import local_path, resolve_s3_options, split_s3_url, url_kind
 from .base import InProcessBackend
@@ -314,7 +314,7 @@ class FetchBackend(InProcessBackend):
             spans = ([(j, j + 1) for j in range(len(reqs))] if operation == "select"
                      else runs(reqs))
             # one buffer for the group's decoded chunks instead of fresh memory for each
-            decoded = max((r.nbytes for r in reqs if r.compression or r.filters), default=0)
+            decoded = scratch_bytes(reqs)
             scratch = np.empty(decoded, np.uint8) if decoded and len(reqs) > 1 else None
             for a, b in spans:  # small back-to-back chunks are reduced stacked
                 lo = reqs[a].offset - g.start

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..coalesce import reduce_run, runs
 from ..errors import StorageError
-from ..kernel import Partial, reduce_chunk
+from ..kernel import Partial, reduce_chunk, scratch_bytes
 from ..request import ChunkRequest
 from .base import InProcessBackend
 
@@ -112,7 +112,7 @@ class PosixBackend(InProcessBackend):
         sizes = [sum(q.size for q in requests[a:b]) for a, b in spans]  # type: ignore[misc]
         buf = None if own else self._take_buffer(max(sizes, default=0))
         # decoded chunks (codecs undone) go to a reused scratch buffer, not fresh memory
-        decoded = max((r.nbytes for r in requests if r.compression or r.filters), default=0)
+        decoded = scratch_bytes(requests)
         scratch = self._take_buffer(decoded) if decoded else None
         try:
             work = None if scratch is None else np.frombuffer(scratch, np.uint8)

@@ -32,7 +32,7 @@ from .. import __version__
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
                       UnsupportedError)
 from ..combine import Accumulator
-from ..kernel import Partial, reduce_chunk
+from ..kernel import Partial, reduce_chunk, scratch_bytes
 from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
 from . import schema
 from .limits import ByteBudget, LimitError
@@ -206,8 +206,7 @@ def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
                    wide: bool) -> list[Result]:
     """The results of items ``idx`` (whose bytes have arrived), errors naming the item."""
     out = []
-    decoded = max((items[i].req.nbytes for i in idx
-                   if items[i].req.compression or items[i].req.filters), default=0)
+    decoded = scratch_bytes(items[i].req for i in idx)
     scratch = np.empty(decoded, np.uint8) if decoded and len(idx) > 1 else None
     for i in idx:
         try:
