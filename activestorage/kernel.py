@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from . import fused
 from .errors import DecodeError, RequestValidationError, UnsupportedError
 from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing
 
@@ -72,10 +73,15 @@ def _nbytes(buf: Any) -> int:
 
 
 try:  # ISA-L inflates the same streams 1.5-2x faster than zlib (and releases the GIL)
+    from isal import igzip_lib as _igzip
     from isal import isal_zlib as _inflate_lib
 except ImportError:  # pragma: no cover - isal is a dependency, but zlib is always there
+    _igzip = None
     _inflate_lib = zlib
 _INFLATE_ERRORS = (zlib.error, getattr(_inflate_lib, "error", zlib.error))
+#: streamed inflate: compressed bytes fed, and decoded bytes taken, this many at a time
+_IN_PIECE = 64 * 1024
+_OUT_PIECE = 256 * 1024
 
 
 def _bounded_inflate(raw: Any, expected: int, wbits: int, what: str) -> bytes:
@@ -90,6 +96,55 @@ def _bounded_inflate(raw: Any, expected: int, wbits: int, what: str) -> bytes:
         raise DecodeError(f"{what} data expands beyond the declared {expected} bytes")
     if not d.eof:
         raise DecodeError(f"{what} data is truncated: the stream ends after {len(out)} of "
+                          f"{expected} bytes")
+    return out
+
+
+def _inflate_into(raw: Any, out: np.ndarray, gzip_ok: bool, what: str,
+                  element_size: int = 1) -> np.ndarray:
+    """Inflate ``raw`` into ``out`` (uint8, exactly the declared decoded size) a piece at a time,
+    undoing HDF5's byte shuffle of ``element_size`` on the way when it is above 1.
+
+    Neither the whole decoded stream nor the whole shuffled one is ever held apart from ``out``:
+    memory per chunk is ``out`` plus two small pieces. Bombs and truncation as in
+    :func:`_bounded_inflate`.
+    """
+    expected = out.size
+    mv = memoryview(raw).cast("B")
+    flag = _igzip.DECOMP_GZIP if gzip_ok and mv[:2] == b"\x1f\x8b" else _igzip.DECOMP_ZLIB
+    d = _igzip.IgzipDecompressor(flag=flag)
+    n = expected // element_size if element_size > 1 else 0
+    whole = n * element_size if n > 1 else 0  # HDF5 leaves a single element unshuffled
+    planes = out[:whole].reshape(n, element_size) if whole else None
+    pos = fed = 0
+    try:
+        while not d.eof:
+            if d.needs_input:
+                if fed >= mv.nbytes:
+                    raise DecodeError(f"{what} data is truncated: the stream ends after {pos} "
+                                      f"of {expected} bytes")
+                data: Any = mv[fed:fed + _IN_PIECE]
+                fed += _IN_PIECE
+            else:
+                data = b""
+            piece = d.decompress(data, min(_OUT_PIECE, expected - pos + 1))
+            end = pos + len(piece)
+            if end > expected:
+                raise DecodeError(f"{what} data expands beyond the declared {expected} bytes")
+            a = np.frombuffer(piece, np.uint8)
+            while pos < end:  # plane by plane: byte k of element i was stored at k * n + i
+                if pos >= whole:
+                    out[pos:end] = a[-(end - pos):]
+                    pos = end
+                else:
+                    k, i = divmod(pos, n)
+                    m = min(end, (k + 1) * n) - pos
+                    planes[i:i + m, k] = a[len(a) - (end - pos):][:m]  # type: ignore[index]
+                    pos += m
+    except (_igzip.IsalError, EOFError, ValueError) as exc:
+        raise DecodeError(f"{what} data is corrupt: {exc}") from exc
+    if pos != expected:
+        raise DecodeError(f"{what} data is truncated: the stream ends after {pos} of "
                           f"{expected} bytes")
     return out
 
@@ -293,6 +348,26 @@ def _unshuffle(buf: Any, element_size: int, scratch: np.ndarray | None = None) -
     return out
 
 
+def _stream_inflate(raw: Any, req: ChunkRequest, inner: list[Mapping[str, Any]], expected: int,
+                    scratch: np.ndarray | None) -> np.ndarray | None:
+    """The common HDF5 case, deflate with or without shuffle, inflated straight into ``scratch``
+    (or a fresh buffer) and unshuffled on the way; None for any other pipeline."""
+    cid = (req.compression or {}).get("id")
+    if _igzip is None or cid not in ("zlib", "gzip") or len(inner) > 1:
+        return None
+    es = 1
+    if inner:
+        if inner[0].get("id") not in ("shuffle", "shuffle_simd"):
+            return None
+        es = int(inner[0].get("element_size", req.dtype.itemsize))
+    a = np.frombuffer(raw, np.uint8)
+    if scratch is not None and scratch.size >= expected and not np.may_share_memory(a, scratch):
+        out = scratch[:expected]  # memory already touched and in cache: no page faults
+    else:
+        out = np.empty(expected, np.uint8)
+    return _inflate_into(raw, out, cid == "gzip", cid, es)
+
+
 def _undo_codecs(raw: Any, req: ChunkRequest, expected: int,
                  scratch: np.ndarray | None = None) -> Any:
     """Checksum, decompression and filters of ``req`` undone, in that order."""
@@ -306,6 +381,9 @@ def _undo_codecs(raw: Any, req: ChunkRequest, expected: int,
         else:
             inner.append(f)
     if req.compression is not None:
+        streamed = _stream_inflate(buf, req, inner, expected, scratch)
+        if streamed is not None:
+            return streamed
         extra = 4 * sum(1 for f in inner if f.get("id") == "fletcher32")
         buf = _decompress(buf, req.compression, expected + extra)
     for f in reversed(inner):
@@ -422,21 +500,17 @@ def _resolve_cached(missing: Missing, dtype: np.dtype) -> _Mask | None:
     return _resolve(missing, dtype)
 
 
-def missing_mask(x: np.ndarray, missing: Missing | None) -> np.ndarray | None:
-    """Boolean array, True where ``x`` is missing; None when nothing can be missing.
-
-    The rules of netCDF4-python's masking: elements equal to one of ``missing.values`` (a NaN
-    value: NaN elements), below ``valid_min`` or above ``valid_max`` are missing, each value first
-    converted to ``x.dtype`` (see :func:`_as_dtype`). NaN elements are never outside a valid range.
-    """
+def _resolved(missing: Missing | None, dtype: np.dtype) -> _Mask | None:
+    """``missing`` converted to ``dtype`` values (None when nothing of that dtype can be missing)."""
     if missing is None or missing.is_empty():
         return None
     try:
-        m = _resolve_cached(missing, x.dtype)
+        return _resolve_cached(missing, dtype)
     except TypeError:  # unhashable values: resolve without the cache
-        m = _resolve(missing, x.dtype)
-    if m is None:
-        return None
+        return _resolve(missing, dtype)
+
+
+def _mask_of(x: np.ndarray, m: _Mask) -> np.ndarray:
     bad: np.ndarray | None = None
     if len(m.values) > 8:
         bad = np.asarray(np.isin(x, np.array(m.values, x.dtype)))
@@ -448,7 +522,41 @@ def missing_mask(x: np.ndarray, missing: Missing | None) -> np.ndarray | None:
                  (None if m.vmax is None else x > m.vmax)):
         if test is not None:  # np.asarray: comparisons on 0-d arrays give scalars, not arrays
             bad = np.asarray(test) if bad is None else np.logical_or(bad, test, out=bad)
+    assert bad is not None  # a resolved _Mask always tests something
     return bad
+
+
+def missing_mask(x: np.ndarray, missing: Missing | None) -> np.ndarray | None:
+    """Boolean array, True where ``x`` is missing; None when nothing can be missing.
+
+    The rules of netCDF4-python's masking: elements equal to one of ``missing.values`` (a NaN
+    value: NaN elements), below ``valid_min`` or above ``valid_max`` are missing, each value first
+    converted to ``x.dtype`` (see :func:`_as_dtype`). NaN elements are never outside a valid range.
+    """
+    m = _resolved(missing, x.dtype)
+    return None if m is None else _mask_of(x, m)
+
+
+def _fused(x: np.ndarray, m: _Mask | None, want_sum: bool) -> tuple[Any, int] | None:
+    """One-pass ``(sum, count)`` of the elements of ``x`` not missing (None: no fast path)."""
+    if m is None:
+        return fused.sum_count(x, want_sum=want_sum)
+    return fused.sum_count(x, m.values, m.nan, m.vmin, m.vmax, want_sum=want_sum)
+
+
+def _full_partial(x: np.ndarray, operation: str, m: _Mask | None,
+                  out_shape: tuple[int, ...]) -> Partial | None:
+    """``sum``/``count`` of every element of ``x`` in one pass, shaped ``out_shape`` (all 1s);
+    None when there is no fast path."""
+    got = _fused(x, m, operation == "sum")
+    if got is None:
+        return None
+    total, n = got
+    counts = _filled(out_shape, n, _INT64)
+    if operation == "count":
+        return Partial(counts.copy(), counts)
+    with np.errstate(over="ignore"):  # a float64 sum beyond float32's range is inf, as in NumPy
+        return Partial(_filled(out_shape, total, sum_dtype(x.dtype)), counts)
 
 
 # -------------------------------------------------------------------------- reduction
@@ -478,9 +586,19 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
                                      f"one of {', '.join(OPERATIONS)}")
     axis = tuple(axis)
     _check_axis(axis, x.ndim)
-    bad = missing_mask(x, missing)
-    if bad is not None and not bad.any():
-        bad = None
+    m = _resolved(missing, x.dtype)
+    if operation in ("sum", "count") and len(axis) == x.ndim:
+        p = _full_partial(x, operation, m, (1,) * x.ndim)
+        if p is not None:
+            return p
+    bad = None
+    if m is not None:
+        # one read-only pass usually shows nothing is missing: no mask to build and test
+        known = _fused(x, m, want_sum=False)
+        if known is None or known[1] < x.size:
+            bad = _mask_of(x, m)
+            if known is None and not bad.any():
+                bad = None
     if operation == "select":
         counts = (np.ones(x.shape, np.int64) if bad is None
                   else np.logical_not(bad).astype(np.int64))
@@ -528,6 +646,9 @@ def _reduce_all(flat: np.ndarray, operation: str, ndim: int) -> Partial:
     out_shape = (1,) * ndim
     counts = _filled(out_shape, flat.size, _INT64)
     if operation == "sum":
+        p = _full_partial(flat, "sum", None, out_shape)
+        if p is not None:
+            return p
         acc = sum_dtype(flat.dtype)
         return Partial(_filled(out_shape, np.add.reduce(flat, dtype=acc), acc), counts)
     if operation == "count":

@@ -32,6 +32,8 @@ from activestorage.kernel import (Partial, decode, missing_mask, reduce_array, r
                                   sum_dtype)
 from activestorage.request import ChunkRequest, Missing, make_request
 
+from _kernel_paths import PATHS, kernel_path
+
 DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
           "float32", "float64"]
 COMPRESSIONS = ["zlib", "gzip", "bz2", "zstd", "blosc", "lz4"]
@@ -349,10 +351,17 @@ def selected(case):
 
 # ------------------------------------------------------------------------ properties
 
+@pytest.mark.parametrize("compiled", PATHS)
 @PROPS
 @given(cases())
-def test_reduce_chunk_matches_oracle(case):
-    """Every dtype, byte order, layout, codec, selection, axis set, missing kind and operation."""
+def test_reduce_chunk_matches_oracle(compiled, case):
+    """Every dtype, byte order, layout, codec, selection, axis set, missing kind and operation,
+    with and without the compiled one-pass reductions."""
+    with kernel_path(compiled):
+        _reduce_chunk_matches_oracle(case)
+
+
+def _reduce_chunk_matches_oracle(case):
     compression, filters = case["codec"]
     raw = encode(case["data"], case["byte_order"], case["order"], compression, filters)
     missing = missing_from_attrs(case["attrs"], case["dtype"], case["default_fill"])

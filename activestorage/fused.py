@@ -1,0 +1,57 @@
+"""One-pass masked sums and counts: the kernel's compiled fast path.
+
+NumPy reduces a chunk the netCDF way in several passes (compare with each missing value into a
+boolean mask, test the mask, sum where valid); on a memory-bound machine each pass costs about
+as much as reading the chunk. ``activestorage._fused`` (C, built at install when a compiler is
+there) loads every element once. Float sums accumulate in float64 in a fixed order that depends
+only on the array's shape and strides, so results are deterministic and at least as accurate as
+NumPy's pairwise float32 sum; integer sums wrap exactly as NumPy's int64/uint64 sums do.
+
+Without the extension (or for dtypes it does not handle, e.g. float16) every function here
+returns None and the kernel takes its NumPy path, with the same results up to float rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+try:
+    from . import _fused as _c
+except ImportError:  # no compiler at install time: the NumPy path does the same work
+    _c = None
+    log.debug("activestorage._fused is not built; reductions use the NumPy path")
+
+#: whether the compiled fast path is available in this installation
+COMPILED = _c is not None
+#: the C code's limit on missing values (more are compared with np.isin instead)
+MAX_VALUES = 16
+
+
+def _number(v: Any, kind: str) -> Any:
+    return float(v) if kind == "f" else int(v)
+
+
+def sum_count(x: np.ndarray, values: tuple[Any, ...] = (), nan: bool = False, vmin: Any = None,
+              vmax: Any = None, want_sum: bool = True) -> tuple[Any, int] | None:
+    """``(sum, count)`` of the elements of ``x`` that are not missing, in one pass; None when the
+    fast path does not apply.
+
+    Missing: equal to one of ``values``, NaN when ``nan``, below ``vmin`` or above ``vmax`` (all
+    already converted to ``x.dtype``, as :func:`activestorage.kernel.missing_mask` resolves
+    them). The sum is a Python float for float arrays (accumulated in float64), an int for
+    integer arrays; with ``want_sum=False`` only the count is meaningful.
+    """
+    kind = x.dtype.kind
+    if _c is None or kind not in "iuf" or len(values) > MAX_VALUES or not x.dtype.isnative:
+        return None
+    try:
+        return _c.reduce(x, want_sum, [_number(v, kind) for v in values], nan,
+                         None if vmin is None else _number(vmin, kind),
+                         None if vmax is None else _number(vmax, kind))
+    except (TypeError, ValueError, BufferError):  # an element format the C code does not know
+        return None

@@ -1,0 +1,188 @@
+"""The compiled one-pass masked sum/count against an exact oracle, and its fixed summation order.
+
+The oracle is independent of the C code: ``math.fsum`` of the valid elements (with the rounding
+bound any summation order must meet), NumPy's own integer sums (which wrap), and a mask built
+with plain NumPy comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from activestorage import fused
+
+from _kernel_paths import kernel_path
+
+pytestmark = pytest.mark.skipif(not fused.COMPILED, reason="activestorage._fused is not built "
+                                "(no C compiler at install); the NumPy path is tested elsewhere")
+
+DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+          "float32", "float64"]
+PROPS = settings(max_examples=150, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def test_the_extension_is_built_in_ci():
+    """CI installs with a compiler: a silently failed build must not pass for the NumPy path."""
+    if os.environ.get("CI"):
+        assert fused.COMPILED
+
+
+def mask_of(x, values, nan, vmin, vmax):
+    bad = np.zeros(x.shape, bool)
+    for v in values:
+        bad |= x == v
+    if nan:
+        bad |= np.isnan(x)
+    if vmin is not None:
+        bad |= x < vmin
+    if vmax is not None:
+        bad |= x > vmax
+    return bad
+
+
+def check(x, values=(), nan=False, vmin=None, vmax=None):
+    got = fused.sum_count(x, values, nan, vmin, vmax)
+    assert got is not None
+    total, n = got
+    bad = mask_of(x, values, nan, vmin, vmax)
+    assert n == int((~bad).sum())
+    assert fused.sum_count(x, values, nan, vmin, vmax, want_sum=False)[1] == n
+    good = x[~bad]
+    if x.dtype.kind in "iu":
+        assert total == good.sum(dtype=np.int64 if x.dtype.kind == "i" else np.uint64)
+        return
+    v = good.astype(np.float64)
+    if not np.isfinite(v).all():
+        want = v.sum()  # inf, -inf or nan, whatever the order
+        assert (np.isnan(total) and np.isnan(want)) or total == want
+        return
+    # float64 lanes: the error bound of recursive summation (float32 data sums exactly in them
+    # only within a group, so use the data type's epsilon)
+    eps = np.finfo(x.dtype).eps
+    assert abs(total - math.fsum(v)) <= 2 * (v.size + 1) * eps * math.fsum(np.abs(v)) + 1e-300
+
+
+@st.composite
+def arrays(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    if dtype.kind == "f":
+        bound = 2.0**60 if dtype.itemsize == 4 else 2.0**500
+        pool = [-999.0, 0.0, -0.0, 1.0e20, 9.969209968386869e36, np.nan, np.inf, -np.inf]
+        elem = st.one_of(st.floats(-bound, bound, width=dtype.itemsize * 8),
+                         st.sampled_from(pool))
+    else:
+        info = np.iinfo(dtype)
+        elem = st.one_of(st.integers(int(info.min), int(info.max)),
+                         st.sampled_from([int(info.min), int(info.max), 0, 1]))
+    # long enough to cross 8-element steps, 128-element groups and 64-group blocks
+    n = draw(st.sampled_from([0, 1, 7, 8, 9, 127, 128, 129, 300, 1031, 8193, 20000]))
+    base = draw(hnp.arrays(dtype, n * 2 + 5, elements=elem, fill=elem))
+    step = draw(st.sampled_from([1, 1, 2, -1, 3]))
+    x = base[::step][:n] if step > 0 else base[::-1][:n]
+    if x.size >= 12 and draw(st.booleans()):  # 2-D and 3-D views, some with gaps between rows
+        rows = draw(st.sampled_from([2, 3, 4]))
+        x = x[: x.size // rows * rows].reshape(rows, -1)
+        if draw(st.booleans()):
+            x = x[:, 1:-1] if x.shape[1] > 2 else x
+        if draw(st.booleans()):
+            x = x[None, :, :]
+    pool = [v for v in draw(st.lists(elem, max_size=3)) if not (dtype.kind == "f" and v != v)]
+    values = tuple(dtype.type(v) for v in pool)
+    nan = dtype.kind == "f" and draw(st.booleans())
+    vmin = dtype.type(draw(elem)) if draw(st.booleans()) else None
+    vmax = dtype.type(draw(elem)) if draw(st.booleans()) else None
+    if vmin is not None and dtype.kind == "f" and np.isnan(vmin):
+        vmin = None
+    if vmax is not None and dtype.kind == "f" and np.isnan(vmax):
+        vmax = None
+    return x, values, nan, vmin, vmax
+
+
+@PROPS
+@given(arrays())
+def test_matches_the_oracle(case):
+    check(*case)
+
+
+@PROPS
+@given(arrays())
+def test_order_depends_on_shape_and_strides_only(case):
+    """The SSE2 path (contiguous rows) and the portable path (strided rows) add in one order."""
+    x, values, nan, vmin, vmax = case
+    view = np.empty(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)[..., ::2]
+    view[...] = x
+    a = fused.sum_count(np.ascontiguousarray(x), values, nan, vmin, vmax)
+    b = fused.sum_count(view, values, nan, vmin, vmax)
+    assert a[1] == b[1]
+    assert a[0] == b[0] or (a[0] != a[0] and b[0] != b[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [5, 13, 127, 1031, 8197])
+def test_sse_and_portable_orders_agree_bit_for_bit(dtype, n):
+    """Values whose every addition rounds, rows that end mid-step: any difference in the order
+    of the two paths shows."""
+    x = np.random.default_rng(n).normal(280, 20, (7, n)).astype(dtype)
+    x[::3, ::5] = -999
+    view = np.empty((7, 2 * n), dtype)[:, ::2]
+    view[...] = x
+    for values in [(), (np.dtype(dtype).type(-999),)]:
+        assert fused.sum_count(x, values) == fused.sum_count(view, values)
+        assert fused.sum_count(x[:, 1:], values) == fused.sum_count(view[:, 1:], values)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_long_float_sums_are_accurate(dtype):
+    """Millions of elements: far better than a float32 running sum, as good as pairwise."""
+    x = np.random.default_rng(0).normal(280, 20, 3_000_001).astype(dtype)
+    total, n = fused.sum_count(x)
+    assert n == x.size
+    exact = math.fsum(x.astype(np.float64))
+    assert abs(total - exact) <= 1e-6 * abs(exact)
+
+
+def test_float32_sums_accumulate_beyond_float32():
+    """A float32 running sum would stall at 2**24; the lanes are summed in double."""
+    x = np.ones(2**25 + 3, np.float32)
+    assert fused.sum_count(x) == (float(2**25 + 3), 2**25 + 3)
+
+
+def test_integer_sums_wrap_like_numpy():
+    x = np.full(5, np.iinfo(np.int64).max, np.int64)
+    assert fused.sum_count(x)[0] == int(x.sum())
+    u = np.full(3, np.iinfo(np.uint64).max, np.uint64)
+    assert fused.sum_count(u)[0] == int(u.sum())
+
+
+def test_missing_spec_limits_and_unsupported_layouts_fall_back():
+    x = np.arange(10, dtype=np.float32)
+    assert fused.sum_count(x, tuple(np.float32(v) for v in range(fused.MAX_VALUES + 1))) is None
+    assert fused.sum_count(x.astype(np.float16)) is None
+    assert fused.sum_count(x.astype(">f4")) is None  # the kernel swaps bytes before reducing
+    assert fused.sum_count(np.zeros(3, bool)) is None
+    with kernel_path(compiled=False):
+        assert fused.sum_count(x) is None
+
+
+def test_zero_d_and_empty_arrays():
+    assert fused.sum_count(np.float64(2.5).reshape(())) == (2.5, 1)
+    assert fused.sum_count(np.float32(-999).reshape(()), (np.float32(-999),)) == (0.0, 0)
+    assert fused.sum_count(np.zeros((3, 0), np.int16)) == (0, 0)
+
+
+def test_releases_the_gil_and_is_thread_safe():
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.random.default_rng(1).normal(size=(64, 4096)).astype(np.float32)
+    want = fused.sum_count(x, (np.float32(0.5),))
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda _: fused.sum_count(x, (np.float32(0.5),)), range(32)))
+    assert all(g == want for g in got)
