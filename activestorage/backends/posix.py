@@ -1,19 +1,23 @@
-"""Local files: one handle per file, bytes by ``os.preadv`` or memory map; kernel in-process.
+"""Local files: one handle per file, bytes from a memory map or ``os.preadv``; kernel in-process.
 
-By default each worker thread reads into one reusable buffer with ``os.preadv``: one copy, into
-memory that stays hot in cache, so RSS is bounded by threads x the largest read whatever the size
-of the file. ``use_mmap=True`` maps each file read-only instead and reduces straight from the page
-cache (no copy; measured within ~10 % of the default either way), but every page touched stays
-mapped, so RSS grows to the size of the data read (clean file-backed pages the kernel can reclaim,
-yet they count). Runs of small adjacent uncompressed chunks are read at once and reduced as a few
-stacked arrays, folding partials that share a result slot (:mod:`activestorage.coalesce`).
-``select`` results always get bytes of their own.
+By default (on Linux 5.14 and later) each file is mapped read-only and every chunk is reduced
+straight from the page cache, no copy: the pages of a read are mapped in one call before the
+kernel runs (``MADV_POPULATE_READ``, which also reports a range past the end of a truncated file
+instead of crashing on it) and dropped from the process right after (``MADV_DONTNEED``), so RSS
+stays at threads x the largest read whatever the size of the file. Elsewhere, or with
+``use_mmap=False``, each worker thread reads into one reusable buffer with ``os.preadv`` (one copy,
+into memory that stays hot in cache). Runs of small adjacent uncompressed chunks are read at once
+and reduced as a few stacked arrays, folding partials that share a result slot
+(:mod:`activestorage.coalesce`). ``select`` results always get bytes of their own.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import mmap
 import os
+import sys
 import threading
 from typing import Any, Hashable, Sequence
 
@@ -25,15 +29,25 @@ from ..kernel import Partial, reduce_chunk, scratch_bytes
 from ..request import ChunkRequest
 from .base import InProcessBackend
 
+log = logging.getLogger(__name__)
+
+#: madvise advice mapping a range's pages in one call (Linux >= 5.14; Python does not name it yet)
+_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else None
+_PAGE = mmap.PAGESIZE
+
 
 class PosixBackend(InProcessBackend):
     """Reads chunks of local files (no per-chunk opens; thread-safe)."""
 
     name = "posix"
 
-    def __init__(self, use_mmap: bool = False) -> None:
+    def __init__(self, use_mmap: bool | None = None) -> None:
+        """``use_mmap``: reduce from a memory map (True), read with ``os.preadv`` (False), or map
+        where the OS can populate and drop a range's pages in one call each (None, the default:
+        Linux 5.14+; a map without that faults page by page, which is slower than reading)."""
         super().__init__()
         self.use_mmap = use_mmap
+        self._populate = _POPULATE_READ is not None and use_mmap is not False
         self._fds: dict[str, int] = {}
         self._maps: dict[int, tuple[mmap.mmap, int] | None] = {}
         self._lock = threading.Lock()
@@ -54,7 +68,7 @@ class PosixBackend(InProcessBackend):
                     except OSError as exc:
                         raise StorageError(f"cannot open {path}: {exc.strerror}", status=400,
                                            store=path) from exc
-                    self._maps[fd] = self._map(fd) if self.use_mmap else None
+                    self._maps[fd] = self._map(fd) if self._mapping() else None
                     self._fds[path] = fd
         return fd
 
@@ -79,12 +93,18 @@ class PosixBackend(InProcessBackend):
             if len(self._spare) < 2 * (os.cpu_count() or 1):  # a read buffer + a scratch each
                 self._spare.append(buf)
 
-    def _read(self, path: str, offset: int, size: int, buf: bytearray | None) -> Any:
-        """``size`` bytes at ``offset``: a view of the map or of ``buf`` (large enough), or fresh
-        bytes if ``buf`` is None."""
+    def _mapping(self) -> bool:
+        return self.use_mmap is True or (self.use_mmap is None and self._populate)
+
+    def _read(self, path: str, offset: int, size: int, buf: bytearray | None,
+              map_ok: bool = False) -> Any:
+        """``size`` bytes at ``offset``: with ``map_ok`` a view of the map where possible (give it
+        back to :meth:`_release`), else a view of ``buf`` (large enough), or fresh bytes if
+        ``buf`` is None."""
         fd = self._fd(path)
         mapped = self._maps.get(fd)
-        if mapped is not None and buf is not None and offset + size <= mapped[1]:
+        if map_ok and mapped is not None and offset + size <= mapped[1] \
+                and self._map_in(mapped[0], offset, size):
             return memoryview(mapped[0])[offset:offset + size]
         if buf is None:
             data: Any = os.pread(fd, size, offset)
@@ -96,6 +116,33 @@ class PosixBackend(InProcessBackend):
             raise StorageError(f"{path}: short read at offset {offset}: wanted {size} bytes, "
                                f"got {n} (file truncated or chunk index stale?)", store=path)
         return data
+
+    def _map_in(self, m: mmap.mmap, offset: int, size: int) -> bool:
+        """Map the pages of a range in one call; False where the range cannot be read from the
+        map (past the end of a file truncated since it was mapped: read it to report that)."""
+        if not self._populate or not size:
+            return True
+        start = offset - offset % _PAGE
+        try:
+            m.madvise(_POPULATE_READ, start, offset + size - start)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS):  # a kernel before 5.14
+                log.debug("MADV_POPULATE_READ unsupported (%s): reading with preadv", exc)
+                self._populate = False
+                return self.use_mmap is True
+            return False
+        return True
+
+    def _release(self, path: str, data: Any, offset: int, size: int) -> None:
+        """Drop a mapped range's pages from this process (they stay in the page cache)."""
+        mapped = self._maps.get(self._fds.get(path, -1))
+        if mapped is None or not isinstance(data, memoryview) or data.obj is not mapped[0]:
+            return
+        start = offset - offset % _PAGE
+        try:
+            mapped[0].madvise(mmap.MADV_DONTNEED, start, offset + size - start)
+        except (OSError, ValueError):  # only a memory-use hint
+            pass
 
     def read(self, path: str, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` of ``path``; a short read is an error, never padding."""
@@ -110,7 +157,8 @@ class PosixBackend(InProcessBackend):
         own = operation == "select"  # selections keep their bytes: no shared buffer
         spans = [(i, i + 1) for i in range(len(requests))] if own else runs(requests)
         sizes = [sum(q.size for q in requests[a:b]) for a, b in spans]  # type: ignore[misc]
-        buf = None if own else self._take_buffer(max(sizes, default=0))
+        map_ok = not own and self._mapping()
+        buf = None if own or map_ok else self._take_buffer(max(sizes, default=0))
         # decoded chunks (codecs undone) go to a reused scratch buffer, not fresh memory
         decoded = scratch_bytes(requests)
         scratch = self._take_buffer(decoded) if decoded else None
@@ -118,12 +166,15 @@ class PosixBackend(InProcessBackend):
             work = None if scratch is None else np.frombuffer(scratch, np.uint8)
             for (a, b), size in zip(spans, sizes):
                 r = requests[a]
-                raw = self._read(r.url, r.offset, size, buf)  # type: ignore[arg-type]
-                if b - a == 1:
-                    out.append(reduce_chunk(raw, r, operation, work))
-                else:
-                    out.extend(reduce_run(raw, requests[a:b], operation,
-                                          None if slots is None else slots[a:b]))
+                raw = self._read(r.url, r.offset, size, buf, map_ok)  # type: ignore[arg-type]
+                try:
+                    if b - a == 1:
+                        out.append(reduce_chunk(raw, r, operation, work))
+                    else:
+                        out.extend(reduce_run(raw, requests[a:b], operation,
+                                              None if slots is None else slots[a:b]))
+                finally:
+                    self._release(r.url, raw, r.offset, size)  # type: ignore[arg-type]
                 del raw
             del work
         finally:

@@ -1,0 +1,115 @@
+"""The POSIX backend: reads from a memory map or with preadv agree, memory stays bounded, and a
+file truncated under the map is an error, never a crash."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+
+from activestorage import Active, ActiveStorageError
+from activestorage.backends import posix
+from activestorage.backends.posix import PosixBackend
+
+LINUX = sys.platform.startswith("linux")
+
+
+def write(path: Path, data: np.ndarray, chunks: list[int]) -> str:
+    with netCDF4.Dataset(path, "w") as ds:
+        for i, n in enumerate(data.shape):
+            ds.createDimension(f"d{i}", n)
+        v = ds.createVariable("v", data.dtype, [f"d{i}" for i in range(data.ndim)],
+                              chunksizes=chunks, fill_value=np.float32(-999))
+        v[...] = data
+    return str(path)
+
+
+def rss_file_kb() -> int:
+    """Pages of mapped files this process has in memory (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    data = rng.normal(280, 10, (64, 256, 512)).astype(np.float32)  # 32 MiB, 2 MiB chunks
+    data[3, :10] = -999
+    path = write(tmp_path_factory.mktemp("posix") / "big.nc", data, [4, 256, 512])
+    return path, np.ma.masked_equal(data, np.float32(-999))
+
+
+@pytest.mark.parametrize("use_mmap", [None, True, False])
+def test_every_read_mode_gives_the_same_answers(big, use_mmap):
+    path, x = big
+    with Active(path, "v", backend=PosixBackend(use_mmap=use_mmap)) as a:
+        np.testing.assert_allclose(a.mean[...], x.astype(np.float64).mean(), rtol=1e-6)
+        np.testing.assert_allclose(a.sum[3:9, 5:200, 7:301],
+                                   x[3:9, 5:200, 7:301].astype(np.float64).sum(), rtol=1e-6)
+        np.testing.assert_allclose(a.mean(axis=0)[:, :3, :4],
+                                   x[:, :3, :4].astype(np.float64).mean(axis=0), rtol=1e-5)
+        assert a.count[...] == x.count()
+        np.testing.assert_array_equal(a[2:4, 0, :5], x[2:4, 0, :5])
+
+
+@pytest.mark.skipif(not LINUX, reason="RssFile is read from Linux's /proc/self/status")
+@pytest.mark.parametrize("use_mmap", [None, True])
+def test_mapped_pages_are_dropped_after_each_read(big, use_mmap):
+    """Reducing 32 MiB leaves no more of the file in RSS than a few chunks' worth (2 MiB each)."""
+    path, _ = big
+    with Active(path, "v", backend=PosixBackend(use_mmap=use_mmap), max_threads=2) as a:
+        a.count[0:4, 0, 0]  # open and map the file
+        before = rss_file_kb()
+        a.mean[...]
+        a.max(axis=0)[...]
+        grown = rss_file_kb() - before
+    assert grown < 8 * 1024, f"RSS of mapped files grew by {grown} kB"
+
+
+def test_a_kernel_without_populate_falls_back_to_reads(big, monkeypatch):
+    """An advice the kernel rejects (as Linux < 5.14 rejects MADV_POPULATE_READ) means preadv."""
+    path, x = big
+    monkeypatch.setattr(posix, "_POPULATE_READ", 12345)  # EINVAL
+    backend = PosixBackend()
+    with Active(path, "v", backend=backend) as a:
+        np.testing.assert_allclose(a.mean[...], x.astype(np.float64).mean(), rtol=1e-6)
+        assert not backend._mapping()
+        np.testing.assert_allclose(a.mean[...], x.astype(np.float64).mean(), rtol=1e-6)
+    backend.close()
+
+
+@pytest.mark.skipif(not LINUX, reason="populating a mapping (and its EFAULT) is Linux's")
+def test_file_truncated_under_the_map_is_an_error_not_a_crash(tmp_path):
+    """A child process (a SIGBUS would kill it, not pytest) opens, truncates, reduces."""
+    data = np.arange(16 * 64 * 64, dtype=np.float32).reshape(16, 64, 64)
+    path = write(tmp_path / "t.nc", data, [4, 64, 64])
+    script = textwrap.dedent(f"""
+        import os, sys
+        from activestorage import Active, ActiveStorageError
+        a = Active({path!r}, "v")
+        a.mean[0:4]  # maps the file
+        os.truncate({path!r}, os.path.getsize({path!r}) // 2)
+        try:
+            a.mean[...]
+        except ActiveStorageError as exc:
+            print("error:", exc)
+            sys.exit(0)
+        print("no error")
+        sys.exit(1)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr[-2000:])
+    assert "short read" in run.stdout
+
+
+def test_missing_file_is_a_storage_error(tmp_path):
+    with pytest.raises(ActiveStorageError, match="cannot open"):
+        PosixBackend().read(str(tmp_path / "nope.nc"), 0, 10)
