@@ -55,3 +55,35 @@ def sum_count(x: np.ndarray, values: tuple[Any, ...] = (), nan: bool = False, vm
                          None if vmax is None else _number(vmax, kind))
     except (TypeError, ValueError, BufferError):  # an element format the C code does not know
         return None
+
+
+def sum_count_along(x: np.ndarray, axis: tuple[int, ...], values: tuple[Any, ...] = (),
+                    nan: bool = False, vmin: Any = None, vmax: Any = None,
+                    want_sum: bool = True) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(sums, missing)`` along ``axis`` (distinct, non-negative) in one pass over ``x``; None
+    when the fast path does not apply.
+
+    ``sums`` has the shape of the kept axes, in NumPy's accumulator for an axis sum (float32 for
+    float32, float64, int64 or uint64); ``missing`` counts the missing elements behind each sum,
+    or is None when none was missing. Missing data as in :func:`sum_count`. Only layouts whose
+    last kept axis is contiguous are taken (others would be read out of order).
+    """
+    kind = x.dtype.kind
+    if _c is None or kind not in "iuf" or len(values) > MAX_VALUES or not x.dtype.isnative:
+        return None
+    kept = tuple(i for i in range(x.ndim) if i not in axis)
+    last = [i for i in kept if x.shape[i] > 1]
+    if not kept or (last and x.strides[last[-1]] != x.itemsize):
+        return None
+    acc = np.dtype(np.int64 if kind == "i" else np.uint64 if kind == "u" else x.dtype)
+    shape = tuple(x.shape[i] for i in kept)
+    sums = np.zeros(shape, acc)
+    miss = np.zeros(shape, np.int64)  # calloc'd: pages are only touched where data is missing
+    try:
+        bad = _c.reduce_leading(x.transpose(tuple(axis) + kept), len(axis), sums, miss, want_sum,
+                                [_number(v, kind) for v in values], nan,
+                                None if vmin is None else _number(vmin, kind),
+                                None if vmax is None else _number(vmax, kind))
+    except (TypeError, ValueError, BufferError):
+        return None
+    return sums, (miss if bad else None)

@@ -45,7 +45,8 @@ class Partial:
     Both have the selection's shape with the reduced axes kept as length 1 (``keepdims``); for
     ``select`` ``values`` is the selected data and ``counts`` is 1 where an element is present and 0
     where it is missing. Where ``counts`` is 0, ``min``/``max`` values are undefined. ``sum``
-    values are in :func:`sum_dtype` of the request dtype, ``counts`` are int64.
+    values are in :func:`sum_dtype` of the request dtype, ``counts`` are int64. Both are to be
+    read, not written: uniform counts may be a read-only broadcast of one number.
     """
 
     values: np.ndarray
@@ -587,8 +588,9 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     axis = tuple(axis)
     _check_axis(axis, x.ndim)
     m = _resolved(missing, x.dtype)
-    if operation in ("sum", "count") and len(axis) == x.ndim:
-        p = _full_partial(x, operation, m, (1,) * x.ndim)
+    if operation in ("sum", "count"):
+        p = (_full_partial(x, operation, m, (1,) * x.ndim) if len(axis) == x.ndim
+             else _axis_partial(x, operation, axis, m))
         if p is not None:
             return p
     bad = None
@@ -608,7 +610,8 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     out_shape = tuple(1 if i in axis else n for i, n in enumerate(x.shape))
     if bad is None:
         valid = None
-        counts = _filled(out_shape, math.prod(x.shape[i] for i in axis), _INT64)
+        # the same count everywhere: a read-only broadcast, not a fresh array to fault in and fill
+        counts = np.broadcast_to(_INT64.type(math.prod(x.shape[i] for i in axis)), out_shape)
     else:
         valid = np.logical_not(bad)
         if len(axis) == x.ndim:  # a plain count is ~10x faster than one along axes
@@ -617,7 +620,7 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
             counts = np.add.reduce(valid, axis=axis, dtype=_INT64, keepdims=True)
 
     if operation == "count":
-        return Partial(counts.copy(), counts)
+        return Partial(np.array(counts), counts)
     if operation == "sum":
         acc = sum_dtype(x.dtype)
         if valid is None:
@@ -639,6 +642,23 @@ def _filled(shape: tuple[int, ...], value: Any, dtype: np.dtype) -> np.ndarray:
     out = np.empty(shape, dtype)
     out.fill(value)  # cheaper than np.full for the tiny arrays of a full reduction
     return out
+
+
+def _axis_partial(x: np.ndarray, operation: str, axis: tuple[int, ...],
+                  m: _Mask | None) -> Partial | None:
+    """``sum``/``count`` along ``axis`` (not all axes) in one pass (None: no fast path)."""
+    spec = () if m is None else (m.values, m.nan, m.vmin, m.vmax)
+    got = fused.sum_count_along(x, axis, *spec, want_sum=operation == "sum")
+    if got is None:
+        return None
+    sums, miss = got
+    out_shape = tuple(1 if i in axis else n for i, n in enumerate(x.shape))
+    behind = _INT64.type(math.prod(x.shape[i] for i in axis))
+    counts = (np.broadcast_to(behind, out_shape) if miss is None
+              else (behind - miss).reshape(out_shape))
+    if operation == "count":
+        return Partial(np.array(counts), counts)
+    return Partial(sums.reshape(out_shape), counts)
 
 
 def _reduce_all(flat: np.ndarray, operation: str, ndim: int) -> Partial:

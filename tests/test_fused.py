@@ -7,6 +7,7 @@ with plain NumPy comparisons.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -119,24 +120,60 @@ def test_order_depends_on_shape_and_strides_only(case):
     x, values, nan, vmin, vmax = case
     view = np.empty(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)[..., ::2]
     view[...] = x
-    a = fused.sum_count(np.ascontiguousarray(x), values, nan, vmin, vmax)
-    b = fused.sum_count(view, values, nan, vmin, vmax)
-    assert a[1] == b[1]
-    assert a[0] == b[0] or (a[0] != a[0] and b[0] != b[0])
+    assert same(fused.sum_count(np.ascontiguousarray(x), values, nan, vmin, vmax),
+                fused.sum_count(view, values, nan, vmin, vmax))
+
+
+@contextlib.contextmanager
+def simd_at_most(level: int):
+    was = fused._c.simd(level)
+    try:
+        yield
+    finally:
+        fused._c.simd(was)
+
+
+LEVELS = [0, 1, 2]  # portable, SSE2, AVX2 (capped at what this CPU and build run)
+SPECS = [dict(), dict(values=(-999,)), dict(values=(-999, 1e20)),
+         dict(values=(-999,), nan=True, vmin=200, vmax=330)]
+
+
+def _spec(dtype, spec):
+    t = np.dtype(dtype).type
+    return dict(values=tuple(t(v) for v in spec.get("values", ())), nan=spec.get("nan", False),
+                vmin=None if "vmin" not in spec else t(spec["vmin"]),
+                vmax=None if "vmax" not in spec else t(spec["vmax"]))
+
+
+def same(a, b) -> bool:
+    """Equal (sum, count) pairs, a NaN sum equal to a NaN sum."""
+    return a[1] == b[1] and (a[0] == b[0] or (a[0] != a[0] and b[0] != b[0]))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("n", [5, 13, 127, 1031, 8197])
-def test_sse_and_portable_orders_agree_bit_for_bit(dtype, n):
-    """Values whose every addition rounds, rows that end mid-step: any difference in the order
-    of the two paths shows."""
+def test_every_simd_level_adds_in_the_same_order(dtype, n):
+    """Values whose every addition rounds, rows that end mid-step, every kind of missing test:
+    any difference in the order of the portable, SSE2 and AVX2 loops shows, for full and for
+    leading-axis reductions."""
     x = np.random.default_rng(n).normal(280, 20, (7, n)).astype(dtype)
     x[::3, ::5] = -999
-    view = np.empty((7, 2 * n), dtype)[:, ::2]
+    x[1, ::7] = np.nan
+    x[2, ::11] = 1e20
+    view = np.empty((7, 2 * n), dtype)[:, ::2]  # strided rows: always the portable loop
     view[...] = x
-    for values in [(), (np.dtype(dtype).type(-999),)]:
-        assert fused.sum_count(x, values) == fused.sum_count(view, values)
-        assert fused.sum_count(x[:, 1:], values) == fused.sum_count(view[:, 1:], values)
+    for spec in SPECS:
+        kw = _spec(dtype, spec)
+        ref = fused.sum_count(view, **kw)
+        ref_sub = fused.sum_count(view[:, 1:], **kw)
+        ref_axis = fused.sum_count_along(x, (0,), **kw)
+        for level in LEVELS:
+            with simd_at_most(level):
+                assert same(fused.sum_count(x, **kw), ref), (level, spec)
+                assert same(fused.sum_count(x[:, 1:], **kw), ref_sub), (level, spec)
+                sums, miss = fused.sum_count_along(x, (0,), **kw)
+                np.testing.assert_array_equal(sums, ref_axis[0])
+                np.testing.assert_array_equal(miss, ref_axis[1])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -186,3 +223,61 @@ def test_releases_the_gil_and_is_thread_safe():
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda _: fused.sum_count(x, (np.float32(0.5),)), range(32)))
     assert all(g == want for g in got)
+
+
+@st.composite
+def axis_cases(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = tuple(draw(st.lists(st.sampled_from([1, 2, 3, 5, 9, 17, 40]), min_size=2,
+                                max_size=4)))
+    if dtype.kind == "f":
+        elem = st.one_of(st.floats(-2.0**20, 2.0**20, width=dtype.itemsize * 8),
+                         st.sampled_from([-999.0, np.nan, np.inf, 1e20]))
+    else:
+        info = np.iinfo(dtype)
+        elem = st.one_of(st.integers(int(info.min), int(info.max)), st.sampled_from([0, 7]))
+    x = draw(hnp.arrays(dtype, shape, elements=elem))
+    if draw(st.booleans()):  # a strided view of the same values
+        big = np.empty(shape[:-1] + (shape[-1] * 2,), dtype)
+        big[..., ::2] = x
+        x = big[..., ::2]
+    axis = tuple(sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1,
+                                     max_size=len(shape) - 1))))
+    t = dtype.type
+    values = (t(7) if dtype.kind in "iu" else t(-999),) if draw(st.booleans()) else ()
+    nan = dtype.kind == "f" and draw(st.booleans())
+    vmax = t(1000) if dtype.kind == "f" and draw(st.booleans()) else None
+    return x, axis, values, nan, vmax
+
+
+@PROPS
+@given(axis_cases())
+def test_sums_along_axes_match_the_oracle(case):
+    x, axis, values, nan, vmax = case
+    got = fused.sum_count_along(x, axis, values, nan, None, vmax)
+    kept = tuple(i for i in range(x.ndim) if i not in axis)
+    if got is None:  # only layouts whose last kept axis is not contiguous are declined
+        last = [i for i in kept if x.shape[i] > 1]
+        assert last and x.strides[last[-1]] != x.itemsize
+        return
+    sums, miss = got
+    bad = mask_of(x, values, nan, None, vmax)
+    want_miss = bad.sum(axis=axis)
+    np.testing.assert_array_equal(np.zeros_like(want_miss) if miss is None else miss, want_miss)
+    good = np.where(bad, 0, x)
+    if x.dtype.kind in "iu":
+        want = good.sum(axis=axis, dtype=np.int64 if x.dtype.kind == "i" else np.uint64)
+        np.testing.assert_array_equal(sums, want)
+        return
+    assert sums.dtype == x.dtype and sums.shape == want_miss.shape
+    v = np.moveaxis(good.astype(np.float64), axis, range(len(axis))).reshape(
+        (-1,) + sums.shape)
+    with np.errstate(invalid="ignore"):
+        exact = v.sum(axis=0)
+    eps = np.finfo(x.dtype).eps
+    tol = 2 * (v.shape[0] + 1) * eps * np.abs(v).sum(axis=0)
+    finite = np.isfinite(exact)
+    np.testing.assert_array_equal(np.isnan(sums), np.isnan(exact))
+    assert np.all(np.abs(sums[finite] - exact[finite]) <= tol[finite] + 1e-300)
+    np.testing.assert_array_equal(sums[~finite & ~np.isnan(exact)],
+                                  exact[~finite & ~np.isnan(exact)])
