@@ -30,7 +30,7 @@ from .errors import ActiveStorageError, SelectionError
 from .formats import open_variable
 from .formats.base import Variable
 from .kernel import Partial, reduce_array
-from .plan import ChunkTask, Selection, normalize_key, plan_chunks
+from .plan import ChunkTask, Selection, normalize_key, plan_chunks, plan_layout
 from .progress import progress
 from .request import ChunkRequest
 
@@ -285,7 +285,7 @@ class Active:
             else:
                 touched_bytes += loc.size
         if tasks:
-            self._execute(tasks, kop, kernel_axes, acc, full=not select and all(
+            self._execute(tasks, sel, kop, kernel_axes, acc, full=not select and all(
                 n == 1 for n in out_shape) and len(kernel_axes) == var.ndim)
         result = finish(acc, "select" if select else kop if operation != "mean" else "mean",
                         scale=var.scale_factor, offset=var.add_offset, components=components)
@@ -304,14 +304,14 @@ class Active:
             result = {operation: result[kop], "n": result["n"]}
         return result
 
-    def _execute(self, tasks: list[ChunkTask], kop: str, kernel_axes: tuple[int, ...],
-                 acc: Accumulator, full: bool) -> None:
+    def _execute(self, tasks: list[ChunkTask], sel: Selection, kop: str,
+                 kernel_axes: tuple[int, ...], acc: Accumulator, full: bool) -> None:
         var = self._variable
         if full:
-            index = [tuple(slice(0, 1) for _ in var.shape)]
+            index: list[tuple[slice, ...]] = [tuple(slice(0, 1) for _ in var.shape)]
+            slots: list[Any] = [0] * len(tasks)
         else:
-            index = [tuple(slice(0, 1) if ax in kernel_axes else o for ax, o in enumerate(t.out))
-                     for t in tasks]
+            index, slots = plan_layout(sel, var.chunk_shape, kernel_axes)
         # A folding backend gets fixed blocks of tasks (a function of the chunk size only), so
         # which partials it folds together, and so the rounding, never depends on thread count.
         folds = self._backend.folds and kop != "select"
@@ -325,20 +325,20 @@ class Active:
             nbatches = 1
         bar = progress(len(tasks), f"{kop} {var.name}", self.progress)
         try:
-            self._run_batches(tasks, index, nbatches, block, threads, kop, kernel_axes, acc,
-                              full, folds, bar)
+            self._run_batches(tasks, index, slots, nbatches, block, threads, kop, kernel_axes,
+                              acc, full, folds, bar)
         finally:
             bar.close()
 
-    def _run_batches(self, tasks: list[ChunkTask], index: list[tuple[slice, ...]], nbatches: int,
-                     block: int, threads: int, kop: str, kernel_axes: tuple[int, ...],
-                     acc: Accumulator, full: bool, folds: bool, bar: Any) -> None:
+    def _run_batches(self, tasks: list[ChunkTask], index: list[tuple[slice, ...]],
+                     slot_of: list[Any], nbatches: int, block: int, threads: int, kop: str,
+                     kernel_axes: tuple[int, ...], acc: Accumulator, full: bool, folds: bool,
+                     bar: Any) -> None:
+        """``slot_of``: per task, equal where partials land in the same part of the result (a
+        folding backend may combine those)."""
         var = self._variable
         backend = self._backend
         batches = _spans(len(tasks), nbatches, block)
-        if folds:  # partials may be folded where they land in the same part of the result
-            slot_of = [0] * len(tasks) if full else [
-                tuple(c for ax, c in enumerate(t.coords) if ax not in kernel_axes) for t in tasks]
 
         def work(span: tuple[int, int]) -> list[Partial | None]:
             """Partials of tasks ``span`` in order (``None`` where folded into an earlier one)."""

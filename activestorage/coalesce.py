@@ -42,19 +42,29 @@ def runs(requests: Sequence[ChunkRequest], max_bytes: int = MAX_RUN_BYTES) -> li
     """
     spans = []
     i, n = 0, len(requests)
+    plain: dict[Any, bool] = {}  # by what _plain looks at: requests of one variable share it
+
+    def is_plain(q: ChunkRequest) -> bool:
+        key = (q.size, q.shape, q.dtype, q.compression is None, not q.filters)
+        ok = plain.get(key)
+        if ok is None:
+            ok = plain[key] = _plain(q)
+        return ok
+
     while i < n:
         j = i + 1
         r = requests[i]
-        if _plain(r):
+        if is_plain(r):
             total = r.size or 0
-            prev = r
+            end = r.offset + total
             while j < n:
                 q = requests[j]
-                if not (_plain(q) and q.url == r.url and q.offset == prev.offset + (prev.size or 0)
-                        and total + (q.size or 0) <= max_bytes):
+                size = q.size or 0
+                if not (q.offset == end and q.url == r.url and total + size <= max_bytes
+                        and is_plain(q)):
                     break
-                total += q.size or 0
-                prev = q
+                total += size
+                end += size
                 j += 1
         spans.append((i, j))
         i = j
@@ -62,8 +72,10 @@ def runs(requests: Sequence[ChunkRequest], max_bytes: int = MAX_RUN_BYTES) -> li
 
 
 def _layout(r: ChunkRequest) -> tuple[Any, ...]:
-    """Everything that must agree for two chunks to be reduced as one stacked array."""
-    return (r.dtype, r.byte_order, r.shape, r.order, r.selection, r.axis, r.missing, r.size)
+    """Everything that must agree for two chunks to be reduced as one stacked array (the missing
+    spec by identity: requests of one variable share one, and hashing it per chunk is costly;
+    equal specs in distinct objects only stack less)."""
+    return (r.dtype, r.byte_order, r.shape, r.order, r.selection, r.axis, id(r.missing), r.size)
 
 
 def _groups(requests: Sequence[ChunkRequest], slots: Sequence[Hashable] | None) -> list[list[int]]:
@@ -71,10 +83,11 @@ def _groups(requests: Sequence[ChunkRequest], slots: Sequence[Hashable] | None) 
     by_key: dict[Any, list[int]] = {}
     for i, r in enumerate(requests):
         key: Any = (_layout(r), None if slots is None else slots[i])
-        try:
-            by_key.setdefault(key, []).append(i)
-        except TypeError:  # unhashable missing values: keep this chunk on its own
-            by_key[("alone", i)] = [i]
+        group = by_key.get(key)
+        if group is None:
+            by_key[key] = [i]
+        else:
+            group.append(i)
     out: list[list[int]] = []
     for members in by_key.values():
         seg = [members[0]]

@@ -142,5 +142,22 @@ def plan_chunks(sel: Selection, chunk_shape: Sequence[int]) -> list[ChunkTask]:
     return list(map(ChunkTask, coords, sels, outs, wholes))
 
 
+def plan_layout(sel: Selection, chunk_shape: Sequence[int],
+                reduced: Sequence[int]) -> tuple[list[tuple[slice, ...]], list[tuple[Any, ...]]]:
+    """For the tasks of :func:`plan_chunks` (same order), reducing axes ``reduced``: where each
+    chunk's partial lands in the result (reduced axes kept with length 1), and a slot shared by
+    the chunks whose partials land in the same place (their grid coordinates, None on reduced
+    axes). Built with C-level products like the tasks themselves."""
+    per_axis = [_axis_plan(r, c) for r, c in zip(sel.ranges, chunk_shape)]
+    if any(not p for p in per_axis):
+        return [], []
+    one = slice(0, 1)
+    index = itertools.product(*([one] * len(p) if ax in reduced else [o for _, _, o in p]
+                                for ax, p in enumerate(per_axis)))
+    slots = itertools.product(*([None] * len(p) if ax in reduced else [c for c, _, _ in p]
+                                for ax, p in enumerate(per_axis)))
+    return list(index), list(slots)
+
+
 def count_chunks(sel: Selection, chunk_shape: Sequence[int]) -> int:
     return math.prod(len(_axis_plan(r, c)) for r, c in zip(sel.ranges, chunk_shape))

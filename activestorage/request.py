@@ -12,8 +12,8 @@ them with :meth:`ChunkRequest.to_wire`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -74,8 +74,7 @@ class Missing:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRequest:
+class ChunkRequest(NamedTuple):
     """One chunk reduction: the bytes ``[offset, offset+size)`` of ``url`` and what to do with them.
 
     ``shape``/``selection``/``axis`` are always concrete after construction through
@@ -86,6 +85,9 @@ class ChunkRequest:
     (``{"id": "zlib"}``, ``{"id": "shuffle", "element_size": 4}``); a Fletcher-32 filter with
     ``"outer": True`` checks the stored (compressed) bytes, as HDF5 writes it, otherwise it is
     undone after decompression like the other filters. ``size`` is the stored size in bytes.
+
+    A named tuple (immutable, hashable when its dicts are not involved): planning builds one per
+    chunk, and a tuple is built about ten times faster than a frozen dataclass.
     """
 
     dtype: np.dtype
@@ -131,7 +133,7 @@ class ChunkRequest:
                      for a, b, c in self.selection)
 
     def with_(self, **changes: Any) -> "ChunkRequest":
-        return replace(self, **changes)
+        return self._replace(**changes)
 
     # -------------------------------------------------------------------- wire
     def to_wire(self) -> dict[str, Any]:

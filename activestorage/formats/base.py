@@ -99,10 +99,14 @@ class Variable:
     def iter_coords(self) -> Iterator[tuple[int, ...]]:
         return iter(np.ndindex(*self.grid))
 
-    def request_for(self, coords: tuple[int, ...], **kwargs: Any) -> ChunkRequest | None:
-        """The :class:`ChunkRequest` reading chunk ``coords`` (None if it was never written).
+    def request_for(self, coords: tuple[int, ...],
+                    selection: tuple[tuple[int, int, int], ...] | None = None,
+                    axis: tuple[int, ...] | None = None) -> ChunkRequest | None:
+        """The :class:`ChunkRequest` reading chunk ``coords`` (None if it was never written),
+        for ``selection`` (inside the chunk; None: all of it) and reducing ``axis``.
 
-        ``kwargs`` (selection, axis) are passed through to the request.
+        Called once per chunk touched, so it builds the request positionally (field order of
+        :class:`ChunkRequest`).
         """
         loc = self.chunks.get(coords)
         if loc is None:
@@ -112,8 +116,7 @@ class Variable:
             compression = None
         filters = self.filters if loc.filters is None else loc.filters
         return ChunkRequest(
-            dtype=self.dtype, shape=self.chunk_shape, offset=loc.offset, size=loc.size,
-            url=loc.url, byte_order=self.byte_order, order=self.order,
-            compression=compression, filters=tuple(filters),
-            missing=None if self.missing.is_empty() else self.missing,
-            etag=loc.etag, version_id=loc.version_id, **kwargs)
+            self.dtype, self.chunk_shape, loc.offset, loc.size, loc.url, self.byte_order,
+            self.order, selection, axis, compression,
+            filters if type(filters) is tuple else tuple(filters),
+            None if self.missing.is_empty() else self.missing, loc.etag, loc.version_id)
