@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: madvise advice mapping a range's pages in one call (Linux >= 5.14; Python does not name it yet)
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else None
 _PAGE = mmap.PAGESIZE
+#: Linux maps the pages around a faulting one within blocks of this size (fault_around_bytes)
+_FAULT_AROUND = max(_PAGE, 64 * 1024)
 
 
 class PosixBackend(InProcessBackend):
@@ -134,13 +136,20 @@ class PosixBackend(InProcessBackend):
         return True
 
     def _release(self, path: str, data: Any, offset: int, size: int) -> None:
-        """Drop a mapped range's pages from this process (they stay in the page cache)."""
+        """Drop a mapped range's pages from this process (they stay in the page cache).
+
+        The range is widened to whole fault-around blocks: a page shared with a neighbouring
+        chunk that another thread dropped is faulted back in with the pages around it, which
+        lie in those blocks; dropping them here means nothing stays mapped after the last user.
+        (A neighbour still reading such a page just faults it in again.)
+        """
         mapped = self._maps.get(self._fds.get(path, -1))
         if mapped is None or not isinstance(data, memoryview) or data.obj is not mapped[0]:
             return
-        start = offset - offset % _PAGE
+        start = offset - offset % _FAULT_AROUND
+        end = -(-(offset + size) // _FAULT_AROUND) * _FAULT_AROUND
         try:
-            mapped[0].madvise(mmap.MADV_DONTNEED, start, offset + size - start)
+            mapped[0].madvise(mmap.MADV_DONTNEED, start, min(end, mapped[1]) - start)
         except (OSError, ValueError):  # only a memory-use hint
             pass
 
