@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 #: madvise advice mapping a range's pages in one call (Linux >= 5.14; Python does not name it yet)
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else None
 _PAGE = mmap.PAGESIZE
-#: Linux maps the pages around a faulting one within blocks of this size (fault_around_bytes)
-_FAULT_AROUND = max(_PAGE, 64 * 1024)
+#: a fault maps the pages around the faulting one: within 64 KiB (fault_around_bytes), or the
+#: whole large folio the page cache holds it in, which is at most a PMD (2 MiB with 4 KiB pages)
+_FAULT_AROUND = max(64 * 1024, 512 * _PAGE)
 
 
 class PosixBackend(InProcessBackend):
@@ -138,10 +139,10 @@ class PosixBackend(InProcessBackend):
     def _release(self, path: str, data: Any, offset: int, size: int) -> None:
         """Drop a mapped range's pages from this process (they stay in the page cache).
 
-        The range is widened to whole fault-around blocks: a page shared with a neighbouring
-        chunk that another thread dropped is faulted back in with the pages around it, which
-        lie in those blocks; dropping them here means nothing stays mapped after the last user.
-        (A neighbour still reading such a page just faults it in again.)
+        The range is widened to whole aligned blocks of ``_FAULT_AROUND``: a page shared with a
+        neighbouring chunk that another thread dropped is faulted back in with the pages around
+        it (its whole large folio), which lie in those blocks; dropping them here means nothing
+        stays mapped after the last user. (A neighbour still reading there faults it in again.)
         """
         mapped = self._maps.get(self._fds.get(path, -1))
         if mapped is None or not isinstance(data, memoryview) or data.obj is not mapped[0]:
