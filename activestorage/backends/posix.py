@@ -54,7 +54,7 @@ class PosixBackend(InProcessBackend):
         self._fds: dict[str, int] = {}
         self._maps: dict[int, tuple[mmap.mmap, int] | None] = {}
         self._lock = threading.Lock()
-        self._spare: list[bytearray] = []  # read buffers kept between calls (one per thread)
+        self._local = threading.local()  # each thread's read and decode buffers, kept
 
     @property
     def default_threads(self) -> int:
@@ -85,16 +85,15 @@ class PosixBackend(InProcessBackend):
         except (OSError, ValueError):  # special files: read them instead
             return None
 
-    def _take_buffer(self, size: int) -> bytearray:
-        """A buffer of at least ``size`` bytes, reused from earlier calls when one is spare."""
-        with self._lock:
-            buf = self._spare.pop() if self._spare else bytearray()
-        return buf if len(buf) >= size else bytearray(size)
-
-    def _give_buffer(self, buf: bytearray) -> None:
-        with self._lock:
-            if len(self._spare) < 2 * (os.cpu_count() or 1):  # a read buffer + a scratch each
-                self._spare.append(buf)
+    def _buffer(self, name: str, size: int) -> bytearray:
+        """This thread's reusable buffer ``name`` ("read" or "scratch"), at least ``size`` bytes
+        (memory already touched and in cache; one of each per thread, so RSS stays bounded)."""
+        buf = getattr(self._local, name, None)
+        if buf is None or len(buf) < size:
+            # grow by a quarter at least: compressed sizes vary a little from batch to batch
+            buf = bytearray(size if buf is None else max(size, len(buf) * 5 // 4))
+            setattr(self._local, name, buf)
+        return buf
 
     def _mapping(self) -> bool:
         return self.use_mmap is True or (self.use_mmap is None and self._populate)
@@ -167,30 +166,26 @@ class PosixBackend(InProcessBackend):
         own = operation == "select"  # selections keep their bytes: no shared buffer
         spans = [(i, i + 1) for i in range(len(requests))] if own else runs(requests)
         sizes = [sum(q.size for q in requests[a:b]) for a, b in spans]  # type: ignore[misc]
-        map_ok = not own and self._mapping()
-        buf = None if own or map_ok else self._take_buffer(max(sizes, default=0))
-        # decoded chunks (codecs undone) go to a reused scratch buffer, not fresh memory
+        # decoded chunks (codecs undone) go to this thread's scratch buffer, not fresh memory
         decoded = scratch_bytes(requests)
-        scratch = self._take_buffer(decoded) if decoded else None
-        try:
-            work = None if scratch is None else np.frombuffer(scratch, np.uint8)
-            for (a, b), size in zip(spans, sizes):
-                r = requests[a]
-                raw = self._read(r.url, r.offset, size, buf, map_ok)  # type: ignore[arg-type]
-                try:
-                    if b - a == 1:
-                        out.append(reduce_chunk(raw, r, operation, work))
-                    else:
-                        out.extend(reduce_run(raw, requests[a:b], operation,
-                                              None if slots is None else slots[a:b]))
-                finally:
-                    self._release(r.url, raw, r.offset, size)  # type: ignore[arg-type]
-                del raw
-            del work
-        finally:
-            for b_ in (buf, scratch):
-                if b_ is not None:
-                    self._give_buffer(b_)
+        # Stored bytes that are decoded anyway are read into this thread's buffer: the copy is
+        # small next to inflating them, and mapping them would add the page cache's large folios
+        # around each range to RSS. Uncompressed chunks are reduced from the map, no copy.
+        map_ok = not own and not decoded and self._mapping()
+        buf = None if own or map_ok else self._buffer("read", max(sizes, default=0))
+        work = np.frombuffer(self._buffer("scratch", decoded), np.uint8) if decoded else None
+        for (a, b), size in zip(spans, sizes):
+            r = requests[a]
+            raw = self._read(r.url, r.offset, size, buf, map_ok)  # type: ignore[arg-type]
+            try:
+                if b - a == 1:
+                    out.append(reduce_chunk(raw, r, operation, work))
+                else:
+                    out.extend(reduce_run(raw, requests[a:b], operation,
+                                          None if slots is None else slots[a:b]))
+            finally:
+                self._release(r.url, raw, r.offset, size)  # type: ignore[arg-type]
+            del raw
         self._account(bytes_read=sum(sizes), requests=len(spans))
         return out
 
