@@ -1,12 +1,12 @@
 """Local files: one handle per file, bytes from a memory map or ``os.preadv``; kernel in-process.
 
-By default (on Linux 5.14 and later) each file is mapped read-only and every chunk is reduced
-straight from the page cache, no copy: the pages of a read are mapped in one call before the
-kernel runs (``MADV_POPULATE_READ``, which also reports a range past the end of a truncated file
-instead of crashing on it) and dropped from the process right after (``MADV_DONTNEED``), so RSS
-stays at threads x the largest read whatever the size of the file. Elsewhere, or with
-``use_mmap=False``, each worker thread reads into one reusable buffer with ``os.preadv`` (one copy,
-into memory that stays hot in cache). Runs of small adjacent uncompressed chunks are read at once
+By default (on Linux 5.14 and later) each file is mapped read-only and every uncompressed chunk is
+reduced straight from the page cache, no copy: the pages of a read are mapped in one call before
+the kernel runs (``MADV_POPULATE_READ``, which also reports a range past the end of a truncated
+file instead of crashing on it) and dropped from the process right after (``MADV_DONTNEED``), so
+RSS stays at threads x the largest read whatever the size of the file. Compressed chunks, and all
+chunks elsewhere or with ``use_mmap=False``, are read with ``os.preadv`` into a buffer each worker
+thread keeps (one copy, into memory that stays hot in cache). Runs of small adjacent uncompressed chunks are read at once
 and reduced as a few stacked arrays, folding partials that share a result slot
 (:mod:`activestorage.coalesce`). ``select`` results always get bytes of their own.
 """
