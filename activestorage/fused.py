@@ -71,9 +71,13 @@ def sum_count_along(x: np.ndarray, axis: tuple[int, ...], values: tuple[Any, ...
     kind = x.dtype.kind
     if _c is None or kind not in "iuf" or len(values) > MAX_VALUES or not x.dtype.isnative:
         return None
+    for i in range(x.ndim - 1, -1, -1):  # the last kept axis that is longer than 1
+        if i not in axis and x.shape[i] > 1:
+            if x.strides[i] != x.itemsize:
+                return None
+            break
     kept = tuple(i for i in range(x.ndim) if i not in axis)
-    last = [i for i in kept if x.shape[i] > 1]
-    if not kept or (last and x.strides[last[-1]] != x.itemsize):
+    if not kept:
         return None
     acc = np.dtype(np.int64 if kind == "i" else np.uint64 if kind == "u" else x.dtype)
     shape = tuple(x.shape[i] for i in kept)

@@ -570,7 +570,8 @@ def _initial(operation: str, dtype: np.dtype) -> Any:
 
 
 def _check_axis(axis: tuple[int, ...], ndim: int) -> None:
-    if len(set(axis)) != len(axis) or any(not 0 <= a < ndim for a in axis):
+    distinct = set(axis)
+    if len(distinct) != len(axis) or (distinct and (min(distinct) < 0 or max(distinct) >= ndim)):
         raise RequestValidationError(
             "axis", f"{list(axis)} is not a set of distinct axes of a {ndim}-d array")
 
@@ -610,8 +611,7 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     out_shape = tuple(1 if i in axis else n for i, n in enumerate(x.shape))
     if bad is None:
         valid = None
-        # the same count everywhere: a read-only broadcast, not a fresh array to fault in and fill
-        counts = np.broadcast_to(_INT64.type(math.prod(x.shape[i] for i in axis)), out_shape)
+        counts = _uniform_counts(out_shape, math.prod(x.shape[i] for i in axis))
     else:
         valid = np.logical_not(bad)
         if len(axis) == x.ndim:  # a plain count is ~10x faster than one along axes
@@ -638,6 +638,15 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     return Partial(np.asarray(v, dtype=x.dtype).reshape(out_shape), counts)
 
 
+def _uniform_counts(shape: tuple[int, ...], n: int) -> np.ndarray:
+    """Counts that are ``n`` everywhere: a read-only broadcast of one number when large (no
+    fresh memory to fault in and fill per chunk), a small array otherwise (broadcast_to costs
+    a few microseconds)."""
+    if math.prod(shape) > 4096:
+        return np.broadcast_to(_INT64.type(n), shape)
+    return _filled(shape, n, _INT64)
+
+
 def _filled(shape: tuple[int, ...], value: Any, dtype: np.dtype) -> np.ndarray:
     out = np.empty(shape, dtype)
     out.fill(value)  # cheaper than np.full for the tiny arrays of a full reduction
@@ -653,8 +662,8 @@ def _axis_partial(x: np.ndarray, operation: str, axis: tuple[int, ...],
         return None
     sums, miss = got
     out_shape = tuple(1 if i in axis else n for i, n in enumerate(x.shape))
-    behind = _INT64.type(math.prod(x.shape[i] for i in axis))
-    counts = (np.broadcast_to(behind, out_shape) if miss is None
+    behind = math.prod(x.shape[i] for i in axis)
+    counts = (_uniform_counts(out_shape, behind) if miss is None
               else (behind - miss).reshape(out_shape))
     if operation == "count":
         return Partial(np.array(counts), counts)

@@ -59,7 +59,8 @@ def threads(nchunks: int = 100) -> None:
     raw = zlib.compress(shuffled, 1)
     req = make_request(np.float32, x.shape, compression={"id": "zlib"},
                        filters=({"id": "shuffle", "element_size": 4},))
-    assert reduce_chunk(raw, req, "sum").values.item() == np.add.reduce(x)
+    exact = float(np.sum(x, dtype=np.float64))  # the kernel's sum is at least this close
+    assert abs(reduce_chunk(raw, req, "sum").values.item() - exact) <= 1e-6 * abs(exact)
 
     def run(workers: int) -> float:
         with ThreadPoolExecutor(workers) as pool:
