@@ -1,9 +1,12 @@
 """The numeric kernel: one chunk's bytes + a :class:`ChunkRequest` -> a :class:`Partial`.
 
-Pure NumPy/numcodecs with no I/O, shared by the SDK's local backends and the reduction server, so
+NumPy/numcodecs with no I/O, shared by the SDK's local backends and the reduction server, so
 every number this project produces goes through the code tested here. Steps: decode (checksum,
-decompress with a hard bound on the output size, unfilter), interpret dtype and byte order, reshape
-in C or F order, select, find missing elements, reduce along the requested axes keeping dimensions.
+decompress with a hard bound on the output size, unfilter; deflate is streamed straight into the
+caller's scratch buffer, unshuffling on the way), interpret dtype and byte order, reshape in C or
+F order, select, find missing elements, reduce along the requested axes keeping dimensions. Sums
+and counts take the one-pass path of :mod:`activestorage.fused` where it is built and applies
+(missing test and addition in a single read of the data), NumPy otherwise.
 
 Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
 corrupt, truncated or oversized data is a :class:`DecodeError`, never a codec's own exception and
