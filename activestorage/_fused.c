@@ -403,8 +403,9 @@ TARGET_AVX2 static void row_float_avx2(const char *p, Py_ssize_t n, int f32, con
 }
 #endif
 
-/* one specialised copy per (mode, want_sum) */
-static void row_float_sse2(const char *p, Py_ssize_t n, int f32, const vspec_t *m,
+/* a contiguous float row on the widest vector code available; one specialised copy per
+ * (mode, want_sum) */
+static void row_float_simd(const char *p, Py_ssize_t n, int f32, const vspec_t *m,
                            const spec_t *s, int want_sum, acc_t *acc) {
 #if HAVE_AVX2
     if (simd_level >= 2) {
@@ -488,7 +489,7 @@ static void reduce_rows(const char *base, int ndim, const Py_ssize_t *shape,
         if (t->kind == K_F32 || t->kind == K_F64) {
 #if HAVE_SSE2
             if (stride == t->itemsize && simd_level >= 1)
-                row_float_sse2(p, n, t->f32, &m, s, want_sum, acc);
+                row_float_simd(p, n, t->f32, &m, s, want_sum, acc);
             else
 #endif
                 row_float_scalar(p, n, stride, t->f32, s, want_sum, acc);

@@ -32,8 +32,16 @@ COMPILED = _c is not None
 MAX_VALUES = 16
 
 
-def _number(v: Any, kind: str) -> Any:
-    return float(v) if kind == "f" else int(v)
+def _spec(x: np.ndarray, values: tuple[Any, ...], nan: bool, vmin: Any,
+          vmax: Any) -> tuple[list[Any], bool, Any, Any] | None:
+    """The missing-data arguments as the C code takes them (Python numbers), or None when it
+    cannot reduce ``x`` (not built, another dtype or byte order, too many values)."""
+    kind = x.dtype.kind
+    if _c is None or kind not in "iuf" or len(values) > MAX_VALUES or not x.dtype.isnative:
+        return None
+    num = float if kind == "f" else int
+    return ([num(v) for v in values], nan, None if vmin is None else num(vmin),
+            None if vmax is None else num(vmax))
 
 
 def sum_count(x: np.ndarray, values: tuple[Any, ...] = (), nan: bool = False, vmin: Any = None,
@@ -46,13 +54,11 @@ def sum_count(x: np.ndarray, values: tuple[Any, ...] = (), nan: bool = False, vm
     them). The sum is a Python float for float arrays (accumulated in float64), an int for
     integer arrays; with ``want_sum=False`` only the count is meaningful.
     """
-    kind = x.dtype.kind
-    if _c is None or kind not in "iuf" or len(values) > MAX_VALUES or not x.dtype.isnative:
+    spec = _spec(x, values, nan, vmin, vmax)
+    if spec is None:
         return None
     try:
-        return _c.reduce(x, want_sum, [_number(v, kind) for v in values], nan,
-                         None if vmin is None else _number(vmin, kind),
-                         None if vmax is None else _number(vmax, kind))
+        return _c.reduce(x, want_sum, *spec)
     except (TypeError, ValueError, BufferError):  # an element format the C code does not know
         return None
 
@@ -68,8 +74,8 @@ def sum_count_along(x: np.ndarray, axis: tuple[int, ...], values: tuple[Any, ...
     or is None when none was missing. Missing data as in :func:`sum_count`. Only layouts whose
     last kept axis is contiguous are taken (others would be read out of order).
     """
-    kind = x.dtype.kind
-    if _c is None or kind not in "iuf" or len(values) > MAX_VALUES or not x.dtype.isnative:
+    spec = _spec(x, values, nan, vmin, vmax)
+    if spec is None:
         return None
     for i in range(x.ndim - 1, -1, -1):  # the last kept axis that is longer than 1
         if i not in axis and x.shape[i] > 1:
@@ -79,15 +85,14 @@ def sum_count_along(x: np.ndarray, axis: tuple[int, ...], values: tuple[Any, ...
     kept = tuple(i for i in range(x.ndim) if i not in axis)
     if not kept:
         return None
+    kind = x.dtype.kind
     acc = np.dtype(np.int64 if kind == "i" else np.uint64 if kind == "u" else x.dtype)
     shape = tuple(x.shape[i] for i in kept)
     sums = np.zeros(shape, acc)
     miss = np.zeros(shape, np.int64)  # calloc'd: pages are only touched where data is missing
     try:
         bad = _c.reduce_leading(x.transpose(tuple(axis) + kept), len(axis), sums, miss, want_sum,
-                                [_number(v, kind) for v in values], nan,
-                                None if vmin is None else _number(vmin, kind),
-                                None if vmax is None else _number(vmax, kind))
+                                *spec)
     except (TypeError, ValueError, BufferError):
         return None
     return sums, (miss if bad else None)

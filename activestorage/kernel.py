@@ -541,11 +541,14 @@ def missing_mask(x: np.ndarray, missing: Missing | None) -> np.ndarray | None:
     return None if m is None else _mask_of(x, m)
 
 
+def _spec_of(m: _Mask | None) -> tuple[Any, ...]:
+    """A resolved mask as the arguments of :mod:`activestorage.fused`'s functions."""
+    return () if m is None else (m.values, m.nan, m.vmin, m.vmax)
+
+
 def _fused(x: np.ndarray, m: _Mask | None, want_sum: bool) -> tuple[Any, int] | None:
     """One-pass ``(sum, count)`` of the elements of ``x`` not missing (None: no fast path)."""
-    if m is None:
-        return fused.sum_count(x, want_sum=want_sum)
-    return fused.sum_count(x, m.values, m.nan, m.vmin, m.vmax, want_sum=want_sum)
+    return fused.sum_count(x, *_spec_of(m), want_sum=want_sum)
 
 
 def _full_partial(x: np.ndarray, operation: str, m: _Mask | None,
@@ -659,8 +662,7 @@ def _filled(shape: tuple[int, ...], value: Any, dtype: np.dtype) -> np.ndarray:
 def _axis_partial(x: np.ndarray, operation: str, axis: tuple[int, ...],
                   m: _Mask | None) -> Partial | None:
     """``sum``/``count`` along ``axis`` (not all axes) in one pass (None: no fast path)."""
-    spec = () if m is None else (m.values, m.nan, m.vmin, m.vmax)
-    got = fused.sum_count_along(x, axis, *spec, want_sum=operation == "sum")
+    got = fused.sum_count_along(x, axis, *_spec_of(m), want_sum=operation == "sum")
     if got is None:
         return None
     sums, miss = got

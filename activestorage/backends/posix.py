@@ -6,9 +6,9 @@ the kernel runs (``MADV_POPULATE_READ``, which also reports a range past the end
 file instead of crashing on it) and dropped from the process right after (``MADV_DONTNEED``), so
 RSS stays at threads x the largest read whatever the size of the file. Compressed chunks, and all
 chunks elsewhere or with ``use_mmap=False``, are read with ``os.preadv`` into a buffer each worker
-thread keeps (one copy, into memory that stays hot in cache). Runs of small adjacent uncompressed chunks are read at once
-and reduced as a few stacked arrays, folding partials that share a result slot
-(:mod:`activestorage.coalesce`). ``select`` results always get bytes of their own.
+thread keeps (one copy, into memory that stays hot in cache). Runs of small adjacent uncompressed
+chunks are read at once and reduced as a few stacked arrays, folding partials that share a result
+slot (:mod:`activestorage.coalesce`). ``select`` results always get bytes of their own.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from .base import InProcessBackend
 log = logging.getLogger(__name__)
 
 #: madvise advice mapping a range's pages in one call (Linux >= 5.14; Python does not name it yet)
-_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux") else None
+_POPULATE_READ = (getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform.startswith("linux")
+                  else None)
 _PAGE = mmap.PAGESIZE
 #: a fault maps the pages around the faulting one: within 64 KiB (fault_around_bytes), or the
 #: whole large folio the page cache holds it in, which is at most a PMD (2 MiB with 4 KiB pages)
