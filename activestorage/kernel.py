@@ -21,8 +21,9 @@ import math
 import struct
 import warnings
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from . import fused
 from .errors import DecodeError, RequestValidationError, UnsupportedError
 from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing
 
-__all__ = ["Partial", "decode", "reduce_chunk", "reduce_array", "missing_mask", "sum_dtype",
+__all__ = ["Partial", "StoredPieces", "decode", "streams", "reduce_chunk", "reduce_array", "missing_mask", "sum_dtype",
            "OPERATIONS"]
 
 OPERATIONS = ("count", "min", "max", "sum", "select")
@@ -104,31 +105,68 @@ def _bounded_inflate(raw: Any, expected: int, wbits: int, what: str) -> bytes:
     return out
 
 
+class StoredPieces(ABC):
+    """Stored (compressed) bytes a backend hands over a piece at a time instead of whole.
+
+    A streamed inflate (see :func:`streams`) consumes each piece before asking for the next, so
+    a backend reading a file can lend one small buffer over and over: memory per chunk is then
+    the decoded chunk alone, not the decoded chunk plus its whole compressed form.
+    """
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Total stored bytes."""
+
+    @abstractmethod
+    def pieces(self) -> Iterator[Any]:
+        """The stored bytes in order; each piece may be overwritten once the next is asked for."""
+
+
+def _pieces(raw: Any) -> Iterator[Any]:
+    if isinstance(raw, StoredPieces):
+        yield from raw.pieces()
+        return
+    mv = memoryview(raw).cast("B")
+    for i in range(0, mv.nbytes, _IN_PIECE):
+        yield mv[i:i + _IN_PIECE]
+
+
 def _inflate_into(raw: Any, out: np.ndarray, gzip_ok: bool, what: str,
                   element_size: int = 1) -> np.ndarray:
-    """Inflate ``raw`` into ``out`` (uint8, exactly the declared decoded size) a piece at a time,
-    undoing HDF5's byte shuffle of ``element_size`` on the way when it is above 1.
+    """Inflate ``raw`` (bytes-like or :class:`StoredPieces`) into ``out`` (uint8, exactly the
+    declared decoded size) a piece at a time, undoing HDF5's byte shuffle of ``element_size`` on
+    the way when it is above 1.
 
     Neither the whole decoded stream nor the whole shuffled one is ever held apart from ``out``:
     memory per chunk is ``out`` plus two small pieces. Bombs and truncation as in
     :func:`_bounded_inflate`.
     """
     expected = out.size
-    mv = memoryview(raw).cast("B")
-    flag = _igzip.DECOMP_GZIP if gzip_ok and mv[:2] == b"\x1f\x8b" else _igzip.DECOMP_ZLIB
+    feed = _pieces(raw)
+    data: Any = next(feed, b"")
+    if gzip_ok and len(data) < 2:  # the gzip magic may straddle tiny pieces
+        head = bytes(data)
+        while len(head) < 2 and (more := next(feed, None)) is not None:
+            head += bytes(more)
+        data = head
+    flag = (_igzip.DECOMP_GZIP if gzip_ok and bytes(memoryview(data).cast("B")[:2]) == b"\x1f\x8b"
+            else _igzip.DECOMP_ZLIB)
     d = _igzip.IgzipDecompressor(flag=flag)
     n = expected // element_size if element_size > 1 else 0
     whole = n * element_size if n > 1 else 0  # HDF5 leaves a single element unshuffled
     planes = out[:whole].reshape(n, element_size) if whole else None
-    pos = fed = 0
+    pos = 0
+    first = True
     try:
         while not d.eof:
-            if d.needs_input:
-                if fed >= mv.nbytes:
+            if first:
+                first = False
+            elif d.needs_input:
+                data = next(feed, None)
+                if data is None:
                     raise DecodeError(f"{what} data is truncated: the stream ends after {pos} "
                                       f"of {expected} bytes")
-                data: Any = mv[fed:fed + _IN_PIECE]
-                fed += _IN_PIECE
             else:
                 data = b""
             piece = d.decompress(data, min(_OUT_PIECE, expected - pos + 1))
@@ -352,20 +390,31 @@ def _unshuffle(buf: Any, element_size: int, scratch: np.ndarray | None = None) -
     return out
 
 
+def _streamed(compression: Mapping[str, Any] | None,
+              inner: Sequence[Mapping[str, Any]]) -> bool:
+    """The common HDF5 case, deflate with or without shuffle and nothing else."""
+    if _igzip is None or (compression or {}).get("id") not in ("zlib", "gzip") or len(inner) > 1:
+        return False
+    return not inner or inner[0].get("id") in ("shuffle", "shuffle_simd")
+
+
+def streams(req: ChunkRequest) -> bool:
+    """Whether :func:`decode` inflates ``req``'s stored bytes a piece at a time, so a backend may
+    pass them as :class:`StoredPieces` rather than read them whole."""
+    return _streamed(req.compression, req.filters)
+
+
 def _stream_inflate(raw: Any, req: ChunkRequest, inner: list[Mapping[str, Any]], expected: int,
                     scratch: np.ndarray | None) -> np.ndarray | None:
-    """The common HDF5 case, deflate with or without shuffle, inflated straight into ``scratch``
-    (or a fresh buffer) and unshuffled on the way; None for any other pipeline."""
-    cid = (req.compression or {}).get("id")
-    if _igzip is None or cid not in ("zlib", "gzip") or len(inner) > 1:
+    """A :func:`_streamed` pipeline inflated straight into ``scratch`` (or a fresh buffer) and
+    unshuffled on the way; None for any other pipeline."""
+    if not _streamed(req.compression, inner):
         return None
-    es = 1
-    if inner:
-        if inner[0].get("id") not in ("shuffle", "shuffle_simd"):
-            return None
-        es = int(inner[0].get("element_size", req.dtype.itemsize))
-    a = np.frombuffer(raw, np.uint8)
-    if scratch is not None and scratch.size >= expected and not np.may_share_memory(a, scratch):
+    cid = req.compression["id"]  # type: ignore[index]
+    es = int(inner[0].get("element_size", req.dtype.itemsize)) if inner else 1
+    if scratch is not None and scratch.size >= expected and (
+            isinstance(raw, StoredPieces)
+            or not np.may_share_memory(np.frombuffer(raw, np.uint8), scratch)):
         out = scratch[:expected]  # memory already touched and in cache: no page faults
     else:
         out = np.empty(expected, np.uint8)
@@ -414,7 +463,8 @@ def decode(raw: Any, req: ChunkRequest, scratch: np.ndarray | None = None) -> np
     Order: an outer Fletcher-32 checksum (HDF5 puts it after compression) is verified on the stored
     bytes; compression is undone; the other filters are undone in reverse write order. The result
     may be a read-only view of ``raw``, or a view of ``scratch`` (a reusable uint8 buffer a caller
-    keeps per thread, so decoding does not fault in fresh memory for every chunk).
+    keeps per thread, so decoding does not fault in fresh memory for every chunk). ``raw`` may be
+    :class:`StoredPieces` where :func:`streams` says so.
     """
     dtype = req.dtype
     if dtype.kind not in "iuf":

@@ -28,8 +28,8 @@ from hypothesis.extra import numpy as hnp
 
 from activestorage.errors import (ActiveStorageError, DecodeError, RequestValidationError,
                                   UnsupportedError)
-from activestorage.kernel import (Partial, decode, missing_mask, reduce_array, reduce_chunk,
-                                  sum_dtype)
+from activestorage.kernel import (Partial, StoredPieces, decode, missing_mask, reduce_array,
+                                  reduce_chunk, streams, sum_dtype)
 from activestorage.request import ChunkRequest, Missing, make_request
 
 from _kernel_paths import PATHS, kernel_path
@@ -857,3 +857,70 @@ def test_decode_returns_native_order_and_is_zero_copy_when_possible():
     raw = np.arange(10, dtype="<i4").tobytes()
     assert np.shares_memory(decode(memoryview(raw), make_request("<i4", (10,))),
                             np.frombuffer(raw, np.uint8)) or not np.little_endian
+
+
+# ------------------------------------------------------------------ stored bytes in pieces
+
+class _Pieces(StoredPieces):
+    """Stored bytes lent through one buffer that is scribbled over before each next piece (as a
+    backend reusing its read buffer would), in pieces of ``step`` bytes."""
+
+    def __init__(self, raw: bytes, step: int) -> None:
+        self.raw, self.step = raw, step
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.raw)
+
+    def pieces(self):
+        buf = bytearray(self.step)
+        for pos in range(0, len(self.raw), self.step):
+            piece = self.raw[pos:pos + self.step]
+            buf[:] = b"\xa5" * self.step
+            buf[:len(piece)] = piece
+            yield memoryview(buf)[:len(piece)]
+
+
+@PROPS
+@given(dtype=st.sampled_from(["<f4", ">f8", "<i2", "u1"]), n=st.integers(0, 3000),
+       cid=st.sampled_from(["zlib", "gzip"]), shuffle=st.booleans(),
+       step=st.integers(1, 5000), op=st.sampled_from(OPS), seed=st.integers(0, 2**32 - 1))
+def test_stored_pieces_decode_as_the_whole_bytes(dtype, n, cid, shuffle, step, op, seed):
+    """A streamed pipeline (deflate, with or without shuffle) fed a piece at a time through a
+    reused buffer gives the partial the whole stored bytes give, and the oracle's."""
+    dt = np.dtype(dtype)
+    x = np.random.default_rng(seed).integers(0, 120, n).astype(dt)
+    filters = ({"id": "shuffle", "element_size": dt.itemsize},) if shuffle else ()
+    raw = encode(x, "big" if dt.byteorder == ">" else "little", "C", cid, filters)
+    req = make_request(dt.newbyteorder("="), (n,), compression={"id": cid}, filters=filters,
+                       byte_order="big" if dt.byteorder == ">" else "little")
+    assert streams(req)
+    want = reduce_chunk(raw, req, op)
+    got = reduce_chunk(_Pieces(raw, step), req, op, np.zeros(n * dt.itemsize + 8, np.uint8))
+    np.testing.assert_array_equal(got.values, want.values)
+    np.testing.assert_array_equal(got.counts, want.counts)
+    if op == "select":
+        np.testing.assert_array_equal(got.values, x)
+
+
+def test_stored_pieces_truncated_or_corrupt_is_a_decode_error():
+    x = np.arange(5000, dtype=np.float32)
+    req = make_request(np.float32, x.shape, compression={"id": "zlib"})
+    raw = zlib.compress(x.tobytes())
+    with pytest.raises(DecodeError, match="truncated"):
+        reduce_chunk(_Pieces(raw[:len(raw) // 2], 1000), req, "sum")
+    with pytest.raises(DecodeError, match="corrupt"):
+        reduce_chunk(_Pieces(raw[:10] + bytes(200) + raw[210:], 64), req, "sum")
+    with pytest.raises(DecodeError, match="truncated"):
+        reduce_chunk(_Pieces(b"", 64), req, "sum")
+
+
+def test_only_deflate_with_or_without_shuffle_streams():
+    f4 = np.float32
+    assert streams(make_request(f4, (4,), compression={"id": "gzip"}))
+    assert not streams(make_request(f4, (4,)))
+    assert not streams(make_request(f4, (4,), compression={"id": "zstd"}))
+    assert not streams(make_request(f4, (4,), compression={"id": "zlib"},
+                                    filters=({"id": "fletcher32", "outer": True},)))
+    assert not streams(make_request(f4, (4,), compression={"id": "zlib"},
+                                    filters=({"id": "shuffle", "element_size": 4},) * 2))

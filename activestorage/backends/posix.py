@@ -19,13 +19,13 @@ import mmap
 import os
 import sys
 import threading
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
 from ..coalesce import reduce_run, runs
 from ..errors import StorageError
-from ..kernel import Partial, reduce_chunk, scratch_bytes
+from ..kernel import Partial, StoredPieces, reduce_chunk, scratch_bytes, streams
 from ..request import ChunkRequest
 from .base import InProcessBackend
 
@@ -38,6 +38,8 @@ _PAGE = mmap.PAGESIZE
 #: a fault maps the pages around the faulting one: within 64 KiB (fault_around_bytes), or the
 #: whole large folio the page cache holds it in, which is at most a PMD (2 MiB with 4 KiB pages)
 _FAULT_AROUND = max(64 * 1024, 512 * _PAGE)
+#: deflated chunks are read this many bytes at a time, each piece inflated before the next is read
+STREAM_PIECE = 256 * 1024
 
 
 class PosixBackend(InProcessBackend):
@@ -87,8 +89,8 @@ class PosixBackend(InProcessBackend):
             return None
 
     def _buffer(self, name: str, size: int) -> bytearray:
-        """This thread's reusable buffer ``name`` ("read" or "scratch"), at least ``size`` bytes
-        (memory already touched and in cache; one of each per thread, so RSS stays bounded)."""
+        """This thread's reusable buffer ``name`` ("read", "piece" or "scratch"), at least ``size``
+        bytes (memory already touched and in cache; one of each per thread, so RSS stays bounded)."""
         buf = getattr(self._local, name, None)
         if buf is None or len(buf) < size:
             # grow by a quarter at least: compressed sizes vary a little from batch to batch
@@ -171,13 +173,22 @@ class PosixBackend(InProcessBackend):
         decoded = scratch_bytes(requests)
         # Stored bytes that are decoded anyway are read into this thread's buffer: the copy is
         # small next to inflating them, and mapping them would add the page cache's large folios
-        # around each range to RSS. Uncompressed chunks are reduced from the map, no copy.
+        # around each range to RSS. Deflated chunks are read a piece at a time as they inflate,
+        # so the buffer is one piece, not one compressed chunk. Uncompressed chunks are reduced
+        # from the map, no copy.
         map_ok = not own and not decoded and self._mapping()
-        buf = None if own or map_ok else self._buffer("read", max(sizes, default=0))
+        streamed = [not own and b - a == 1 and streams(requests[a]) for a, b in spans]
+        whole = [size for size, st in zip(sizes, streamed) if not st]
+        buf = None if own or map_ok or not whole else self._buffer("read", max(whole))
         work = np.frombuffer(self._buffer("scratch", decoded), np.uint8) if decoded else None
-        for (a, b), size in zip(spans, sizes):
+        for (a, b), size, st in zip(spans, sizes, streamed):
             r = requests[a]
-            raw = self._read(r.url, r.offset, size, buf, map_ok)  # type: ignore[arg-type]
+            raw: Any
+            if st:
+                raw = _FileRange(self, r.url, r.offset, size,  # type: ignore[arg-type]
+                                 self._buffer("piece", STREAM_PIECE))
+            else:
+                raw = self._read(r.url, r.offset, size, buf, map_ok)  # type: ignore[arg-type]
             try:
                 if b - a == 1:
                     out.append(reduce_chunk(raw, r, operation, work))
@@ -205,3 +216,24 @@ class PosixBackend(InProcessBackend):
                     pass
             self._fds.clear()
             self._maps.clear()
+
+
+class _FileRange(StoredPieces):
+    """A chunk's stored bytes read into one reused piece buffer as the inflater asks for them."""
+
+    __slots__ = ("_backend", "_path", "_offset", "_size", "_buf")
+
+    def __init__(self, backend: PosixBackend, path: str, offset: int, size: int,
+                 buf: bytearray) -> None:
+        self._backend, self._path, self._offset, self._size, self._buf = \
+            backend, path, offset, size, buf
+
+    @property
+    def nbytes(self) -> int:
+        return self._size
+
+    def pieces(self) -> Iterator[memoryview]:
+        step = min(len(self._buf), STREAM_PIECE)
+        for pos in range(0, self._size, step):
+            n = min(step, self._size - pos)
+            yield self._backend._read(self._path, self._offset + pos, n, self._buf)
