@@ -9,6 +9,7 @@ min/max swap when the scale is negative.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,27 +35,73 @@ def _initial(operation: str, dtype: np.dtype) -> Any:
 
 
 class Accumulator:
-    """Values and counts of a reduction being assembled from chunk partials."""
+    """Values and counts of a reduction being assembled from chunk partials.
+
+    Memory is only what the result needs, and only once it is needed: ``values`` is allocated by
+    the first partial, and counts that are uniform over a partial (a broadcast of one number,
+    as chunks with nothing missing give) are tallied per result region as plain integers until a
+    partial with varying counts, or a reader of :attr:`counts`, needs the array. Counts are
+    integers, so when they are added never changes the answer.
+    """
 
     def __init__(self, operation: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.operation = operation
+        self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
-        adt = accumulator_dtype(operation, self.dtype)
-        self.values = np.full(shape, _initial(operation, self.dtype), dtype=adt)
-        self.counts = np.zeros(shape, dtype=np.int64)
+        self._adt = accumulator_dtype(operation, self.dtype)
+        self._values: np.ndarray | None = None
+        self._counts: np.ndarray | None = None
+        #: uniform counts not yet in ``_counts``: result region (as slice triples) -> count
+        self._pending: dict[tuple[Any, ...], tuple[tuple[Any, ...], int]] = {}
 
     @property
     def nbytes(self) -> int:
-        return self.values.nbytes + self.counts.nbytes
+        n = math.prod(self.shape)
+        return n * (self._adt.itemsize + 8)
+
+    @property
+    def values(self) -> np.ndarray:
+        if self.operation == "count":
+            return self.counts
+        if self._values is None:
+            self._values = np.full(self.shape, _initial(self.operation, self.dtype), self._adt)
+        return self._values
+
+    @property
+    def counts(self) -> np.ndarray:
+        if self._counts is None:
+            self._counts = np.zeros(self.shape, dtype=np.int64)
+        if self._pending:
+            for index, n in self._pending.values():
+                self._counts[index] += n
+            self._pending.clear()
+        return self._counts
 
     def empty_like(self) -> "Accumulator":
         """A fresh accumulator for the same reduction (for folding on another thread)."""
-        return Accumulator(self.operation, self.values.shape, self.dtype)
+        return Accumulator(self.operation, self.shape, self.dtype)
 
     def merge(self, other: "Accumulator") -> None:
         """Fold another accumulator of the same shape into this one."""
-        self.add(tuple(slice(None) for _ in self.values.shape),
-                 Partial(other.values, other.counts))
+        if self._values is None and self._counts is None and not self._pending:
+            # nothing here yet: take the other's arrays (x + 0 == x, min(x, inf) == x)
+            self._values, self._counts = other._values, other._counts
+            self._pending = dict(other._pending)
+            return
+        if other._values is not None:
+            # where nothing contributed the other holds the identity (0, +-inf, the int
+            # bounds), so its values fold in whole, with no mask
+            self._add_values((Ellipsis,), other._values, None)
+        if other._counts is not None:
+            c = self.counts
+            c += other._counts
+        for index, n in other._pending.values():
+            self._tally(index, n)
+
+    def _tally(self, index: tuple[Any, ...], n: int) -> None:
+        key = tuple((s.start, s.stop, s.step) if type(s) is slice else s for s in index)
+        got = self._pending.get(key)
+        self._pending[key] = (index, n if got is None else got[1] + n)
 
     def add(self, index: tuple[slice, ...], p: Partial) -> None:
         """Fold one partial into ``values[index]``/``counts[index]``."""
@@ -64,16 +111,31 @@ class Accumulator:
             self.values[index] = p.values
             self.counts[index] = p.counts
             return
-        c = self.counts[index]
-        c += p.counts
+        pc = p.counts
+        n = int(pc.flat[0]) if pc.size and (pc.size == 1 or not any(pc.strides)) else None
+        if n is None:
+            c = self.counts[index]
+            c += pc
+        elif n:
+            self._tally(index, n)
+        else:
+            return  # nothing behind this partial
+        if op != "count":
+            self._add_values(index, p.values, None if n else pc)
+
+    def _add_values(self, index: tuple[Any, ...], pv: np.ndarray,
+                    pc: np.ndarray | None) -> None:
+        """``pc``: the partial's counts where some may be 0 (None: every one is positive)."""
+        op = self.operation
         v = self.values[index]
         if op in ("sum", "mean"):
-            v += p.values
-        elif op == "count":
-            v += p.counts
+            v += pv
         else:
             ufunc = np.minimum if op == "min" else np.maximum
-            ufunc(v, p.values, out=v, where=p.counts > 0)
+            if pc is None:
+                ufunc(v, pv, out=v)
+            else:
+                ufunc(v, pv, out=v, where=pc > 0)
 
 
 def fold(partials: Sequence[Partial], operation: str, dtype: np.dtype) -> Partial:
