@@ -30,7 +30,7 @@ from .errors import ActiveStorageError, SelectionError
 from .formats import open_variable
 from .formats.base import Variable
 from .kernel import Partial, reduce_array
-from .plan import ChunkTask, Selection, normalize_key, plan_chunks, plan_layout
+from .plan import ChunkTask, Plan, Selection, normalize_key
 from .progress import progress
 from .request import ChunkRequest
 
@@ -42,6 +42,9 @@ METHODS = ("mean", "min", "max", "sum", "count")
 LOCAL_ACCUMULATOR_BYTES = 256 * 2**20
 #: chunks a worker reduces before folding their partials into its accumulator
 LOCAL_FOLD_TASKS = 64
+#: most chunks in one fold block, however small the chunks (their tasks and requests are in
+#: memory together)
+MAX_BLOCK_TASKS = 1024
 
 
 @dataclass(frozen=True)
@@ -273,26 +276,19 @@ class Active:
             kop = "max" if kop == "min" else "min"  # unpacking with a negative scale flips order
 
         out_shape = tuple(1 if ax in kernel_axes else n for ax, n in enumerate(sel.shape))
-        tasks = plan_chunks(sel, var.chunk_shape)
+        plan = Plan(sel, var.chunk_shape)
         acc = Accumulator(kop if operation != "mean" else "mean", out_shape, var.dtype)
         before = self._backend.stats.copy()
-        touched_bytes = 0
-        unallocated = 0
-        for t in tasks:
-            loc = var.chunks.get(t.coords)
-            if loc is None:
-                unallocated += 1
-            else:
-                touched_bytes += loc.size
-        if tasks:
-            self._execute(tasks, sel, kop, kernel_axes, acc, full=not select and all(
+        touched_bytes, unallocated = _stored(var, plan)
+        if len(plan):
+            self._execute(plan, kop, kernel_axes, acc, full=not select and all(
                 n == 1 for n in out_shape) and len(kernel_axes) == var.ndim)
         result = finish(acc, "select" if select else kop if operation != "mean" else "mean",
                         scale=var.scale_factor, offset=var.add_offset, components=components)
         result = _shape_result(result, sel, red_axes, keepdims or components, select)
         after = self._backend.stats
         self._stats = CallStats(
-            operation=operation, chunks_touched=len(tasks), chunks_unallocated=unallocated,
+            operation=operation, chunks_touched=len(plan), chunks_unallocated=unallocated,
             bytes_read=after.bytes_read - before.bytes_read,
             bytes_received=after.bytes_received - before.bytes_received,
             bytes_without_active=touched_bytes, requests=after.requests - before.requests,
@@ -304,89 +300,94 @@ class Active:
             result = {operation: result[kop], "n": result["n"]}
         return result
 
-    def _execute(self, tasks: list[ChunkTask], sel: Selection, kop: str,
-                 kernel_axes: tuple[int, ...], acc: Accumulator, full: bool) -> None:
+    def _execute(self, plan: Plan, kop: str, kernel_axes: tuple[int, ...], acc: Accumulator,
+                 full: bool) -> None:
         var = self._variable
-        if full:
-            index: list[tuple[slice, ...]] = [tuple(slice(0, 1) for _ in var.shape)]
-            slots: list[Any] = [0] * len(tasks)
-        else:
-            index, slots = plan_layout(sel, var.chunk_shape, kernel_axes)
+        ntasks = len(plan)
         # A folding backend gets fixed blocks of tasks (a function of the chunk size only), so
         # which partials it folds together, and so the rounding, never depends on thread count.
         folds = self._backend.folds and kop != "select"
-        block = max(1, self._backend.fold_block_bytes // max(1, var.chunk_nbytes)) if folds else 1
-        nblocks = -(-len(tasks) // block)
+        block = (max(1, min(MAX_BLOCK_TASKS, self._backend.fold_block_bytes
+                            // max(1, var.chunk_nbytes))) if folds else 1)
+        nblocks = -(-ntasks // block)
         threads = self._threads(nblocks)
         # enough batches to balance threads and move a progress bar; few enough to amortise calls
         per_thread = getattr(self._backend, "batches_per_thread", 4)
-        nbatches = min(nblocks, max(threads * per_thread, len(tasks) // 512))
-        if threads == 1 and len(tasks) <= 4096:
+        nbatches = min(nblocks, max(threads * per_thread, ntasks // 512))
+        if threads == 1 and ntasks <= 4096:
             nbatches = 1
-        bar = progress(len(tasks), f"{kop} {var.name}", self.progress)
+        bar = progress(ntasks, f"{kop} {var.name}", self.progress)
         try:
-            self._run_batches(tasks, index, slots, nbatches, block, threads, kop, kernel_axes,
-                              acc, full, folds, bar)
+            self._run_batches(plan, nbatches, block, threads, kop, kernel_axes, acc, full, folds,
+                              bar)
         finally:
             bar.close()
 
-    def _run_batches(self, tasks: list[ChunkTask], index: list[tuple[slice, ...]],
-                     slot_of: list[Any], nbatches: int, block: int, threads: int, kop: str,
+    def _run_batches(self, plan: Plan, nbatches: int, block: int, threads: int, kop: str,
                      kernel_axes: tuple[int, ...], acc: Accumulator, full: bool, folds: bool,
                      bar: Any) -> None:
-        """``slot_of``: per task, equal where partials land in the same part of the result (a
-        folding backend may combine those)."""
+        """Reduce ``plan``'s tasks in batches; each batch makes its own tasks and layout, so
+        memory follows the batches in flight, not the number of chunks."""
         var = self._variable
         backend = self._backend
-        batches = _spans(len(tasks), nbatches, block)
+        ntasks = len(plan)
+        batches = _spans(ntasks, nbatches, block)
+        whole = tuple(slice(0, 1) for _ in var.shape)
 
-        def work(span: tuple[int, int]) -> list[Partial | None]:
-            """Partials of tasks ``span`` in order (``None`` where folded into an earlier one)."""
+        def work(span: tuple[int, int]) -> tuple[list[Partial | None], list[tuple[slice, ...]]]:
+            """Partials of tasks ``span`` in order (``None`` where folded into an earlier one),
+            and where each lands in the result."""
             a, b = span
+            tasks = plan.tasks(a, b)
+            if full:
+                index: list[tuple[slice, ...]] = [whole]
+                slots: list[Any] = [0] * (b - a)
+            else:
+                index, slots = plan.layout(kernel_axes, a, b)
             partials: list[Partial | None] = [None] * (b - a)
             step = block if folds else b - a
-            for c in range(a, b, step):
+            for c in range(0, b - a, step):
                 reqs: list[ChunkRequest] = []
                 where: list[int] = []
-                for i in range(c, min(c + step, b)):
+                for i in range(c, min(c + step, b - a)):
                     t = tasks[i]
                     req = var.request_for(t.coords, selection=None if t.whole else t.selection,
                                           axis=kernel_axes)
                     if req is None:
-                        partials[i - a] = _fill_partial(var, t, kop, kernel_axes)
+                        partials[i] = _fill_partial(var, t, kop, kernel_axes)
                     else:
                         reqs.append(req)
                         where.append(i)
                 if not reqs:
                     continue
-                got = (backend.reduce_and_fold(reqs, kop, [slot_of[i] for i in where]) if folds
+                got = (backend.reduce_and_fold(reqs, kop, [slots[i] for i in where]) if folds
                        else backend.reduce_chunks(reqs, kop))
                 for i, p in zip(where, got):
-                    partials[i - a] = p
+                    partials[i] = p
             bar.update(b - a)
             if full:  # a few partials per batch: memory stays bounded for millions of chunks
                 # (one per block when folding, so that this grouping, too, is fixed)
-                return [fold([p for p in partials[c - a:c - a + step] if p is not None], kop,
-                             var.dtype) for c in range(a, b, step)]
-            return partials
+                return [fold([p for p in partials[c:c + step] if p is not None], kop,
+                             var.dtype) for c in range(0, b - a, step)], index
+            return partials, index
 
         if full:
-            results: Iterable[list[Partial | None]]
+            results: Iterable[tuple[list[Partial | None], Any]]
             if len(batches) == 1:
                 results = [work(batches[0])]
             else:
                 results = list(self._executor(threads).map(work, batches))
-            flat = [p for r in results for p in r if p is not None]
-            acc.add(index[0], fold(flat, kop, var.dtype))
+            flat = [p for r, _ in results for p in r if p is not None]
+            acc.add(whole, fold(flat, kop, var.dtype))
             return
 
-        def add_all(into: Accumulator, a: int, parts: list[Partial | None]) -> None:
-            for j, p in enumerate(parts):
+        def add_all(into: Accumulator, got: tuple[list[Partial | None], list[Any]]) -> None:
+            for p, where in zip(*got):
                 if p is not None:
-                    into.add(index[a + j], p)
+                    into.add(where, p)
 
         if len(batches) == 1:
-            add_all(acc, batches[0][0], work(batches[0]))
+            add_all(acc, work(batches[0]))
             return
         if kop != "select" and acc.nbytes * threads <= LOCAL_ACCUMULATOR_BYTES:
             # Axis reductions: partials can be as large as the chunks (a length-1 axis reduced),
@@ -397,15 +398,14 @@ class Active:
             def work_local(span: tuple[int, int]) -> Accumulator:
                 local = acc.empty_like()
                 for a in range(span[0], span[1], step):
-                    add_all(local, a, work((a, min(a + step, span[1]))))
+                    add_all(local, work((a, min(a + step, span[1]))))
                 return local
 
-            locals_ = self._executor(threads).map(work_local, _spans(len(tasks), threads, block))
-            for local in locals_:
+            for local in self._executor(threads).map(work_local, _spans(ntasks, threads, block)):
                 acc.merge(local)
             return
-        for (a, _b), parts in zip(batches, self._executor(threads).map(work, batches)):
-            add_all(acc, a, parts)
+        for got in self._executor(threads).map(work, batches):
+            add_all(acc, got)
 
 
 def _spans(n: int, parts: int, block: int) -> list[tuple[int, int]]:
@@ -464,6 +464,22 @@ def _reduce_axes(axis: Any, sel: Selection, where: str) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise SelectionError(f"{where}repeated axis in {axis!r}")
     return tuple(sorted(out))
+
+
+def _stored(var: Variable, plan: Plan) -> tuple[int, int]:
+    """Stored bytes of the chunks ``plan`` touches, and how many of them were never written."""
+    stored = getattr(var.chunks, "stored", None)
+    if stored is not None:  # a compact index answers from its arrays
+        return stored(plan.ids)
+    touched = unallocated = 0
+    get = var.chunks.get
+    for coords in plan.coords():
+        loc = get(coords)
+        if loc is None:
+            unallocated += 1
+        else:
+            touched += loc.size
+    return touched, unallocated
 
 
 def _fill_partial(var: Variable, t: ChunkTask, kop: str, axes: tuple[int, ...]) -> Partial:

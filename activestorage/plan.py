@@ -12,7 +12,9 @@ import itertools
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import numpy as np
 
 from .errors import SelectionError
 
@@ -128,35 +130,75 @@ def _whole(local: tuple[int, int, int], chunk: int) -> bool:
     return local[0] == 0 and local[1] == chunk and local[2] == 1
 
 
+class Plan:
+    """The chunks a selection touches, as :class:`ChunkTask`s in C order of the chunk grid, made a
+    span at a time: a call over millions of chunks holds the tasks of the spans in flight, not a
+    list of them all. Spans are built with C-level loops (a few hundred ns a task)."""
+
+    def __init__(self, sel: Selection, chunk_shape: Sequence[int]) -> None:
+        per_axis = [_axis_plan(r, c) for r, c in zip(sel.ranges, chunk_shape)]
+        #: per axis: the chunk indices touched, the selection inside each, where each lands, and
+        #: whether that selection is the whole chunk along the axis
+        self.ids = [[c for c, _, _ in p] for p in per_axis]
+        self._sels = [[s for _, s, _ in p] for p in per_axis]
+        self._outs = [[o for _, _, o in p] for p in per_axis]
+        self._whole = [[_whole(s, c) for _, s, _ in p] for p, c in zip(per_axis, chunk_shape)]
+        #: chunks touched along each axis
+        self.grid = tuple(len(p) for p in per_axis)
+
+    def __len__(self) -> int:
+        return math.prod(self.grid)
+
+    def _columns(self, a: int, b: int) -> list[list[int]]:
+        """Per axis, the position along it of each task in ``[a, b)``."""
+        return [ix.tolist() for ix in np.unravel_index(np.arange(a, b), self.grid)]
+
+    @staticmethod
+    def _pick(table: list[list[Any]], cols: list[list[int]]) -> Iterator[tuple[Any, ...]]:
+        return zip(*(map(t.__getitem__, c) for t, c in zip(table, cols)))
+
+    def tasks(self, a: int = 0, b: int | None = None) -> list[ChunkTask]:
+        """Tasks ``a`` to ``b`` (default: to the end)."""
+        b = len(self) if b is None else min(b, len(self))
+        if a >= b:
+            return []
+        if not self.grid:  # a scalar: one chunk, all of it
+            return [ChunkTask((), (), (), True)]
+        cols = self._columns(a, b)
+        return list(map(ChunkTask, self._pick(self.ids, cols), self._pick(self._sels, cols),
+                        self._pick(self._outs, cols), map(all, self._pick(self._whole, cols))))
+
+    def layout(self, reduced: Sequence[int], a: int = 0, b: int | None = None
+               ) -> tuple[list[tuple[slice, ...]], list[tuple[Any, ...]]]:
+        """For tasks ``a`` to ``b``, reducing axes ``reduced``: where each chunk's partial lands in
+        the result (reduced axes kept with length 1), and a slot shared by the chunks whose
+        partials land in the same place (grid coordinates, None on reduced axes)."""
+        b = len(self) if b is None else min(b, len(self))
+        if a >= b:
+            return [], []
+        if not self.grid:
+            return [()], [()]
+        cols = self._columns(a, b)
+        one = slice(0, 1)
+        outs = [[one] * len(o) if ax in reduced else o for ax, o in enumerate(self._outs)]
+        ids = [[None] * len(i) if ax in reduced else i for ax, i in enumerate(self.ids)]
+        return list(self._pick(outs, cols)), list(self._pick(ids, cols))
+
+    def coords(self) -> Iterator[tuple[int, ...]]:
+        """Grid coordinates of every task, in order (lazily)."""
+        return itertools.product(*self.ids)
+
+
 def plan_chunks(sel: Selection, chunk_shape: Sequence[int]) -> list[ChunkTask]:
-    """Every chunk a selection touches, in C order of the chunk grid."""
-    per_axis = [_axis_plan(r, c) for r, c in zip(sel.ranges, chunk_shape)]
-    if any(not p for p in per_axis):
-        return []
-    product = itertools.product  # one C-level product per field: millions of tasks stay cheap
-    coords = product(*([c for c, _, _ in p] for p in per_axis))
-    sels = product(*([s for _, s, _ in p] for p in per_axis))
-    outs = product(*([o for _, _, o in p] for p in per_axis))
-    wholes = map(all, product(*([_whole(s, c) for _, s, _ in p]
-                                for p, c in zip(per_axis, chunk_shape))))
-    return list(map(ChunkTask, coords, sels, outs, wholes))
+    """Every chunk a selection touches, in C order of the chunk grid (all at once: see
+    :class:`Plan` for spans)."""
+    return Plan(sel, chunk_shape).tasks()
 
 
 def plan_layout(sel: Selection, chunk_shape: Sequence[int],
                 reduced: Sequence[int]) -> tuple[list[tuple[slice, ...]], list[tuple[Any, ...]]]:
-    """For the tasks of :func:`plan_chunks` (same order), reducing axes ``reduced``: where each
-    chunk's partial lands in the result (reduced axes kept with length 1), and a slot shared by
-    the chunks whose partials land in the same place (their grid coordinates, None on reduced
-    axes). Built with C-level products like the tasks themselves."""
-    per_axis = [_axis_plan(r, c) for r, c in zip(sel.ranges, chunk_shape)]
-    if any(not p for p in per_axis):
-        return [], []
-    one = slice(0, 1)
-    index = itertools.product(*([one] * len(p) if ax in reduced else [o for _, _, o in p]
-                                for ax, p in enumerate(per_axis)))
-    slots = itertools.product(*([None] * len(p) if ax in reduced else [c for c, _, _ in p]
-                                for ax, p in enumerate(per_axis)))
-    return list(index), list(slots)
+    """:meth:`Plan.layout` of every task of :func:`plan_chunks` (same order)."""
+    return Plan(sel, chunk_shape).layout(reduced)
 
 
 def count_chunks(sel: Selection, chunk_shape: Sequence[int]) -> int:

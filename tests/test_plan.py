@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from activestorage.errors import SelectionError
-from activestorage.plan import normalize_key, plan_chunks
+from activestorage.plan import ChunkTask, Plan, normalize_key, plan_chunks
 
 
 @st.composite
@@ -57,3 +57,36 @@ def test_ellipsis_and_errors():
         normalize_key([1, 2], (5,))
     with pytest.raises(SelectionError, match="single ellipsis"):
         normalize_key((Ellipsis, Ellipsis), (5,))
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape_chunks_key(), st.data())
+def test_plan_spans_equal_the_whole_plan(args, data):
+    """Tasks and layouts made a span at a time are the whole plan's, cut where the spans are cut;
+    the layout's slots are equal exactly where partials land in the same place."""
+    shape, chunks, key = args
+    sel = normalize_key(key, shape)
+    plan = Plan(sel, chunks)
+    n = len(plan)
+    reduced = tuple(sorted(data.draw(st.sets(st.integers(0, len(shape) - 1)))))
+    tasks = plan.tasks()
+    index, slots = plan.layout(reduced)
+    assert len(tasks) == len(index) == len(slots) == n
+    assert [t.coords for t in tasks] == list(plan.coords())
+    cuts = sorted(data.draw(st.sets(st.integers(0, n), max_size=4)) | {0, n})
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        assert plan.tasks(a, b) == tasks[a:b]
+        assert plan.layout(reduced, a, b) == (index[a:b], slots[a:b])
+    for t, where, slot in zip(tasks, index, slots):
+        for ax in range(len(shape)):
+            if ax in reduced:
+                assert where[ax] == slice(0, 1) and slot[ax] is None
+            else:
+                assert where[ax] == t.out[ax] and slot[ax] == t.coords[ax]
+
+
+def test_a_scalar_plans_one_whole_task():
+    plan = Plan(normalize_key((), ()), ())
+    assert len(plan) == 1
+    assert plan.tasks() == [ChunkTask((), (), (), True)]
+    assert plan.layout(()) == ([()], [()])
