@@ -8,7 +8,8 @@ A worker process runs one *method* over every dataset. For each (dataset, case) 
 per case: Linux lets a process reset its resident-set high-water mark (``/proc/self/clear_refs``
 with ``5``), so each case's ``VmHWM`` is its own, not the process's running maximum; without that
 (non-Linux) the process-wide ``ru_maxrss`` is reported and flagged. Memory is given above the
-*baseline*: the interpreter's RSS after imports, before any dataset is opened.
+*baseline*: the interpreter's RSS after imports, before any dataset is opened; and above the RSS
+right after the dataset was opened (``peak_rss_open_mb``).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def run_method(method: str, config: dict[str, Any],
         out["datasets"][ds["name"]] = rec
         try:
             runner = factory(ds, config)
+            opened_kb = rss_kb()
         except Exception as exc:  # report, keep going with other datasets
             rec["error"] = f"{type(exc).__name__}: {exc}"
             rec["traceback"] = traceback.format_exc(limit=5)
@@ -170,6 +172,9 @@ def run_method(method: str, config: dict[str, Any],
                     # the machine, but blind to work done in servers and to parallel speed-up.
                     "cpu_s": m["cpu_median"],
                     "peak_rss_mb": (m["peak_kb"] - baseline_kb) / 1024,
+                    # above the RSS with the dataset open (its metadata and the libraries that
+                    # opening pages in): the case's own working memory
+                    "peak_rss_open_mb": (m["peak_kb"] - opened_kb) / 1024,
                     "peak_rss_per_case": m["peak_per_case"],
                     # of which file-backed (mmap) at the end of the case, above the baseline
                     "rss_file_mb": (m["file_kb"] - file_baseline_kb) / 1024,

@@ -76,8 +76,9 @@ def table_lines(results: dict[str, Any], datasets: list[dict[str, Any]]) -> list
         name = ds["name"]
         lines.append(f"\n### {name}: {ds['describe']}\n")
         lines.append("| method | whole s | sub s | axis0 s | GB/s (whole) | x peer (w/s/a) "
-                     "| x limit (w/s/a) | CPU s (whole) | peak RSS MB | moved MB (whole) | ok |")
-        lines.append("|---|---:|---:|---:|---:|---|---|---:|---:|---:|---|")
+                     "| x limit (w/s/a) | CPU s (whole) | peak RSS MB (w/s/a) | moved MB (whole) "
+                     "| ok |")
+        lines.append("|---|---:|---:|---:|---:|---|---|---:|---|---:|---|")
         for method, rec in results.items():
             drec = rec.get("datasets", {}).get(name)
             if drec is None:
@@ -99,7 +100,7 @@ def table_lines(results: dict[str, Any], datasets: list[dict[str, Any]]) -> list
                 times.append(_fmt(c.get("median_s"), ".4f"))
                 peers.append(_fmt(c.get("x_peer"), ".2f"))
                 limits.append(_fmt(c.get("x_limit"), ".2f"))
-                rss.append(c.get("peak_rss_mb") or 0.0)
+                rss.append(_fmt(c.get("peak_rss_mb"), ".1f"))
                 chk = c.get("check")
                 oks.append("n/a" if chk is None else "yes" if chk.get("ok") else "NO")
             whole = cs.get("whole", {})
@@ -108,7 +109,7 @@ def table_lines(results: dict[str, Any], datasets: list[dict[str, Any]]) -> list
             lines.append(
                 f"| {method} | {' | '.join(times)} | {_fmt(whole.get('gbps'), '.2f')} "
                 f"| {'/'.join(peers)} | {'/'.join(limits)} | {_fmt(whole.get('cpu_s'), '.3f')} "
-                f"| {_fmt(max(rss) if rss else None, '.0f')} "
+                f"| {'/'.join(rss) or '-'} "
                 f"| {_mb(whole.get('bytes_moved'))} | {ok} |")
     return lines
 

@@ -88,6 +88,35 @@ def test_ratios_use_the_best_peer_and_the_larger_limit() -> None:
         pytest.approx(0.5)
 
 
+def test_each_dataset_runs_in_its_own_process_and_records_merge(monkeypatch, tmp_path) -> None:
+    """A full run starts one worker per dataset (each case's peak RSS is then its own) and
+    merges their records into one per method; a failed dataset is named, the others kept."""
+    import benchmarks.__main__ as bench
+
+    calls = []
+
+    def fake(method, config, workdir, timeout, peer_python, tag=""):
+        calls.append((method, [d["name"] for d in config["datasets"]], tag))
+        name = config["datasets"][0]["name"]
+        if name == "bad":
+            return {"method": method, "error": "exit 1: boom", "datasets": {}}
+        return {"method": method, "datasets": {name: {"cases": {"whole": {"median_s": 1.0}}}},
+                "wall_s": 2.0, "loadavg_1min": {"before": 0.5, "after": 1.5},
+                "baseline_rss_mb": 30.0}
+
+    monkeypatch.setattr(bench, "run_worker", fake)
+    config = {"datasets": [{"name": "plain"}, {"name": "bad"}, {"name": "zlib"}]}
+    rec = bench.run_method("ours_posix", config, tmp_path, 10.0, None)
+    assert calls == [("ours_posix", ["plain"], "plain"), ("ours_posix", ["bad"], "bad"),
+                     ("ours_posix", ["zlib"], "zlib")]
+    assert set(rec["datasets"]) == {"plain", "zlib"} and rec["wall_s"] == 4.0
+    assert rec["loadavg_1min"] == {"before": 0.5, "after": 1.5}
+    assert rec["error"] == "bad: exit 1: boom" and rec["baseline_rss_mb"] == 30.0
+    calls.clear()
+    bench.run_method("ours_posix", config, tmp_path, 10.0, None, isolate=False)
+    assert calls == [("ours_posix", ["plain", "bad", "zlib"], "")]
+
+
 # ------------------------------------------------------------------------- the quick run
 
 @needs_bench
