@@ -4,6 +4,7 @@ fakes; moto S3 and nginx are in tests/integration/test_remote_backends.py)."""
 from __future__ import annotations
 
 import threading
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numcodecs
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activestorage.backends.fetch import FetchBackend, coalesce
+from activestorage.backends.fetch import BODY_PIECE, FetchBackend, _read_body, coalesce
 from activestorage.errors import ObjectChangedError, StorageError
 from activestorage.kernel import reduce_chunk
 from activestorage.request import make_request
@@ -218,3 +219,32 @@ def test_http_body_cut_short_is_retried(store, tmp_path):
     with FetchBackend(env={}, retries=1) as b, pytest.raises(StorageError) as ei:
         b.reduce_chunk(r, "sum")
     assert ei.value.status == 502 and store.url in str(ei.value)
+
+
+def test_bodies_are_read_a_piece_at_a_time_into_one_buffer():
+    """A range body lands in one buffer, read in pieces: never held twice, as one large read
+    (the HTTP client's buffer plus its bytes copy) would; a body that ends early is short."""
+    body = bytes(range(256)) * (12 * 2**20 // 256)  # 12 MiB
+    asked = []
+
+    def reader(data):
+        pos = 0
+
+        def read(n):
+            nonlocal pos
+            asked.append(n)
+            piece = data[pos:pos + n]
+            pos += len(piece)
+            return piece
+        return read
+
+    tracemalloc.start()
+    try:
+        got = _read_body(reader(body), len(body))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert bytes(got) == body and max(asked) <= BODY_PIECE
+    assert peak < len(body) + 3 * BODY_PIECE, peak
+    short = _read_body(reader(body[:1000]), 5000)
+    assert bytes(short) == body[:1000]

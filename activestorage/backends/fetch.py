@@ -14,13 +14,14 @@ Pinned locators (``etag``/``version_id``) are honoured: S3 gets ``IfMatch``/``Ve
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -160,8 +161,9 @@ class FetchBackend(InProcessBackend):
 
     # ------------------------------------------------------------------- reading
     def read_range(self, url: str, start: int, end: int, *, etag: str | None = None,
-                   version_id: str | None = None) -> bytes:
-        """The bytes ``[start, end)`` of ``url``; raises StorageError naming the object."""
+                   version_id: str | None = None) -> Any:
+        """The bytes ``[start, end)`` of ``url`` (a bytes-like object); raises StorageError
+        naming the object."""
         if end <= start:
             return b""
         kind = url_kind(url)
@@ -197,7 +199,7 @@ class FetchBackend(InProcessBackend):
                 f"short read from {url}: wanted bytes {start}-{end - 1}, got {len(data)} bytes "
                 "(body cut short, or the object was truncated or replaced)", status=502, store=url)
 
-    def _read_file(self, url: str, start: int, end: int) -> bytes:
+    def _read_file(self, url: str, start: int, end: int) -> Any:
         path = local_path(url)
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -205,19 +207,19 @@ class FetchBackend(InProcessBackend):
             raise StorageError(f"cannot open {path}: {exc.strerror}", status=404,
                                store=path) from exc
         try:
-            chunks, pos = [], start
-            while pos < end:
-                b = os.pread(fd, end - pos, pos)
-                if not b:
-                    break
-                chunks.append(b)
-                pos += len(b)
-            return b"".join(chunks)
+            buf = bytearray(end - start)
+            mv, pos = memoryview(buf), 0
+            while pos < len(buf):
+                got = os.preadv(fd, [mv[pos:]], start + pos)
+                if not got:
+                    return mv[:pos]
+                pos += got
+            return buf
         finally:
             os.close(fd)
 
     def _read_s3(self, url: str, start: int, end: int, etag: str | None,
-                 version_id: str | None) -> bytes:
+                 version_id: str | None) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3_url(url)
@@ -230,7 +232,7 @@ class FetchBackend(InProcessBackend):
             resp = self._s3_client().get_object(**kwargs)
             body = resp["Body"]
             try:
-                data = body.read()
+                data = _read_body(body.read, end - start)
             except Exception as exc:  # noqa: BLE001 - reset/cut body: urllib3 or botocore types
                 raise _Transient(f"reading {url}: body cut short: {exc}", status=502, store=url,
                                  causes=[f"{type(exc).__name__}: {exc}"]) from exc
@@ -248,7 +250,7 @@ class FetchBackend(InProcessBackend):
                                      status=409, store=url)
         return data
 
-    def _read_http(self, url: str, start: int, end: int, etag: str | None) -> bytes:
+    def _read_http(self, url: str, start: int, end: int, etag: str | None) -> Any:
         import requests
         import urllib3
 
@@ -272,7 +274,8 @@ class FetchBackend(InProcessBackend):
                                              status=409, store=url)
                 try:
                     if resp.status_code == 206:
-                        return resp.raw.read(end - start + 1, decode_content=True)[: end - start]
+                        return _read_body(functools.partial(resp.raw.read, decode_content=True),
+                                          end - start)
                     # 200: the server ignored Range; read (bounded) up to the end of our range.
                     return resp.raw.read(end, decode_content=True)[start:end]
                 except urllib3.exceptions.ReadTimeoutError as exc:
@@ -357,6 +360,25 @@ class FetchBackend(InProcessBackend):
 
 class _Transient(StorageError):
     """A read that failed part-way (reset, body cut short): worth retrying."""
+
+
+#: response bodies are read this many bytes at a time into the buffer they end up in
+BODY_PIECE = 1024 * 1024
+
+
+def _read_body(read: Callable[[int], bytes], n: int) -> Any:
+    """Up to ``n`` bytes from ``read`` (a response body's), copied a piece at a time into one
+    buffer: reading all ``n`` at once would hold them twice (the HTTP client's buffer and its
+    ``bytes`` copy). A body that ends early gives fewer bytes, never more."""
+    buf = bytearray(n)
+    mv, pos = memoryview(buf), 0
+    while pos < n:
+        piece = read(min(BODY_PIECE, n - pos))
+        if not piece:
+            return mv[:pos]
+        mv[pos:pos + len(piece)] = piece
+        pos += len(piece)
+    return buf
 
 
 def _quote_etag(etag: str) -> str:
