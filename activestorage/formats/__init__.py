@@ -7,14 +7,14 @@ or an already open h5py/h5netcdf/netCDF4 variable, detects the format and calls 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ActiveStorageError, FormatError
 from .base import Locator, Variable
+from .chunk_index import ChunkIndex, pin_locators
 
-__all__ = ["Locator", "Variable", "open_variable"]
+__all__ = ["ChunkIndex", "Locator", "Variable", "open_variable"]
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -132,8 +132,7 @@ def _open_remote(url: str, ncvar: str | None, storage_options: dict[str, Any] | 
             var = open_hdf5(f, ncvar, url=url)
             etag, version = getattr(f, "etag", None), getattr(f, "version_id", None)
             if etag or version:  # pin every chunk to the object version the index came from
-                var.chunks = {k: replace(loc, etag=etag, version_id=version)
-                              for k, loc in var.chunks.items()}
+                var.chunks = pin_locators(var.chunks, etag, version)
             stats = getattr(f, "stats", None)
             if stats is not None:
                 var.metadata_bytes = stats.bytes_read

@@ -15,6 +15,11 @@ import numpy as np
 
 from ..request import ChunkRequest, Missing
 
+#: builds a ChunkRequest from a tuple of all its fields in order, skipping the named tuple's
+#: Python-level ``__new__`` (half the cost of a request); request_for passes every field
+_new_request = tuple.__new__
+assert len(ChunkRequest._fields) == 14, "request_for builds ChunkRequest with 14 fields"
+
 
 @dataclass(frozen=True, slots=True)
 class Locator:
@@ -41,9 +46,10 @@ class Variable:
     """A variable's metadata and chunk index, independent of the format it came from.
 
     ``dtype`` is native-order; ``byte_order`` is how the bytes are stored. ``chunks`` maps chunk
-    grid coordinates to locators; coordinates absent from it are unallocated and read as
-    ``fill_value``. ``missing`` is the netCDF-4 reader's notion of missing data in stored units;
-    ``scale_factor``/``add_offset`` unpack results.
+    grid coordinates to locators (a dict, or a compact
+    :class:`~activestorage.formats.chunk_index.ChunkIndex`); coordinates absent from it are
+    unallocated and read as ``fill_value``. ``missing`` is the netCDF-4 reader's notion of
+    missing data in stored units; ``scale_factor``/``add_offset`` unpack results.
     """
 
     name: str
@@ -87,7 +93,10 @@ class Variable:
 
     @property
     def stored_bytes(self) -> int:
-        return sum(loc.size for loc in self.chunks.values())
+        chunks = self.chunks
+        if type(chunks) is ChunkIndex:
+            return chunks.stored_bytes
+        return sum(loc.size for loc in chunks.values())
 
     @property
     def packed(self) -> bool:
@@ -105,18 +114,41 @@ class Variable:
         """The :class:`ChunkRequest` reading chunk ``coords`` (None if it was never written),
         for ``selection`` (inside the chunk; None: all of it) and reducing ``axis``.
 
-        Called once per chunk touched, so it builds the request positionally (field order of
-        :class:`ChunkRequest`).
+        Called once per chunk touched, so it builds the request from a tuple of its fields (in
+        :class:`ChunkRequest` order), and for a :class:`ChunkIndex` reads a chunk without
+        exceptions straight from its arrays (``coords`` must then lie inside the grid, as planned
+        ones do: negative ones would wrap around).
         """
-        loc = self.chunks.get(coords)
+        chunks = self.chunks
+        if type(chunks) is ChunkIndex:
+            exceptions = chunks.exceptions
+            if not exceptions or coords not in exceptions:
+                try:
+                    offset = chunks._offset_at[coords]
+                except (IndexError, TypeError, ValueError, NotImplementedError):
+                    return None
+                if offset < 0:
+                    return None
+                filters = self.filters
+                return _new_request(ChunkRequest, (
+                    self.dtype, self.chunk_shape, offset, chunks._size_at[coords], chunks.url,
+                    self.byte_order, self.order, selection, axis, self.compression,
+                    filters if type(filters) is tuple else tuple(filters),
+                    None if self.missing.is_empty() else self.missing, chunks.etag,
+                    chunks.version_id))
+        loc = chunks.get(coords)
         if loc is None:
             return None
         compression = self.compression if loc.compression is None else loc.compression
         if loc.no_compression:
             compression = None
         filters = self.filters if loc.filters is None else loc.filters
-        return ChunkRequest(
+        return _new_request(ChunkRequest, (
             self.dtype, self.chunk_shape, loc.offset, loc.size, loc.url, self.byte_order,
             self.order, selection, axis, compression,
             filters if type(filters) is tuple else tuple(filters),
-            None if self.missing.is_empty() else self.missing, loc.etag, loc.version_id)
+            None if self.missing.is_empty() else self.missing, loc.etag, loc.version_id))
+
+
+# at the end: chunk_index needs Locator from this module (it is always imported through here)
+from .chunk_index import ChunkIndex  # noqa: E402

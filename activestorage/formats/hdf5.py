@@ -10,7 +10,9 @@ value when no ``_FillValue`` is set (not for byte types with filling off), and
 from __future__ import annotations
 
 import logging
+import math
 import warnings
+from operator import floordiv
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,6 +20,7 @@ import numpy as np
 from ..errors import FormatError, UnsupportedError, VariableNotFoundError
 from ..request import Missing
 from .base import Locator, Variable
+from .chunk_index import UNWRITTEN, ChunkIndex
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,58 @@ def list_variables(h5file: Any) -> list[str]:
     return names
 
 
+#: a dense index is used while its arrays hold at most this many grid cells per written chunk
+#: (plus a fixed allowance); sparser grids keep a dict, whose size follows the written chunks
+_DENSE_CELLS_PER_CHUNK, _DENSE_ALLOWANCE = 8, 1 << 16
+
+
+def _chunk_index(dsid: Any, url: str, shape: tuple[int, ...], chunk_shape: tuple[int, ...],
+                 pipeline: list[tuple[int, dict[str, Any]]],
+                 where: str) -> Mapping[tuple[int, ...], Locator]:
+    """The chunk index of a chunked dataset in one pass over HDF5's chunk B-tree.
+
+    A :class:`ChunkIndex` (12 bytes a chunk) unless the grid is mostly unwritten; chunks that
+    skipped filters (a non-zero filter mask) become exceptions carrying their own codecs.
+    """
+    grid = tuple(-(-n // c) for n, c in zip(shape, chunk_shape))
+    ncells = math.prod(grid)
+    nwritten = dsid.get_num_chunks()
+    dense = ncells <= _DENSE_CELLS_PER_CHUNK * nwritten + _DENSE_ALLOWANCE
+    offsets = np.full(grid if dense else 0, UNWRITTEN, dtype=np.int64)
+    sizes = np.zeros(grid if dense else 0, dtype=np.uint32)  # HDF5 chunks are < 4 GiB
+    offset_at, size_at = memoryview(offsets), memoryview(sizes)  # fast scalar stores
+    overrides: dict[int, tuple[Any, Any]] = {}
+    special: dict[tuple[int, ...], Locator] = {}  # exceptions, or every chunk when sparse
+
+    def add(info: Any) -> None:
+        coords = tuple(map(floordiv, info.chunk_offset, chunk_shape))
+        if dense:
+            try:
+                offset_at[coords] = info.byte_offset
+            except IndexError:  # left outside the grid by a shrinking resize: never read
+                log.debug("%s: chunk %s lies outside the grid %s; ignored", where, coords, grid)
+                return
+            size_at[coords] = info.size
+        mask = info.filter_mask
+        if mask:
+            if mask not in overrides:
+                overrides[mask] = _codecs(pipeline, mask, where)
+            comp, filt = overrides[mask]
+            special[coords] = Locator(url, int(info.byte_offset), int(info.size),
+                                      compression=comp, filters=filt, no_compression=comp is None)
+        elif not dense:
+            special[coords] = Locator(url, int(info.byte_offset), int(info.size))
+
+    if hasattr(dsid, "chunk_iter"):
+        dsid.chunk_iter(add)
+    else:  # older HDF5: one call per chunk, still only once per open
+        for i in range(nwritten):
+            add(dsid.get_chunk_info(i))
+    if not dense:
+        return special
+    return ChunkIndex(url, offsets, sizes, exceptions=special)
+
+
 def variable_from_dataset(ds: Any, url: str, name: str | None = None) -> Variable:
     """Build a :class:`Variable` from an open ``h5py.Dataset``; locators point into ``url``."""
     import h5py
@@ -225,40 +280,20 @@ def variable_from_dataset(ds: Any, url: str, name: str | None = None) -> Variabl
     h5fill = ds.fillvalue
     fill_value = fill if "_FillValue" in attrs or h5fill is None else native.type(h5fill)
     scale, offset = packing_from_attrs(attrs)
-    chunks: dict[tuple[int, ...], Locator] = {}
+    chunks: Mapping[tuple[int, ...], Locator] = {}
 
     if layout == h5py.h5d.CHUNKED:
         chunk_shape = tuple(int(n) for n in ds.chunks)
         pipeline = _pipeline(dcpl, native.itemsize, where)
         compression, filters = _codecs(pipeline, 0, where)
-        overrides: dict[int, tuple[Any, Any]] = {}
-
-        def add(info: Any) -> None:
-            coords = tuple(int(o) // c for o, c in zip(info.chunk_offset, chunk_shape))
-            mask = int(info.filter_mask)
-            if mask:
-                if mask not in overrides:
-                    overrides[mask] = _codecs(pipeline, mask, where)
-                comp, filt = overrides[mask]
-                chunks[coords] = Locator(url, int(info.byte_offset), int(info.size),
-                                         compression=comp, filters=filt, no_compression=comp is None)
-            else:
-                chunks[coords] = Locator(url, int(info.byte_offset), int(info.size))
-
-        if hasattr(dsid, "chunk_iter"):
-            dsid.chunk_iter(add)
-        else:  # older HDF5: one call per chunk, still only once per open
-            for i in range(dsid.get_num_chunks()):
-                add(dsid.get_chunk_info(i))
+        chunks = _chunk_index(dsid, url, shape, chunk_shape, pipeline, where)
     elif layout == h5py.h5d.CONTIGUOUS:
         chunk_shape = shape
         compression, filters = None, ()
         off = dsid.get_offset()
-        if off is not None and shape:
-            chunks[tuple(0 for _ in shape)] = Locator(url, int(off), int(dsid.get_storage_size()))
-        elif off is not None:  # scalar: a one-element chunk
-            chunk_shape = ()
-            chunks[()] = Locator(url, int(off), int(dsid.get_storage_size()))
+        if off is not None:  # one chunk (scalar: a one-element chunk); a tiny dict is enough
+            size = int(dsid.get_storage_size())
+            chunks = {tuple(0 for _ in shape): Locator(url, int(off), size)}
     else:
         raise UnsupportedError(f"{where} uses the HDF5 compact or virtual layout, whose bytes "
                                "cannot be read by offset; only chunked and contiguous are supported")

@@ -60,6 +60,7 @@ from ..errors import (FormatError, ObjectChangedError, StorageError,
                       UnsupportedError, VariableNotFoundError)
 from ..request import Missing
 from .base import Locator, Variable
+from .chunk_index import ChunkIndex
 
 log = logging.getLogger(__name__)
 
@@ -307,34 +308,75 @@ def pin(var: Variable, storage_options: Mapping[str, Any] | None = None, *,
 
     A locator already pinned must match the object now (else :class:`ObjectChangedError`).
     """
-    urls = sorted({loc.url for loc in var.chunks.values()})
+    chunks = var.chunks
+    if isinstance(chunks, ChunkIndex):  # no Locator per chunk: exceptions + the shared object
+        locators = list(chunks.exceptions.values())
+        if len(chunks):  # it stands for the other chunks (offset 0 if one starts the object)
+            first = 0 if bool((chunks.offsets == 0).any()) else 1
+            locators.append(Locator(chunks.url, first, 0, chunks.etag, chunks.version_id))
+    else:
+        locators = list(chunks.values())
+    urls = sorted({loc.url for loc in locators})
     ids = identities if identities is not None else {}
     missing = [u for u in urls if u not in ids]
     # Zarr chunk objects come from a listing that gave their ETag and size already: in a bucket
     # without versioning a HEAD per object would add nothing.
-    listed = {loc.url for loc in var.chunks.values()
+    listed = {loc.url for loc in locators
               if loc.etag and loc.offset == 0 and loc.url.startswith("s3://")}
     unversioned = _unversioned_buckets({u.split("/")[2] for u in listed}, storage_options)
     for u in [u for u in missing if u in listed and u.split("/")[2] in unversioned]:
         ids[u] = {}
         missing.remove(u)
     ids.update(_identity(missing, storage_options))
-    chunks = {}
-    for coords, loc in var.chunks.items():
-        ident = ids.get(loc.url, {})
-        size = ident.get("size")
-        if size is not None and loc.offset + loc.size > size:
-            raise FormatError(f"{var.name} chunk {_key(coords)}: bytes {loc.offset}-"
-                              f"{loc.offset + loc.size} lie past the end of {loc.url} ({size} bytes)")
-        etag, vid = ident.get("etag"), ident.get("version_id")
-        if loc.etag and etag and loc.etag != etag:
-            raise ObjectChangedError(f"object changed since it was opened: {loc.url}", status=409,
-                                     store=loc.url)
-        chunks[coords] = Locator(loc.url, loc.offset, loc.size, etag=loc.etag or etag,
-                                 version_id=loc.version_id or vid, compression=loc.compression,
-                                 filters=loc.filters, no_compression=loc.no_compression)
-    var.chunks = chunks
+    if isinstance(chunks, ChunkIndex):
+        var.chunks = _pin_index(var, chunks, ids)
+    else:
+        var.chunks = {coords: _pin_locator(var, coords, loc, ids) for coords, loc in chunks.items()}
     return var
+
+
+def _pin_locator(var: Variable, coords: tuple[int, ...], loc: Locator,
+                 ids: Mapping[str, Mapping[str, Any]]) -> Locator:
+    """``loc`` checked against its object's identity (size, ETag) and pinned to it."""
+    ident = ids.get(loc.url, {})
+    size = ident.get("size")
+    if size is not None and loc.offset + loc.size > size:
+        raise FormatError(f"{var.name} chunk {_key(coords)}: bytes {loc.offset}-"
+                          f"{loc.offset + loc.size} lie past the end of {loc.url} ({size} bytes)")
+    etag, vid = ident.get("etag"), ident.get("version_id")
+    if loc.etag and etag and loc.etag != etag:
+        raise ObjectChangedError(f"object changed since it was opened: {loc.url}", status=409,
+                                 store=loc.url)
+    return Locator(loc.url, loc.offset, loc.size, etag=loc.etag or etag,
+                   version_id=loc.version_id or vid, compression=loc.compression,
+                   filters=loc.filters, no_compression=loc.no_compression)
+
+
+def _pin_index(var: Variable, index: ChunkIndex,
+               ids: Mapping[str, Mapping[str, Any]]) -> ChunkIndex:
+    """:func:`pin` for a compact index: the shared object is checked once, with the furthest chunk
+    end from the arrays; exceptions one by one. The result shares the arrays."""
+    shared = [c for c, loc in index.exceptions.items() if loc.url != index.url]
+    written = index.offsets >= 0
+    if shared:  # exceptions in other objects are checked on their own
+        written = written.copy()
+        for c in shared:
+            written[c] = False
+    ends = np.where(written, index.offsets + index.sizes.astype(np.int64), -1)
+    if ends.size and ends.max() >= 0:
+        far = np.unravel_index(int(ends.argmax()), ends.shape)
+        coords = tuple(int(i) for i in far)
+        _pin_locator(var, coords, Locator(index.url, int(index.offsets[coords]),
+                                          int(index.sizes[coords]), index.etag,
+                                          index.version_id), ids)
+    ident = ids.get(index.url, {})
+    etag, vid = ident.get("etag"), ident.get("version_id")
+    if index.etag and etag and index.etag != etag:
+        raise ObjectChangedError(f"object changed since it was opened: {index.url}", status=409,
+                                 store=index.url)
+    exceptions = {c: _pin_locator(var, c, loc, ids) for c, loc in index.exceptions.items()}
+    return ChunkIndex(index.url, index.offsets, index.sizes, index.etag or etag,
+                      index.version_id or vid, exceptions)
 
 
 def write_manifest(dataset: str | Sequence[str], variables: Sequence[str] | None = None,
