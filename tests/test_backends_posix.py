@@ -93,7 +93,7 @@ def test_a_kernel_without_populate_falls_back_to_reads(big, monkeypatch):
     """An advice the kernel rejects (as Linux < 5.14 rejects MADV_POPULATE_READ) means preadv."""
     path, x = big
     monkeypatch.setattr(posix, "_POPULATE_READ", 12345)  # EINVAL
-    backend = PosixBackend()
+    backend = PosixBackend(use_mmap=None)
     with Active(path, "v", backend=backend) as a:
         np.testing.assert_allclose(a.mean[...], x.astype(np.float64).mean(), rtol=1e-6)
         assert not backend._mapping()
@@ -109,7 +109,8 @@ def test_file_truncated_under_the_map_is_an_error_not_a_crash(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         from activestorage import Active, ActiveStorageError
-        a = Active({path!r}, "v")
+        from activestorage.backends.posix import PosixBackend
+        a = Active({path!r}, "v", backend=PosixBackend(use_mmap=None))
         a.mean[0:4]  # maps the file
         os.truncate({path!r}, os.path.getsize({path!r}) // 2)
         try:
