@@ -250,10 +250,10 @@ def test_deterministic_across_thread_counts(tmp_path):
 
 
 def test_folding_is_deterministic_across_thread_counts(tmp_path):
-    """Several 8 MiB blocks of small chunks, stacked and folded: every thread count folds the
+    """Several fold blocks of small chunks, stacked and folded: every thread count folds the
     same chunks together, so results are bit-identical (and right)."""
     data = np.random.default_rng(2).normal(size=(5000, 512)).astype("f4") * 1e4
-    path = write_nc(tmp_path / "f.nc", data, chunks=[1, 512])  # 2 KiB chunks, 4096 per block
+    path = write_nc(tmp_path / "f.nc", data, chunks=[1, 512])  # 2 KiB chunks, 1024 per block
     seen: dict[str, set] = {"sum": set(), "axis0": set(), "sub": set()}
     for threads in (1, 2, 3, 2):
         with Active(str(path), "v", max_threads=threads) as a:

@@ -181,8 +181,8 @@ class PosixBackend(InProcessBackend):
         # Stored bytes that are decoded anyway are read into this thread's buffer: the copy is
         # small next to inflating them, and mapping them would add the page cache's large folios
         # around each range to RSS. Deflated chunks are read a piece at a time as they inflate,
-        # so the buffer is one piece, not one compressed chunk. Uncompressed chunks are reduced
-        # from the map, no copy.
+        # so the buffer is one piece, not one compressed chunk. With the map, uncompressed chunks
+        # are reduced from it, no copy.
         map_ok = not own and not decoded and self._mapping()
         streamed = [not own and b - a == 1 and streams(requests[a]) for a, b in spans]
         whole = [size for size, st in zip(sizes, streamed) if not st]
