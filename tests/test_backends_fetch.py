@@ -245,6 +245,7 @@ def test_bodies_are_read_a_piece_at_a_time_into_one_buffer():
     finally:
         tracemalloc.stop()
     assert bytes(got) == body and max(asked) <= BODY_PIECE
+    assert asked[-1] == 1  # one byte past the range: the client checks the declared length
     assert peak < len(body) + 3 * BODY_PIECE, peak
     short = _read_body(reader(body[:1000]), 5000)
     assert bytes(short) == body[:1000]

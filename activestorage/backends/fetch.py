@@ -369,7 +369,9 @@ BODY_PIECE = 1024 * 1024
 def _read_body(read: Callable[[int], bytes], n: int) -> Any:
     """Up to ``n`` bytes from ``read`` (a response body's), copied a piece at a time into one
     buffer: reading all ``n`` at once would hold them twice (the HTTP client's buffer and its
-    ``bytes`` copy). A body that ends early gives fewer bytes, never more."""
+    ``bytes`` copy). A body that ends early gives fewer bytes, never more. One byte more is asked
+    for at the end, so the client checks the body against its declared length (a body cut
+    short of a longer Content-Length raises there, as it would reading it whole)."""
     buf = bytearray(n)
     mv, pos = memoryview(buf), 0
     while pos < n:
@@ -378,6 +380,7 @@ def _read_body(read: Callable[[int], bytes], n: int) -> Any:
             return mv[:pos]
         mv[pos:pos + len(piece)] = piece
         pos += len(piece)
+    read(1)  # anything past the range is ignored, as before
     return buf
 
 
