@@ -307,8 +307,7 @@ class Active:
         # A folding backend gets fixed blocks of tasks (a function of the chunk size only), so
         # which partials it folds together, and so the rounding, never depends on thread count.
         folds = self._backend.folds and kop != "select"
-        block = (max(1, min(MAX_BLOCK_TASKS, self._backend.fold_block_bytes
-                            // max(1, var.chunk_nbytes))) if folds else 1)
+        block = min(MAX_BLOCK_TASKS, self._backend.fold_block(var.chunk_nbytes)) if folds else 1
         nblocks = -(-ntasks // block)
         threads = self._threads(nblocks)
         # enough batches to balance threads and move a progress bar; few enough to amortise calls

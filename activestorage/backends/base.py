@@ -59,6 +59,11 @@ class Backend(ABC):
             self.stats.bytes_received += bytes_received
             self.stats.requests += requests
 
+    def fold_block(self, chunk_nbytes: int) -> int:
+        """Chunks in one fold block, for chunks of ``chunk_nbytes`` decoded bytes (a function of
+        the chunk size only, so what is folded together never depends on the thread count)."""
+        return max(1, self.fold_block_bytes // max(1, chunk_nbytes))
+
     @abstractmethod
     def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
         """Reduce the chunk ``request`` describes (its ``url``/``offset``/``size`` say where)."""
