@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Hashable, Sequence
 
-from ..coalesce import MAX_RUN_BYTES
+from ..coalesce import MAX_RUN_BYTES, MAX_STACKED_CHUNK
 from ..kernel import Partial
 from ..request import ChunkRequest
 
@@ -96,6 +96,13 @@ class InProcessBackend(Backend):
     it can fold partials, so both entry points share one implementation."""
 
     folds = True
+
+    def fold_block(self, chunk_nbytes: int) -> int:
+        """One chunk per block when chunks are too large to stack: pairing them gains nothing
+        and doubles what each thread holds (its read, or GET, and the partials in flight)."""
+        if chunk_nbytes >= MAX_STACKED_CHUNK:
+            return 1
+        return super().fold_block(chunk_nbytes)
 
     def reduce_chunks(self, requests: Sequence[ChunkRequest], operation: str) -> list[Partial]:
         return self._reduce(requests, operation, None)  # type: ignore[return-value]

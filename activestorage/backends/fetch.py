@@ -25,7 +25,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from ..coalesce import MAX_STACKED_CHUNK, reduce_run, runs
+from ..coalesce import reduce_run, runs
 from ..errors import ObjectChangedError, StorageError
 from ..kernel import Partial, reduce_chunk, scratch_bytes
 from ..request import ChunkRequest
@@ -86,13 +86,6 @@ class FetchBackend(InProcessBackend):
     """
 
     name = "fetch"
-
-    def fold_block(self, chunk_nbytes: int) -> int:
-        """One chunk per block when chunks are too large to stack: sharing a GET gains them
-        nothing and would double the bytes each thread holds (8 threads x 2 x 4 MB chunks)."""
-        if chunk_nbytes >= MAX_STACKED_CHUNK:
-            return 1
-        return super().fold_block(chunk_nbytes)
 
     def __init__(self, storage_options: Mapping[str, Any] | None = None, *,
                  max_threads: int | None = None, timeout: float = 30.0,
