@@ -31,8 +31,8 @@ from . import fused
 from .errors import DecodeError, RequestValidationError, UnsupportedError
 from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing
 
-__all__ = ["Partial", "StoredPieces", "decode", "streams", "reduce_chunk", "reduce_array", "missing_mask", "sum_dtype",
-           "OPERATIONS"]
+__all__ = ["Partial", "StoredPieces", "decode", "streams", "reduce_chunk", "reduce_array",
+           "missing_mask", "sum_dtype", "OPERATIONS"]
 
 OPERATIONS = ("count", "min", "max", "sum", "select")
 
@@ -157,18 +157,8 @@ def _inflate_into(raw: Any, out: np.ndarray, gzip_ok: bool, what: str,
     whole = n * element_size if n > 1 else 0  # HDF5 leaves a single element unshuffled
     planes = out[:whole].reshape(n, element_size) if whole else None
     pos = 0
-    first = True
     try:
-        while not d.eof:
-            if first:
-                first = False
-            elif d.needs_input:
-                data = next(feed, None)
-                if data is None:
-                    raise DecodeError(f"{what} data is truncated: the stream ends after {pos} "
-                                      f"of {expected} bytes")
-            else:
-                data = b""
+        while True:
             piece = d.decompress(data, min(_OUT_PIECE, expected - pos + 1))
             end = pos + len(piece)
             if end > expected:
@@ -183,6 +173,12 @@ def _inflate_into(raw: Any, out: np.ndarray, gzip_ok: bool, what: str,
                     m = min(end, (k + 1) * n) - pos
                     planes[i:i + m, k] = a[len(a) - (end - pos):][:m]  # type: ignore[index]
                     pos += m
+            if d.eof:
+                break
+            data = next(feed, None) if d.needs_input else b""
+            if data is None:
+                raise DecodeError(f"{what} data is truncated: the stream ends after {pos} of "
+                                  f"{expected} bytes")
     except (_igzip.IsalError, EOFError, ValueError) as exc:
         raise DecodeError(f"{what} data is corrupt: {exc}") from exc
     if pos != expected:
