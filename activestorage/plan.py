@@ -3,7 +3,8 @@
 A selection is normalised to one positive-step ``(start, stop, step)`` per axis (negative steps are
 planned as positive ones and the output flipped afterwards; integer indices become length-1 ranges
 whose axes are dropped at the end). Each touched chunk gets a :class:`ChunkTask`: the chunk's grid
-coordinates, the selection inside the chunk, and the slice of the output it fills.
+coordinates, the selection inside the chunk, and the slice of the output it fills. A :class:`Plan`
+makes them a span at a time, so a call over millions of chunks never lists them all.
 """
 
 from __future__ import annotations
@@ -187,19 +188,3 @@ class Plan:
     def coords(self) -> Iterator[tuple[int, ...]]:
         """Grid coordinates of every task, in order (lazily)."""
         return itertools.product(*self.ids)
-
-
-def plan_chunks(sel: Selection, chunk_shape: Sequence[int]) -> list[ChunkTask]:
-    """Every chunk a selection touches, in C order of the chunk grid (all at once: see
-    :class:`Plan` for spans)."""
-    return Plan(sel, chunk_shape).tasks()
-
-
-def plan_layout(sel: Selection, chunk_shape: Sequence[int],
-                reduced: Sequence[int]) -> tuple[list[tuple[slice, ...]], list[tuple[Any, ...]]]:
-    """:meth:`Plan.layout` of every task of :func:`plan_chunks` (same order)."""
-    return Plan(sel, chunk_shape).layout(reduced)
-
-
-def count_chunks(sel: Selection, chunk_shape: Sequence[int]) -> int:
-    return math.prod(len(_axis_plan(r, c)) for r, c in zip(sel.ranges, chunk_shape))

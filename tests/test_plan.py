@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from activestorage.errors import SelectionError
-from activestorage.plan import ChunkTask, Plan, normalize_key, plan_chunks
+from activestorage.plan import ChunkTask, Plan, normalize_key
 
 
 @st.composite
@@ -31,7 +31,7 @@ def test_plan_reassembles_numpy_selection(args):
     x = np.arange(int(np.prod(shape))).reshape(shape)
     sel = normalize_key(key, shape)
     out = np.full(sel.shape, -1)
-    for t in plan_chunks(sel, chunks):
+    for t in Plan(sel, chunks).tasks():
         origin = [c * k for c, k in zip(t.coords, chunks)]
         block = x[tuple(slice(o, o + k) for o, k in zip(origin, chunks))]
         part = block[tuple(slice(a, b, c) for a, b, c in t.selection)]
