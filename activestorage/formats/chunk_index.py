@@ -128,13 +128,8 @@ class ChunkIndex(Mapping[Coords, Locator]):
             loc = exceptions.get(coords)
             if loc is not None:
                 return loc
-        if type(coords) is not tuple:  # (inlined _offset: active.py calls this once per chunk)
-            return default
-        try:
-            offset = self._offset_at[coords]
-        except (IndexError, TypeError, ValueError, NotImplementedError):
-            return default
-        if offset < 0 or (coords and min(coords) < 0):
+        offset = self._offset(coords)
+        if offset < 0:
             return default
         return Locator(self.url, offset, self._size_at[coords], self.etag, self.version_id)
 
