@@ -315,12 +315,47 @@ TARGET_AVX2 static ALWAYS_INLINE __m256d bad_pd4(int mode, __m256d v, const vspe
     return b;
 }
 
-/* row_f32_sse2 with one 8-lane register: element k of a group lands in lane k % 8 as before */
+/* the number of set lanes of a compare mask (each -1) accumulated by _mm256_add_epi32 */
+TARGET_AVX2 static ALWAYS_INLINE Py_ssize_t set_lanes(__m256i neg) {
+    __m128i v = _mm_add_epi32(_mm256_castsi256_si128(neg), _mm256_extracti128_si256(neg, 1));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return -(Py_ssize_t)_mm_cvtsi128_si32(v);
+}
+
+/* row_f32_sse2 with one 8-lane register per group: element k of a group lands in lane k % 8 as
+ * before. Whole groups go two at a time: their add chains are independent, so the CPU overlaps
+ * them (one chain waits on the add latency), and the order within each, so the bits, is the
+ * reference order. Missing elements are counted in vector lanes, without a branch. */
 TARGET_AVX2 static ALWAYS_INLINE void row_f32_avx2(int mode, int want_sum, const float *x,
                                                    Py_ssize_t n, const vspec8_t *m,
                                                    const spec_t *s, acc_t *acc) {
     Py_ssize_t bad = 0;
-    for (Py_ssize_t g0 = 0; g0 < n; g0 += GROUP) {
+    Py_ssize_t g0 = 0;
+    for (; g0 + 2 * GROUP <= n; g0 += 2 * GROUP) {
+        __m256 sa = _mm256_setzero_ps(), sb = sa;
+        __m256i neg = _mm256_setzero_si256(); /* -1 per missing element, per lane */
+        for (Py_ssize_t k = g0; k < g0 + GROUP; k += 8) {
+            __m256 va = _mm256_loadu_ps(x + k), vb = _mm256_loadu_ps(x + k + GROUP);
+            __m256 ba = bad_ps8(mode, va, m, s->nvalues), bb = bad_ps8(mode, vb, m, s->nvalues);
+            if (mode != MODE_NONE)
+                neg = _mm256_add_epi32(neg, _mm256_add_epi32(_mm256_castps_si256(ba),
+                                                              _mm256_castps_si256(bb)));
+            if (want_sum) {
+                sa = _mm256_add_ps(sa, _mm256_andnot_ps(ba, va));
+                sb = _mm256_add_ps(sb, _mm256_andnot_ps(bb, vb));
+            }
+        }
+        if (mode != MODE_NONE) bad += set_lanes(neg);
+        if (want_sum) {
+            float lane[8];
+            _mm256_storeu_ps(lane, sa);
+            add_group(acc, lanes_f32(lane));
+            _mm256_storeu_ps(lane, sb);
+            add_group(acc, lanes_f32(lane));
+        }
+    }
+    for (; g0 < n; g0 += GROUP) { /* the last one or two groups, the last maybe partial */
         Py_ssize_t gend = g0 + GROUP < n ? g0 + GROUP : n;
         Py_ssize_t vend = g0 + ((gend - g0) & ~(Py_ssize_t)7);
         __m256 sum = _mm256_setzero_ps();

@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=None, help="timed runs per case (default 3; quick 1)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed runs first for local methods (default 1; quick 0; remote: 0)")
+    p.add_argument("--page-cache", choices=("read", "as-is"), default="read",
+                   help="read (default): before timing, drop each file from the page cache and "
+                        "read it back once, so every method sees the cache a reader of existing "
+                        "data sees; as-is: leave it as writing the files (or the last run) left it")
     p.add_argument("--data-dir", type=Path, default=data.DEFAULT_DIR)
     p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--worker-timeout", type=float, default=None,
@@ -206,7 +210,20 @@ def problems(results: dict[str, Any], peers: bool) -> list[str]:
     return bad
 
 
-def machine() -> dict[str, Any]:
+def read_ahead_kb(path: Path) -> int | None:
+    """The readahead window of the block device holding ``path`` (it sets how large the folios
+    are that reads leave in the page cache), or None where it is not to be found."""
+    st = os.stat(path)
+    dev = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    for queue in (dev / "queue", dev / ".." / "queue"):  # a disk, or a partition of one
+        try:
+            return int((queue / "read_ahead_kb").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def machine(data_dir: Path) -> dict[str, Any]:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -218,7 +235,8 @@ def machine() -> dict[str, Any]:
 
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "numpy": np.__version__, "h5py": h5py.__version__, "netCDF4": netCDF4.__version__,
-            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+            "read_ahead_kb": read_ahead_kb(data_dir)}
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -242,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("PyActiveStorage not run (--no-peer): x peer ratios are blank")
 
     datasets, oracle = prepare(args)
+    if args.page_cache == "read":
+        t0 = time.perf_counter()
+        if all([data.recache(Path(d["path"])) for d in datasets]):
+            notes.append(f"page cache: each file dropped and read back once before timing "
+                         f"({time.perf_counter() - t0:.1f}s; --page-cache as-is skips this)")
+        else:
+            notes.append("page cache: left as it was (this OS cannot drop files from it)")
     peer_python, peer_version = None, None
     if any(m in peer.METHODS for m in methods):
         peer_python, peer_version = peer.ensure_venv(args.data_dir)
@@ -290,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     peer_bad = problems(results, peers=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     record = {"started": started.isoformat(), "seconds": time.perf_counter() - t_start,
-              "quick": args.quick, "store": store, "runs": runs, "warmup": warmup, "machine": machine(),
+              "quick": args.quick, "store": store, "runs": runs, "warmup": warmup,
+              "page_cache": args.page_cache, "machine": machine(args.data_dir),
               "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
               "peer_version": peer_version, "notes": notes, "problems": bad,
               "peer_failures": peer_bad,
