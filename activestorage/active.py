@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from . import memory
 from .backends.base import Backend
 from .combine import Accumulator, finish, fold
 from .errors import ActiveStorageError, SelectionError
@@ -283,6 +284,8 @@ class Active:
         if len(plan):
             self._execute(plan, kop, kernel_axes, acc, full=not select and all(
                 n == 1 for n in out_shape) and len(kernel_axes) == var.ndim)
+            if not select and self._backend.folds and acc.nbytes >= memory.RELEASE_MIN_BYTES:
+                memory.release_free_memory()  # the per-chunk partials' blocks (see memory.py)
         result = finish(acc, "select" if select else kop if operation != "mean" else "mean",
                         scale=var.scale_factor, offset=var.add_offset, components=components)
         result = _shape_result(result, sel, red_axes, keepdims or components, select)

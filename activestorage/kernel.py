@@ -714,8 +714,8 @@ def _axis_partial(x: np.ndarray, operation: str, axis: tuple[int, ...],
     sums, miss = got
     out_shape = tuple(1 if i in axis else n for i, n in enumerate(x.shape))
     behind = math.prod(x.shape[i] for i in axis)
-    counts = (_uniform_counts(out_shape, behind) if miss is None
-              else (behind - miss).reshape(out_shape))
+    counts = (_uniform_counts(out_shape, behind) if miss is None  # in place: no second array
+              else np.subtract(behind, miss, out=miss).reshape(out_shape))
     if operation == "count":
         return Partial(np.array(counts), counts)
     return Partial(sums.reshape(out_shape), counts)
