@@ -61,6 +61,16 @@ static int simd_level = 0;
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #endif
 
+#if defined(__GNUC__) && !defined(__clang__)
+#define PRAGMA(x) _Pragma(#x)
+#define UNROLL(n) PRAGMA(GCC unroll n)
+#elif defined(__clang__)
+#define PRAGMA(x) _Pragma(#x)
+#define UNROLL(n) PRAGMA(clang loop unroll_count(n))
+#else
+#define UNROLL(n)
+#endif
+
 #define MAX_VALUES 16
 #define MAX_DIMS 64
 #define GROUP 128      /* elements summed in 8 lanes of the data's own type (as NumPy's pairwise
@@ -335,6 +345,8 @@ TARGET_AVX2 static ALWAYS_INLINE void row_f32_avx2(int mode, int want_sum, const
     for (; g0 + 2 * GROUP <= n; g0 += 2 * GROUP) {
         __m256 sa = _mm256_setzero_ps(), sb = sa;
         __m256i neg = _mm256_setzero_si256(); /* -1 per missing element, per lane */
+        /* unrolled fully, GCC computes every masked vector first and spills them to the stack */
+        UNROLL(4)
         for (Py_ssize_t k = g0; k < g0 + GROUP; k += 8) {
             __m256 va = _mm256_loadu_ps(x + k), vb = _mm256_loadu_ps(x + k + GROUP);
             __m256 ba = bad_ps8(mode, va, m, s->nvalues), bb = bad_ps8(mode, vb, m, s->nvalues);

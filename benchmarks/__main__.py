@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import data, peer, report, services
+from . import data, pagecache, peer, report, services
 
 log = logging.getLogger("benchmarks")
 
@@ -59,9 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed runs first for local methods (default 1; quick 0; remote: 0)")
     p.add_argument("--page-cache", choices=("read", "as-is"), default="read",
-                   help="read (default): before timing, drop each file from the page cache and "
-                        "read it back once, so every method sees the cache a reader of existing "
-                        "data sees; as-is: leave it as writing the files (or the last run) left it")
+                   help="read (default): before timing, drop each file from the page cache, "
+                        "read it back once and lock it there for the run (see "
+                        "benchmarks/pagecache.py); as-is: leave the cache as it is")
     p.add_argument("--data-dir", type=Path, default=data.DEFAULT_DIR)
     p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--worker-timeout", type=float, default=None,
@@ -260,13 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("PyActiveStorage not run (--no-peer): x peer ratios are blank")
 
     datasets, oracle = prepare(args)
+    files = [Path(d["path"]) for d in datasets]
     if args.page_cache == "read":
         t0 = time.perf_counter()
-        if all([data.recache(Path(d["path"])) for d in datasets]):
+        if all([pagecache.recache(f) for f in files]):
             notes.append(f"page cache: each file dropped and read back once before timing "
                          f"({time.perf_counter() - t0:.1f}s; --page-cache as-is skips this)")
         else:
             notes.append("page cache: left as it was (this OS cannot drop files from it)")
+    pinned = pagecache.Pinned(files if args.page_cache == "read" else [])
     peer_python, peer_version = None, None
     if any(m in peer.METHODS for m in methods):
         peer_python, peer_version = peer.ensure_venv(args.data_dir)
@@ -276,10 +278,13 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="activestorage-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="activestorage-bench-") as tmp, pinned:
+        if pinned.pinned:
+            notes.append(f"page cache: {len(pinned.pinned)} file(s) locked in it for the run "
+                         f"(mlock), so the OS cannot evict them mid-run")
+        notes += [f"page cache: not locked: {why}" for why in pinned.why]
         work = Path(tmp)
         np.savez(work / "oracle.npz", **oracle)
-        files = [Path(d["path"]) for d in datasets]
         remote = bool(REMOTE & set(methods))
         with services.started(work, files, args.data_dir,
                               moto=store == "s3" and (remote or "moto_get" in methods),
@@ -301,8 +306,18 @@ def main(argv: list[str] | None = None) -> int:
                 # Remote methods get no warm-up run: opening already read the metadata (the
                 # process is warm) and each remote run of a 400 MB file takes many seconds.
                 cfg = dict(config, warmup=0 if m in report.REMOTE else warmup)
+                before = {d["name"]: pagecache.resident(Path(d["path"])) for d in datasets}
                 results[m] = run_method(m, cfg, work, timeout, peer_python,
                                         isolate=not args.quick)
+                # the share of each file in the page cache around the method's run
+                results[m]["resident"] = {
+                    d["name"]: {"before": before[d["name"]],
+                                "after": pagecache.resident(Path(d["path"]))} for d in datasets}
+                evicted = sorted(k for k, v in results[m]["resident"].items()
+                                 if any(x is not None and x < 0.99 for x in v.values()))
+                if evicted:
+                    notes.append(f"{m}: part of {', '.join(evicted)} was not in the page cache "
+                                 f"around its run (see 'resident' in the JSON)")
                 status = results[m].get("error", "ok")
                 print(f"  {m:<18} {time.perf_counter() - t0:6.1f}s  {status}", flush=True)
 

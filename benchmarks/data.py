@@ -149,35 +149,6 @@ def ensure(spec: Spec, data_dir: Path) -> Path:
     return path
 
 
-#: bytes per read when :func:`recache` reads a file back (the size a sequential reader uses)
-RECACHE_READ = 8 << 20
-
-
-def recache(path: Path, piece: int = RECACHE_READ) -> bool:
-    """Leave ``path`` in the page cache as reading it leaves it, not as writing it did.
-
-    A file written moments ago sits in the page cache in the pieces the writer's calls made
-    (mostly small folios here), and copying or mapping those costs up to 1.5x what the same
-    bytes cost once read: reads fill the cache in large folios, as readahead grows. Data users
-    reduce was written elsewhere and read, so every method is timed on the second state: the
-    file is flushed, dropped from the cache and read once front to back. False where the OS
-    cannot drop it (no ``posix_fadvise``): the cache is then left as it is.
-    """
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages are not dropped
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        buf = bytearray(piece)
-        offset = 0
-        while n := os.preadv(fd, [buf], offset):
-            offset += n
-    finally:
-        os.close(fd)
-    return True
-
-
 # ------------------------------------------------------------------------------ chunk index
 
 def chunk_index(path: Path, var: str = VAR) -> list[tuple[tuple[int, ...], int, int]]:
