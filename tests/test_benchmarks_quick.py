@@ -176,3 +176,20 @@ def test_peer_correctness_cases_are_right_for_ours() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
     assert len(rows) == 4 and all("| yes |" in ln for ln in rows), r.stdout
+
+
+def test_interleaved_ratio_run_checks_ours_and_writes_a_record(tmp_path: Path) -> None:
+    """``python -m benchmarks.interleaved`` (ours against the in-memory pass, in one process)."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks.interleaved", "--quick", "--rounds", "2",
+                        "--datasets", "plain,missing", "--results-dir", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [json_path] = tmp_path.glob("*-interleaved.json")
+    record = json.loads(json_path.read_text())
+    assert sorted(record["datasets"]) == ["missing", "plain"]
+    for cases in record["datasets"].values():
+        assert sorted(cases) == ["axis0", "sub", "whole"]
+        for c in cases.values():
+            assert c["check"]["ok"]
+            assert all(len(t) == 2 for t in c["times_s"].values())
+            assert all(math.isfinite(x) and x > 0 for x in c["x_numpy_memory"].values())
