@@ -113,9 +113,11 @@ def time_case(fn: Callable[[], Any], runs: int, warmup: int) -> dict[str, Any]:
     supported = reset_peak()
     result = None
     for _ in range(warmup):
+        result = None  # one result alive at a time: the peak is one call's, not two results'
         result = fn()
     times, cpu = [], []
     for _ in range(max(1, runs)):
+        result = None
         c0 = time.process_time()
         t0 = time.perf_counter()
         result = fn()
