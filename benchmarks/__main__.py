@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-peer", action="store_true",
                    help="skip PyActiveStorage (no venv is created)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per case (default 3; quick 1)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole list of methods this many times, one after another, and "
+                        "take each case's median over every run of every round: the machine's "
+                        "drift over minutes then falls on every method alike")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed runs first for local methods (default 1; quick 0; remote: 0)")
     p.add_argument("--page-cache", choices=("read", "as-is"), default="read",
@@ -146,6 +151,52 @@ def run_method(method: str, config: dict[str, Any], workdir: Path, timeout: floa
     if errors:
         merged["error"] = "; ".join(errors)
     return merged
+
+
+def _least(*xs: float | None) -> float | None:
+    known = [x for x in xs if x is not None]
+    return min(known) if known else None
+
+
+def merge_rounds(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One method's records of two rounds as one: every case's runs together (median over all),
+    its peak RSS the larger, its check failed if either failed; an error in either is kept."""
+    if "error" in a or "error" in b:
+        return a if "error" in a else b
+    out = dict(a, wall_s=a.get("wall_s", 0.0) + b.get("wall_s", 0.0))
+    out["loadavg_1min"] = {k: max(a.get("loadavg_1min", {}).get(k, 0.0), v)
+                           for k, v in b.get("loadavg_1min", {}).items()}
+    res_b = b.get("resident", {})
+    out["resident"] = {k: {w: _least(v.get(w), res_b[k].get(w)) for w in ("before", "after")}
+                       for k, v in a.get("resident", {}).items() if k in res_b}
+    datasets: dict[str, Any] = {}
+    for name, da in a.get("datasets", {}).items():
+        db = b.get("datasets", {}).get(name, {})
+        if "cases" not in da or "cases" not in db:
+            datasets[name] = da if "error" in da or "skip" in da else db
+            continue
+        cases = {}
+        for case, ca in da["cases"].items():
+            cb = db["cases"].get(case, {})
+            if "error" in ca or "error" in cb or "times_s" not in cb:
+                cases[case] = ca if "error" in ca else cb
+                continue
+            times = ca["times_s"] + cb["times_s"]
+            median = statistics.median(times)
+            c = dict(ca, times_s=times, median_s=median,
+                     cpu_s=statistics.median([ca["cpu_s"], cb["cpu_s"]]),
+                     rounds=ca.get("rounds", 1) + 1)
+            for k in ("peak_rss_mb", "peak_rss_open_mb", "rss_file_mb"):
+                if k in ca and k in cb:
+                    c[k] = max(ca[k], cb[k])
+            if c.get("logical_bytes") and median > 0:
+                c["gbps"] = c["logical_bytes"] / median / 1e9
+            if ca.get("check") is not None and cb.get("check") is not None:
+                c["check"] = ca["check"] if not ca["check"].get("ok") else cb["check"]
+            cases[case] = c
+        datasets[name] = dict(da, cases=cases)
+    out["datasets"] = datasets
+    return out
 
 
 def run_worker(method: str, config: dict[str, Any], workdir: Path, timeout: float,
@@ -301,25 +352,26 @@ def main(argv: list[str] | None = None) -> int:
                 d["remote_url"] = d["s3_url"] if store == "s3" else d["http_url"]
             config = {"runs": runs, "store": store, "oracle": str(work / "oracle.npz"),
                       "s3": svc.s3, "server_url": svc.server_url, "datasets": datasets}
-            for m in methods:
+            for r, m in ((r, m) for r in range(max(1, args.rounds)) for m in methods):
                 t0 = time.perf_counter()
+                where = f" (round {r + 1})" if args.rounds > 1 else ""
                 # Remote methods get no warm-up run: opening already read the metadata (the
                 # process is warm) and each remote run of a 400 MB file takes many seconds.
                 cfg = dict(config, warmup=0 if m in report.REMOTE else warmup)
                 before = {d["name"]: pagecache.resident(Path(d["path"])) for d in datasets}
-                results[m] = run_method(m, cfg, work, timeout, peer_python,
-                                        isolate=not args.quick)
+                rec = run_method(m, cfg, work, timeout, peer_python, isolate=not args.quick)
                 # the share of each file in the page cache around the method's run
-                results[m]["resident"] = {
+                rec["resident"] = {
                     d["name"]: {"before": before[d["name"]],
                                 "after": pagecache.resident(Path(d["path"]))} for d in datasets}
-                evicted = sorted(k for k, v in results[m]["resident"].items()
+                results[m] = rec if r == 0 else merge_rounds(results[m], rec)
+                evicted = sorted(k for k, v in rec["resident"].items()
                                  if any(x is not None and x < 0.99 for x in v.values()))
                 if evicted:
                     notes.append(f"{m}: part of {', '.join(evicted)} was not in the page cache "
-                                 f"around its run (see 'resident' in the JSON)")
-                status = results[m].get("error", "ok")
-                print(f"  {m:<18} {time.perf_counter() - t0:6.1f}s  {status}", flush=True)
+                                 f"around its run{where} (see 'resident' in the JSON)")
+                status = rec.get("error", "ok")
+                print(f"  {m:<18} {time.perf_counter() - t0:6.1f}s  {status}{where}", flush=True)
 
     report.add_ratios(results, os.cpu_count() or 1)
     busy = contention(results, os.cpu_count() or 1)
@@ -330,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     peer_bad = problems(results, peers=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     record = {"started": started.isoformat(), "seconds": time.perf_counter() - t_start,
-              "quick": args.quick, "store": store, "runs": runs, "warmup": warmup,
+              "quick": args.quick, "store": store, "runs": runs, "rounds": args.rounds,
+              "warmup": warmup,
               "page_cache": args.page_cache, "machine": machine(args.data_dir),
               "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
               "peer_version": peer_version, "notes": notes, "problems": bad,
@@ -354,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peer failure (reported, not fatal): {b}")
     for b in bad:
         print(f"PROBLEM: {b}")
-    print(f"\nmedians of {runs} run(s) after {warmup} warm-up; {os.cpu_count()} cores; "
+    print(f"\nmedians of {runs} run(s) x {args.rounds} round(s) after {warmup} warm-up each; "
+          f"{os.cpu_count()} cores; "
           f"total {time.perf_counter() - t_start:.0f}s")
     print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
     return 1 if bad else 0

@@ -193,3 +193,25 @@ def test_interleaved_ratio_run_checks_ours_and_writes_a_record(tmp_path: Path) -
             assert c["check"]["ok"]
             assert all(len(t) == 2 for t in c["times_s"].values())
             assert all(math.isfinite(x) and x > 0 for x in c["x_numpy_memory"].values())
+
+
+def test_rounds_merge_every_run_and_keep_the_worst_memory_and_check() -> None:
+    from benchmarks.__main__ import merge_rounds
+
+    def rec(times, rss, ok=True, resident=1.0):
+        case = {"median_s": float(np.median(times)), "times_s": list(times), "cpu_s": 0.1,
+                "peak_rss_mb": rss, "peak_rss_open_mb": rss - 1, "rss_file_mb": 0.0,
+                "logical_bytes": 1000, "gbps": 1.0, "check": {"ok": ok}}
+        return {"method": "m", "wall_s": 1.0, "loadavg_1min": {"before": 1.0, "after": 2.0},
+                "resident": {"plain": {"before": resident, "after": 1.0}},
+                "datasets": {"plain": {"cases": {"whole": case}}}}
+
+    merged = merge_rounds(rec([1.0, 2.0, 3.0], 10.0), rec([4.0, 5.0, 6.0], 12.0, ok=False,
+                                                         resident=0.5))
+    c = merged["datasets"]["plain"]["cases"]["whole"]
+    assert c["times_s"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and c["median_s"] == 3.5
+    assert c["peak_rss_mb"] == 12.0 and c["rounds"] == 2 and not c["check"]["ok"]
+    assert c["gbps"] == 1000 / 3.5 / 1e9 and merged["wall_s"] == 2.0
+    assert merged["resident"]["plain"] == {"before": 0.5, "after": 1.0}
+    failed = {"method": "m", "error": "exit 1", "datasets": {}}
+    assert merge_rounds(rec([1.0], 1.0), failed) is failed
