@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import sys
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 #: calls whose result (values and counts) is at least this large release free memory afterwards
 RELEASE_MIN_BYTES = 256 * 1024

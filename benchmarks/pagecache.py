@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import mmap
 import os
 import sys
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 #: bytes per read when :func:`recache` reads a file back (what a sequential reader uses)
 RECACHE_READ = 8 << 20
