@@ -259,3 +259,62 @@ def test_large_chunks_get_a_fold_block_each():
     for backend in (FetchBackend(), PosixBackend()):
         assert backend.fold_block(4 * 2**20) == 1 and backend.fold_block(2**20) == 1
         assert backend.fold_block(64 * 1024) == 128
+
+
+def _big_deflated_chunk(store, shape=(1024, 1024)):
+    """One zlib+shuffle float32 chunk of 4 MiB that barely compresses, served as /big.bin."""
+    a = np.random.default_rng(9).random(shape, dtype=np.float32)
+    raw = numcodecs.Zlib(1).encode(numcodecs.Shuffle(4).encode(a.tobytes()))
+    store.objects["/big.bin"] = bytes(raw)
+    req = make_request("<f4", shape, offset=0, size=len(raw), compression={"id": "zlib"},
+                       filters=({"id": "shuffle", "element_size": 4},))
+    return a, bytes(raw), req.with_(url=store.url + "/big.bin")
+
+
+def test_deflated_bodies_are_inflated_as_they_arrive(store, monkeypatch):
+    """A deflated chunk alone in its GET is never held compressed and decoded at once: peak
+    memory is the decoded chunk and a few pieces, not the compressed body as well."""
+    import activestorage.backends.fetch as fetch
+
+    monkeypatch.setattr(fetch, "BODY_PIECE", 64 * 1024)
+    a, raw, req = _big_deflated_chunk(store)
+    assert len(raw) > 0.8 * a.nbytes
+    with FetchBackend(env={}) as b:
+        b.reduce_chunk(req, "sum")  # warm: connections, decoder modules
+        tracemalloc.start()
+        try:
+            p = b.reduce_chunk(req, "sum")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert b.stats.bytes_received == 2 * len(raw)
+    assert peak < a.nbytes + 1024 * 1024, peak  # reading it whole held ~7.6 MiB
+    np.testing.assert_array_equal(p.values, reduce_chunk(raw, req, "sum").values)
+
+
+def test_a_body_cut_while_inflating_is_read_again(store, monkeypatch):
+    import activestorage.backends.fetch as fetch
+
+    monkeypatch.setattr(fetch, "BODY_PIECE", 64 * 1024)
+    _a, raw, req = _big_deflated_chunk(store)
+    want = reduce_chunk(raw, req, "max").values
+    store.cut_once = 2  # half the body, then the connection closes: the inflater was mid-way
+    with FetchBackend(env={}, retries=2) as b:
+        np.testing.assert_array_equal(b.reduce_chunks([req], "max")[0].values, want)
+        assert b.stats.requests == 3 and store.gets == 3
+    store.cut_once = 5
+    with FetchBackend(env={}, retries=1) as b, pytest.raises(StorageError) as ei:
+        b.reduce_chunk(req, "max")
+    assert ei.value.status == 502 and "/big.bin" in str(ei.value)
+
+
+def test_a_corrupt_deflated_body_is_a_decode_error_not_retried(store):
+    from activestorage.errors import DecodeError
+
+    _a, raw, req = _big_deflated_chunk(store)
+    bad = bytearray(raw)
+    bad[len(bad) // 2:len(bad) // 2 + 64] = bytes(64)
+    store.objects["/big.bin"] = bytes(bad)
+    with FetchBackend(env={}, retries=3) as b, pytest.raises(DecodeError):
+        b.reduce_chunk(req, "sum")
+    assert store.gets == 1

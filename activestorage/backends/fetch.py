@@ -8,6 +8,10 @@ into one GET, which for contiguous HDF5 chunks turns thousands of small requests
 small chunks stored back to back are then reduced stacked, as the POSIX backend does
 (:mod:`activestorage.coalesce`).
 
+A deflated chunk alone in its GET (chunks of 1 MiB or more always are) is inflated as its body
+arrives, a piece at a time (:class:`kernel.StoredPieces`), so a thread holds one piece and the
+decoded chunk, not the compressed chunk as well; a body cut short is read again from the start.
+
 Pinned locators (``etag``/``version_id``) are honoured: S3 gets ``IfMatch``/``VersionId``, HTTP an
 ``If-Match`` header, and a 412 or a differing ETag raises :class:`ObjectChangedError`.
 """
@@ -15,19 +19,20 @@ Pinned locators (``etag``/``version_id``) are honoured: S3 gets ``IfMatch``/``Ve
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..coalesce import reduce_run, runs
 from ..errors import ObjectChangedError, StorageError
-from ..kernel import Partial, reduce_chunk, scratch_bytes
+from ..kernel import Partial, StoredPieces, reduce_chunk, scratch_bytes, streams
 from ..request import ChunkRequest
 from ..storage import local_path, resolve_s3_options, split_s3_url, url_kind
 from .base import InProcessBackend
@@ -161,10 +166,16 @@ class FetchBackend(InProcessBackend):
 
     # ------------------------------------------------------------------- reading
     def read_range(self, url: str, start: int, end: int, *, etag: str | None = None,
-                   version_id: str | None = None) -> Any:
+                   version_id: str | None = None, consume: Consumer | None = None) -> Any:
         """The bytes ``[start, end)`` of ``url`` (a bytes-like object); raises StorageError
-        naming the object."""
-        if end <= start:
+        naming the object.
+
+        With ``consume`` (S3 and HTTP only) the body is not collected: ``consume(read, n)`` is
+        called while the response is open, with the body's ``read`` and its length, and its
+        result returned. It must check the length itself (:class:`_BodyPieces` does); a body
+        failing part-way raises ``_Transient`` out of ``read`` and the range is read again.
+        """
+        if end <= start and consume is None:
             return b""
         kind = url_kind(url)
         if kind == "file":
@@ -176,10 +187,11 @@ class FetchBackend(InProcessBackend):
         while True:  # a body cut short is retried: range reads are idempotent
             try:
                 if kind == "s3":
-                    data = self._read_s3(url, start, end, etag, version_id)
+                    data = self._read_s3(url, start, end, etag, version_id, consume)
                 else:
-                    data = self._read_http(url, start, end, etag)
-                self._check_length(data, url, start, end)
+                    data = self._read_http(url, start, end, etag, consume)
+                if consume is None:
+                    self._check_length(data, url, start, end)
             except _Transient as exc:
                 self._account(requests=1)
                 if attempt >= self.retries:
@@ -189,15 +201,14 @@ class FetchBackend(InProcessBackend):
                 log.info("%s; retry %d/%d", exc, attempt, self.retries)
                 time.sleep(0.05 * 2 ** attempt)
                 continue
-            self._account(bytes_read=len(data), bytes_received=len(data), requests=1)
+            n = end - start if consume is not None else len(data)
+            self._account(bytes_read=n, bytes_received=n, requests=1)
             return data
 
     @staticmethod
     def _check_length(data: bytes, url: str, start: int, end: int) -> None:
         if len(data) != end - start:
-            raise _Transient(
-                f"short read from {url}: wanted bytes {start}-{end - 1}, got {len(data)} bytes "
-                "(body cut short, or the object was truncated or replaced)", status=502, store=url)
+            raise _short(url, start, end, len(data))
 
     def _read_file(self, url: str, start: int, end: int) -> Any:
         path = local_path(url)
@@ -219,7 +230,7 @@ class FetchBackend(InProcessBackend):
             os.close(fd)
 
     def _read_s3(self, url: str, start: int, end: int, etag: str | None,
-                 version_id: str | None) -> Any:
+                 version_id: str | None, consume: Consumer | None = None) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3_url(url)
@@ -231,11 +242,20 @@ class FetchBackend(InProcessBackend):
         try:
             resp = self._s3_client().get_object(**kwargs)
             body = resp["Body"]
+            got = (resp.get("ETag") or "").strip('"')
+            if etag and got and got != etag.strip('"'):  # before any of the body is used
+                body.close()
+                raise ObjectChangedError(f"object changed since manifest was written: {url}",
+                                         status=409, store=url)
+
+            def read(k: int) -> bytes:
+                try:
+                    return body.read(k)
+                except Exception as exc:  # noqa: BLE001 - reset/cut body: urllib3 or botocore
+                    raise _Transient(f"reading {url}: body cut short: {exc}", status=502,
+                                     store=url, causes=[f"{type(exc).__name__}: {exc}"]) from exc
             try:
-                data = _read_body(body.read, end - start)
-            except Exception as exc:  # noqa: BLE001 - reset/cut body: urllib3 or botocore types
-                raise _Transient(f"reading {url}: body cut short: {exc}", status=502, store=url,
-                                 causes=[f"{type(exc).__name__}: {exc}"]) from exc
+                data = (consume or _read_body)(read, end - start)
             finally:
                 body.close()
         except ClientError as exc:
@@ -244,13 +264,10 @@ class FetchBackend(InProcessBackend):
             timeout = "timeout" in type(exc).__name__.lower()
             raise StorageError(f"reading {url}: {exc}", status=504 if timeout else 502,
                                store=url, causes=[str(exc)]) from exc
-        got = (resp.get("ETag") or "").strip('"')
-        if etag and got and got != etag.strip('"'):
-            raise ObjectChangedError(f"object changed since manifest was written: {url}",
-                                     status=409, store=url)
         return data
 
-    def _read_http(self, url: str, start: int, end: int, etag: str | None) -> Any:
+    def _read_http(self, url: str, start: int, end: int, etag: str | None,
+                   consume: Consumer | None = None) -> Any:
         import requests
         import urllib3
 
@@ -274,10 +291,11 @@ class FetchBackend(InProcessBackend):
                                              status=409, store=url)
                 try:
                     if resp.status_code == 206:
-                        return _read_body(functools.partial(resp.raw.read, decode_content=True),
-                                          end - start)
+                        return (consume or _read_body)(
+                            functools.partial(resp.raw.read, decode_content=True), end - start)
                     # 200: the server ignored Range; read (bounded) up to the end of our range.
-                    return resp.raw.read(end, decode_content=True)[start:end]
+                    data = resp.raw.read(end, decode_content=True)[start:end]
+                    return data if consume is None else consume(io.BytesIO(data).read, end - start)
                 except urllib3.exceptions.ReadTimeoutError as exc:
                     raise StorageError(f"reading {url} timed out after {self.timeout}s",
                                        status=504, store=url, causes=[str(exc)]) from exc
@@ -295,9 +313,7 @@ class FetchBackend(InProcessBackend):
     def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
         if request.url is None or request.size is None:
             raise StorageError("chunk request has no url/size", status=400)
-        raw = self.read_range(request.url, request.offset, request.offset + request.size,
-                              etag=request.etag, version_id=request.version_id)
-        return reduce_chunk(raw, request, operation)
+        return self._reduce([request], operation, None)[0]  # type: ignore[return-value]
 
     def _reduce(self, requests: Sequence[ChunkRequest], operation: str,
                 slots: Sequence[Hashable] | None) -> list[Partial | None]:
@@ -311,6 +327,18 @@ class FetchBackend(InProcessBackend):
         out: list[Partial | None] = [None] * len(requests)
 
         def run(g: _Group) -> None:
+            if len(g.members) == 1 and operation != "select" and g.end > g.start \
+                    and url_kind(g.url) != "file" and streams(requests[g.members[0]]):
+                req = requests[g.members[0]]
+
+                def inflate(read: Callable[[int], bytes], n: int) -> Partial:
+                    body = _BodyPieces(read, n, g.url, g.start)
+                    partial = reduce_chunk(body, req, operation)
+                    body.finish()  # so the whole body is checked, however soon inflating ended
+                    return partial
+                out[g.members[0]] = self.read_range(g.url, g.start, g.end, etag=g.etag,
+                                                    version_id=g.version_id, consume=inflate)
+                return
             raw = self.read_range(g.url, g.start, g.end, etag=g.etag, version_id=g.version_id)
             view = memoryview(raw)
             reqs = [requests[i] for i in g.members]  # sorted by offset
@@ -362,6 +390,16 @@ class _Transient(StorageError):
     """A read that failed part-way (reset, body cut short): worth retrying."""
 
 
+def _short(url: str, start: int, end: int, got: int) -> _Transient:
+    return _Transient(f"short read from {url}: wanted bytes {start}-{end - 1}, got {got} bytes "
+                      "(body cut short, or the object was truncated or replaced)", status=502,
+                      store=url)
+
+
+#: ``consume(read, n)``: does something with a response body of ``n`` bytes while it is open
+Consumer = Callable[[Callable[[int], bytes], int], Any]
+
+
 #: response bodies are read this many bytes at a time into the buffer they end up in
 BODY_PIECE = 1024 * 1024
 
@@ -382,6 +420,43 @@ def _read_body(read: Callable[[int], bytes], n: int) -> Any:
         pos += len(piece)
     read(1)  # anything past the range is ignored, as before
     return buf
+
+
+class _BodyPieces(StoredPieces):
+    """A range body handed to the inflater a piece at a time, as it arrives; one that ends
+    early raises ``_Transient`` (the range is read again), as a short whole read does."""
+
+    def __init__(self, read: Callable[[int], bytes], n: int, url: str, start: int) -> None:
+        self._read, self._n, self._url, self._start = read, n, url, start
+        self._pos = 0
+        self._checked = False
+
+    @property
+    def nbytes(self) -> int:
+        return self._n
+
+    def _next(self) -> bytes:
+        piece = self._read(min(BODY_PIECE, self._n - self._pos))
+        if not piece:
+            raise _short(self._url, self._start, self._start + self._n, self._pos)
+        self._pos += len(piece)
+        return piece
+
+    def pieces(self) -> Iterator[Any]:
+        while self._pos < self._n:
+            yield self._next()
+        self.finish()
+
+    def finish(self) -> None:
+        """Read what the consumer left of the body (nothing, unless its stream ended early)
+        and one byte more, so the client checks the body against its declared length: a body
+        that does not match it is an error, as when a body is read whole."""
+        if self._checked:
+            return
+        while self._pos < self._n:
+            self._next()
+        self._checked = True
+        self._read(1)
 
 
 def _quote_etag(etag: str) -> str:

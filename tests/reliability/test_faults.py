@@ -352,3 +352,53 @@ def test_fetch_backend_gives_up_typed_never_wrong(fault, proxies, store):
     assert time.monotonic() - t0 < 30
     assert ei.value.status in (502, 504), ei.value.status
     assert str(proxy.port) in str(ei.value)
+
+
+def _deflated_req(store: Any, url: str) -> Any:
+    """The zlib chunk, which fetch inflates as its body arrives (not collected first)."""
+    return make_request("<i4", (16, 64), offset=0, size=len(store.objects["i32.zlib"]),
+                        compression={"id": "zlib"}, url=url)
+
+
+@pytest.mark.parametrize("fault", ["reset", "truncate", "status503"])
+def test_fetch_backend_retries_faults_while_inflating(fault, proxies, store):
+    proxy = proxies["http"]
+    want = int(store.arrays["i32.zlib"].sum(dtype=np.int64))
+    with _fetch_backend() as fb:
+        _inject(proxy, fault, 1)
+        p = fb.reduce_chunk(_deflated_req(store, f"{proxy.url}/i32.zlib"), "sum")
+        proxy.heal()
+    assert int(p.values.reshape(-1)[0]) == want and int(p.counts.reshape(-1)[0]) == 16 * 64
+
+
+@pytest.mark.parametrize("fault", ["refuse", "stall", "short_length", "truncate", "reset",
+                                   "long_length"])
+def test_fetch_backend_gives_up_typed_while_inflating(fault, proxies, store):
+    proxy = proxies["http"]
+    with _fetch_backend() as fb:
+        if fault == "refuse":
+            proxy.refuse()
+        else:
+            _inject(proxy, fault, 0)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(StorageError) as ei:
+                fb.reduce_chunk(_deflated_req(store, f"{proxy.url}/i32.zlib"), "sum")
+        finally:
+            proxy.heal()
+    assert time.monotonic() - t0 < 30
+    assert ei.value.status in (502, 504), ei.value.status
+    assert str(proxy.port) in str(ei.value)
+
+
+@pytest.mark.parametrize("fault", ["reset", "truncate", "long_length"])
+def test_fetch_backend_s3_inflating_retries_cut_bodies(fault, proxies, store):
+    proxy = proxies["s3"]
+    want = int(store.arrays["i32.zlib"].sum(dtype=np.int64))
+    opts = {"key": S3_KEY, "secret": S3_SECRET, "client_kwargs": {"endpoint_url": proxy.url}}
+    with _fetch_backend(storage_options=opts) as fb:
+        _inject(proxy, fault, 1)
+        p = fb.reduce_chunk(_deflated_req(store, f"s3://{store.bucket}/i32.zlib"), "sum")
+        proxy.heal()
+        assert fb.stats.requests == 2  # the cut body, then the whole one
+    assert int(p.values.reshape(-1)[0]) == want
