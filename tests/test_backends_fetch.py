@@ -276,7 +276,7 @@ def test_deflated_bodies_are_inflated_as_they_arrive(store, monkeypatch):
     memory is the decoded chunk and a few pieces, not the compressed body as well."""
     import activestorage.backends.fetch as fetch
 
-    monkeypatch.setattr(fetch, "BODY_PIECE", 64 * 1024)
+    monkeypatch.setattr(fetch, "STREAM_PIECE", 64 * 1024)
     a, raw, req = _big_deflated_chunk(store)
     assert len(raw) > 0.8 * a.nbytes
     with FetchBackend(env={}) as b:
@@ -295,7 +295,7 @@ def test_deflated_bodies_are_inflated_as_they_arrive(store, monkeypatch):
 def test_a_body_cut_while_inflating_is_read_again(store, monkeypatch):
     import activestorage.backends.fetch as fetch
 
-    monkeypatch.setattr(fetch, "BODY_PIECE", 64 * 1024)
+    monkeypatch.setattr(fetch, "STREAM_PIECE", 64 * 1024)
     _a, raw, req = _big_deflated_chunk(store)
     want = reduce_chunk(raw, req, "max").values
     store.cut_once = 2  # half the body, then the connection closes: the inflater was mid-way
