@@ -311,6 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("PyActiveStorage not run (--no-peer): x peer ratios are blank")
 
     datasets, oracle = prepare(args)
+    peer_python, peer_version = None, None
+    if any(m in peer.METHODS for m in methods):
+        peer_python, peer_version = peer.ensure_venv(args.data_dir)
+        if not peer_version.startswith("0.8"):
+            notes.append(f"pyactivestorage 0.8 unavailable; measured {peer_version}")
+    print(f"datasets ready in {time.perf_counter() - t_start:.1f}s; methods: {', '.join(methods)}",
+          flush=True)
+
+    # Read back and locked right before the methods run (the peer's venv can take minutes to
+    # make, and the OS may evict the files meanwhile).
     files = [Path(d["path"]) for d in datasets]
     if args.page_cache == "read":
         t0 = time.perf_counter()
@@ -320,14 +330,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             notes.append("page cache: left as it was (this OS cannot drop files from it)")
     pinned = pagecache.Pinned(files if args.page_cache == "read" else [])
-    peer_python, peer_version = None, None
-    if any(m in peer.METHODS for m in methods):
-        peer_python, peer_version = peer.ensure_venv(args.data_dir)
-        if not peer_version.startswith("0.8"):
-            notes.append(f"pyactivestorage 0.8 unavailable; measured {peer_version}")
-    print(f"datasets ready in {time.perf_counter() - t_start:.1f}s; methods: {', '.join(methods)}",
-          flush=True)
-
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="activestorage-bench-") as tmp, pinned:
         if pinned.pinned:
