@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-# Imported here, not lazily, so the worker's RSS baseline includes every library the backends use.
+# Imported here, not lazily, so the worker's RSS baseline includes every library the backends use
+# (and that opening a remote file uses: fsspec's HTTP filesystem with aiohttp, or s3fs; ~10 MiB).
 import activestorage.backends.fetch  # noqa: F401
 import activestorage.backends.server  # noqa: F401
 import botocore.session  # noqa: F401
+import fsspec.implementations.http  # noqa: F401
 import h5py  # noqa: F401  (the netCDF-4/HDF5 reader opens files with it)
 import requests  # noqa: F401
+import s3fs  # noqa: F401
 from activestorage import Active
 
 from . import data

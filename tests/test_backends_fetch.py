@@ -3,6 +3,7 @@ fakes; moto S3 and nginx are in tests/integration/test_remote_backends.py)."""
 
 from __future__ import annotations
 
+import gzip
 import threading
 import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activestorage.backends.fetch import BODY_PIECE, FetchBackend, _read_body, coalesce
+from activestorage.backends.fetch import (BODY_PIECE, FetchBackend, _Body, _read_body,
+                                         coalesce)
 from activestorage.errors import ObjectChangedError, StorageError
 from activestorage.kernel import reduce_chunk
 from activestorage.request import make_request
@@ -85,7 +87,9 @@ class FakeStore:
         self.truncate = False
         self.cut_once = 0
         self.fail_first: list[int] = []
+        self.gzip_encoding = False
         self.gets = 0
+        self.connections = 0
         store = self
 
         class H(BaseHTTPRequestHandler):
@@ -93,6 +97,10 @@ class FakeStore:
 
             def log_message(self, *a: object) -> None:
                 pass
+
+            def setup(self) -> None:
+                store.connections += 1
+                super().setup()
 
             def _send(self, code: int, body: bytes = b"", **headers: str) -> None:
                 self.send_response(code)
@@ -123,6 +131,9 @@ class FakeStore:
                 body = blob[a:b + 1]
                 if store.truncate:
                     body = body[:-1]
+                if store.gzip_encoding:  # the range, compressed for the trip
+                    self._send(206, gzip.compress(body), Content_Encoding="gzip")
+                    return
                 if store.cut_once:  # promise the full length, send half, hang up
                     store.cut_once -= 1
                     self.send_response(206)
@@ -221,9 +232,10 @@ def test_http_body_cut_short_is_retried(store, tmp_path):
     assert ei.value.status == 502 and store.url in str(ei.value)
 
 
-def test_bodies_are_read_a_piece_at_a_time_into_one_buffer():
-    """A range body lands in one buffer, read in pieces: never held twice, as one large read
-    (the HTTP client's buffer plus its bytes copy) would; a body that ends early is short."""
+def test_bodies_the_client_must_hand_over_are_read_a_piece_at_a_time_into_one_buffer():
+    """A body read through the HTTP client's ``read`` lands in one buffer, a piece at a time:
+    never held twice, as one large read (the client's buffer plus its bytes copy) would; a body
+    that ends early is short."""
     body = bytes(range(256)) * (12 * 2**20 // 256)  # 12 MiB
     asked = []
 
@@ -240,15 +252,48 @@ def test_bodies_are_read_a_piece_at_a_time_into_one_buffer():
 
     tracemalloc.start()
     try:
-        got = _read_body(reader(body), len(body))
+        got = _read_body(_Body(reader(body), len(body)))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert bytes(got) == body and max(asked) <= BODY_PIECE
     assert asked[-1] == 1  # one byte past the range: the client checks the declared length
     assert peak < len(body) + 3 * BODY_PIECE, peak
-    short = _read_body(reader(body[:1000]), 5000)
+    short = _read_body(_Body(reader(body[:1000]), 5000))
     assert bytes(short) == body[:1000]
+
+
+def test_bodies_are_read_from_the_socket_into_their_buffer_on_one_connection(store):
+    """An HTTP body sent as is goes from the socket straight into the buffer it ends up in (no
+    piece is allocated on the way), and the connection is reused for the next GET."""
+    body = bytes(range(256)) * (12 * 2**20 // 256)  # 12 MiB
+    store.objects["/big"] = body
+    url = store.url + "/big"
+    with FetchBackend(env={}) as b:
+        assert bytes(b.read_range(url, 5, 105)) == body[5:105]  # warm: session, connection
+        tracemalloc.start()
+        try:
+            got = b.read_range(url, 0, len(body))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert bytes(got) == body
+        del got
+        assert peak < len(body) + BODY_PIECE // 2, peak  # the client's reads held 2 pieces more
+        for a in (0, 3 * 2**20, len(body) - 10):
+            assert bytes(b.read_range(url, a, a + 10)) == body[a:a + 10]
+    assert store.connections == 1 and store.gets == 5
+
+
+def test_a_body_sent_compressed_is_handed_over_decoded_by_the_client(store, tmp_path):
+    """Content-Encoding is the HTTP client's to undo: such bodies are not read from the socket."""
+    blob, reqs = _http_reqs(store, tmp_path)
+    store.gzip_encoding = True
+    with FetchBackend(env={}) as b:
+        assert bytes(b.read_range(reqs[0].url, 7, len(blob) - 3)) == blob[7:-3]
+        parts = b.reduce_chunks(reqs, "sum")
+    for r, p in zip(reqs, parts):
+        assert p.values == reduce_chunk(blob[r.offset:r.offset + r.size], r, "sum").values
 
 
 def test_large_chunks_get_a_fold_block_each():

@@ -11,6 +11,8 @@ small chunks stored back to back are then reduced stacked, as the POSIX backend 
 A deflated chunk alone in its GET (chunks of 1 MiB or more always are) is inflated as its body
 arrives, a piece at a time (:class:`kernel.StoredPieces`), so a thread holds one piece and the
 decoded chunk, not the compressed chunk as well; a body cut short is read again from the start.
+Bodies sent as is are read from the socket straight into the buffer they end up in
+(:class:`_Body`), not through the HTTP client's ``read``, which allocates and copies every piece.
 
 Pinned locators (``etag``/``version_id``) are honoured: S3 gets ``IfMatch``/``VersionId``, HTTP an
 ``If-Match`` header, and a 412 or a differing ETag raises :class:`ObjectChangedError`.
@@ -19,6 +21,7 @@ Pinned locators (``etag``/``version_id``) are honoured: S3 gets ``IfMatch``/``Ve
 from __future__ import annotations
 
 import functools
+import http.client
 import io
 import logging
 import os
@@ -170,10 +173,10 @@ class FetchBackend(InProcessBackend):
         """The bytes ``[start, end)`` of ``url`` (a bytes-like object); raises StorageError
         naming the object.
 
-        With ``consume`` (S3 and HTTP only) the body is not collected: ``consume(read, n)`` is
-        called while the response is open, with the body's ``read`` and its length, and its
-        result returned. It must check the length itself (:class:`_BodyPieces` does); a body
-        failing part-way raises ``_Transient`` out of ``read`` and the range is read again.
+        With ``consume`` (S3 and HTTP only) the body is not collected: ``consume(body)`` is
+        called with the open :class:`_Body` and its result returned. It must check the length
+        itself (:class:`_BodyPieces` does); a body failing part-way raises ``_Transient`` out of
+        ``body.readinto`` and the range is read again.
         """
         if end <= start and consume is None:
             return b""
@@ -248,14 +251,18 @@ class FetchBackend(InProcessBackend):
                 raise ObjectChangedError(f"object changed since manifest was written: {url}",
                                          status=409, store=url)
 
+            def cut(exc: BaseException) -> Exception:  # reset/cut body: urllib3 or botocore
+                return _Transient(f"reading {url}: body cut short: {exc}", status=502,
+                                  store=url, causes=[f"{type(exc).__name__}: {exc}"])
+
             def read(k: int) -> bytes:
                 try:
                     return body.read(k)
-                except Exception as exc:  # noqa: BLE001 - reset/cut body: urllib3 or botocore
-                    raise _Transient(f"reading {url}: body cut short: {exc}", status=502,
-                                     store=url, causes=[f"{type(exc).__name__}: {exc}"]) from exc
+                except Exception as exc:  # noqa: BLE001
+                    raise cut(exc) from exc
             try:
-                data = (consume or _read_body)(read, end - start)
+                got_body = _Body(read, end - start, getattr(body, "_raw_stream", None), cut)
+                data = (consume or _read_body)(got_body)
             finally:
                 body.close()
         except ClientError as exc:
@@ -291,11 +298,13 @@ class FetchBackend(InProcessBackend):
                                              status=409, store=url)
                 try:
                     if resp.status_code == 206:
-                        return (consume or _read_body)(
-                            functools.partial(resp.raw.read, decode_content=True), end - start)
+                        return (consume or _read_body)(_Body(
+                            functools.partial(resp.raw.read, decode_content=True), end - start,
+                            resp.raw, functools.partial(_http_body_error, url, self.timeout)))
                     # 200: the server ignored Range; read (bounded) up to the end of our range.
                     data = resp.raw.read(end, decode_content=True)[start:end]
-                    return data if consume is None else consume(io.BytesIO(data).read, end - start)
+                    return data if consume is None else consume(
+                        _Body(io.BytesIO(data).read, end - start))
                 except urllib3.exceptions.ReadTimeoutError as exc:
                     raise StorageError(f"reading {url} timed out after {self.timeout}s",
                                        status=504, store=url, causes=[str(exc)]) from exc
@@ -331,10 +340,10 @@ class FetchBackend(InProcessBackend):
                     and url_kind(g.url) != "file" and streams(requests[g.members[0]]):
                 req = requests[g.members[0]]
 
-                def inflate(read: Callable[[int], bytes], n: int) -> Partial:
-                    body = _BodyPieces(read, n, g.url, g.start)
-                    partial = reduce_chunk(body, req, operation)
-                    body.finish()  # so the whole body is checked, however soon inflating ended
+                def inflate(body: _Body) -> Partial:
+                    pieces = _BodyPieces(body, g.url, g.start)
+                    partial = reduce_chunk(pieces, req, operation)
+                    pieces.finish()  # so the whole body is checked, however soon inflating ended
                     return partial
                 out[g.members[0]] = self.read_range(g.url, g.start, g.end, etag=g.etag,
                                                     version_id=g.version_id, consume=inflate)
@@ -396,43 +405,115 @@ def _short(url: str, start: int, end: int, got: int) -> _Transient:
                       store=url)
 
 
-#: ``consume(read, n)``: does something with a response body of ``n`` bytes while it is open
-Consumer = Callable[[Callable[[int], bytes], int], Any]
+#: ``consume(body)``: does something with a response body while it is open
+Consumer = Callable[["_Body"], Any]
 
 
-#: response bodies are read this many bytes at a time into the buffer they end up in. The HTTP
-#: client holds each piece about twice (what it read and the copy it returns): with 8 threads,
-#: 1 MiB pieces hold 8 MiB more than these, and 256 KiB ones take ~30 % longer over loopback.
+#: bodies the HTTP client must hand over itself (decoded, or with no socket reader to reach) are
+#: read this many bytes at a time into the buffer they end up in: the client holds each piece
+#: about twice (what it read and the copy it returns), so smaller pieces hold less; 256 KiB ones
+#: took ~30 % longer over loopback.
 BODY_PIECE = 512 * 1024
 #: deflated bodies are handed to the inflater this many bytes at a time (inflating, not reading,
 #: sets the pace there)
 STREAM_PIECE = 256 * 1024
 
 
-def _read_body(read: Callable[[int], bytes], n: int) -> Any:
-    """Up to ``n`` bytes from ``read`` (a response body's), copied a piece at a time into one
-    buffer: reading all ``n`` at once would hold them twice (the HTTP client's buffer and its
-    ``bytes`` copy). A body that ends early gives fewer bytes, never more. One byte more is asked
-    for at the end, so the client checks the body against its declared length (a body cut
-    short of a longer Content-Length raises there, as it would reading it whole)."""
+def _socket_reader(raw: Any) -> http.client.HTTPResponse | None:
+    """The ``http.client`` response under a urllib3 one (``requests``' ``resp.raw``, botocore's
+    ``Body._raw_stream``) when its body arrives as sent (no Content-Encoding to undo) and none
+    of it has been read yet; else None."""
+    fp = getattr(raw, "_fp", None)
+    headers = getattr(raw, "headers", None)
+    if not isinstance(fp, http.client.HTTPResponse) or headers is None or fp.isclosed():
+        return None
+    if headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+        return None
+    if getattr(raw, "_fp_bytes_read", 1) != 0 or len(getattr(raw, "_decoded_buffer", ())):
+        return None
+    return fp
+
+
+def _http_body_error(url: str, timeout: float, exc: BaseException) -> Exception:
+    """What a failure reading an HTTP body straight from its socket becomes: a stall is the
+    store's timeout (504), anything else a body cut short (read again)."""
+    if isinstance(exc, TimeoutError):
+        return StorageError(f"reading {url} timed out after {timeout}s", status=504, store=url,
+                            causes=[str(exc)])
+    return _Transient(f"reading {url}: body cut short: {exc}", status=502, store=url,
+                      causes=[f"{type(exc).__name__}: {exc}"])
+
+
+class _Body:
+    """An open response body; ``n`` is the length of the range asked for.
+
+    :meth:`readinto` fills the caller's buffer. Where the body arrives as sent and the HTTP
+    client's ``http.client`` response can be reached (:func:`_socket_reader`), it is read
+    straight from the socket into that buffer: the client's own ``read`` allocates every piece
+    and copies it (twice on Python 3.11), which with 8 threads held megabytes more. ``error``
+    turns a failure of such a read into the caller's exception; errors of ``read`` are the
+    caller's already.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], n: int, raw: Any = None,
+                 error: Callable[[BaseException], Exception] | None = None) -> None:
+        self.n = n
+        self._read = read
+        self._raw = raw
+        self._fp = _socket_reader(raw) if error is not None else None
+        self._error = error
+
+    def readinto(self, mv: memoryview) -> int:
+        """Up to ``len(mv)`` bytes into ``mv``; 0 once the body has ended."""
+        if self._fp is None:
+            piece = self._read(min(len(mv), BODY_PIECE))
+            mv[:len(piece)] = piece
+            return len(piece)
+        try:
+            return self._fp.readinto(mv)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise self._error(exc) from exc  # type: ignore[misc]
+
+    def finish(self) -> None:
+        """Call once the range has been read: one byte more is asked for, so a body cut short
+        of a longer declared length is an error, as reading it whole would make it (anything
+        past the range is ignored); a body read from its socket to its end gives its
+        connection back for reuse, as the client's own reads do."""
+        if self._fp is None:
+            self._read(1)
+            return
+        fp = self._fp
+        if not fp.isclosed() and not self.readinto(memoryview(bytearray(1))) and fp.length:
+            raise self._error(http.client.IncompleteRead(b"", fp.length))  # type: ignore[misc]
+        if fp.isclosed():
+            release = getattr(self._raw, "release_conn", None)
+            if release is not None:
+                release()
+
+
+def _read_body(body: _Body) -> Any:
+    """The range's bytes, read into one buffer: a body that ends early gives fewer bytes, never
+    more; the body is then checked against its declared length (:meth:`_Body.finish`)."""
+    n = body.n
     buf = bytearray(n)
     mv, pos = memoryview(buf), 0
     while pos < n:
-        piece = read(min(BODY_PIECE, n - pos))
-        if not piece:
+        got = body.readinto(mv[pos:])
+        if not got:
             return mv[:pos]
-        mv[pos:pos + len(piece)] = piece
-        pos += len(piece)
-    read(1)  # anything past the range is ignored, as before
+        pos += got
+    body.finish()
     return buf
 
 
 class _BodyPieces(StoredPieces):
-    """A range body handed to the inflater a piece at a time, as it arrives; one that ends
-    early raises ``_Transient`` (the range is read again), as a short whole read does."""
+    """A range body handed to the inflater a piece at a time, as it arrives, each read into the
+    same buffer; one that ends early raises ``_Transient`` (the range is read again), as a
+    short whole read does."""
 
-    def __init__(self, read: Callable[[int], bytes], n: int, url: str, start: int) -> None:
-        self._read, self._n, self._url, self._start = read, n, url, start
+    def __init__(self, body: _Body, url: str, start: int) -> None:
+        self._body, self._n, self._url, self._start = body, body.n, url, start
+        self._buf = memoryview(bytearray(min(STREAM_PIECE, body.n)))
         self._pos = 0
         self._checked = False
 
@@ -440,12 +521,12 @@ class _BodyPieces(StoredPieces):
     def nbytes(self) -> int:
         return self._n
 
-    def _next(self) -> bytes:
-        piece = self._read(min(STREAM_PIECE, self._n - self._pos))
-        if not piece:
+    def _next(self) -> memoryview:
+        got = self._body.readinto(self._buf[:self._n - self._pos])
+        if not got:
             raise _short(self._url, self._start, self._start + self._n, self._pos)
-        self._pos += len(piece)
-        return piece
+        self._pos += got
+        return self._buf[:got]
 
     def pieces(self) -> Iterator[Any]:
         while self._pos < self._n:
@@ -454,14 +535,13 @@ class _BodyPieces(StoredPieces):
 
     def finish(self) -> None:
         """Read what the consumer left of the body (nothing, unless its stream ended early)
-        and one byte more, so the client checks the body against its declared length: a body
-        that does not match it is an error, as when a body is read whole."""
+        and check it against its declared length, as when a body is read whole."""
         if self._checked:
             return
         while self._pos < self._n:
             self._next()
         self._checked = True
-        self._read(1)
+        self._body.finish()
 
 
 def _quote_etag(etag: str) -> str:
