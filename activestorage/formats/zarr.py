@@ -463,7 +463,8 @@ def _zarr_store(fs: Any, root: str, prefix: str) -> Any:
         return zarr.storage.LocalStore(root, read_only=True)
     from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
-    return zarr.storage.FsspecStore(AsyncFileSystemWrapper(fs), path=root, read_only=True)
+    return zarr.storage.FsspecStore(AsyncFileSystemWrapper(fs, asynchronous=True), path=root,
+                                    read_only=True)
 
 
 def _open_node(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, Any, str, str]:
