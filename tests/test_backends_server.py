@@ -373,12 +373,34 @@ def test_error_body_decoded(fake):
                        "count": [1], "byte_order": "little"}), {"content-type": "application/cbor"}),
     (200, cbor2.dumps({"bytes": b"\0" * 4, "dtype": "nonsense", "shape": [],
                        "count": [1], "byte_order": "little"}), {"content-type": "application/cbor"}),
-])
+] + [(200, cbor2.dumps({"bytes": b"\0" * 4, "dtype": "float32", "shape": [], "count": count,
+                        "byte_order": "little"}), {"content-type": "application/cbor"})
+     for count in ([True], [1.5], [2**70], [1, 2], ["1"], None)])
 def test_malformed_response_is_typed(fake, resp):
     req = _req(fake)
     fake.script.append(resp)
     with backend(fake) as b, pytest.raises(ServerError, match="malformed|answered"):
         b.reduce_chunk(req, "max")
+
+
+def test_axis_counts_are_checked_and_kept_as_one_number_when_uniform():
+    """An axis reduction's answer has a count per result value: uniform ones become a broadcast
+    of one number (as the kernel gives, so the client tallies them instead of adding arrays)."""
+    from activestorage.backends.server import decode_v2
+
+    req = make_request("<f4", (4, 30, 20), axis=(0,))
+    values = np.arange(600, dtype=np.float32).reshape(30, 20)
+    payload = {"bytes": values.tobytes(), "dtype": "float32", "shape": [30, 20],
+               "count": [4] * 600, "byte_order": "little"}
+    p = decode_v2(payload, req, "max", "u")
+    assert p.counts.shape == (1, 30, 20) and not any(p.counts.strides)
+    assert (p.counts == 4).all() and (p.values[0] == values).all()
+    varied = list(range(600))
+    p = decode_v2({**payload, "count": varied}, req, "max", "u")
+    assert p.counts.dtype == np.int64 and p.counts.reshape(-1).tolist() == varied
+    for bad in ([4] * 599, [4] * 599 + [True], [4] * 599 + [4.0]):
+        with pytest.raises(ServerError, match="malformed"):
+            decode_v2({**payload, "count": bad}, req, "max", "u")
 
 
 def test_server_down_fails_fast():

@@ -271,25 +271,37 @@ def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count
     if operation == "select":
         bad = missing_mask(values, req.missing)
         counts = np.ones(keep_shape, np.int64) if bad is None else (~bad).astype(np.int64)
-        total = [] if count is None or count == [] else _as_count_list(count, url)
+        total = (np.zeros(0, np.int64) if count is None or count == []
+                 else _as_counts(count, url))
         if len(total) == 1 and int(total[0]) != int(counts.sum()):
             log.warning("server %s counted %s non-missing selected elements, client %s",
                         url, total[0], int(counts.sum()))
         elif len(total) == n and n != 1:
-            counts = np.asarray(total, np.int64).reshape(keep_shape)
+            counts = total.reshape(keep_shape)
         return Partial(values, counts)
-    counts_list = _as_count_list(count, url)
-    if len(counts_list) != n:
-        raise _malformed(url, f"{len(counts_list)} counts for {n} result values")
-    return Partial(values, np.asarray(counts_list, np.int64).reshape(keep_shape))
+    counts = _as_counts(count, url)
+    if len(counts) != n:
+        raise _malformed(url, f"{len(counts)} counts for {n} result values")
+    if n > 1 and counts.min() == counts.max():  # nothing missing: one number, as the kernel's
+        return Partial(values, np.broadcast_to(counts[:1].reshape((1,) * len(keep_shape)),
+                                               keep_shape))
+    return Partial(values, counts.reshape(keep_shape))
 
 
-def _as_count_list(count: Any, url: str) -> list[int]:
+def _as_counts(count: Any, url: str) -> np.ndarray:
+    """A response's count (an integer, or a list of them: one per result value) as int64.
+
+    Axis reductions bring one count per result value (64,800 for a 180 x 360 mean): the list is
+    checked and converted in C, which took ~20 ms a response element by element."""
     if isinstance(count, (int, np.integer)) and not isinstance(count, bool):
-        return [int(count)]
+        count = [int(count)]
     if isinstance(count, (list, tuple)) and all(
-            isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in count):
-        return [int(c) for c in count]
+            issubclass(k, (int, np.integer)) and not issubclass(k, bool)
+            for k in set(map(type, count))):
+        try:
+            return np.fromiter(count, np.int64, len(count))
+        except OverflowError:
+            pass
     raise _malformed(url, f"count {str(count)[:100]!r}")
 
 
