@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from activestorage import Active, ActiveStorageError, FormatError, SelectionError, VariableNotFoundError
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "netcdf"
+SHARED = Path(__file__).resolve().parent / "data"  # real climate files (tests/data/README.md)
 DTYPES = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"]
 OPS = ["mean", "min", "max", "sum", "count"]
 
@@ -324,7 +324,6 @@ REAL = [("CMIP6_IPSL-CM6A-LR_tas.nc", "tas"), ("cesm2_native.nc", "TREFHT"),
         ("daily_data.nc", "ta"), ("daily_data_masked.nc", "ta")]
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/netcdf (real climate files) is absent")
 @pytest.mark.parametrize("name,var", REAL)
 def test_real_files(name, var):
     path = SHARED / name

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from activestorage.cli import UsageError, main, parse_axis, parse_selection
 from activestorage.demo import make_sample
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "netcdf"
+DATA = Path(__file__).resolve().parent / "data"  # real climate files (tests/data/README.md)
 
 
 def run(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -173,12 +173,9 @@ def test_info_reports_layout(sample):
     assert text.returncode == 0 and "shuffle + zlib" in text.stdout and "without active storage" in text.stdout
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared real netCDF files not present at ../shared/data/netcdf")
 @pytest.mark.parametrize("name", ["CMIP6_IPSL-CM6A-LR_tas.nc", "cesm2_native.nc", "daily_data_masked.nc"])
 def test_info_and_reduce_on_real_files(name):
     path = DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} not present")
     r = run("info", str(path), "--json")
     assert r.returncode == 0, r.stderr
     variables = json.loads(r.stdout)["variables"]

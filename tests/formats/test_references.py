@@ -22,7 +22,7 @@ from activestorage.manifest_cli import manifest_main
 from activestorage.formats.references import (concatenate, list_variables,
                                               open_references, write_manifest)
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "netcdf"
+SHARED = Path(__file__).resolve().parents[1] / "data"  # real climate files (tests/data/README.md)
 
 
 def nc4(path, data, *, name="tas", zlib=True, chunks=None, fill=None, dims=("time", "lat", "lon"),
@@ -90,7 +90,6 @@ def test_round_trip_netcdf4_netcdf3_zarr(tmp_path):
         assert all(Path(obj["url"]).is_absolute() for obj in doc["variables"][name]["objects"])
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared climate files not present at ../shared")
 def test_round_trip_real_climate_file_through_active(tmp_path):
     from activestorage import Active
 

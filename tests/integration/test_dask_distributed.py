@@ -26,7 +26,7 @@ from servers import S3_KEY, S3_SECRET, start_active_server
 distributed = pytest.importorskip("distributed", reason="dask.distributed is in the dask extra")
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "netcdf"
+SHARED = Path(__file__).resolve().parents[1] / "data"  # real climate files (tests/data/README.md)
 REAL = {"CMIP6_IPSL-CM6A-LR_tas.nc": "tas", "daily_data_masked.nc": "ta"}
 OPS = ("mean", "min", "max", "sum", "count")
 BUCKET = "dask-tests"
@@ -103,8 +103,6 @@ def test_multifile_on_two_worker_processes(client, multifile):
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_files(client, name):
     path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"shared test data {path} is not present on this machine")
     var = REAL[name]
     with netCDF4.Dataset(path) as ds:
         x = ds[var][...]

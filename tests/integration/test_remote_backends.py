@@ -31,7 +31,7 @@ from activestorage.storage import open_url
 
 pytestmark = pytest.mark.integration
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "netcdf"
+SHARED = Path(__file__).resolve().parents[1] / "data"  # real climate files (tests/data/README.md)
 SHARED_VARS = {"CMIP6_IPSL-CM6A-LR_tas.nc": "tas", "cesm2_native.nc": "TREFHT",
                "daily_data.nc": "ta", "daily_data_masked.nc": "ta"}
 BUCKET = "remote-tests"
@@ -142,8 +142,7 @@ def files(workdir):
     gen = workdir / "gen"
     gen.mkdir()
     out = {n: (gen / n, v) for n, v in write_generated(gen).items()}
-    if SHARED.is_dir():
-        out.update({n: (SHARED / n, v) for n, v in SHARED_VARS.items() if (SHARED / n).exists()})
+    out.update({n: (SHARED / n, v) for n, v in SHARED_VARS.items()})
     return out
 
 
