@@ -535,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SelectionError as exc:  # an index that does not fit the data: the command line is wrong
         if debug:
             traceback.print_exc()
-        print(f"activestorage {args.command}: error: {_error_line(exc)}", file=sys.stderr)
+        print(f"activestorage {args.command}: error: {_error_line(exc)} "
+              f"(see 'activestorage {args.command} --help')", file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
         print(f"activestorage {args.command}: error: {exc} "

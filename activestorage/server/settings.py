@@ -126,7 +126,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     a("--tls-cert", default=_env(env, "tls_cert", d.tls_cert), metavar="PEM",
       help="serve HTTPS with this certificate (with --tls-key; default: plain HTTP)")
     a("--tls-key", default=_env(env, "tls_key", d.tls_key), metavar="PEM",
-      help="private key of --tls-cert")
+      help="private key of --tls-cert (default: none)")
     a("--log-level", default=_env(env, "log_level", d.log_level),
       choices=["critical", "error", "warning", "info", "debug"], help="least severe level logged")
     a("--no-access-log", action="store_true",
