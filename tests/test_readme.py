@@ -171,3 +171,15 @@ def test_notebook_s3_part_runs_as_written_against_the_demo(tmp_path):
     moved, without = map(int, re.findall(r"\d+", lines[1]))
     assert 0 < moved < without / 10, "the server moved far fewer bytes than the chunks hold"
     assert proc.returncode == 130, "".join(seen) + proc.stdout.read()
+
+
+def test_docs_extra_installs_what_the_readme_runs():
+    """The README says to run mkdocs: an extra must install it, and the README must name it."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.match(r"mkdocs\b", d) for d in extras["docs"])
+    assert any(re.match(r"mkdocs\b", d) or "[docs" in d or ",docs" in d for d in extras["test"]), \
+        "the test extra must bring mkdocs too (tests/test_docs.py builds the site)"
+    text = README.read_text()
+    assert "mkdocs build --strict" in text and 'pip install -e ".[docs]"' in text
