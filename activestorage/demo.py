@@ -205,6 +205,22 @@ def start_reduction_server(logdir: Path, port: int | None = None) -> Child:
     return start_child("reduction-server", argv, f"http://127.0.0.1:{port}", "/healthz", logdir)
 
 
+def start_on_port(start: Callable[[Path, int], Child], logdir: Path, wanted: int | None,
+                  what: str) -> Child:
+    """``start(logdir, port)`` on ``wanted`` if free, else on a free port (announced); if another
+    process takes ``wanted`` between the check and the child's bind, once more on a free port."""
+    port = pick_port(wanted, what)
+    try:
+        return start(logdir, port)
+    except RuntimeError:
+        if not wanted or port != wanted:
+            raise
+    port = free_port()
+    print(f"Port {wanted} on 127.0.0.1 was taken while {what} started; it uses port {port} instead "
+          f"(use http://127.0.0.1:{port} where the README says :{wanted})", flush=True)
+    return start(logdir, port)
+
+
 def upload(path: Path, endpoint: str) -> None:
     import boto3
 
@@ -442,13 +458,13 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
         if importlib.util.find_spec("moto") is None or importlib.util.find_spec("boto3") is None:
             notes.append("S3 backends skipped: moto is not installed (pip install -e '.[demo]')")
         else:
-            moto = start_moto(root, pick_port(ports[0], "S3 (moto)"))
+            moto = start_on_port(start_moto, root, ports[0], "S3 (moto)")
             children.append(moto)
             upload(path, moto.url)
             print(f"Local S3 (moto) at {moto.url}: uploaded {s3_url}")
     if "server" in wanted and moto is not None:
         try:
-            server = start_reduction_server(root, pick_port(ports[1], "the reduction server"))
+            server = start_on_port(start_reduction_server, root, ports[1], "the reduction server")
             children.append(server)
             print(f"Reduction server at {server.url} (may fetch from loopback only)")
         except RuntimeError as exc:

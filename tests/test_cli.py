@@ -182,6 +182,25 @@ def test_demo_port_falls_back_when_taken(capsys):
     assert pick_port(got, "S3 (moto)") == got and capsys.readouterr().out == ""
 
 
+def test_demo_port_taken_while_starting_is_retried_once(tmp_path, capsys):
+    """Two demos may both find 9000 free; the one whose child then fails to bind moves on."""
+    from activestorage.demo import free_port, start_on_port
+
+    wanted, calls = free_port(), []
+
+    def start(logdir, port):  # the child's bind failing, as start_child reports it
+        calls.append(port)
+        if port == wanted:
+            raise RuntimeError("moto exited with code 1 while starting: Address already in use")
+        return port
+
+    got = start_on_port(start, tmp_path, wanted, "S3 (moto)")
+    assert calls == [wanted, got] and got != wanted
+    assert f"was taken while S3 (moto) started; it uses port {got} instead" in capsys.readouterr().out
+    with pytest.raises(RuntimeError):  # any free port was asked for: nothing to fall back from
+        start_on_port(lambda d, p: (_ for _ in ()).throw(RuntimeError("boom")), tmp_path, 0, "x")
+
+
 def test_version_and_console_script():
     r = run("--version")
     assert r.returncode == 0 and re.match(r"activestorage \d", r.stdout)
@@ -339,7 +358,8 @@ def _parts_present() -> dict[str, bool]:
 @pytest.mark.integration
 def test_demo_end_to_end(tmp_path):
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "8"],
+    proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "8",
+                             "--s3-port", "0", "--server-port", "0"],  # the README test uses 9000
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=55)
@@ -389,7 +409,8 @@ def test_demo_keep_running_stops_children_on_signal(tmp_path, sig):
     with_server = sig == signal.SIGINT and _parts_present()["server"]
     backends = "posix,fetch,server" if with_server else "posix,fetch"
     proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "1",
-                             "--backends", backends, "--keep-running", "--workdir", str(work)],
+                             "--backends", backends, "--keep-running", "--workdir", str(work),
+                             "--s3-port", "0", "--server-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, pids = [], []
     try:
