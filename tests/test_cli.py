@@ -265,6 +265,23 @@ def test_info_and_reduce_on_real_files(name):
     assert json.loads(r.stdout)["result"] == pytest.approx(float(want), rel=1e-6)
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared real netCDF files not present at ../shared/data/netcdf")
+def test_real_files_without_a_variable_name():
+    """CMIP6 tas (with bounds and a scalar height coordinate) is its one data variable; the CESM2
+    history file has many, and the error lists them."""
+    from activestorage import Active
+    from activestorage.errors import VariableNotFoundError
+
+    path = DATA / "CMIP6_IPSL-CM6A-LR_tas.nc"
+    with netCDF4.Dataset(path) as ds:
+        want = ds["tas"][0:2].astype(np.float64).mean()
+    with Active(str(path)) as a:
+        assert a.variable.name == "tas"
+        assert float(a.mean[0:2]) == pytest.approx(float(want), rel=1e-6)
+    with pytest.raises(VariableNotFoundError, match=r"data variables: TREFHT, .*gw"):
+        Active(str(DATA / "cesm2_native.nc"))
+
+
 BAD = [
     (["reduce", "{s}", "tos", "--op", "mean", "--sel", "0:a"], 2, "'0:a'"),
     (["reduce", "{s}", "tos", "--op", "median"], 2, "invalid choice: 'median'"),
