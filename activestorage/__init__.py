@@ -1,13 +1,14 @@
 """activestorage: reductions over chunked scientific arrays where the data lives."""
 
-from .errors import (ActiveStorageError, DecodeError, FormatError, ObjectChangedError,
-                     RequestValidationError, SelectionError, ServerError, StorageError,
-                     UnsupportedError, VariableNotFoundError)
+from .errors import (ActiveStorageError, DecodeError, FormatError, MissingDependencyError,
+                     ObjectChangedError, RequestValidationError, SelectionError, ServerError,
+                     StorageError, UnsupportedError, VariableNotFoundError)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Active", "ActiveStorageError", "DecodeError", "FormatError", "ObjectChangedError",
+    "Active", "ActiveStorageError", "DecodeError", "FormatError", "MissingDependencyError",
+    "ObjectChangedError",
     "RequestValidationError", "SelectionError", "ServerError", "StorageError",
     "UnsupportedError", "VariableNotFoundError", "__version__",
 ]

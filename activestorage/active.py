@@ -121,7 +121,8 @@ class Active:
         A path (``str``/``pathlib.Path``), an ``s3://``/``https://`` URL, a manifest, or an open
         h5py/h5netcdf/netCDF4 variable.
     ncvar:
-        The variable's name (optional when ``dataset`` is a variable object).
+        The variable's name. Optional when ``dataset`` is a variable object, a Zarr array store or
+        holds exactly one data variable (not counting coordinates, bounds and other CF auxiliaries).
     axis:
         Default axes for reductions (axes of the selected array, as NumPy counts them).
     max_threads:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import __version__
+from .argparsing import OneLineErrorParser
 from .errors import SelectionError
 
 log = logging.getLogger(__name__)
@@ -414,19 +415,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"wrote {path} ({human_bytes(os.path.getsize(path))}); try: activestorage info {path}")
         return EXIT_OK
     return run_demo(size_mb=args.size_mb, keep_running=args.keep_running, workdir=args.workdir,
-                    backends=args.backends)
+                    backends=args.backends, s3_port=args.s3_port, server_port=args.server_port)
 
 
 # ------------------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    from .demo import DEFAULT_S3_PORT, DEFAULT_SERVER_PORT  # demo.py imports only NumPy
+
+    common = OneLineErrorParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks and debug logging")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log progress (INFO)")
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="activestorage", parents=[common],
         description="Reductions over chunked netCDF-4/HDF5 data where the data lives.",
         epilog="Exit codes: 0 success, 1 the command failed, 2 bad command line. "
@@ -449,7 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-mb", type=float, default=128.0,
                    help="decoded size of the sample variable in MiB (default 128)")
     p.add_argument("--keep-running", action="store_true",
-                   help="leave the servers up (until Ctrl-C) and print how to use them")
+                   help="leave the servers up (until Ctrl-C); their URLs and a notebook snippet "
+                        "are printed as soon as they are up, before the comparisons")
+    p.add_argument("--s3-port", type=int, default=DEFAULT_S3_PORT, metavar="PORT",
+                   help=f"port of the local S3 server on 127.0.0.1 (default {DEFAULT_S3_PORT}, as "
+                        f"in the README; a free port, announced, if taken; 0: any free port)")
+    p.add_argument("--server-port", type=int, default=DEFAULT_SERVER_PORT, metavar="PORT",
+                   help=f"port of the reduction server on 127.0.0.1 (default {DEFAULT_SERVER_PORT}"
+                        f", as in the README; a free port, announced, if taken; 0: any free port)")
     p.add_argument("--workdir", metavar="DIR",
                    help="directory for the sample data (default: a temporary directory, removed)")
     p.add_argument("--backends", default="posix,fetch,server",
@@ -525,11 +535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SelectionError as exc:  # an index that does not fit the data: the command line is wrong
         if debug:
             traceback.print_exc()
-        print(f"activestorage {args.command}: error: {_error_line(exc)}", file=sys.stderr)
+        print(f"activestorage {args.command}: error: {_error_line(exc)} "
+              f"(see 'activestorage {args.command} --help')", file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
-        getattr(args, "subparser", parser).print_usage(sys.stderr)
-        print(f"activestorage {args.command}: error: {exc}", file=sys.stderr)
+        print(f"activestorage {args.command}: error: {exc} "
+              f"(see 'activestorage {args.command} --help')", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("activestorage: interrupted", file=sys.stderr)

@@ -97,6 +97,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: the ports the README's notebook snippet uses; the demo asks for them first
+DEFAULT_S3_PORT, DEFAULT_SERVER_PORT = 9000, 8080
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (SO_REUSEADDR, as servers bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_port(wanted: int | None, what: str, out: Any = None) -> int:
+    """``wanted`` if it is free (0 or None: any free port), else a free port and a line saying so.
+
+    The README's snippet hard-codes the default ports, so a fallback is announced: the user must
+    use the printed URL instead.
+    """
+    if not wanted:
+        return free_port()
+    if port_is_free(wanted):
+        return wanted
+    port = free_port()
+    print(f"Port {wanted} on 127.0.0.1 is taken; {what} uses port {port} instead "
+          f"(use http://127.0.0.1:{port} where the README says :{wanted})",
+          file=out or sys.stdout, flush=True)
+    return port
+
+
 @dataclass
 class Child:
     """A server subprocess we started (in its own session so a terminal Ctrl-C reaches only us)."""
@@ -157,19 +189,36 @@ def start_child(name: str, argv: list[str], url: str, ready_path: str, logdir: P
     raise RuntimeError(f"{name} did not answer on {url} within {timeout:.0f}s: {child.log_tail()}")
 
 
-def start_moto(logdir: Path) -> Child:
-    port = free_port()
+def start_moto(logdir: Path, port: int | None = None) -> Child:
+    """moto's S3 server on 127.0.0.1:``port`` (default: any free port)."""
+    port = port or free_port()
     return start_child("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                 str(port)], f"http://127.0.0.1:{port}", "/", logdir)
 
 
-def start_reduction_server(logdir: Path) -> Child:
-    """Our server, allowed to fetch from loopback only."""
-    port = free_port()
+def start_reduction_server(logdir: Path, port: int | None = None) -> Child:
+    """Our server on 127.0.0.1:``port`` (default: any free port), allowed to fetch from loopback only."""
+    port = port or free_port()
     argv = [sys.executable, "-m", "activestorage", "serve", "--host", "127.0.0.1",
             "--port", str(port), "--allow-upstream", "127.0.0.1,localhost",
             "--no-access-log"]
     return start_child("reduction-server", argv, f"http://127.0.0.1:{port}", "/healthz", logdir)
+
+
+def start_on_port(start: Callable[[Path, int], Child], logdir: Path, wanted: int | None,
+                  what: str) -> Child:
+    """``start(logdir, port)`` on ``wanted`` if free, else on a free port (announced); if another
+    process takes ``wanted`` between the check and the child's bind, once more on a free port."""
+    port = pick_port(wanted, what)
+    try:
+        return start(logdir, port)
+    except RuntimeError:
+        if not wanted or port != wanted:
+            raise
+    port = free_port()
+    print(f"Port {wanted} on 127.0.0.1 was taken while {what} started; it uses port {port} instead "
+          f"(use http://127.0.0.1:{port} where the README says :{wanted})", flush=True)
+    return start(logdir, port)
 
 
 def upload(path: Path, endpoint: str) -> None:
@@ -335,8 +384,13 @@ def print_table(rows: list[Row], out: Any = None) -> None:
 # ------------------------------------------------------------------------------ the demo
 
 def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | None = None,
-             backends: str = "posix,fetch,server") -> int:
-    """Run the demo; returns the exit code (0 all results agree with NumPy, 1 otherwise)."""
+             backends: str = "posix,fetch,server", s3_port: int | None = DEFAULT_S3_PORT,
+             server_port: int | None = DEFAULT_SERVER_PORT) -> int:
+    """Run the demo; returns the exit code (0 all results agree with NumPy, 1 otherwise).
+
+    The servers listen on ``s3_port``/``server_port`` (the README's ports) when those are free, on
+    free ports otherwise (announced); 0 or None means any free port.
+    """
     wanted = [b.strip() for b in backends.split(",") if b.strip()]
     unknown = set(wanted) - {"posix", "fetch", "server"}
     if unknown:
@@ -348,13 +402,18 @@ def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | 
         from .cli import UsageError
 
         raise UsageError("--size-mb must be positive")
+    for flag, port in (("--s3-port", s3_port), ("--server-port", server_port)):
+        if port is not None and not 0 <= port <= 65535:
+            from .cli import UsageError
+
+            raise UsageError(f"{flag}: {port} is not a TCP port (0-65535; 0 = any free port)")
     made_tmp = workdir is None
     root = Path(tempfile.mkdtemp(prefix="activestorage-demo-")) if made_tmp else Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
     try:
         with terminate_on_signals():
-            return _demo(root, size_mb, keep_running, wanted, children)
+            return _demo(root, size_mb, keep_running, wanted, children, (s3_port, server_port))
     finally:
         for c in reversed(children):
             c.stop()
@@ -363,7 +422,7 @@ def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | 
 
 
 def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
-          children: list[Child]) -> int:
+          children: list[Child], ports: tuple[int | None, int | None] = (None, None)) -> int:
     from . import Active
 
     path = root / "tos.nc"
@@ -399,13 +458,13 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
         if importlib.util.find_spec("moto") is None or importlib.util.find_spec("boto3") is None:
             notes.append("S3 backends skipped: moto is not installed (pip install -e '.[demo]')")
         else:
-            moto = start_moto(root)
+            moto = start_on_port(start_moto, root, ports[0], "S3 (moto)")
             children.append(moto)
             upload(path, moto.url)
             print(f"Local S3 (moto) at {moto.url}: uploaded {s3_url}")
     if "server" in wanted and moto is not None:
         try:
-            server = start_reduction_server(root)
+            server = start_on_port(start_reduction_server, root, ports[1], "the reduction server")
             children.append(server)
             print(f"Reduction server at {server.url} (may fetch from loopback only)")
         except RuntimeError as exc:
@@ -413,6 +472,8 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
     storage_options = None if moto is None else {
         "key": S3_KEY_ID, "secret": S3_SECRET, "client_kwargs": {"endpoint_url": moto.url,
                                                                   "region_name": "us-east-1"}}
+    if keep_running and moto is not None:  # endpoints first: usable while the comparisons run
+        print_endpoints(moto, server, s3_url, storage_options)
 
     table: list[Backend] = []
     if "posix" in wanted:
@@ -451,7 +512,7 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
     else:
         print(f"\nAll {len(checked)} results agree with netCDF4 + NumPy.")
     if keep_running and moto is not None:
-        wait_for_user(moto, server, s3_url, storage_options)
+        wait_for_user(moto, server)
     return 1 if bad or not checked else 0
 
 
@@ -468,18 +529,28 @@ def print_savings(table: list[Backend], stored: int) -> None:
                                                            moved.items()))
 
 
-def wait_for_user(moto: Child, server: Child | None, s3_url: str, storage_options: Any) -> None:
-    print("\nServers are running; press Ctrl-C to stop them and delete the sample data.")
+def print_endpoints(moto: Child, server: Child | None, s3_url: str, storage_options: Any) -> None:
+    """The servers' URLs and a notebook snippet for them, printed as soon as they are up."""
+    print("\nServers are up and stay up until Ctrl-C (--keep-running); the sample data is "
+          "deleted then unless --workdir was given.")
     print(f"  S3 (moto):        {moto.url}  (access key {S3_KEY_ID!r}, secret {S3_SECRET!r}; "
           f"pid {moto.proc.pid})")
     if server is not None:
         print(f"  reduction server: {server.url}  (pid {server.proc.pid})")
+    print(f"  S3 object:        {s3_url}  -- the demo's own sample dataset, not your file; "
+          f"upload your own to the same endpoint to reduce it")
     print("\nIn a notebook:\n")
     print("    from activestorage import Active")
     print(f"    opts = {storage_options!r}")
     extra = f", active_storage_url={server.url!r}" if server is not None else ""
     print(f"    a = Active({s3_url!r}, {VARIABLE!r}, storage_options=opts{extra})")
     print("    a.mean[0:12, 40:80, 100:200], a.stats\n", flush=True)
+
+
+def wait_for_user(moto: Child, server: Child | None) -> None:
+    """Keep the servers up until Ctrl-C/SIGTERM (or until one of them exits)."""
+    where = moto.url + (f" and {server.url}" if server is not None else "")
+    print(f"\nServers still running at {where}; press Ctrl-C to stop them.", flush=True)
     while True:
         for c in (moto, server):
             if c is not None and c.proc.poll() is not None:
@@ -488,4 +559,5 @@ def wait_for_user(moto: Child, server: Child | None, s3_url: str, storage_option
         time.sleep(0.5)
 
 
-__all__ = ["make_sample", "run_demo", "free_port", "start_child", "Child"]
+__all__ = ["make_sample", "run_demo", "free_port", "pick_port", "start_child", "Child",
+           "DEFAULT_S3_PORT", "DEFAULT_SERVER_PORT"]

@@ -35,6 +35,15 @@ class FormatError(ActiveStorageError):
     """A dataset could not be opened or its metadata is not understood."""
 
 
+class MissingDependencyError(ActiveStorageError, ImportError):
+    """An optional dependency is not installed; ``extra`` names the activestorage extra that
+    brings it (``pip install 'activestorage[EXTRA]'``)."""
+
+    def __init__(self, message: str, *, name: str | None = None, extra: str | None = None) -> None:
+        super().__init__(message, name=name)
+        self.extra = extra
+
+
 class VariableNotFoundError(ActiveStorageError, KeyError):
     """The requested variable is not in the dataset."""
 

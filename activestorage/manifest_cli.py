@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Sequence
 
+from .argparsing import OneLineErrorParser
 from .errors import ActiveStorageError
 from .formats.references import write_manifest
 
 
 def manifest_main(argv: Sequence[str] | None = None) -> int:
     """``activestorage manifest DATASET [VAR ...] -o refs.json``; returns the exit status."""
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="activestorage manifest",
         description="Write a chunk manifest (locators, codecs, missing-data attributes, S3 ETags "
                     "and version ids) so the dataset opens later with no metadata reads.")

@@ -126,6 +126,81 @@ def test_help_everywhere(cmd):
     assert "usage: activestorage" in r.stdout
 
 
+def test_serve_help_describes_every_option_with_its_default(monkeypatch):
+    """Each serve option says what it does and what it is when not given (env defaults included)."""
+    pytest.importorskip("activestorage.server.settings")
+    from activestorage.server.settings import build_parser
+
+    parser = build_parser({"ACTIVESTORAGE_PORT": "8123"})
+    text = " ".join(parser.format_help().split())
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 15
+    for action in options:
+        assert action.help, f"{action.option_strings[0]} has no description"
+        formatter = parser._get_formatter()
+        shown = formatter._get_help_string(action) % {**vars(action), "prog": parser.prog}
+        assert "default" in shown.lower(), f"{action.option_strings[0]}: {shown}"
+    assert "TCP port to listen on (default: 8123)" in text
+    r = run("serve", "--help")
+    assert r.returncode == 0 and "(default: 127.0.0.1)" in r.stdout, r.stdout + r.stderr
+
+
+def test_info_names_the_dimension_of_coordinate_variables(sample):
+    r = run("info", str(sample), "lat")
+    assert r.returncode == 0, r.stderr
+    assert "  lat(lat)  float32" in r.stdout, r.stdout
+
+
+def test_directory_without_zarr_says_which_extra(tmp_path):
+    """As if the [zarr] extra were missing: one line naming activestorage[zarr], exit 1."""
+    store = tmp_path / "store.zarr"
+    store.mkdir()
+    code = ("import sys; sys.modules['zarr'] = None\n"
+            "from activestorage.cli import main; sys.exit(main(sys.argv[1:]))")
+    for args in (["info", str(store)], ["reduce", str(store), "x", "--op", "mean"]):
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and "pip install 'activestorage[zarr]'" in lines[0], r.stderr
+        assert "No module named" not in r.stderr
+
+
+def test_demo_port_falls_back_when_taken(capsys):
+    import socket
+
+    from activestorage.demo import pick_port
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        got = pick_port(taken, "S3 (moto)")
+        assert got != taken
+    out = capsys.readouterr().out
+    assert f"Port {taken} on 127.0.0.1 is taken; S3 (moto) uses port {got} instead" in out
+    assert pick_port(got, "S3 (moto)") == got and capsys.readouterr().out == ""
+
+
+def test_demo_port_taken_while_starting_is_retried_once(tmp_path, capsys):
+    """Two demos may both find 9000 free; the one whose child then fails to bind moves on."""
+    from activestorage.demo import free_port, start_on_port
+
+    wanted, calls = free_port(), []
+
+    def start(logdir, port):  # the child's bind failing, as start_child reports it
+        calls.append(port)
+        if port == wanted:
+            raise RuntimeError("moto exited with code 1 while starting: Address already in use")
+        return port
+
+    got = start_on_port(start, tmp_path, wanted, "S3 (moto)")
+    assert calls == [wanted, got] and got != wanted
+    assert f"was taken while S3 (moto) started; it uses port {got} instead" in capsys.readouterr().out
+    with pytest.raises(RuntimeError):  # any free port was asked for: nothing to fall back from
+        start_on_port(lambda d, p: (_ for _ in ()).throw(RuntimeError("boom")), tmp_path, 0, "x")
+
+
 def test_version_and_console_script():
     r = run("--version")
     assert r.returncode == 0 and re.match(r"activestorage \d", r.stdout)
@@ -187,6 +262,23 @@ def test_info_and_reduce_on_real_files(name):
     assert json.loads(r.stdout)["result"] == pytest.approx(float(want), rel=1e-6)
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared real netCDF files not present at ../shared/data/netcdf")
+def test_real_files_without_a_variable_name():
+    """CMIP6 tas (with bounds and a scalar height coordinate) is its one data variable; the CESM2
+    history file has many, and the error lists them."""
+    from activestorage import Active
+    from activestorage.errors import VariableNotFoundError
+
+    path = DATA / "CMIP6_IPSL-CM6A-LR_tas.nc"
+    with netCDF4.Dataset(path) as ds:
+        want = ds["tas"][0:2].astype(np.float64).mean()
+    with Active(str(path)) as a:
+        assert a.variable.name == "tas"
+        assert float(a.mean[0:2]) == pytest.approx(float(want), rel=1e-6)
+    with pytest.raises(VariableNotFoundError, match=r"data variables: TREFHT, .*gw"):
+        Active(str(DATA / "cesm2_native.nc"))
+
+
 BAD = [
     (["reduce", "{s}", "tos", "--op", "mean", "--sel", "0:a"], 2, "'0:a'"),
     (["reduce", "{s}", "tos", "--op", "median"], 2, "invalid choice: 'median'"),
@@ -204,6 +296,11 @@ BAD = [
     (["demo", "--backends", "posix,ftp"], 2, "ftp"),
     (["reduce", "{s}", "tos", "--op", "mean", "--threads", "0"], 2, "--threads"),
     (["demo", "--size-mb", "-1"], 2, "--size-mb"),
+    (["demo", "--s3-port", "70000"], 2, "--s3-port"),
+    (["demo", "--server-port", "http"], 2, "--server-port"),
+    (["serve", "--port", "abc"], 2, "--port"),
+    (["serve", "--frobnicate"], 2, "--frobnicate"),
+    (["manifest", "{s}", "--frobnicate"], 2, "--frobnicate"),
     ([], 2, "COMMAND"),
 ]
 
@@ -214,9 +311,11 @@ def test_bad_input_one_line_error(sample, args, code, needle):
     args = [a.format(s=sample) for a in args]
     r = run(*args)
     assert r.returncode == code, (r.stdout, r.stderr)
-    lines = error_lines(r.stderr)
-    assert len(lines) == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr  # no usage block: the one line the README promises
     assert "error" in lines[0] and needle in lines[0], lines[0]
+    if code == 2:
+        assert re.search(r"\(see 'activestorage( \w+)? --help'\)$", lines[0]), lines[0]
     assert "Traceback" not in r.stderr
 
 
@@ -270,9 +369,11 @@ def _parts_present() -> dict[str, bool]:
             and has("moto")}
 
 
+@pytest.mark.integration
 def test_demo_end_to_end(tmp_path):
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "8"],
+    proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "8",
+                             "--s3-port", "0", "--server-port", "0"],  # the README test uses 9000
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=55)
@@ -310,6 +411,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("moto") is None, reason="moto not installed ([demo] extra)")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_demo_keep_running_stops_children_on_signal(tmp_path, sig):
@@ -321,7 +423,8 @@ def test_demo_keep_running_stops_children_on_signal(tmp_path, sig):
     with_server = sig == signal.SIGINT and _parts_present()["server"]
     backends = "posix,fetch,server" if with_server else "posix,fetch"
     proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "1",
-                             "--backends", backends, "--keep-running", "--workdir", str(work)],
+                             "--backends", backends, "--keep-running", "--workdir", str(work),
+                             "--s3-port", "0", "--server-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, pids = [], []
     try:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import netCDF4
@@ -41,6 +43,8 @@ def test_two_commands_at_the_top():
     first = blocks("bash")[0]
     assert commands(first) == TOP_COMMANDS
     assert text.index(first) < text.index("## "), "the two commands come before the first section"
+    preface = text[:text.index(first)]
+    assert "python3 -m venv" in preface and "3.11" in preface, "say to make a virtualenv first"
     assert (ROOT / "scripts" / "test").stat().st_mode & 0o111, "scripts/test must be executable"
 
 
@@ -104,3 +108,78 @@ def test_notebook_example_runs_against_real_servers(cli_ran):
     assert float(lines[4]) == pytest.approx(float(x[0:12].mean()), rel=1e-5)
     moved, without = map(int, re.findall(r"\d+", lines[5]))
     assert 0 < moved < without / 10, "the server moved far fewer bytes than the chunks hold"
+
+
+def s3_part(code: str) -> str:
+    """The notebook snippet from its S3 comment on (it needs nothing from the local part but the
+    import)."""
+    lines = code.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("# S3"))
+    return "\n".join([lines[0]] + lines[start:]) + "\n"
+
+
+@pytest.mark.integration
+def test_notebook_s3_part_runs_as_written_against_the_demo(tmp_path):
+    """`activestorage demo --keep-running` prints its endpoints first; the snippet's S3 part then
+    runs as written (ports 9000/8080, unless the demo announced it had to take others)."""
+    if importlib.util.find_spec("moto") is None:
+        pytest.skip("moto not installed (the [demo] extra); the demo needs a local S3 server")
+    code = s3_part(blocks("python")[0])
+    assert "activestorage demo --keep-running" in code and "demo's own sample" in code
+    work = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "activestorage", "demo", "--size-mb", "4",
+                             "--keep-running", "--workdir", str(work)], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        urls: dict[str, str] = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # up to the "S3 object:" line, the last of the block
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            assert not line.startswith("backend "), "comparisons before the endpoints:\n" + line
+            m = re.match(r"\s+(S3 \(moto\)|reduction server):\s+(http://\S+)", line)
+            if m:
+                urls[m.group(1)] = m.group(2)
+            if line.lstrip().startswith("S3 object:"):
+                break
+        out = "".join(seen)
+        assert set(urls) == {"S3 (moto)", "reduction server"}, f"no endpoints first:\n{out}"
+        assert "the demo's own sample dataset, not your file" in out
+        moto, server = urls["S3 (moto)"], urls["reduction server"]
+        if moto != "http://127.0.0.1:9000":  # taken on this machine: the demo must have said so
+            assert f"uses port {moto.rsplit(':', 1)[1]} instead" in out, out
+        if server != "http://127.0.0.1:8080":
+            assert f"uses port {server.rsplit(':', 1)[1]} instead" in out, out
+        code = code.replace("http://127.0.0.1:9000", moto).replace("http://127.0.0.1:8080", server)
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)  # the demo stops its own servers on Ctrl-C
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    lines = r.stdout.splitlines()
+    with netCDF4.Dataset(work / "tos.nc") as ds:
+        x = ds["tos"][0:12].astype(np.float64)
+    assert float(lines[0]) == pytest.approx(float(x.mean()), rel=1e-5)
+    moved, without = map(int, re.findall(r"\d+", lines[1]))
+    assert 0 < moved < without / 10, "the server moved far fewer bytes than the chunks hold"
+    assert proc.returncode == 130, "".join(seen) + proc.stdout.read()
+
+
+def test_docs_extra_installs_what_the_readme_runs():
+    """The README says to run mkdocs: an extra must install it, and the README must name it."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.match(r"mkdocs\b", d) for d in extras["docs"])
+    assert any(re.match(r"mkdocs\b", d) or "[docs" in d or ",docs" in d for d in extras["test"]), \
+        "the test extra must bring mkdocs too (tests/test_docs.py builds the site)"
+    text = README.read_text()
+    assert "mkdocs build --strict" in text and 'pip install -e ".[docs]"' in text

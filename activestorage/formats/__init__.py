@@ -45,13 +45,21 @@ def _is_url(s: str) -> bool:
 
 def open_variable(dataset: Any, ncvar: str | None = None, *,
                   storage_options: dict[str, Any] | None = None) -> Variable:
-    """Read the metadata and chunk index of ``ncvar`` in ``dataset``, whatever its format."""
+    """Read the metadata and chunk index of ``ncvar`` in ``dataset``, whatever its format.
+
+    Without ``ncvar``: a Zarr array store's array, or the dataset's only data variable
+    (:mod:`.choose`); a :class:`VariableNotFoundError` lists the candidates otherwise.
+    """
     if isinstance(dataset, Variable):
         return dataset
     if isinstance(dataset, dict):
         from .references import open_references
 
-        return open_references(dataset, _need(ncvar, "a manifest"), storage_options=storage_options)
+        if not ncvar:
+            from .choose import default_variable
+
+            ncvar = default_variable(dataset, storage_options)
+        return open_references(dataset, ncvar, storage_options=storage_options)
     var = _from_object(dataset, ncvar)
     if var is not None:
         return var
@@ -62,6 +70,10 @@ def open_variable(dataset: Any, ncvar: str | None = None, *,
     url = os.fspath(dataset)
     if url.startswith("file://"):
         url = url[len("file://"):]
+    if not ncvar and (_is_url(url) or os.path.exists(url)):  # Active(path): its one data variable
+        from .choose import default_variable
+
+        ncvar = default_variable(url, storage_options)
     if _is_url(url):
         return _open_remote(url, ncvar, storage_options)
     path = Path(url)

@@ -180,10 +180,22 @@ def _read_attrs(ds: Any) -> dict[str, Any]:
 
 
 def _dimension_names(ds: Any) -> tuple[str, ...]:
+    """netCDF dimension names: the dimension scale attached to each axis.
+
+    A coordinate variable (``lat(lat)``) *is* the dimension scale of its first axis and has none
+    attached there; its own name is that dimension's name, as netCDF4 reports it.
+    """
     try:
+        own = ds.name.rsplit("/", 1)[-1]
+        is_scale = bool(getattr(ds, "is_scale", False))  # h5py >= 3: H5DSis_scale
         names = []
-        for dim in ds.dims:
-            names.append(dim[0].name.rsplit("/", 1)[-1] if len(dim) else dim.label)
+        for axis, dim in enumerate(ds.dims):
+            if len(dim):
+                names.append(dim[0].name.rsplit("/", 1)[-1])
+            elif axis == 0 and is_scale:
+                names.append(own)
+            else:
+                names.append(dim.label)
         return tuple(names)
     except Exception:  # noqa: BLE001 - dimension scales are optional decoration
         return ()

@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import FormatError, StorageError, UnsupportedError, VariableNotFoundError
+from ..errors import (FormatError, MissingDependencyError, StorageError, UnsupportedError,
+                      VariableNotFoundError)
 from ..request import COMPRESSION_IDS, Missing
 from .base import Locator, Variable
 
@@ -376,6 +377,19 @@ def _crc32c(data: bytes) -> int | None:
 
 # ----------------------------------------------------------------------------- stores
 
+def import_zarr() -> Any:
+    """The ``zarr`` module, or a :class:`MissingDependencyError` saying which extra installs it."""
+    try:
+        import zarr
+    except ImportError as exc:
+        if exc.name not in (None, "zarr"):
+            raise  # zarr is there but one of its own dependencies is broken: say that
+        raise MissingDependencyError(
+            "reading Zarr stores (a directory or a .zarr URL) needs the zarr package: "
+            "pip install 'activestorage[zarr]'", name="zarr", extra="zarr") from exc
+    return zarr
+
+
 def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str, str]:
     """(fsspec filesystem, root path in it, URL prefix for locators)."""
     from ..storage import local_path, resolve_s3_options, s3_filesystem, url_kind
@@ -457,7 +471,7 @@ def _zarr_store(fs: Any, root: str, prefix: str) -> Any:
     """A read-only zarr store over ``root``: a LocalStore, or an FsspecStore for S3. zarr wants an
     asynchronous filesystem; wrapping our synchronous one (rather than opening a second, async
     s3fs) reuses its session, which is closed properly at exit."""
-    import zarr
+    zarr = import_zarr()
 
     if not prefix:
         return zarr.storage.LocalStore(root, read_only=True)
@@ -468,7 +482,7 @@ def _zarr_store(fs: Any, root: str, prefix: str) -> Any:
 
 
 def _open_node(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, Any, str, str]:
-    import zarr
+    zarr = import_zarr()
 
     fs, root, prefix = _filesystem(url, storage_options)
     try:
@@ -484,7 +498,7 @@ def _open_node(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any
 
 def _arrays(node: Any) -> dict[str, Any]:
     """Every array under ``node`` by its path (``""`` for an array store itself)."""
-    import zarr
+    zarr = import_zarr()
 
     if isinstance(node, zarr.Array):
         return {"": node}
@@ -495,7 +509,7 @@ def _arrays(node: Any) -> dict[str, Any]:
 def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] | None = None
               ) -> Variable:
     """Open array ``ncvar`` (a path inside a group, or the store's own name for an array store)."""
-    import zarr
+    zarr = import_zarr()
 
     url = os.fspath(path_or_url).rstrip("/")
     if url.startswith("file://"):

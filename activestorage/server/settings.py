@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from ..argparsing import DefaultsHelpFormatter, OneLineErrorParser
+
 ENV_PREFIX = "ACTIVESTORAGE_"
 #: hosts the server may fetch from unless told otherwise: loopback only.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -83,40 +85,54 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     """The ``serve`` argument parser; defaults come from ``environ`` (``os.environ``)."""
     env = os.environ if environ is None else environ
     d = Settings()
-    p = argparse.ArgumentParser(
-        prog="activestorage serve",
+    p = OneLineErrorParser(
+        prog="activestorage serve", formatter_class=DefaultsHelpFormatter,
         description="Run the Reductionist-compatible reduction server. Every flag also reads "
-                    "ACTIVESTORAGE_<FLAG> (e.g. ACTIVESTORAGE_PORT, ACTIVESTORAGE_ALLOW_UPSTREAM).")
+                    "ACTIVESTORAGE_<FLAG> (e.g. ACTIVESTORAGE_PORT, ACTIVESTORAGE_ALLOW_UPSTREAM); "
+                    "the defaults shown include those variables.")
     a = p.add_argument
     a("--host", default=_env(env, "host", d.host), help="interface to listen on")
-    a("--port", type=int, default=_env(env, "port", d.port))
-    a("--workers", type=int, default=_env(env, "workers", d.workers), help="worker processes")
+    a("--port", type=int, default=_env(env, "port", d.port), help="TCP port to listen on")
+    a("--workers", type=int, default=_env(env, "workers", d.workers),
+      help="worker processes (the memory and upstream limits are shared out among them)")
     a("--allow-upstream", action="append", default=None, metavar="HOST[:PORT]",
       help="upstream host the server may read from (repeatable, or comma separated; '*' = any). "
            "Default: loopback only (ACTIVESTORAGE_ALLOW_UPSTREAM).")
-    a("--max-body-bytes", type=int, default=_env(env, "max_body_bytes", d.max_body_bytes))
+    a("--max-body-bytes", type=int, default=_env(env, "max_body_bytes", d.max_body_bytes),
+      help="largest request body accepted (JSON or CBOR), in bytes; larger gets 413")
     a("--max-bytes-in-flight", type=int,
       default=_env(env, "max_bytes_in_flight", d.max_bytes_in_flight),
       help="bound on raw+decoded bytes of requests being served; beyond it requests wait then 503")
     a("--memory-wait-seconds", type=float,
-      default=_env(env, "memory_wait_seconds", d.memory_wait_seconds))
+      default=_env(env, "memory_wait_seconds", d.memory_wait_seconds),
+      help="seconds a request may wait for memory under --max-bytes-in-flight before a 503")
     a("--max-upstream-concurrency", type=int,
-      default=_env(env, "max_upstream_concurrency", d.max_upstream_concurrency))
-    a("--kernel-threads", type=int, default=_env(env, "kernel_threads", d.kernel_threads))
+      default=_env(env, "max_upstream_concurrency", d.max_upstream_concurrency),
+      help="concurrent range GETs to the object stores (per worker process)")
+    a("--kernel-threads", type=int, default=_env(env, "kernel_threads", d.kernel_threads),
+      help="threads decoding chunks and running the reductions")
     a("--client-timeout", type=float, default=_env(env, "client_timeout", d.client_timeout),
       help="seconds a client may take to send request headers, and again the body")
     a("--upstream-connect-timeout", type=float,
-      default=_env(env, "upstream_connect_timeout", d.upstream_connect_timeout))
+      default=_env(env, "upstream_connect_timeout", d.upstream_connect_timeout),
+      help="seconds to connect to an object store before a 504")
     a("--upstream-read-timeout", type=float,
-      default=_env(env, "upstream_read_timeout", d.upstream_read_timeout))
-    a("--max-batch", type=int, default=_env(env, "max_batch", d.max_batch))
-    a("--s3-region", default=_env(env, "s3_region", d.s3_region))
-    a("--tls-cert", default=_env(env, "tls_cert", d.tls_cert))
-    a("--tls-key", default=_env(env, "tls_key", d.tls_key))
+      default=_env(env, "upstream_read_timeout", d.upstream_read_timeout),
+      help="seconds to wait for an object store's bytes before a 504")
+    a("--max-batch", type=int, default=_env(env, "max_batch", d.max_batch),
+      help="most chunk requests in one /v2/batch request")
+    a("--s3-region", default=_env(env, "s3_region", d.s3_region),
+      help="region used to sign (SigV4) requests to S3")
+    a("--tls-cert", default=_env(env, "tls_cert", d.tls_cert), metavar="PEM",
+      help="serve HTTPS with this certificate (with --tls-key; default: plain HTTP)")
+    a("--tls-key", default=_env(env, "tls_key", d.tls_key), metavar="PEM",
+      help="private key of --tls-cert (default: none)")
     a("--log-level", default=_env(env, "log_level", d.log_level),
-      choices=["critical", "error", "warning", "info", "debug"])
+      choices=["critical", "error", "warning", "info", "debug"], help="least severe level logged")
     a("--no-access-log", action="store_true",
-      default=not _env(env, "access_log", d.access_log))
+      default=not _env(env, "access_log", d.access_log),
+      help="do not log one structured line per request (default: log them; "
+           "ACTIVESTORAGE_ACCESS_LOG=0 also turns it off)")
     p.set_defaults(_env_allow=_env(env, "allow_upstream", d.allow_upstream))
     return p
 

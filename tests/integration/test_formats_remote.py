@@ -308,3 +308,23 @@ def test_object_changed_between_open_and_manifest_is_refused(datasets, s3, moto_
     with pytest.raises(ObjectChangedError, match="opened-then-changed.nc") as info:
         pin(var, so)
     assert info.value.status == 409
+
+
+def test_remote_dataset_without_a_variable_name(datasets, s3, moto_server, tmp_path):
+    """Active(url): an S3 Zarr array store is its array; a netCDF-4 object with one data variable
+    is that variable; several data variables are listed in the error."""
+    from activestorage.errors import VariableNotFoundError
+
+    so = storage_options(moto_server)
+    url, _var, want = datasets["zarr3"]
+    with Active(url, storage_options=so) as a:
+        check(a.mean[...], want, "mean")
+    p = tmp_path / "one.nc"
+    with netCDF4.Dataset(p, "w") as ds:
+        ds.createDimension("x", 6)
+        ds.createVariable("x", "f8", ("x",))[:] = np.arange(6.0)
+        ds.createVariable("v", "i4", ("x",), chunksizes=(2,))[:] = [3, 1, 4, 1, 5, 9]
+    with Active(upload(s3, BUCKET, p, "nameless/one.nc"), storage_options=so) as a:
+        assert a.variable.name == "v" and int(a.sum[...]) == 23
+    with pytest.raises(VariableNotFoundError, match="data variables: tas, orog"):
+        Active(datasets["NETCDF3_CLASSIC/tas"][0], storage_options=so)
