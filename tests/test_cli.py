@@ -262,7 +262,6 @@ def test_info_and_reduce_on_real_files(name):
     assert json.loads(r.stdout)["result"] == pytest.approx(float(want), rel=1e-6)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared real netCDF files not present at ../shared/data/netcdf")
 def test_real_files_without_a_variable_name():
     """CMIP6 tas (with bounds and a scalar height coordinate) is its one data variable; the CESM2
     history file has many, and the error lists them."""
