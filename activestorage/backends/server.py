@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Hashable, Mapping, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 
@@ -191,6 +191,8 @@ def routing_fields(url: str, api_version: int, s3_endpoint_url: str | None,
         parts = urlsplit(url)
         source = f"{parts.scheme}://{parts.netloc}"
         bucket, _, key = parts.path.lstrip("/").partition("/")
+        # v1 takes the raw key (the server encodes it); the URL's path is percent-encoded
+        bucket, key = unquote(bucket), unquote(key)
     if api_version == 1:
         if not (bucket and key):
             raise UnsupportedError(f"v1 needs an S3 path-style URL (endpoint/bucket/key); got {url}")
@@ -329,7 +331,10 @@ def decode_v2(payload: Any, req: ChunkRequest, operation: str, url: str,
 
 
 def decode_v1(resp: Any, req: ChunkRequest, operation: str, url: str) -> Partial:
-    """A v1 response (raw bytes + x-activestorage-* headers) -> Partial."""
+    """A v1 response (raw bytes + x-activestorage-* headers) -> Partial.
+
+    ``x-activestorage-count`` is a flat JSON list (``[100]``, ``[3,3,2,3]``); older servers sent a
+    bare number or a nested list, which are read too."""
     h = resp.headers
     try:
         shape = json.loads(h["x-activestorage-shape"])

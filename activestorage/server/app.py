@@ -38,7 +38,8 @@ from . import schema
 from .limits import ByteBudget, LimitError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .settings import Settings
-from .upstream import Target, Upstream, check_allowed, parse_basic_auth, s3_url
+from .upstream import (Target, Upstream, canonical_url, check_allowed, parse_basic_auth,
+                       s3_url)
 
 log = logging.getLogger("activestorage.server")
 access_log = logging.getLogger("activestorage.server.access")
@@ -99,7 +100,7 @@ def _target(body: dict[str, Any], api: str, auth: tuple[str, str] | None,
             raise RequestValidationError("interface_type", "is required")
         if kind not in ("s3", "http", "https"):
             raise RequestValidationError("interface_type", f"must be s3, http or https; got {kind!r}")
-        url = _string(body, "url")
+        url = canonical_url(_string(body, "url"))  # sent unencoded: spaces, brackets, ...
         check_allowed(url, allow, "url")
         if kind in ("http", "https"):
             # The URL's own scheme decides how to connect: PyActiveStorage 0.8 sends
@@ -182,11 +183,13 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
 
 
 def v1_parts(res: Result) -> tuple[bytes, dict[str, str]]:
-    """The v1 response body and ``x-activestorage-*`` headers for one result."""
-    if res.select or res.counts.ndim == 0:
-        count = str(int(res.counts))
-    else:
-        count = json.dumps(res.counts.tolist(), separators=(",", ":"))
+    """The v1 response body and ``x-activestorage-*`` headers for one result.
+
+    ``x-activestorage-count`` is a flat JSON list without spaces, as the reference server sends
+    it: one count per result element in C order (``[100]`` for a scalar, ``[3,3,2,3]`` for 2x2);
+    a selection's is its one total of non-missing elements, as in v2."""
+    counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
+    count = json.dumps(counts, separators=(",", ":"))
     headers = {"x-activestorage-dtype": res.values.dtype.name,
                "x-activestorage-shape": json.dumps(list(res.values.shape)),
                "x-activestorage-count": count,
