@@ -303,6 +303,8 @@ class Upstream:
         where = f"{target.name} (store {target.store})"
         # the store's own words (S3's "AccessDenied: Access Denied"), which clients look for
         words = ": ".join(detail) if detail else f"HTTP {st} {resp.reason or ''}".rstrip()
+        if not detail and st == 403 and target.kind == "s3":  # S3's bare 403 (no error body)
+            words = f"Access Denied ({words})"
         if st == 416:
             total = _total_size(resp)
             extra = f", object has {total} bytes" if total is not None else ""

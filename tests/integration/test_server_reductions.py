@@ -134,7 +134,9 @@ def make_case(i: int) -> Case:
             vmax, wire_missing = hi_v, {"valid_max": hi_v.item()}
         else:
             vmin, vmax = lo_v, hi_v
-            wire_missing = {"valid_range": [lo_v.item(), hi_v.item()]}
+            # valid_range needs low < high; a range of one value goes as both bounds
+            wire_missing = ({"valid_range": [lo_v.item(), hi_v.item()]} if lo_v < hi_v
+                            else {"valid_min": lo_v.item(), "valid_max": hi_v.item()})
             if mkind == "combo":
                 mv = pick()
                 values = (mv,)
