@@ -213,7 +213,9 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
     """The v2 CBOR response map for one result."""
     shape = list(res.values.shape)
     counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
-    out: dict[str, Any] = {"bytes": res.values.tobytes(), "dtype": res.values.dtype.name,
+    # the result's bytes in the request's order (a multi-dimensional F result in Fortran order)
+    out: dict[str, Any] = {"bytes": res.values.tobytes(order=item.req.order),
+                           "dtype": res.values.dtype.name,
                            "shape": shape, "count": counts, "byte_order": NATIVE_BYTE_ORDER}
     if item.shape_as_bytes:
         out["shape_as_bytes"] = np.asarray(shape, dtype=np.uint64).tobytes()
@@ -224,7 +226,7 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
     return out
 
 
-def v1_parts(res: Result) -> tuple[bytes, dict[str, str]]:
+def v1_parts(res: Result, order: str = "C") -> tuple[bytes, dict[str, str]]:
     """The v1 response body and ``x-activestorage-*`` headers for one result.
 
     ``x-activestorage-count`` is a flat JSON list without spaces, as the reference server sends
@@ -236,11 +238,11 @@ def v1_parts(res: Result) -> tuple[bytes, dict[str, str]]:
                "x-activestorage-shape": json.dumps(list(res.values.shape)),
                "x-activestorage-count": count,
                "x-activestorage-byte-order": NATIVE_BYTE_ORDER}
-    return res.values.tobytes(), headers
+    return res.values.tobytes(order=order), headers
 
 
 def _compute_v1(raw: bytes, item: Item) -> tuple[bytes, dict[str, str]]:
-    return v1_parts(compute(raw, item))
+    return v1_parts(compute(raw, item), item.req.order)
 
 
 def _compute_v2(raw: bytes, item: Item) -> bytes:
@@ -544,7 +546,10 @@ class Server:
     def capabilities(self) -> dict[str, Any]:
         return {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
                 "batch": True, "max_batch": self.settings.max_batch, "fold": True,
-                "operations": list(OPERATIONS), "options": list(OPTIONS)}
+                "operations": list(OPERATIONS), "options": list(OPTIONS),
+                # results of order-F requests come in Fortran order, as the spec says (older
+                # versions of this server sent C order: clients check this before reading F)
+                "result_order": "request"}
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

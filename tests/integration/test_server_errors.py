@@ -73,7 +73,7 @@ VALIDATION = [
     ({"shape": [0]}, "shape[0]"),
     ({"shape": []}, "shape"),
     ({"shape": "10"}, "shape"),
-    ({"shape": None, "size": None}, "size"),
+    ({"shape": None, "size": None, "compression": {"id": "zlib"}}, "shape"),
     ({"order": "X"}, "order"),
     ({"selection": [[0, 10, 0]]}, "stride must not be zero"),
     ({"selection": [[0, 10, 1], [0, 1, 1]]}, "shape has 1"),
