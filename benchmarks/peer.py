@@ -5,7 +5,8 @@ venv lives in ``benchmarks/data/.venv-peer`` (gitignored), made with ``python -m
 ``pip install pyactivestorage==0.8.*`` on first use (0.8 is what issue #9's figures are for; if
 pip cannot get 0.8 the newest release is installed and the version is recorded in the results).
 The timing script, ``peer_worker.py``, runs there as a plain script so that only its own folder
-(``measure.py``) is on its path, never this repository's ``activestorage``.
+(``measure.py``) is on its path, never this repository's ``activestorage``. :func:`make_venv`
+also serves the tests (tests/integration/test_peer_client.py keeps its venv in the temp dir).
 """
 
 from __future__ import annotations
