@@ -2,7 +2,8 @@
 
 moto's S3 server and nginx hold the data, our server runs as its own process, requests go over
 loopback as a Reductionist client sends them (JSON body, Basic auth, unencoded URLs), and every
-answer is checked against NumPy. The in-process counterpart is tests/server/test_server_spec_compliance.py.
+answer is checked against NumPy. The in-process counterpart is
+tests/server/test_server_spec_compliance.py.
 """
 
 from __future__ import annotations
