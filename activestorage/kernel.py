@@ -19,7 +19,6 @@ import bz2
 import functools
 import math
 import struct
-import warnings
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 
 from . import fused
 from .errors import DecodeError, RequestValidationError, UnsupportedError
-from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing
+from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing, as_dtype_value
 
 __all__ = ["Partial", "StoredPieces", "decode", "streams", "reduce_chunk", "reduce_array",
            "missing_mask", "sum_dtype", "OPERATIONS"]
@@ -493,38 +492,8 @@ class _Mask:
     vmax: Any
 
 
-def _as_dtype(v: Any, dtype: np.dtype) -> Any:
-    """``v`` as a ``dtype`` scalar, the way netCDF4-python converts attributes
-    (``numpy.array(v, dtype)``); None when ``v`` cannot stand for any ``dtype`` value.
-
-    Floats round to the nearest ``dtype`` value (so a Python float ``_FillValue`` matches float32
-    data); a finite value that overflows to infinity, and for integer dtypes a non-integral,
-    non-finite or out-of-range value, is ignored. Attribute-level checks (netCDF4-python ignores
-    attributes that do not cast exactly) belong to the format reader that builds the Missing.
-    """
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            a = np.asarray(v)
-            if a.shape != () or a.dtype.kind not in "biuf":
-                return None
-            if a.dtype.kind == "b":  # True == 1, as in the lru_cache key
-                a = np.asarray(int(a))
-            if dtype.kind in "iu":
-                if a.dtype.kind == "f":
-                    if not np.isfinite(a) or a != np.floor(a):
-                        return None
-                    a = int(a)
-                info = np.iinfo(dtype)
-                if not info.min <= int(a) <= info.max:
-                    return None
-                return dtype.type(int(a))
-            c = a.astype(dtype)
-            if np.isinf(c) and np.isfinite(a):
-                return None
-            return c[()]
-    except (OverflowError, ValueError, TypeError):
-        return None
+#: moved to :mod:`activestorage.request` (the SDK's wire encoding converts values the same way)
+_as_dtype = as_dtype_value
 
 
 def _resolve(missing: Missing, dtype: np.dtype) -> _Mask | None:

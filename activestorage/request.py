@@ -12,6 +12,7 @@ them with :meth:`ChunkRequest.to_wire`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -55,23 +56,71 @@ class Missing:
     def is_empty(self) -> bool:
         return not self.values and self.valid_min is None and self.valid_max is None
 
-    def to_wire(self) -> dict[str, Any]:
-        """The Reductionist ``missing`` object. Several keys at once is our (documented) extension."""
+    def to_wire(self, dtype: Any = None) -> dict[str, Any]:
+        """The Reductionist ``missing`` object (empty when nothing can be missing).
+
+        With ``dtype`` each value is first converted as the kernel converts it
+        (:func:`as_dtype_value`): one that cannot stand for any ``dtype`` value is left out (the
+        kernel would ignore it), and integer dtypes get JSON integers, never ``-1.0`` (which the
+        reference server refuses). ``valid_range`` needs ``low < high``; equal or crossed bounds
+        go as ``valid_min`` + ``valid_max``, as do several keys at once: our documented extension.
+        """
+        def conv(v: Any) -> Any:
+            if dtype is None:
+                return _py(v)
+            c = as_dtype_value(v, np.dtype(dtype))
+            return None if c is None else c.item()
+
         out: dict[str, Any] = {}
-        vals = [_py(v) for v in self.values]
+        vals = [w for w in map(conv, self.values) if w is not None]
         if len(vals) == 1:
             out["missing_value"] = vals[0]
         elif vals:
             out["missing_values"] = vals
-        lo, hi = self.valid_min, self.valid_max
-        if lo is not None and hi is not None and not lo > hi:
-            out["valid_range"] = [_py(lo), _py(hi)]
-        else:  # one bound, or an empty range (everything missing) that valid_range cannot say
+        lo = None if self.valid_min is None else conv(self.valid_min)
+        hi = None if self.valid_max is None else conv(self.valid_max)
+        if lo is not None and hi is not None and lo < hi:
+            out["valid_range"] = [lo, hi]
+        else:  # one bound, or a range of one value / none that valid_range cannot say
             if lo is not None:
-                out["valid_min"] = _py(lo)
+                out["valid_min"] = lo
             if hi is not None:
-                out["valid_max"] = _py(hi)
+                out["valid_max"] = hi
         return out
+
+
+def as_dtype_value(v: Any, dtype: np.dtype) -> Any:
+    """``v`` as a ``dtype`` scalar, the way netCDF4-python converts attributes
+    (``numpy.array(v, dtype)``); None when ``v`` cannot stand for any ``dtype`` value.
+
+    Floats round to the nearest ``dtype`` value (so a Python float ``_FillValue`` matches float32
+    data); a finite value that overflows to infinity, and for integer dtypes a non-integral,
+    non-finite or out-of-range value, is ignored. Attribute-level checks (netCDF4-python ignores
+    attributes that do not cast exactly) belong to the format reader that builds the Missing.
+    """
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            a = np.asarray(v)
+            if a.shape != () or a.dtype.kind not in "biuf":
+                return None
+            if a.dtype.kind == "b":  # True == 1, as in the lru_cache key
+                a = np.asarray(int(a))
+            if dtype.kind in "iu":
+                if a.dtype.kind == "f":
+                    if not np.isfinite(a) or a != np.floor(a):
+                        return None
+                    a = int(a)
+                info = np.iinfo(dtype)
+                if not info.min <= int(a) <= info.max:
+                    return None
+                return dtype.type(int(a))
+            c = a.astype(dtype)
+            if np.isinf(c) and np.isfinite(a):
+                return None
+            return c[()]
+    except (OverflowError, ValueError, TypeError):
+        return None
 
 
 class ChunkRequest(NamedTuple):
@@ -160,7 +209,9 @@ class ChunkRequest(NamedTuple):
         if self.filters:
             body["filters"] = [dict(f) for f in self.filters]
         if self.missing is not None and not self.missing.is_empty():
-            body["missing"] = self.missing.to_wire()
+            missing = self.missing.to_wire(self.dtype)
+            if missing:  # empty when no value fits the dtype (the kernel ignores those too)
+                body["missing"] = missing
         if self.etag:
             body["etag"] = self.etag
         if self.version_id:
@@ -173,10 +224,13 @@ class ChunkRequest(NamedTuple):
 
         Routing fields (``source``/``bucket``/``object``, ``interface_type``/``url``) are validated
         by the server; this covers the numeric description. ``max_elements`` bounds ``shape`` (or
-        the element count implied by ``size``). Selection ends must lie in ``[-n-1, n]`` (a Python
-        slice would clip larger ones; we refuse them). Without compression ``size`` must be the
-        data's size plus 4 bytes per Fletcher-32 filter. Missing values are rounded to ``dtype``
-        and must fit it. Several ``missing`` keys at once are accepted (our extension).
+        the element count implied by ``size``). A selection is exactly Python's
+        ``slice(start, end, stride)`` per axis (ends past the axis are clamped; only stride 0 is
+        refused). Without compression ``size`` must be the data's size plus 4 bytes per
+        Fletcher-32 filter. Missing values must be representable in ``dtype`` (integers only for
+        integer dtypes; floats are rounded to ``dtype`` and must stay finite) and a
+        ``valid_range`` must have low < high. Several ``missing`` keys at once are accepted (our
+        extension).
         """
         if not isinstance(body, Mapping):
             raise RequestValidationError("body", "request body must be a JSON object")
@@ -344,10 +398,9 @@ def _parse_selection(v: Any, shape: tuple[int, ...]) -> tuple[tuple[int, int, in
         for what, x in (("start", start), ("end", stop)):
             if x is not None and not _is_int(x):
                 raise RequestValidationError(where, f"{what} must be an integer; got {x!r}")
-            if x is not None and not (-n - 1 <= x <= n):
-                raise RequestValidationError(
-                    where, f"{what} {x} is out of range for dimension of size {n}")
-        # Normalise to concrete Python-slice indices (start, stop, step) with stop exclusive.
+        # Exactly Python's slice(start, end, stride) on this axis: negative values count from
+        # the end and values past either end are clamped (the reference server's behaviour).
+        # Normalised to concrete indices (start, stop, step) with stop exclusive.
         a, b, c = slice(start, stop, step).indices(n)
         out.append((a, b, c))
     return tuple(out)
@@ -416,9 +469,11 @@ def _representable(x: Any, dtype: np.dtype, where: str) -> Any:
         raise RequestValidationError(where, f"must be a number; got {x!r}")
     if dtype.kind in "iu":
         if isinstance(x, (float, np.floating)):
-            if not math.isfinite(x) or x != int(x):
-                raise RequestValidationError(where, f"{x!r} is not representable as {dtype.name}")
-            x = int(x)
+            # As the reference server: an integer dtype takes only integers; a number written
+            # with a decimal point or exponent (-1.0, 1e3) is a float, even when whole.
+            raise RequestValidationError(
+                where, f"{x!r} is not representable as {dtype.name} (a number with a decimal "
+                "point or exponent is a float; integer dtypes need an integer)")
         info = np.iinfo(dtype)
         if not info.min <= x <= info.max:
             raise RequestValidationError(where, f"{x!r} is not representable as {dtype.name}")
@@ -468,8 +523,10 @@ def _parse_missing(v: Any, dtype: np.dtype) -> Missing | None:
             raise RequestValidationError("missing.valid_range", "must be [min, max]")
         vmin = _representable(vr[0], dtype, "missing.valid_range[0]")
         vmax = _representable(vr[1], dtype, "missing.valid_range[1]")
-        if vmin > vmax:
-            raise RequestValidationError("missing.valid_range", "min must not exceed max")
+        if not vmin < vmax and not (np.isnan(vmin) or np.isnan(vmax)):  # NaN: refused below
+            raise RequestValidationError(
+                "missing.valid_range", f"low end {_py(vmin)!r} must be strictly below the high "
+                f"end {_py(vmax)!r} (for a single valid value give valid_min and valid_max)")
     if "valid_min" in v:
         vmin = _representable(v["valid_min"], dtype, "missing.valid_min")
     if "valid_max" in v:

@@ -141,7 +141,8 @@ class FakeReductionist:
         if op == "sum" and not body.get("option_wide_sum"):
             values = values.astype(req.dtype)
         count = part.counts.reshape(-1).tolist() if op != "select" else int(part.counts.sum())
-        return {"bytes": np.ascontiguousarray(values).tobytes(), "dtype": values.dtype.name,
+        # the result bytes in the request's order, as the spec says
+        return {"bytes": values.tobytes(order=req.order), "dtype": values.dtype.name,
                 "shape": list(values.shape), "count": count,
                 "byte_order": "little" if np.little_endian else "big"}
 
@@ -508,3 +509,54 @@ def test_module_reduce_chunk_pyactivestorage_conventions(fake):
                                 data.dtype, data.shape, "C", None, None, "count",
                                 api_version=1, s3_endpoint_url=ENDPOINT)
     assert vals.shape == () and int(vals) == 20 and int(counts) == 20
+
+
+@pytest.mark.parametrize("count", ["[6]", "6", "[[6]]"])
+def test_v1_count_header_forms(count):
+    """The flat list the spec gives (``[6]``), and the bare number / nested list of older
+    servers, all parse."""
+    from types import SimpleNamespace
+
+    from activestorage.backends.server import decode_v1
+    from activestorage.request import make_request
+
+    req = make_request("int32", (2, 3))
+    resp = SimpleNamespace(content=np.int32(15).tobytes(), headers={
+        "x-activestorage-dtype": "int32", "x-activestorage-shape": "[]",
+        "x-activestorage-count": count, "x-activestorage-byte-order": "little"})
+    p = decode_v1(resp, req, "sum", "http://srv")
+    assert int(p.values.reshape(-1)[0]) == 15 and int(p.counts.sum()) == 6
+
+
+@pytest.mark.parametrize("count,want", [("[3,3,2,3]", [[3, 3], [2, 3]]),
+                                        ("[[3,3],[2,3]]", [[3, 3], [2, 3]])])
+def test_v1_axis_count_header_flat_or_nested(count, want):
+    from types import SimpleNamespace
+
+    from activestorage.backends.server import decode_v1
+    from activestorage.request import make_request
+
+    req = make_request("int32", (2, 2, 5), axis=2)
+    resp = SimpleNamespace(content=np.arange(4, dtype="<i4").tobytes(), headers={
+        "x-activestorage-dtype": "int32", "x-activestorage-shape": "[2,2]",
+        "x-activestorage-count": count, "x-activestorage-byte-order": "little"})
+    p = decode_v1(resp, req, "max", "http://srv")
+    assert p.counts.reshape(2, 2).tolist() == want
+
+
+@pytest.mark.parametrize("caps,order", [
+    ({}, "F"),  # not our server (no /capabilities): the spec's layout, the request's order
+    ({"name": "activestorage", "batch": True}, "C"),  # an older server of ours: always C
+    ({"name": "activestorage", "result_order": "request"}, "F"),
+])
+def test_result_order_of_fortran_requests(caps, order):
+    from activestorage.request import make_request
+
+    b = ServerBackend("http://127.0.0.1:9", env={})
+    b._caps = caps
+    req = make_request("int32", (2, 3, 4), order="F", axis=2)
+    assert b._result_order(req, "sum") == order
+    assert b._result_order(req, "select") == order
+    assert b._result_order(req.with_(order="C"), "select") == "C"
+    assert b._result_order(make_request("int32", (2, 3), order="F", axis=1), "sum") == "C"  # 1-D
+    b.close()

@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Hashable, Mapping, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 
@@ -191,6 +191,8 @@ def routing_fields(url: str, api_version: int, s3_endpoint_url: str | None,
         parts = urlsplit(url)
         source = f"{parts.scheme}://{parts.netloc}"
         bucket, _, key = parts.path.lstrip("/").partition("/")
+        # v1 takes the raw key (the server encodes it); the URL's path is percent-encoded
+        bucket, key = unquote(bucket), unquote(key)
     if api_version == 1:
         if not (bucket and key):
             raise UnsupportedError(f"v1 needs an S3 path-style URL (endpoint/bucket/key); got {url}")
@@ -239,11 +241,13 @@ def _malformed(url: str, why: str, body: Any = None) -> ServerError:
 
 
 def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count: Any,
-               req: ChunkRequest, operation: str, url: str, folded: bool = False) -> Partial:
+               req: ChunkRequest, operation: str, url: str, folded: bool = False,
+               result_order: str = "C") -> Partial:
     """Check one decoded response against its request and turn it into a keepdims Partial.
 
     ``folded``: the result combines several chunks (a batch ``fold``), so float sums may come
-    back in float64."""
+    back in float64. ``result_order``: the layout of the result bytes (the spec: the request's
+    order; older servers of ours: always C)."""
     try:
         dt = np.dtype(str(dtype))
     except TypeError as exc:
@@ -262,7 +266,10 @@ def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count
     if len(values_bytes) != n * dt.itemsize:
         raise _malformed(url, f"{len(values_bytes)} result bytes for {n} {dt.name} values")
     values = np.frombuffer(values_bytes, dt.newbyteorder("<" if byte_order == "little" else ">"))
-    values = values.astype(dt, copy=True).reshape(keep_shape)
+    values = values.astype(dt, copy=True)
+    if result_order == "F" and len(out_shape) > 1:
+        values = np.ascontiguousarray(values.reshape(out_shape, order="F"))
+    values = values.reshape(keep_shape)
     if operation == "sum" and values.dtype != sum_dtype(req.dtype) and not (
             folded and values.dtype == np.float64):
         # a server without option_wide_sum summed in the request dtype (may have overflowed)
@@ -306,7 +313,7 @@ def _as_counts(count: Any, url: str) -> np.ndarray:
 
 
 def decode_v2(payload: Any, req: ChunkRequest, operation: str, url: str,
-              folded: bool = False) -> Partial:
+              folded: bool = False, result_order: str = "C") -> Partial:
     """A v2 CBOR response map -> Partial."""
     if not isinstance(payload, Mapping):
         raise _malformed(url, "expected a CBOR map")
@@ -325,11 +332,15 @@ def decode_v2(payload: Any, req: ChunkRequest, operation: str, url: str,
     if shape is None:
         raise _malformed(url, "no 'shape' in response")
     return to_partial(payload["bytes"], payload["dtype"], bo, shape, count, req, operation, url,
-                      folded)
+                      folded, result_order)
 
 
-def decode_v1(resp: Any, req: ChunkRequest, operation: str, url: str) -> Partial:
-    """A v1 response (raw bytes + x-activestorage-* headers) -> Partial."""
+def decode_v1(resp: Any, req: ChunkRequest, operation: str, url: str,
+              result_order: str = "C") -> Partial:
+    """A v1 response (raw bytes + x-activestorage-* headers) -> Partial.
+
+    ``x-activestorage-count`` is a flat JSON list (``[100]``, ``[3,3,2,3]``); older servers sent a
+    bare number or a nested list, which are read too."""
     h = resp.headers
     try:
         shape = json.loads(h["x-activestorage-shape"])
@@ -340,7 +351,8 @@ def decode_v1(resp: Any, req: ChunkRequest, operation: str, url: str) -> Partial
     bo = h.get("x-activestorage-byte-order", "little" if np.little_endian else "big")
     if isinstance(count, list) and count and isinstance(count[0], list):
         count = np.asarray(count).reshape(-1).tolist()
-    return to_partial(resp.content, dtype, bo, shape, count, req, operation, url)
+    return to_partial(resp.content, dtype, bo, shape, count, req, operation, url,
+                      result_order=result_order)
 
 
 def _decode_cbor(resp: Any, url: str) -> Any:
@@ -468,6 +480,17 @@ class ServerBackend(Backend):
         n = self.capabilities().get("max_batch") if self._batch_pref is not False else None
         return int(n) if isinstance(n, int) and n > 0 else 1024
 
+    def _result_order(self, req: ChunkRequest, operation: str) -> str:
+        """The layout of this request's result bytes: the request's order (the spec), except
+        from older versions of our own server, which sent C order (their capabilities lack
+        ``result_order``). Asked only when it matters: order F, a result of 2+ dimensions."""
+        if req.order != "F" or len(result_shapes(req, operation)[0]) < 2:
+            return "C"
+        caps = self.capabilities()
+        if caps.get("name") == "activestorage" and caps.get("result_order") != "request":
+            return "C"
+        return "F"
+
     # ------------------------------------------------------------------ one chunk
     def _routing(self, req: ChunkRequest) -> dict[str, Any]:
         if req.url is None:
@@ -493,9 +516,11 @@ class ServerBackend(Backend):
         try:
             self._account(bytes_read=request.size or 0)
             raise_for_error(resp, url)
+            order = self._result_order(request, operation)
             if self.api_version == 1:
-                return decode_v1(resp, request, operation, url)
-            return decode_v2(_decode_cbor(resp, url), request, operation, url)
+                return decode_v1(resp, request, operation, url, order)
+            return decode_v2(_decode_cbor(resp, url), request, operation, url,
+                             result_order=order)
         finally:
             resp.close()
 
@@ -549,7 +574,8 @@ class ServerBackend(Backend):
             if res is None and fold is not None and fold[i] in seen:
                 out.append(None)  # folded into an earlier item's result
             else:
-                out.append(decode_v2(res, r, operation, f"{url} (item {i})", fold is not None))
+                out.append(decode_v2(res, r, operation, f"{url} (item {i})", fold is not None,
+                                     self._result_order(r, operation)))
             if fold is not None:
                 seen.add(fold[i])
         return out
@@ -700,10 +726,11 @@ def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, co
                              retries=retries)
     try:
         raise_for_error(resp, endpoint)
-        if api_version == 1:
-            part = decode_v1(resp, req, op, endpoint)
+        if api_version == 1:  # results in the request's order, as the spec says
+            part = decode_v1(resp, req, op, endpoint, req.order)
         else:
-            part = decode_v2(_decode_cbor(resp, endpoint), req, op, endpoint)
+            part = decode_v2(_decode_cbor(resp, endpoint), req, op, endpoint,
+                             result_order=req.order)
     finally:
         resp.close()
     out_shape, _ = result_shapes(req, op)

@@ -17,7 +17,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import cbor2
@@ -38,7 +38,8 @@ from . import schema
 from .limits import ByteBudget, LimitError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .settings import Settings
-from .upstream import Target, Upstream, check_allowed, parse_basic_auth, s3_url
+from .upstream import (Target, Upstream, canonical_url, check_allowed, parse_basic_auth,
+                       s3_url)
 
 log = logging.getLogger("activestorage.server")
 access_log = logging.getLogger("activestorage.server.access")
@@ -61,11 +62,28 @@ class Item:
     wide_sum: bool = False
     shape_as_bytes: bool = False
     count_as_bytes: bool = False
+    #: neither shape nor size was given: the shape is 1-D of all the elements read
+    whole: bool = False
 
     @property
     def cost(self) -> int:
         """Bytes this item may hold at once: the raw range plus the decoded array."""
+        if self.whole:
+            return 2 * self.max_raw
         return (self.read_size if self.read_size is not None else self.max_raw) + self.req.nbytes
+
+    def sized(self, nbytes: int) -> "Item":
+        """A ``whole`` item once its ``nbytes`` have been read: its 1-D shape, checked."""
+        if not self.whole:
+            return self
+        req = self.req
+        data = nbytes - 4 * sum(1 for f in req.filters if f.get("id") == "fletcher32")
+        if data <= 0 or data % req.dtype.itemsize:
+            raise RequestValidationError(
+                "size", f"not given, and the {nbytes} bytes from offset {req.offset} of "
+                f"{self.target.name} are not a whole number of {req.dtype.name} elements")
+        return replace(self, req=req._replace(shape=(data // req.dtype.itemsize,), size=nbytes),
+                       whole=False)
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
@@ -99,7 +117,7 @@ def _target(body: dict[str, Any], api: str, auth: tuple[str, str] | None,
             raise RequestValidationError("interface_type", "is required")
         if kind not in ("s3", "http", "https"):
             raise RequestValidationError("interface_type", f"must be s3, http or https; got {kind!r}")
-        url = _string(body, "url")
+        url = canonical_url(_string(body, "url"))  # sent unencoded: spaces, brackets, ...
         check_allowed(url, allow, "url")
         if kind in ("http", "https"):
             # The URL's own scheme decides how to connect: PyActiveStorage 0.8 sends
@@ -117,12 +135,36 @@ def _target(body: dict[str, Any], api: str, auth: tuple[str, str] | None,
                   version_id=version if isinstance(version, str) else None)
 
 
+def _itemsize(body: dict[str, Any]) -> int:
+    """The element size of the body's dtype (plus its checksums), or 1 (from_wire names a bad
+    dtype)."""
+    try:
+        n = np.dtype(body.get("dtype")).itemsize if isinstance(body.get("dtype"), str) else 1
+    except TypeError:
+        n = 1
+    filters = body.get("filters")
+    if isinstance(filters, list):
+        n += 4 * sum(1 for f in filters if isinstance(f, dict) and f.get("id") == "fletcher32")
+    return n
+
+
 def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
             settings: Settings) -> Item:
     """Validate one request body (routing, numeric description, options) into an :class:`Item`."""
     if not isinstance(body, dict):
         raise RequestValidationError("body", "request body must be a JSON object")
     target = _target(body, api, auth, settings.allow_upstream)
+    if body.get("shape") is None and body.get("size") is None and body.get("compression") is None:
+        # The spec's defaults: read to the end of the object, 1-D of all its elements. Validate
+        # the rest with a one-element size; the shape is set once the bytes are in (Item.sized).
+        probe = ChunkRequest.from_wire({**body, "size": _itemsize(body)},
+                                       max_elements=settings.max_bytes_in_flight)
+        max_raw = min(settings.max_bytes_in_flight // 4, 64 << 20)
+        return Item(req=probe._replace(size=None), target=target, operation=operation,
+                    read_size=None, max_raw=max_raw, whole=True,
+                    wide_sum=_flag(body, "option_wide_sum"),
+                    shape_as_bytes=_flag(body, "option_shape_as_bytes") and api != "v1",
+                    count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")
     req = ChunkRequest.from_wire(body, max_elements=settings.max_bytes_in_flight)
     if req.size is not None:
         read_size: int | None = req.size
@@ -151,6 +193,7 @@ def compute(raw: bytes, item: Item, wide: bool = False,
     """Run the shared kernel and shape its keepdims partial into the API's result.
 
     ``wide``: keep sums in the accumulating dtype whatever the request asked (for folding)."""
+    item = item.sized(len(raw))
     try:
         p: Partial = reduce_chunk(raw, item.req, item.operation, scratch)
     except (DecodeError, UnsupportedError) as exc:
@@ -170,7 +213,9 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
     """The v2 CBOR response map for one result."""
     shape = list(res.values.shape)
     counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
-    out: dict[str, Any] = {"bytes": res.values.tobytes(), "dtype": res.values.dtype.name,
+    # the result's bytes in the request's order (a multi-dimensional F result in Fortran order)
+    out: dict[str, Any] = {"bytes": res.values.tobytes(order=item.req.order),
+                           "dtype": res.values.dtype.name,
                            "shape": shape, "count": counts, "byte_order": NATIVE_BYTE_ORDER}
     if item.shape_as_bytes:
         out["shape_as_bytes"] = np.asarray(shape, dtype=np.uint64).tobytes()
@@ -181,21 +226,23 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
     return out
 
 
-def v1_parts(res: Result) -> tuple[bytes, dict[str, str]]:
-    """The v1 response body and ``x-activestorage-*`` headers for one result."""
-    if res.select or res.counts.ndim == 0:
-        count = str(int(res.counts))
-    else:
-        count = json.dumps(res.counts.tolist(), separators=(",", ":"))
+def v1_parts(res: Result, order: str = "C") -> tuple[bytes, dict[str, str]]:
+    """The v1 response body and ``x-activestorage-*`` headers for one result.
+
+    ``x-activestorage-count`` is a flat JSON list without spaces, as the reference server sends
+    it: one count per result element in C order (``[100]`` for a scalar, ``[3,3,2,3]`` for 2x2);
+    a selection's is its one total of non-missing elements, as in v2."""
+    counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
+    count = json.dumps(counts, separators=(",", ":"))
     headers = {"x-activestorage-dtype": res.values.dtype.name,
                "x-activestorage-shape": json.dumps(list(res.values.shape)),
                "x-activestorage-count": count,
                "x-activestorage-byte-order": NATIVE_BYTE_ORDER}
-    return res.values.tobytes(), headers
+    return res.values.tobytes(order=order), headers
 
 
 def _compute_v1(raw: bytes, item: Item) -> tuple[bytes, dict[str, str]]:
-    return v1_parts(compute(raw, item))
+    return v1_parts(compute(raw, item), item.req.order)
 
 
 def _compute_v2(raw: bytes, item: Item) -> bytes:
@@ -398,7 +445,8 @@ class Server:
         jobs = self._plan(items)
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
         total = sum(size if size is not None else items[run[0]].max_raw
-                    for run, _t, _o, size in jobs) + sum(it.req.nbytes for it in items)
+                    for run, _t, _o, size in jobs) + sum(
+                        it.max_raw if it.whole else it.req.nbytes for it in items)
         folding = body.get("fold") is not None
         loop = asyncio.get_running_loop()
         computed: list[Any] = [None] * len(items)
@@ -498,7 +546,10 @@ class Server:
     def capabilities(self) -> dict[str, Any]:
         return {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
                 "batch": True, "max_batch": self.settings.max_batch, "fold": True,
-                "operations": list(OPERATIONS), "options": list(OPTIONS)}
+                "operations": list(OPERATIONS), "options": list(OPTIONS),
+                # results of order-F requests come in Fortran order, as the spec says (older
+                # versions of this server sent C order: clients check this before reading F)
+                "result_order": "request"}
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -23,7 +23,9 @@ class _Common(BaseModel):
     shape: Optional[list[int]] = Field(None, description="array shape (default: 1-D)")
     order: Optional[Literal["C", "F"]] = None
     selection: Optional[list[list[Optional[int]]]] = Field(
-        None, description="one [start, end, stride] per dimension (Python slice semantics)")
+        None, description="one [start, end, stride] per dimension: exactly Python's "
+                          "slice(start, end, stride); ends past the axis are clamped; only "
+                          "stride 0 is refused")
     axis: Optional[Union[int, list[int]]] = Field(None, description="axes to reduce (default all)")
     compression: Optional[dict[str, Any]] = Field(
         None, description='{"id": "gzip"|"zlib"|"zstd"|"blosc"|"blosc2"|"lz4"|"bz2"}')
@@ -46,7 +48,9 @@ class V2Request(_Common):
     """POST /v2/{operation} body (and one item of a batch)."""
 
     interface_type: Literal["s3", "http", "https"]
-    url: str = Field(description="full object URL (S3 path-style or any HTTP URL with Range)")
+    url: str = Field(description="full object URL (S3 path-style or any HTTP URL with Range), "
+                                 "sent unencoded (spaces, brackets, quotes are fine; %XX is an "
+                                 "escape); only control characters are refused")
     option_shape_as_bytes: Optional[bool] = None
     option_count_as_bytes: Optional[bool] = None
     option_wide_sum: Optional[bool] = Field(

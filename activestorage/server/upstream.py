@@ -20,7 +20,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -60,8 +60,43 @@ class Target:
         return f"Target({self.kind}, {self.name})"
 
 
+#: characters a query string may hold as they are (``%`` too: escapes already there are kept).
+_QUERY_SAFE = "!$&'()*+,;=:@/?%~[]"
+
+
+def canonical_url(url: str, field: str = "url") -> str:
+    """The object URL as sent upstream: its path percent-encoded the one canonical way.
+
+    Clients send v2 URLs unencoded, built from a path (``.../bucket/shape-[10, 10]-x.bin``): any
+    character S3 allows in a key may appear, spaces, brackets, commas and quotes included. The URL
+    is read as a URL whose illegal characters were not escaped: ``%`` followed by two hex digits is
+    an escape (so an already-encoded URL, as our SDK sends, names the same object as the raw one),
+    a lone ``%`` is a literal percent sign, ``?`` starts the query and ``#`` a fragment (write them
+    as ``%3F``/``%23`` in a key). The path is decoded and re-encoded keeping only unreserved
+    characters and ``/`` (the encoding S3 signs, and one that every HTTP server decodes); the
+    query keeps its escapes and only characters illegal there are escaped. Only control
+    characters are refused.
+    """
+    if _control_chars(url):
+        raise RequestValidationError(field, "must not contain control characters")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise RequestValidationError(field, "must be an http:// or https:// URL with a host")
+    slash = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    cut = min(slash) if slash else len(rest)
+    host, rest = rest[:cut], rest[cut:]
+    rest, _, _fragment = rest.partition("#")  # never sent to a server
+    path, q, query = rest.partition("?")
+    path = quote(unquote_to_bytes(path), safe="/") or "/"
+    query = quote(query, safe=_QUERY_SAFE) if q else ""
+    return f"{scheme}://{host}{path}{q}{query}"
+
+
 def s3_url(source: str, bucket: str, key: str) -> str:
-    """The path-style object URL for a v1 ``source``/``bucket``/``object``."""
+    """The path-style object URL for a v1 ``source``/``bucket``/``object``.
+
+    ``object`` is a raw S3 key: every character of it is itself (``%20`` is three characters),
+    so all but unreserved ones and ``/`` are percent-encoded, as :func:`canonical_url` encodes."""
     return f"{source.rstrip('/')}/{quote(bucket, safe='')}/{quote(key.lstrip('/'), safe='/')}"
 
 
@@ -266,6 +301,10 @@ class Upstream:
         detail = [x.group(1).decode("utf-8", "replace") for x in (code, msg) if x]
         causes = [f"store answered HTTP {st}" + (f": {' - '.join(detail)}" if detail else "")]
         where = f"{target.name} (store {target.store})"
+        # the store's own words (S3's "AccessDenied: Access Denied"), which clients look for
+        words = ": ".join(detail) if detail else f"HTTP {st} {resp.reason or ''}".rstrip()
+        if not detail and st == 403 and target.kind == "s3":  # S3's bare 403 (no error body)
+            words = f"Access Denied ({words})"
         if st == 416:
             total = _total_size(resp)
             extra = f", object has {total} bytes" if total is not None else ""
@@ -273,11 +312,11 @@ class Upstream:
                                 store=target.store, causes=causes)
         if st == 404:
             what = "bucket" if code and b"Bucket" in code.group(1) else "object"
-            return StorageError(f"{what} not found: {where}", status=400, store=target.store,
-                                causes=causes)
-        if st in (401, 403):
-            return StorageError(f"store refused the credentials for {where}", status=401,
+            return StorageError(f"{what} not found: {where}: {words}", status=400,
                                 store=target.store, causes=causes)
+        if st in (401, 403):
+            return StorageError(f"store refused the credentials for {where}: {words}",
+                                status=401, store=target.store, causes=causes)
         if st == 412:
             return ObjectChangedError(f"object changed since manifest was written: {target.name}",
                                       status=409, store=target.store, causes=causes)

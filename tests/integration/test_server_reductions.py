@@ -134,7 +134,9 @@ def make_case(i: int) -> Case:
             vmax, wire_missing = hi_v, {"valid_max": hi_v.item()}
         else:
             vmin, vmax = lo_v, hi_v
-            wire_missing = {"valid_range": [lo_v.item(), hi_v.item()]}
+            # valid_range needs low < high; a range of one value goes as both bounds
+            wire_missing = ({"valid_range": [lo_v.item(), hi_v.item()]} if lo_v < hi_v
+                            else {"valid_min": lo_v.item(), "valid_max": hi_v.item()})
             if mkind == "combo":
                 mv = pick()
                 values = (mv,)
@@ -252,7 +254,8 @@ def post_json(session: requests.Session, url: str, body: Any, auth: Any = None) 
                         headers={"content-type": "application/json"})
 
 
-def decode_v2(m: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def decode_v2(m: dict[str, Any], order: str = "C") -> tuple[np.ndarray, np.ndarray]:
+    """Values (the bytes are in the request's ``order``, as the spec says) and counts."""
     bo = "<" if m["byte_order"] == "little" else ">"
     shape = m["shape"]
     if "shape_as_bytes" in m:
@@ -262,7 +265,8 @@ def decode_v2(m: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if "count_as_bytes" in m:
         assert count == []
         count = np.frombuffer(m["count_as_bytes"], bo + "i8").tolist()
-    values = np.frombuffer(m["bytes"], np.dtype(m["dtype"]).newbyteorder(bo)).reshape(shape)
+    values = np.frombuffer(m["bytes"], np.dtype(m["dtype"]).newbyteorder(bo)).reshape(
+        shape, order=order)
     return values, np.asarray(count, np.int64)
 
 
@@ -274,9 +278,10 @@ def decode_response(case: Case, r: requests.Response) -> tuple[np.ndarray, np.nd
         bo = "<" if h["x-activestorage-byte-order"] == "little" else ">"
         shape = json.loads(h["x-activestorage-shape"])
         values = np.frombuffer(r.content, np.dtype(h["x-activestorage-dtype"]).newbyteorder(bo))
-        return values.reshape(shape), np.asarray(json.loads(h["x-activestorage-count"]), np.int64)
+        return (values.reshape(shape, order=case.body.get("order", "C")),
+                np.asarray(json.loads(h["x-activestorage-count"]), np.int64))
     assert r.headers["content-type"] == "application/cbor"
-    return decode_v2(cbor2.loads(r.content))
+    return decode_v2(cbor2.loads(r.content), case.body.get("order", "C"))
 
 
 def check(case: Case, values: np.ndarray, counts: np.ndarray) -> None:
@@ -399,7 +404,7 @@ def test_batch_matches_numpy_and_coalesces(matrix, session, moto_server, nginx_s
         results = cbor2.loads(r.content)["results"]
         assert len(results) == len(cases)
         for case, m in zip(cases, results):
-            check(case, *decode_v2(m))
+            check(case, *decode_v2(m, case.body.get("order", "C")))
         total_items += len(cases)
     gets = upstream_gets() - before
     # two objects per batch, ~10 KiB apart at most: coalescing must beat one GET per item
@@ -413,7 +418,7 @@ def test_json_batch_with_trailing_slash(matrix, session, moto_server, nginx_serv
                   auth=(S3_KEY, S3_SECRET))
     assert r.status_code == 200, r.text
     for case, m in zip(cases, cbor2.loads(r.content)["results"]):
-        check(case, *decode_v2(m))
+        check(case, *decode_v2(m, case.body.get("order", "C")))
 
 
 def test_integer_sum_overflow_wraps_unless_wide(session, s3, moto_server, active_server):

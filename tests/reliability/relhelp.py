@@ -59,18 +59,21 @@ def check_answer(resp: Any, *, context: Any = None, extra_names: tuple[str, ...]
     assert st == 200, (st, resp.content[:200])
 
 
-def decode_result(resp: Any, api: str) -> tuple[np.ndarray, Any]:
-    """(values, count) of a 200 answer of v1 (raw + headers) or v2 (CBOR)."""
+def decode_result(resp: Any, api: str, order: str | None = "C") -> tuple[np.ndarray, Any]:
+    """(values, count) of a 200 answer of v1 (raw + headers) or v2 (CBOR); the result bytes are
+    in the request's ``order``, as the spec says."""
+    order = order if order in ("C", "F") else "C"
     if api == "v1":
         h = resp.headers
         dt = np.dtype(h["x-activestorage-dtype"]).newbyteorder(
             "<" if h["x-activestorage-byte-order"] == "little" else ">")
         shape = json.loads(h["x-activestorage-shape"])
-        return np.frombuffer(resp.content, dt).reshape(shape), json.loads(h["x-activestorage-count"])
+        return (np.frombuffer(resp.content, dt).reshape(shape, order=order),
+                json.loads(h["x-activestorage-count"]))
     assert resp.headers["content-type"].startswith("application/cbor"), resp.headers
     m = cbor2.loads(resp.content)
     dt = np.dtype(m["dtype"]).newbyteorder("<" if m["byte_order"] == "little" else ">")
-    return np.frombuffer(m["bytes"], dt).reshape(m["shape"]), m["count"]
+    return np.frombuffer(m["bytes"], dt).reshape(m["shape"], order=order), m["count"]
 
 
 def oracle(body: Mapping[str, Any], op: str, array: np.ndarray) -> np.ndarray | None:

@@ -144,7 +144,7 @@ def _url(base: str, api: str, op: str) -> str:
 
 
 def _check_ok(resp, api: str, op: str, body: dict[str, Any], array: np.ndarray | None) -> None:
-    values, count = decode_result(resp, api)
+    values, count = decode_result(resp, api, body.get("order") if isinstance(body, dict) else "C")
     if array is None:
         return
     want = oracle(body, op, array)

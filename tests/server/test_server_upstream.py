@@ -85,7 +85,16 @@ def test_past_the_end_and_short_reads():
     (404, b"<Error><Code>NoSuchKey</Code></Error>", 400, "object not found"),
     (404, b"<Error><Code>NoSuchBucket</Code></Error>", 400, "bucket not found"),
     (403, b"<Error><Code>AccessDenied</Code></Error>", 401, "refused the credentials"),
+    # the store's own words are in the message itself, as clients and tests look for them
+    (403, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>", 401,
+     "AccessDenied: Access Denied"),
+    (403, b"<Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided "
+          b"does not exist in our records.</Message></Error>", 401,
+     "InvalidAccessKeyId: The AWS Access Key Id you provided does not exist"),
+    (403, b"<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we "
+          b"calculated does not match</Message></Error>", 401, "SignatureDoesNotMatch: The request"),
     (401, b"", 401, "refused the credentials"),
+    (401, b"", 401, "HTTP 401 Unauthorized"),
     (412, b"", 409, "object changed since manifest was written"),
     (500, b"boom", 502, "failed to serve"),
     (503, b"", 502, "failed to serve"),
