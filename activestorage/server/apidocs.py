@@ -213,8 +213,11 @@ def complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
                 responses["200"] = _ok_response(path)
                 for status, (meaning, message, causes) in REDUCTION_ERRORS.items():
                     responses[str(status)] = _error_response(status, meaning, message, causes)
-                for media in op.get("requestBody", {}).get("content", {}).values():
-                    media["example"] = _body_example(path)
+                # (on the JSON body only: a CBOR example would be shown as JSON anyway, and
+                # fuzzers that use examples cannot serialise CBOR)
+                json_body = op.get("requestBody", {}).get("content", {}).get("application/json")
+                if json_body is not None:
+                    json_body["example"] = _body_example(path)
                 for p in op.get("parameters", []):
                     if p.get("name") == "operation":
                         p["description"] = "count, min, max, sum or select"
