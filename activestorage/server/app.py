@@ -34,7 +34,8 @@ from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, S
 from ..combine import Accumulator
 from ..kernel import Partial, reduce_chunk, scratch_bytes
 from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
-from . import schema
+from . import apidocs, schema
+from .status import install as install_status_page
 from .limits import ByteBudget, LimitError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .settings import Settings
@@ -623,6 +624,7 @@ class FrontDoor:
             m.requests.labels(api, op, str(state["status"])).inc()
             if api != "other":
                 m.latency.labels(api, op).observe(dt)
+                m.reduction_bytes_out.inc(state["bytes"])
             m.bytes_out.inc(state["bytes"])
             m.in_flight.set(self.server.budget.used)
             if self.server.settings.access_log and access_log.isEnabledFor(logging.INFO):
@@ -658,7 +660,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield {"client_timeout": settings.client_timeout}
         await server.aclose()
 
-    app = FastAPI(title="activestorage reduction server", version=__version__,
+    app = apidocs.offline_app(title="activestorage reduction server", version=__version__,
                   description="Reductionist-compatible active-storage API (v1, v2) plus a batch "
                               "extension. Errors: {\"error\": {\"message\", \"caused_by\"}}.",
                   lifespan=lifespan, redirect_slashes=False)
@@ -745,6 +747,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics."""
         return Response(server.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
+    install_status_page(app, server)  # GET /: the status page
     app.add_middleware(FrontDoor, server=server)
     return app
 

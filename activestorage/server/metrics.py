@@ -24,6 +24,9 @@ class Metrics:
                                          "range GETs sent to upstream stores", registry=r)
         self.bytes_out = Counter("activestorage_response_bytes", "response body bytes sent",
                                  registry=r)
+        self.reduction_bytes_out = Counter(
+            "activestorage_reduction_response_bytes",
+            "response body bytes sent by the reduction routes (v1, v2, batch)", registry=r)
         self.errors = Counter("activestorage_errors", "error responses by kind", ["kind"],
                               registry=r)
         self.in_flight = Gauge("activestorage_bytes_in_flight",
