@@ -83,6 +83,9 @@ def _string(body: dict[str, Any], name: str) -> str:
         raise RequestValidationError(name, "is required")
     if not isinstance(v, str):
         raise RequestValidationError(name, "must be a string")
+    if any(0xD800 <= ord(c) <= 0xDFFF or ord(c) < 0x20 or ord(c) == 0x7F for c in v):
+        raise RequestValidationError(name, "must not contain control characters or unpaired "
+                                     "surrogates")
     return v
 
 
@@ -269,10 +272,15 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
+def _printable(text: str) -> str:
+    """``text`` safe to encode as UTF-8 JSON (an unpaired surrogate becomes an escape)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(status: int, message: str, caused_by: Sequence[str] = ()) -> JSONResponse:
-    err: dict[str, Any] = {"message": message}
+    err: dict[str, Any] = {"message": _printable(message)}
     if caused_by:
-        err["caused_by"] = list(caused_by)
+        err["caused_by"] = [_printable(c) for c in caused_by]
     headers = {"retry-after": "1"} if status == 503 else None
     return JSONResponse({"error": err}, status_code=status, headers=headers)
 
@@ -316,7 +324,8 @@ class Server:
         self.upstream = Upstream(max_concurrency=settings.max_upstream_concurrency,
                                  connect_timeout=settings.upstream_connect_timeout,
                                  read_timeout=settings.upstream_read_timeout,
-                                 region=settings.s3_region)
+                                 region=settings.s3_region,
+                                 allow=settings.allow_upstream)
         self.pool = ThreadPoolExecutor(settings.kernel_threads, thread_name_prefix="as-kernel")
 
     async def read_body(self, request: Request) -> bytes:
