@@ -64,7 +64,7 @@ def parse_url(url: str) -> URL:
 
 def canonical_host(host: str) -> str:
     """``host`` compared as: lower case, without a trailing dot or IPv6 brackets."""
-    host = host.strip().lower()
+    host = host.lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host[:-1] if host.endswith(".") and not host.endswith("..") else host

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
 from . import schema
 from .limits import ByteBudget, LimitError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from .responses import BudgetedResponse, Part, cbor_head, cbor_map_parts
 from .settings import Settings
 from .upstream import Target, Upstream, check_allowed, parse_basic_auth, s3_url
 
@@ -64,8 +66,29 @@ class Item:
 
     @property
     def cost(self) -> int:
-        """Bytes this item may hold at once: the raw range plus the decoded array."""
-        return (self.read_size if self.read_size is not None else self.max_raw) + self.req.nbytes
+        """Bytes this item may hold until its answer is written: the raw range, the decoded
+        array and the result (see :func:`result_bytes`)."""
+        raw = self.read_size if self.read_size is not None else self.max_raw
+        return raw + self.req.nbytes + result_bytes(self.req, self.operation)
+
+
+#: memory per element of a reduction's result: the value and count arrays (8 + 8 bytes) and the
+#: Python list of counts the response is encoded from (~36 bytes) with its CBOR encoding (~9)
+RESULT_BYTES_PER_ELEMENT = 64
+
+
+def result_bytes(req: ChunkRequest, operation: str) -> int:
+    """An upper bound on the memory of one item's result and its encoding (beyond the decoded
+    array): a selection's values, or a reduction's values, counts and count list."""
+    shape = req.shape
+    sl = req.selection_slices()
+    if sl is not None:
+        shape = tuple(len(range(*s.indices(n))) for s, n in zip(sl, shape))
+    if operation == "select":
+        return math.prod(shape) * req.dtype.itemsize + 4096
+    axes = set(req.reduce_axes)
+    kept = math.prod(n for i, n in enumerate(shape) if i not in axes)
+    return kept * RESULT_BYTES_PER_ELEMENT + 4096
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
@@ -170,10 +193,11 @@ def compute(raw: bytes, item: Item, wide: bool = False,
 
 
 def v2_map(res: Result, item: Item) -> dict[str, Any]:
-    """The v2 CBOR response map for one result."""
+    """The v2 CBOR response map for one result (``bytes``: the values array, written from its
+    own memory by :func:`.responses.cbor_map_parts`)."""
     shape = list(res.values.shape)
     counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
-    out: dict[str, Any] = {"bytes": res.values.tobytes(), "dtype": res.values.dtype.name,
+    out: dict[str, Any] = {"bytes": res.values, "dtype": res.values.dtype.name,
                            "shape": shape, "count": counts, "byte_order": NATIVE_BYTE_ORDER}
     if item.shape_as_bytes:
         out["shape_as_bytes"] = np.asarray(shape, dtype=np.uint64).tobytes()
@@ -184,25 +208,41 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
     return out
 
 
-def v1_parts(res: Result) -> tuple[bytes, dict[str, str]]:
-    """The v1 response body and ``x-activestorage-*`` headers for one result."""
+#: the largest ``x-activestorage-count`` header a v1 answer carries (HTTP clients commonly
+#: refuse response headers beyond 8-64 KiB); longer count lists are refused: use v2
+V1_COUNT_HEADER_LIMIT = 8 << 10
+
+
+def v1_parts(res: Result) -> tuple[memoryview, dict[str, str]]:
+    """The v1 response body (the values' own memory) and ``x-activestorage-*`` headers."""
     if res.select or res.counts.ndim == 0:
         count = str(int(res.counts))
     else:
+        if res.counts.size * 2 > V1_COUNT_HEADER_LIMIT:  # each count takes >= 2 characters
+            raise RequestValidationError(
+                "axis", f"this reduction has {res.counts.size} counts, too many for the v1 "
+                        f"x-activestorage-count header (limit {V1_COUNT_HEADER_LIMIT} bytes); "
+                        "use the v2 API (/v2/<operation>), which returns counts in the body")
         count = json.dumps(res.counts.tolist(), separators=(",", ":"))
+        if len(count) > V1_COUNT_HEADER_LIMIT:
+            raise RequestValidationError(
+                "axis", f"this reduction's counts take {len(count)} bytes, too many for the v1 "
+                        f"x-activestorage-count header (limit {V1_COUNT_HEADER_LIMIT} bytes); "
+                        "use the v2 API (/v2/<operation>), which returns counts in the body")
     headers = {"x-activestorage-dtype": res.values.dtype.name,
                "x-activestorage-shape": json.dumps(list(res.values.shape)),
                "x-activestorage-count": count,
                "x-activestorage-byte-order": NATIVE_BYTE_ORDER}
-    return res.values.tobytes(), headers
+    flat = np.ascontiguousarray(res.values).reshape(-1).view(np.uint8)
+    return memoryview(flat), headers
 
 
-def _compute_v1(raw: bytes, item: Item) -> tuple[bytes, dict[str, str]]:
+def _compute_v1(raw: bytes, item: Item) -> tuple[memoryview, dict[str, str]]:
     return v1_parts(compute(raw, item))
 
 
-def _compute_v2(raw: bytes, item: Item) -> bytes:
-    return cbor2.dumps(v2_map(compute(raw, item), item))
+def _compute_v2(raw: bytes, item: Item) -> list[Part]:
+    return cbor_map_parts(v2_map(compute(raw, item), item))
 
 
 def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
@@ -220,7 +260,7 @@ def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
 
 
 def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item],
-                   folding: bool) -> list[tuple[int, dict[str, Any]]]:
+                   folding: bool) -> list[tuple[int, list[Part]]]:
     """One response map per group, for its first item; when ``folding``, the group's results
     folded in request order exactly as the client's accumulator would (float sums in float64,
     integer sums in (u)int64, min/max over the elements that have a value)."""
@@ -228,7 +268,7 @@ def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item
     for group in groups:
         first = group[0]
         if not folding:
-            out.append((first, v2_map(results[first], items[first])))
+            out.append((first, cbor_map_parts(v2_map(results[first], items[first]))))
             continue
         acc: Accumulator | None = None
         for i in group:
@@ -241,7 +281,8 @@ def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item
                             f"shapes {list(acc.values.shape)} and {list(res.values.shape)}"), i)
             acc.add((), Partial(res.values, res.counts))
         assert acc is not None
-        out.append((first, v2_map(Result(acc.values, acc.counts, False), items[first])))
+        out.append((first, cbor_map_parts(v2_map(Result(acc.values, acc.counts, False),
+                                                  items[first]))))
     return out
 
 
@@ -258,6 +299,9 @@ def fold_groups(fold: Any, n: int, operation: str) -> list[list[int]]:
     for i, f in enumerate(fold):
         groups.setdefault(f, []).append(i)
     return list(groups.values())
+
+
+_CBOR_NULL = b"\xf6"
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -376,14 +420,28 @@ class Server:
         body = await self.parse(request)
         item = prepare(body, op, api, auth, self.settings)
         loop = asyncio.get_running_loop()
-        async with self.budget.reserve(item.cost):
+        held = await self.budget.acquire(item.cost)
+        try:
             self.metrics.in_flight.set(self.budget.used)
             raw = await self.fetch(item)
             if api == "v1":
-                content, headers = await loop.run_in_executor(self.pool, _compute_v1, raw, item)
-                return Response(content, headers=headers, media_type="application/octet-stream")
-            content = await loop.run_in_executor(self.pool, _compute_v2, raw, item)
-            return Response(content, media_type="application/cbor")
+                body_v1, headers = await loop.run_in_executor(self.pool, _compute_v1, raw, item)
+                parts: list[Part] = [body_v1]
+                media: str = "application/octet-stream"
+            else:
+                parts = await loop.run_in_executor(self.pool, _compute_v2, raw, item)
+                headers, media = None, "application/cbor"
+            del raw
+        except BaseException:
+            self._release(held)
+            raise
+        return BudgetedResponse(parts, media_type=media, headers=headers,
+                                release=lambda: self._release(held), held=held)
+
+    def _release(self, nbytes: int) -> None:
+        """Give a request's reservation back (once its answer is written or abandoned)."""
+        self.budget.release(nbytes)
+        self.metrics.in_flight.set(self.budget.used)
 
     async def batch(self, request: Request, operation: str) -> Response:
         op = check_operation(operation)
@@ -407,7 +465,8 @@ class Server:
         jobs = self._plan(items)
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
         total = sum(size if size is not None else items[run[0]].max_raw
-                    for run, _t, _o, size in jobs) + sum(it.req.nbytes for it in items)
+                    for run, _t, _o, size in jobs) + sum(
+            it.req.nbytes + result_bytes(it.req, op) for it in items)
         folding = body.get("fold") is not None
         loop = asyncio.get_running_loop()
         computed: list[Any] = [None] * len(items)
@@ -419,21 +478,31 @@ class Server:
                 computed[i] = res
                 raws[i] = b""  # the bytes are no longer needed
 
-        async with self.budget.reserve(total):
+        held = await self.budget.acquire(total)
+        try:
             self.metrics.in_flight.set(self.budget.used)
             await self._fetch(items, jobs, ready)
             n = max(1, min(self.settings.kernel_threads, len(groups)))
             parts = await asyncio.gather(
                 *(loop.run_in_executor(self.pool, _encode_groups, groups[k::n], computed, items,
                                        folding) for k in range(n)), return_exceptions=True)
-        errors = [p for p in parts if isinstance(p, BaseException)]
-        if errors:
-            raise min(errors, key=_item_index)
-        results: list[Any] = [None] * len(items)  # folded-away items stay null
-        for part in parts:
-            for i, m in part:  # type: ignore[union-attr]
-                results[i] = m
-        return Response(cbor2.dumps({"results": results}), media_type="application/cbor")
+            errors = [p for p in parts if isinstance(p, BaseException)]
+            if errors:
+                raise min(errors, key=_item_index)
+            results: list[list[Part]] = [[_CBOR_NULL]] * len(items)  # folded-away: null
+            for part in parts:
+                for i, m in part:  # type: ignore[union-attr]
+                    results[i] = m
+            # {"results": [...]} written piece by piece from the result arrays
+            out: list[Part] = [cbor_head(5, 1), cbor2.dumps("results"), cbor_head(4, len(items))]
+            for r in results:
+                out.extend(r)
+            del results, parts, computed[:]
+        except BaseException:
+            self._release(held)
+            raise
+        return BudgetedResponse(out, media_type="application/cbor",
+                                release=lambda: self._release(held), held=held)
 
     def _plan(self, items: list[Item]) -> list[tuple[list[int], Target, int, int | None]]:
         """GETs to make: (item indices, object, start, size); ranges of one object that are
