@@ -682,7 +682,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("activestorage server %s ready; upstream allow-list: %s", __version__,
                  ", ".join(settings.allow_upstream))
         # lifespan state: read by the connection protocol for its request-header deadline
-        yield {"client_timeout": settings.client_timeout}
+        yield {"client_timeout": settings.client_timeout,
+               "max_header_bytes": settings.max_header_bytes,
+               "write_timeout": settings.write_timeout}
         await server.aclose()
 
     app = FastAPI(title="activestorage reduction server", version=__version__,
