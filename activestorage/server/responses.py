@@ -77,18 +77,30 @@ class BudgetedResponse(Response):
         self._held = held
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:  # the request body has been read: next comes a disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
             parts, self.parts = self.parts, []
-            while parts:
+            while parts and not gone.is_set():
                 part = memoryview(parts.pop(0)).cast("B")
                 for i in range(0, len(part), PIECE):
+                    if gone.is_set():
+                        break
                     await send({"type": "http.response.body", "body": bytes(part[i:i + PIECE]),
                                 "more_body": True})
                 del part
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            watcher.cancel()
             self.parts = []
             self.release()
             if self._held >= TRIM_AFTER_BYTES:
