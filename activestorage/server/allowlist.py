@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Awaitable, Callable, Iterable, Sequence
+from urllib.parse import quote
 
 from yarl import URL
 
@@ -57,9 +58,25 @@ class Endpoint:
     named: bool          # matched by an explicit (non-``*``) allow-list entry
 
 
+#: characters left as they are when a URL's path and query are percent-encoded: the reserved
+#: and unreserved sets and ``%`` (so an already-encoded URL is unchanged)
+_URL_SAFE = "/%:=&?~#+!$,;'@()*-._"
+
+
+def encode_url(url: str) -> str:
+    """``url`` with its path and query percent-encoded where the API's unencoded keys need it
+    (spaces, quotes, brackets, non-ASCII); an already-encoded URL is returned unchanged."""
+    scheme, sep, rest = url.partition("://")
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    tail = rest[cut:]
+    if tail.isascii() and not any(c in tail for c in ' "<>[]{}|\\^`'):
+        return url
+    return f"{scheme}{sep}{rest[:cut]}{quote(tail, safe=_URL_SAFE)}"
+
+
 def parse_url(url: str) -> URL:
-    """The URL as the HTTP client will use it (yarl, already percent-encoded)."""
-    return URL(url, encoded=True)
+    """The URL as the HTTP client will use it (yarl; the path is already percent-encoded)."""
+    return URL(encode_url(url), encoded=True)
 
 
 def canonical_host(host: str) -> str:

@@ -26,7 +26,8 @@ import aiohttp
 from yarl import URL
 
 from ..errors import ObjectChangedError, StorageError
-from .allowlist import METADATA_HOSTS, AllowList, PinnedResolver, RefusedAddress, allow_list, parse_url
+from .allowlist import (METADATA_HOSTS, AllowList, PinnedResolver, RefusedAddress, allow_list,
+                        encode_url, parse_url)
 
 __all__ = ["METADATA_HOSTS", "Target", "Upstream", "check_allowed", "parse_basic_auth", "s3_url"]
 
@@ -168,7 +169,7 @@ class Upstream:
         exactly the ``Content-Range`` asked for (or 200 with exactly the whole object, when the
         whole object was asked for); anything else is a 502 naming the store. At most the
         requested size (plus one byte, to detect an overlong body) is ever read."""
-        url = target.url
+        url = encode_url(target.url)  # what is signed is what is sent
         if target.kind == "s3" and target.version_id:
             url += ("&" if "?" in url else "?") + "versionId=" + quote(target.version_id, safe="")
         if size is not None:

@@ -165,3 +165,14 @@ def test_pinned_resolver_answers_with_checked_addresses_only():
     assert out and all(a["host"] in ("127.0.0.1", "::1") for a in out)
     with pytest.raises(RefusedAddress):
         asyncio.run(PinnedResolver(AllowList(("*",))).resolve("localhost", 80, 0))
+
+
+def test_unencoded_keys_are_percent_encoded_once():
+    """The API sends keys unencoded; the request line must not carry raw spaces or quotes, and a
+    URL that is already encoded is left alone (so encoding twice changes nothing)."""
+    from activestorage.server.allowlist import encode_url
+
+    assert encode_url('http://h:1/b/a b[1],"q\'.nc') == "http://h:1/b/a%20b%5B1%5D,%22q'.nc"
+    for url in ("http://h/a%20b", "http://[::1]:9/x?y=1", "http://h"):
+        assert encode_url(url) == url
+    assert encode_url(encode_url("http://h/é x")) == "http://h/%C3%A9%20x"
