@@ -77,6 +77,16 @@ class BudgetedResponse(Response):
         self._held = held
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if int(self.headers["content-length"]) <= PIECE:  # the hot path: one small message
+            try:
+                body = b"".join(self.parts)
+                self.parts = []
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            finally:
+                self.release()
+            return
         gone = asyncio.Event()
 
         async def watch() -> None:  # the request body has been read: next comes a disconnect
