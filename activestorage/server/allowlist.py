@@ -36,6 +36,7 @@ METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "metadata.az
 METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
     "169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254"))
 
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -192,14 +193,27 @@ class AllowList:
         self.resolve: Resolve = resolve or _getaddrinfo
         self.ttl = ttl
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._passed: dict[str, Endpoint] = {}
 
     # -- synchronous part: run for every request before anything is fetched
     def check_url(self, url: str, field: str = "url") -> Endpoint:
         """Raise 400 for a malformed/ambiguous URL, 403 unless the allow-list covers its host."""
+        if _BAD_CHARS.search(url):
+            raise _bad(field, "must not contain control characters or unpaired surrogates")
+        # what is checked depends only on the scheme and authority: remember those that passed
+        start = url.find("://") + 3
+        ends = [i for i in (url.find(c, start) for c in "/?#") if i >= 0]
+        key = url[:min(ends)] if ends else url
+        ep = self._passed.get(key)
+        if ep is not None:
+            return ep
         scheme, host, port = _host_of(url, field)
         ep = self.endpoint(scheme, host, port, field)
         if ep.ip is not None:
             self.check_address(ep, ep.ip)
+        if len(self._passed) > 4096:
+            self._passed.clear()
+        self._passed[key] = ep
         return ep
 
     def endpoint(self, scheme: str, host: str, port: int, field: str = "url") -> Endpoint:
