@@ -3,7 +3,8 @@
 A request goes: bounded body read -> JSON/CBOR parse -> routing fields (allow-listed upstream) ->
 :meth:`ChunkRequest.from_wire` validation -> reserve its bytes in the memory budget -> range GET
 (:mod:`.upstream`) -> :func:`activestorage.kernel.reduce_chunk` in a thread pool -> v1 raw bytes with
-``x-activestorage-*`` headers, or v2 CBOR. A batch may carry ``fold`` ids: results sharing one
+``x-activestorage-*`` headers, or v2 CBOR, streamed from the result arrays; the reservation is
+released once the answer is written or the client has gone (:mod:`.responses`). A batch may carry ``fold`` ids: results sharing one
 are combined here, so an axis reduction over many small chunks answers with a few partials.
 Every error leaves as ``{"error": {"message", "caused_by"}}`` with the spec's status; nothing else
 (no FastAPI 422 shape, no tracebacks).
