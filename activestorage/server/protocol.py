@@ -99,7 +99,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self._refused:
             return
-        if self._draining:
+        if self._draining and not self._busy():
             self._refuse(503, "Service Unavailable", "server is shutting down; retry shortly",
                          (("retry-after", str(RETRY_AFTER_SECONDS)),))
             return
@@ -108,12 +108,18 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None:  # a JSON error instead of uvicorn's plain-text 500
             cycle.send_500_response = lambda: _send_json_error(cycle, self._draining)
 
+    def _busy(self) -> bool:
+        """An earlier (pipelined) request on this connection is still being answered."""
+        return self.cycle is not None and not self.cycle.response_complete
+
     def _refuse(self, status: int, reason: str, message: str,
                 extra: tuple[tuple[str, str], ...] = ()) -> None:
-        """Answer ``status`` with a JSON error and close, without running the app."""
+        """Answer ``status`` with a JSON error and close, without running the app. (Behind a
+        pipelined request still being answered the error cannot go first: just close.)"""
         self._refused = True
         if not self.transport.is_closing():
-            self.transport.write(json_error(status, reason, message, extra))
+            if not self._busy():
+                self.transport.write(json_error(status, reason, message, extra))
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
