@@ -186,16 +186,31 @@ def _inflate_into(raw: Any, out: np.ndarray, gzip_ok: bool, what: str,
     return out
 
 
-def _bz2(raw: Any, expected: int) -> bytes:
+def _bz2(raw: Any, expected: int) -> np.ndarray:
+    """bzip2 decoded piece by piece straight into the declared size (never more memory than
+    that plus one piece: ``decompress`` with a large ``max_length`` would grow and copy)."""
     d = bz2.BZ2Decompressor()
+    out = np.empty(expected, np.uint8)
+    pos = 0
+    data: Any = raw
     try:
-        out = d.decompress(raw, expected + 1)
+        while True:
+            piece = d.decompress(data, min(_OUT_PIECE, expected - pos + 1))
+            data = b""
+            end = pos + len(piece)
+            if end > expected:
+                raise DecodeError(f"bzip2 data expands beyond the declared {expected} bytes")
+            out[pos:end] = np.frombuffer(piece, np.uint8)
+            pos = end
+            if d.eof or (d.needs_input and not piece):
+                break
     except (OSError, ValueError, EOFError) as exc:
         raise DecodeError(f"bzip2 data is corrupt: {exc}") from exc
-    if len(out) > expected or not d.needs_input and not d.eof:
-        raise DecodeError(f"bzip2 data expands beyond the declared {expected} bytes")
     if not d.eof:
-        raise DecodeError(f"bzip2 data is truncated: the stream ends after {len(out)} of "
+        raise DecodeError(f"bzip2 data is truncated: the stream ends after {pos} of "
+                          f"{expected} bytes")
+    if pos != expected:
+        raise DecodeError(f"bzip2 data is truncated: the stream ends after {pos} of "
                           f"{expected} bytes")
     return out
 

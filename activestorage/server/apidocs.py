@@ -85,7 +85,8 @@ ERROR_SCHEMA: dict[str, Any] = {
                        "caused_by": {"type": "array", "items": {"type": "string"}}}}}}
 
 _ALLOW = ("upstream host 's3.example.org' is not on this server's allow-list (start the server "
-          "with --allow-upstream HOST to permit it)")
+          "with --allow-upstream HOST to permit it; '*' never covers loopback, private, "
+          "link-local or metadata addresses)")
 
 #: status -> (meaning, example message, example causes) for the reduction routes.
 REDUCTION_ERRORS: dict[int, tuple[str, str, list[str]]] = {

@@ -3,7 +3,8 @@
 A request goes: bounded body read -> JSON/CBOR parse -> routing fields (allow-listed upstream) ->
 :meth:`ChunkRequest.from_wire` validation -> reserve its bytes in the memory budget -> range GET
 (:mod:`.upstream`) -> :func:`activestorage.kernel.reduce_chunk` in a thread pool -> v1 raw bytes with
-``x-activestorage-*`` headers, or v2 CBOR. A batch may carry ``fold`` ids: results sharing one
+``x-activestorage-*`` headers, or v2 CBOR, streamed from the result arrays; the reservation is
+released once the answer is written or the client has gone (:mod:`.responses`). A batch may carry ``fold`` ids: results sharing one
 are combined here, so an axis reduction over many small chunks answers with a few partials.
 Every error leaves as ``{"error": {"message", "caused_by"}}`` with the spec's status; nothing else
 (no FastAPI 422 shape, no tracebacks).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -38,6 +40,7 @@ from . import apidocs, schema
 from .status import install as install_status_page
 from .limits import ByteBudget, LimitError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from .responses import BudgetedResponse, Part, cbor_head, cbor_map_parts
 from .settings import Settings
 from .upstream import (Target, Upstream, canonical_url, check_allowed, parse_basic_auth,
                        s3_url)
@@ -68,10 +71,18 @@ class Item:
 
     @property
     def cost(self) -> int:
-        """Bytes this item may hold at once: the raw range plus the decoded array."""
+        """Bytes this item may hold until its answer is written: the raw range, the decoded
+        array and the result (see :func:`result_bytes`)."""
+        raw = self.read_size if self.read_size is not None else self.max_raw
+        return raw + self.beyond_raw
+
+    @property
+    def beyond_raw(self) -> int:
+        """What the item holds besides its raw range: the decoded array and the result. A
+        ``whole`` item's size is only known once read; ``max_raw`` bounds it."""
         if self.whole:
-            return 2 * self.max_raw
-        return (self.read_size if self.read_size is not None else self.max_raw) + self.req.nbytes
+            return self.max_raw + (self.max_raw if self.operation == "select" else 4096)
+        return self.req.nbytes + result_bytes(self.req, self.operation)
 
     def sized(self, nbytes: int) -> "Item":
         """A ``whole`` item once its ``nbytes`` have been read: its 1-D shape, checked."""
@@ -85,6 +96,25 @@ class Item:
                 f"{self.target.name} are not a whole number of {req.dtype.name} elements")
         return replace(self, req=req._replace(shape=(data // req.dtype.itemsize,), size=nbytes),
                        whole=False)
+
+
+#: memory per element of a reduction's result: the value and count arrays (8 + 8 bytes) and the
+#: Python list of counts the response is encoded from (~36 bytes) with its CBOR encoding (~9)
+RESULT_BYTES_PER_ELEMENT = 64
+
+
+def result_bytes(req: ChunkRequest, operation: str) -> int:
+    """An upper bound on the memory of one item's result and its encoding (beyond the decoded
+    array): a selection's values, or a reduction's values, counts and count list."""
+    shape = req.shape
+    sl = req.selection_slices()
+    if sl is not None:
+        shape = tuple(len(range(*s.indices(n))) for s, n in zip(sl, shape))
+    if operation == "select":
+        return math.prod(shape) * req.dtype.itemsize + 4096
+    axes = set(req.reduce_axes)
+    kept = math.prod(n for i, n in enumerate(shape) if i not in axes)
+    return kept * RESULT_BYTES_PER_ELEMENT + 4096
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
@@ -102,6 +132,9 @@ def _string(body: dict[str, Any], name: str) -> str:
         raise RequestValidationError(name, "is required")
     if not isinstance(v, str):
         raise RequestValidationError(name, "must be a string")
+    if any(0xD800 <= ord(c) <= 0xDFFF or ord(c) < 0x20 or ord(c) == 0x7F for c in v):
+        raise RequestValidationError(name, "must not contain control characters or unpaired "
+                                     "surrogates")
     return v
 
 
@@ -211,11 +244,12 @@ def compute(raw: bytes, item: Item, wide: bool = False,
 
 
 def v2_map(res: Result, item: Item) -> dict[str, Any]:
-    """The v2 CBOR response map for one result."""
+    """The v2 CBOR response map for one result (``bytes``: the values array, written from its
+    own memory by :func:`.responses.cbor_map_parts`)."""
     shape = list(res.values.shape)
     counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
     # the result's bytes in the request's order (a multi-dimensional F result in Fortran order)
-    out: dict[str, Any] = {"bytes": res.values.tobytes(order=item.req.order),
+    out: dict[str, Any] = {"bytes": in_order(res.values, item.req.order),
                            "dtype": res.values.dtype.name,
                            "shape": shape, "count": counts, "byte_order": NATIVE_BYTE_ORDER}
     if item.shape_as_bytes:
@@ -227,27 +261,53 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
     return out
 
 
-def v1_parts(res: Result, order: str = "C") -> tuple[bytes, dict[str, str]]:
-    """The v1 response body and ``x-activestorage-*`` headers for one result.
+#: the largest ``x-activestorage-count`` header a v1 answer carries: under the 64 KiB header
+#: line that Python's http.client (requests, urllib3) accepts; longer count lists are refused
+#: with a 400 that says to use v2 (which returns counts in the body)
+V1_COUNT_HEADER_LIMIT = 60 << 10
+
+
+def in_order(values: np.ndarray, order: str) -> np.ndarray:
+    """``values`` with its memory in the request's ``order`` (the spec's result layout: a
+    multi-dimensional result of an ``order: "F"`` request is sent in Fortran order)."""
+    if order == "F" and values.ndim > 1:
+        return values.ravel(order="F")
+    return values
+
+
+def v1_parts(res: Result, order: str = "C") -> tuple[memoryview, dict[str, str]]:
+    """The v1 response body (the values' own memory, in ``order``) and ``x-activestorage-*``
+    headers.
 
     ``x-activestorage-count`` is a flat JSON list without spaces, as the reference server sends
     it: one count per result element in C order (``[100]`` for a scalar, ``[3,3,2,3]`` for 2x2);
     a selection's is its one total of non-missing elements, as in v2."""
+    if not res.select and res.counts.size * 2 > V1_COUNT_HEADER_LIMIT:  # >= 2 characters each
+        raise RequestValidationError(
+            "axis", f"this reduction has {res.counts.size} counts, too many for the v1 "
+                    f"x-activestorage-count header (limit {V1_COUNT_HEADER_LIMIT} bytes); "
+                    "use the v2 API (/v2/<operation>), which returns counts in the body")
     counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
     count = json.dumps(counts, separators=(",", ":"))
+    if len(count) > V1_COUNT_HEADER_LIMIT:
+        raise RequestValidationError(
+            "axis", f"this reduction's counts take {len(count)} bytes, too many for the v1 "
+                    f"x-activestorage-count header (limit {V1_COUNT_HEADER_LIMIT} bytes); "
+                    "use the v2 API (/v2/<operation>), which returns counts in the body")
     headers = {"x-activestorage-dtype": res.values.dtype.name,
                "x-activestorage-shape": json.dumps(list(res.values.shape)),
                "x-activestorage-count": count,
                "x-activestorage-byte-order": NATIVE_BYTE_ORDER}
-    return res.values.tobytes(order=order), headers
+    flat = np.ascontiguousarray(in_order(res.values, order)).reshape(-1).view(np.uint8)
+    return memoryview(flat), headers
 
 
-def _compute_v1(raw: bytes, item: Item) -> tuple[bytes, dict[str, str]]:
+def _compute_v1(raw: bytes, item: Item) -> tuple[memoryview, dict[str, str]]:
     return v1_parts(compute(raw, item), item.req.order)
 
 
-def _compute_v2(raw: bytes, item: Item) -> bytes:
-    return cbor2.dumps(v2_map(compute(raw, item), item))
+def _compute_v2(raw: bytes, item: Item) -> list[Part]:
+    return cbor_map_parts(v2_map(compute(raw, item), item))
 
 
 def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
@@ -265,7 +325,7 @@ def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
 
 
 def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item],
-                   folding: bool) -> list[tuple[int, dict[str, Any]]]:
+                   folding: bool) -> list[tuple[int, list[Part]]]:
     """One response map per group, for its first item; when ``folding``, the group's results
     folded in request order exactly as the client's accumulator would (float sums in float64,
     integer sums in (u)int64, min/max over the elements that have a value)."""
@@ -273,7 +333,7 @@ def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item
     for group in groups:
         first = group[0]
         if not folding:
-            out.append((first, v2_map(results[first], items[first])))
+            out.append((first, cbor_map_parts(v2_map(results[first], items[first]))))
             continue
         acc: Accumulator | None = None
         for i in group:
@@ -286,7 +346,8 @@ def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item
                             f"shapes {list(acc.values.shape)} and {list(res.values.shape)}"), i)
             acc.add((), Partial(res.values, res.counts))
         assert acc is not None
-        out.append((first, v2_map(Result(acc.values, acc.counts, False), items[first])))
+        out.append((first, cbor_map_parts(v2_map(Result(acc.values, acc.counts, False),
+                                                  items[first]))))
     return out
 
 
@@ -305,6 +366,9 @@ def fold_groups(fold: Any, n: int, operation: str) -> list[list[int]]:
     return list(groups.values())
 
 
+_CBOR_NULL = b"\xf6"
+
+
 # ------------------------------------------------------------------------------------- errors
 
 def status_of(exc: BaseException) -> int:
@@ -317,10 +381,15 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
+def _printable(text: str) -> str:
+    """``text`` safe to encode as UTF-8 JSON (an unpaired surrogate becomes an escape)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(status: int, message: str, caused_by: Sequence[str] = ()) -> JSONResponse:
-    err: dict[str, Any] = {"message": message}
+    err: dict[str, Any] = {"message": _printable(message)}
     if caused_by:
-        err["caused_by"] = list(caused_by)
+        err["caused_by"] = [_printable(c) for c in caused_by]
     headers = {"retry-after": "1"} if status == 503 else None
     return JSONResponse({"error": err}, status_code=status, headers=headers)
 
@@ -364,7 +433,8 @@ class Server:
         self.upstream = Upstream(max_concurrency=settings.max_upstream_concurrency,
                                  connect_timeout=settings.upstream_connect_timeout,
                                  read_timeout=settings.upstream_read_timeout,
-                                 region=settings.s3_region)
+                                 region=settings.s3_region,
+                                 allow=settings.allow_upstream)
         self.pool = ThreadPoolExecutor(settings.kernel_threads, thread_name_prefix="as-kernel")
 
     async def read_body(self, request: Request) -> bytes:
@@ -415,14 +485,28 @@ class Server:
         body = await self.parse(request)
         item = prepare(body, op, api, auth, self.settings)
         loop = asyncio.get_running_loop()
-        async with self.budget.reserve(item.cost):
+        held = await self.budget.acquire(item.cost)
+        try:
             self.metrics.in_flight.set(self.budget.used)
             raw = await self.fetch(item)
             if api == "v1":
-                content, headers = await loop.run_in_executor(self.pool, _compute_v1, raw, item)
-                return Response(content, headers=headers, media_type="application/octet-stream")
-            content = await loop.run_in_executor(self.pool, _compute_v2, raw, item)
-            return Response(content, media_type="application/cbor")
+                body_v1, headers = await loop.run_in_executor(self.pool, _compute_v1, raw, item)
+                parts: list[Part] = [body_v1]
+                media: str = "application/octet-stream"
+            else:
+                parts = await loop.run_in_executor(self.pool, _compute_v2, raw, item)
+                headers, media = None, "application/cbor"
+            del raw
+        except BaseException:
+            self._release(held)
+            raise
+        return BudgetedResponse(parts, media_type=media, headers=headers,
+                                release=lambda: self._release(held), held=held)
+
+    def _release(self, nbytes: int) -> None:
+        """Give a request's reservation back (once its answer is written or abandoned)."""
+        self.budget.release(nbytes)
+        self.metrics.in_flight.set(self.budget.used)
 
     async def batch(self, request: Request, operation: str) -> Response:
         op = check_operation(operation)
@@ -447,7 +531,7 @@ class Server:
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
         total = sum(size if size is not None else items[run[0]].max_raw
                     for run, _t, _o, size in jobs) + sum(
-                        it.max_raw if it.whole else it.req.nbytes for it in items)
+            it.beyond_raw for it in items)
         folding = body.get("fold") is not None
         loop = asyncio.get_running_loop()
         computed: list[Any] = [None] * len(items)
@@ -459,21 +543,31 @@ class Server:
                 computed[i] = res
                 raws[i] = b""  # the bytes are no longer needed
 
-        async with self.budget.reserve(total):
+        held = await self.budget.acquire(total)
+        try:
             self.metrics.in_flight.set(self.budget.used)
             await self._fetch(items, jobs, ready)
             n = max(1, min(self.settings.kernel_threads, len(groups)))
             parts = await asyncio.gather(
                 *(loop.run_in_executor(self.pool, _encode_groups, groups[k::n], computed, items,
                                        folding) for k in range(n)), return_exceptions=True)
-        errors = [p for p in parts if isinstance(p, BaseException)]
-        if errors:
-            raise min(errors, key=_item_index)
-        results: list[Any] = [None] * len(items)  # folded-away items stay null
-        for part in parts:
-            for i, m in part:  # type: ignore[union-attr]
-                results[i] = m
-        return Response(cbor2.dumps({"results": results}), media_type="application/cbor")
+            errors = [p for p in parts if isinstance(p, BaseException)]
+            if errors:
+                raise min(errors, key=_item_index)
+            results: list[list[Part]] = [[_CBOR_NULL]] * len(items)  # folded-away: null
+            for part in parts:
+                for i, m in part:  # type: ignore[union-attr]
+                    results[i] = m
+            # {"results": [...]} written piece by piece from the result arrays
+            out: list[Part] = [cbor_head(5, 1), cbor2.dumps("results"), cbor_head(4, len(items))]
+            for r in results:
+                out.extend(r)
+            del results, parts, computed[:]
+        except BaseException:
+            self._release(held)
+            raise
+        return BudgetedResponse(out, media_type="application/cbor",
+                                release=lambda: self._release(held), held=held)
 
     def _plan(self, items: list[Item]) -> list[tuple[list[int], Target, int, int | None]]:
         """GETs to make: (item indices, object, start, size); ranges of one object that are
@@ -657,7 +751,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("activestorage server %s ready; upstream allow-list: %s", __version__,
                  ", ".join(settings.allow_upstream))
         # lifespan state: read by the connection protocol for its request-header deadline
-        yield {"client_timeout": settings.client_timeout}
+        yield {"client_timeout": settings.client_timeout,
+               "max_header_bytes": settings.max_header_bytes,
+               "write_timeout": settings.write_timeout}
         await server.aclose()
 
     app = apidocs.offline_app(title="activestorage reduction server", version=__version__,

@@ -36,6 +36,15 @@ class ByteBudget:
     @asynccontextmanager
     async def reserve(self, nbytes: int) -> AsyncIterator[None]:
         """Hold ``nbytes`` of the budget for the duration of the ``async with`` block."""
+        nbytes = await self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            self.release(nbytes)
+
+    async def acquire(self, nbytes: int) -> int:
+        """Take ``nbytes`` (waiting up to ``wait_seconds``); give them back with :meth:`release`
+        -- the server does so only once the response has been written or the client is gone."""
         nbytes = max(0, int(nbytes))
         if nbytes > self.limit:
             raise LimitError(f"request needs {nbytes} bytes in memory, more than this server's "
@@ -44,11 +53,12 @@ class ByteBudget:
             await self._wait(nbytes)
         else:
             self.used += nbytes
-        try:
-            yield
-        finally:
-            self.used -= nbytes
-            self._wake()
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        """Return ``nbytes`` taken by :meth:`acquire`."""
+        self.used -= nbytes
+        self._wake()
 
     async def _wait(self, nbytes: int) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

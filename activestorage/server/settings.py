@@ -42,6 +42,11 @@ class Settings:
     kernel_threads: int = 4
     #: seconds a client has to send a request's headers, and again its body (slowloris bound).
     client_timeout: float = 10.0
+    #: largest request line + headers, bytes (431 beyond).
+    max_header_bytes: int = 64 << 10
+    #: seconds a client may leave a response unread (its connection's buffer full) before the
+    #: connection is dropped and the response's memory released.
+    write_timeout: float = 30.0
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 30.0
     #: most items in one /v2/batch request.
@@ -113,12 +118,17 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
       help="threads decoding chunks and running the reductions")
     a("--client-timeout", type=float, default=_env(env, "client_timeout", d.client_timeout),
       help="seconds a client may take to send request headers, and again the body")
+    a("--max-header-bytes", type=int,
+      default=_env(env, "max_header_bytes", d.max_header_bytes),
+      help="largest request line plus headers in bytes; beyond it a 431")
+    a("--write-timeout", type=float, default=_env(env, "write_timeout", d.write_timeout),
+      help="seconds a client may stop reading a response before it is disconnected")
     a("--upstream-connect-timeout", type=float,
       default=_env(env, "upstream_connect_timeout", d.upstream_connect_timeout),
       help="seconds to connect to an object store before a 504")
     a("--upstream-read-timeout", type=float,
       default=_env(env, "upstream_read_timeout", d.upstream_read_timeout),
-      help="seconds to wait for an object store's bytes before a 504")
+      help="total seconds for one upstream read, connecting included, before a 504")
     a("--max-batch", type=int, default=_env(env, "max_batch", d.max_batch),
       help="most chunk requests in one /v2/batch request")
     a("--s3-region", default=_env(env, "s3_region", d.s3_region),
@@ -153,6 +163,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         max_upstream_concurrency=int(ns.max_upstream_concurrency),
         kernel_threads=max(1, int(ns.kernel_threads)),
         client_timeout=float(ns.client_timeout),
+        max_header_bytes=int(ns.max_header_bytes), write_timeout=float(ns.write_timeout),
         upstream_connect_timeout=float(ns.upstream_connect_timeout),
         upstream_read_timeout=float(ns.upstream_read_timeout), max_batch=int(ns.max_batch),
         s3_region=ns.s3_region, tls_cert=ns.tls_cert or None, tls_key=ns.tls_key or None,

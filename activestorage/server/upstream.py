@@ -26,6 +26,10 @@ import aiohttp
 from yarl import URL
 
 from ..errors import ObjectChangedError, RequestValidationError, StorageError
+from .allowlist import (METADATA_HOSTS, AllowList, PinnedResolver, RefusedAddress, allow_list,
+                        encode_url, parse_url)
+
+__all__ = ["METADATA_HOSTS", "Target", "Upstream", "check_allowed", "parse_basic_auth", "s3_url"]
 
 log = logging.getLogger("activestorage.server.upstream")
 
@@ -64,6 +68,10 @@ class Target:
 _QUERY_SAFE = "!$&'()*+,;=:@/?%~[]"
 
 
+def _control_chars(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
 def canonical_url(url: str, field: str = "url") -> str:
     """The object URL as sent upstream: its path percent-encoded the one canonical way.
 
@@ -100,64 +108,13 @@ def s3_url(source: str, bucket: str, key: str) -> str:
     return f"{source.rstrip('/')}/{quote(bucket, safe='')}/{quote(key.lstrip('/'), safe='/')}"
 
 
-#: never reachable through ``*``: cloud instance-metadata / credential endpoints. They (and the
-#: link-local ranges below) must be listed explicitly to be read.
-METADATA_HOSTS = ("metadata.google.internal", "metadata", "100.100.100.200", "fd00:ec2::254")
-
-
-def _control_chars(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
-
-
-def _wildcard_may_reach(host: str) -> bool:
-    """Whether ``*`` covers ``host``: not link-local (169.254/16, fe80::/10), not metadata."""
-    import ipaddress
-
-    if host in METADATA_HOSTS:
-        return False
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return True
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_link_local
-
-
 def check_allowed(url: str, allow: Iterable[str], field: str = "url") -> None:
-    """Raise a 400-class error unless ``url`` is http(s) to a host on the allow-list.
+    """Raise 400 for a malformed or ambiguous URL, 403 unless the allow-list covers its host.
 
-    ``*`` allows any host except link-local and cloud-metadata addresses (list those explicitly),
-    so a wildcard cannot turn the server into a proxy to instance credentials.
+    Names are checked here; the addresses they resolve to are checked when connecting (see
+    :mod:`.allowlist`). ``*`` never covers loopback, private, link-local or metadata addresses.
     """
-    if _control_chars(url) or " " in url:
-        raise RequestValidationError(field, "must not contain spaces or control characters")
-    try:
-        p = urlsplit(url)
-        host = (p.hostname or "").lower()
-        port = p.port or (443 if p.scheme == "https" else 80)
-    except ValueError as exc:
-        raise RequestValidationError(field, f"is not a valid URL: {exc}") from None
-    if p.scheme not in ("http", "https") or not host:
-        raise RequestValidationError(field, "must be an http:// or https:// URL with a host")
-    for entry in allow:
-        entry = entry.strip().lower()
-        if entry == "*":
-            if _wildcard_may_reach(host):
-                return
-            continue
-        if entry.startswith("["):  # [::1]:port
-            h, _, rest = entry[1:].partition("]")
-            eport = rest.lstrip(":")
-        elif entry.count(":") == 1:
-            h, eport = entry.split(":")
-        else:
-            h, eport = entry, ""
-        if h == host and (not eport or eport == str(port)):
-            return
-    raise StorageError(
-        f"upstream host {host!r} is not on this server's allow-list "
-        "(start the server with --allow-upstream HOST to permit it)", status=403, store=host)
+    allow_list(tuple(allow)).check_url(url, field)
 
 
 def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
@@ -173,6 +130,9 @@ def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
         raise StorageError("Authorization header is not valid HTTP Basic", status=401) from None
     if not sep:
         raise StorageError("Authorization header is not valid HTTP Basic", status=401)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in user + pwd):
+        raise StorageError("Authorization: HTTP Basic user and password must not contain "
+                           "control characters", status=401)
     return user, pwd
 
 
@@ -181,17 +141,21 @@ class Upstream:
 
     def __init__(self, *, max_concurrency: int = 64, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, region: str = "us-east-1",
-                 max_clients: int = 64) -> None:
+                 max_clients: int = 64,
+                 allow: Iterable[str] | AllowList = ("127.0.0.1", "localhost", "::1")) -> None:
         self._sem = asyncio.Semaphore(max_concurrency)
         self._max_concurrency = max_concurrency
-        # sock_read bounds each wait for bytes; total bounds a store that drips bytes slowly.
-        self._timeout = aiohttp.ClientTimeout(total=connect_timeout + 4 * read_timeout,
-                                              connect=connect_timeout,
-                                              sock_connect=connect_timeout,
+        # One deadline for a whole read, as documented: connecting and every byte of the answer
+        # within ``read_timeout`` (a store dripping a byte now and then cannot stretch it).
+        self._timeout = aiohttp.ClientTimeout(total=read_timeout,
+                                              connect=min(connect_timeout, read_timeout),
+                                              sock_connect=min(connect_timeout, read_timeout),
                                               sock_read=read_timeout)
         self._region = region
         self._clients: OrderedDict[tuple[str, str], aiohttp.ClientSession] = OrderedDict()
         self._max_clients = max_clients
+        #: the allow-list whose checked addresses are the only ones ever connected to
+        self.allow = allow if isinstance(allow, AllowList) else AllowList(tuple(allow))
 
     def _client(self, target: Target) -> aiohttp.ClientSession:
         ident = ""
@@ -200,7 +164,10 @@ class Upstream:
         key = (target.store, ident)
         client = self._clients.get(key)
         if client is None or client.closed:
-            conn = aiohttp.TCPConnector(limit=self._max_concurrency, ttl_dns_cache=60)
+            # no DNS cache of aiohttp's own: every new connection asks the pinned resolver,
+            # which answers only with addresses the allow-list has checked (cached there briefly)
+            conn = aiohttp.TCPConnector(limit=self._max_concurrency, use_dns_cache=False,
+                                        resolver=PinnedResolver(self.allow))  # type: ignore[arg-type]
             client = aiohttp.ClientSession(connector=conn, timeout=self._timeout,
                                            auto_decompress=False, trust_env=False,
                                            skip_auto_headers=("User-Agent",))
@@ -235,8 +202,13 @@ class Upstream:
 
     async def read(self, target: Target, offset: int, size: int | None, *,
                    max_bytes: int) -> bytes:
-        """``size`` bytes at ``offset`` (to the end when None, at most ``max_bytes``)."""
-        url = target.url
+        """``size`` bytes at ``offset`` (to the end when None, at most ``max_bytes``).
+
+        The answer is verified before its body is read: a ranged read must come back 206 with
+        exactly the ``Content-Range`` asked for (or 200 with exactly the whole object, when the
+        whole object was asked for); anything else is a 502 naming the store. At most the
+        requested size (plus one byte, to detect an overlong body) is ever read."""
+        url = encode_url(target.url)  # what is signed is what is sent
         if target.kind == "s3" and target.version_id:
             url += ("&" if "?" in url else "?") + "versionId=" + quote(target.version_id, safe="")
         if size is not None:
@@ -247,24 +219,24 @@ class Upstream:
         limit = size if size is not None else max_bytes
         try:
             async with self._sem:
-                async with self._client(target).get(URL(url, encoded=True), headers=headers,
+                async with self._client(target).get(parse_url(url), headers=headers,
                                                     allow_redirects=False) as resp:
                     if resp.status not in (200, 206):
                         body = await _read_bounded(resp, 4096)
                         raise self._status_error(target, resp, body, rng)
                     self._check_etag(target, resp)
-                    skip = offset if (resp.status == 200 and rng) else 0
-                    data = await _read_bounded(resp, skip + limit + 1)
+                    self._check_range(target, resp, offset, size)
+                    data = await _read_bounded(resp, limit + 1)
                     total = _total_size(resp)
         except asyncio.TimeoutError:
             raise StorageError(f"timed out reading {target.name} from store {target.store}",
                                status=504, store=target.store, causes=["timeout"]) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise StorageError(f"could not read {target.name}: store {target.store} is "
-                               f"unreachable or failed ({type(exc).__name__})", status=502,
-                               store=target.store, causes=[str(exc) or type(exc).__name__]) from None
-        if skip:
-            data = data[skip:]
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, RefusedAddress):
+                raise StorageError(str(exc.os_error), status=403, store=target.store) from None
+            raise self._unreachable(target, exc) from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise self._unreachable(target, exc) from None
         if size is None:
             if len(data) > max_bytes:
                 raise StorageError(
@@ -272,7 +244,8 @@ class Upstream:
                     "give size", status=413, store=target.store)
             return data
         if len(data) > size:
-            data = data[:size]
+            raise StorageError(f"store {target.store} sent more than the {size} bytes asked "
+                               f"for ({rng}) of {target.name}", status=502, store=target.store)
         if len(data) < size:
             if total is not None and offset + size > total:
                 raise StorageError(
@@ -281,6 +254,47 @@ class Upstream:
             raise StorageError(f"short read from store {target.store}: got {len(data)} of "
                                f"{size} bytes of {target.name}", status=502, store=target.store)
         return data
+
+    @staticmethod
+    def _unreachable(target: Target, exc: BaseException) -> StorageError:
+        return StorageError(f"could not read {target.name}: store {target.store} is "
+                            f"unreachable or failed ({type(exc).__name__})", status=502,
+                            store=target.store, causes=[str(exc) or type(exc).__name__])
+
+    @staticmethod
+    def _check_range(target: Target, resp: aiohttp.ClientResponse, offset: int,
+                     size: int | None) -> None:
+        """502 unless the answer is the range asked for (see :meth:`read`)."""
+        ranged = size is not None or offset > 0
+        got = resp.headers.get("content-range")
+        length = resp.headers.get("content-length")
+        if resp.status == 200:
+            if not ranged:
+                return
+            # 200 = the whole object: acceptable only when exactly the whole object was asked for
+            if offset == 0 and size is not None and length is not None and length.isdigit() \
+                    and int(length) == size:
+                return
+            why = f"answered 200 with the whole object ({length or 'unknown'} bytes)"
+        else:
+            m = _CONTENT_RANGE.fullmatch((got or "").strip())
+            if m is not None:
+                start, end = int(m.group(1)), int(m.group(2))
+                total = int(m.group(3)) if m.group(3) != "*" else None
+                want_end = offset + size - 1 if size is not None else end
+                if total is not None:  # a range past the end is clamped (then: 400 below)
+                    want_end = min(want_end, total - 1)
+                elif size is None:
+                    want_end = -1  # an open range needs the object's size to be checked
+                if start == offset and end == want_end and (
+                        length is None or not length.isdigit() or int(length) == end - start + 1):
+                    return
+            why = f"answered 206 with Content-Range {got!r}"
+        asked = f"bytes={offset}-" + (str(offset + size - 1) if size is not None else "")
+        raise StorageError(f"store {target.store} did not honour the range {asked} of "
+                           f"{target.name}: it {why}", status=502, store=target.store,
+                           causes=[f"store answered HTTP {resp.status} with Content-Range "
+                                   f"{got!r}"])
 
     @staticmethod
     def _check_etag(target: Target, resp: aiohttp.ClientResponse) -> None:

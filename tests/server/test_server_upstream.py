@@ -61,8 +61,32 @@ def test_range_reads_and_whole_object():
     assert e.value.status == 413
 
 
-def test_store_ignoring_range_is_sliced():
-    assert read(lambda r: web.Response(body=DATA), 50, 4) == DATA[50:54]
+def test_store_ignoring_range_is_refused():
+    """A 200 with the whole object is accepted only when the whole object was asked for."""
+    assert read(lambda r: web.Response(body=DATA), 0, len(DATA)) == DATA
+    for off, size in ((50, 4), (0, 4), (0, len(DATA) - 1)):
+        with pytest.raises(StorageError) as e:
+            read(lambda r: web.Response(body=DATA), off, size)
+        assert e.value.status == 502 and "did not honour the range" in str(e.value)
+        assert "127.0.0.1" in str(e.value)
+
+
+@pytest.mark.parametrize("content_range", ["bytes 0-7/100000", "bytes 1000-1008/100000",
+                                           "bytes 999-1006/100000", "bytes */100000", "",
+                                           "bytes 1000-1007/100000, bytes 0-1/2"])
+def test_206_with_the_wrong_content_range_is_a_502(content_range):
+    def wrong(request):
+        return web.Response(status=206, body=DATA[:8], headers={"content-range": content_range})
+    with pytest.raises(StorageError) as e:
+        read(wrong, 1000, 8)
+    assert e.value.status == 502 and "did not honour the range bytes=1000-1007" in str(e.value)
+
+
+def test_206_with_the_exact_content_range_is_accepted():
+    def right(request):
+        return web.Response(status=206, body=DATA[:8],
+                            headers={"content-range": "bytes 1000-1007/100000"})
+    assert read(right, 1000, 8) == DATA[:8]
 
 
 def test_past_the_end_and_short_reads():
@@ -212,8 +236,13 @@ def test_wildcard_does_not_reach_link_local_or_metadata():
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1/x\x00", "http://127.0.0.1/x\r\nX-Injected: 1",
-                                 "http://127.0.0.1/a b"])
+                                 "http://127.0.0.1/x\ud800"])
 def test_urls_with_control_characters_are_refused(url):
     with pytest.raises(RequestValidationError) as e:
         check_allowed(url, ["*"])
     assert e.value.field == "url"
+
+
+def test_unencoded_keys_are_accepted():
+    """The spec sends v2 URLs unencoded: spaces, brackets, commas and quotes in the key pass."""
+    check_allowed('http://127.0.0.1:9000/b/a b[1],"q\'.nc', ["127.0.0.1"])

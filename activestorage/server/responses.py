@@ -1,0 +1,123 @@
+"""Responses that stream their result buffers and hold the memory budget until written.
+
+A result (a 256 MiB selection, a batch of them) is sent from the arrays it lives in, a piece at a
+time, with no whole-body copy: the v2 CBOR map is written as its small header, the raw bytes of
+the values, then its small tail (:func:`v2_parts`, byte-for-byte what ``cbor2.dumps`` of the same
+map gives). The request's reservation in the memory budget is released only when the last byte
+has been handed to the connection or the client has gone; a client that stops reading is cut by
+the connection's write deadline (:mod:`.protocol`), so a stalled reader cannot hold memory for
+longer than that. After a large response the allocator's free pages go back to the OS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any, Callable, Iterable, Sequence
+
+import cbor2
+import numpy as np
+from starlette.responses import Response
+
+from ..memory import release_free_memory
+
+#: bytes handed to the connection per ASGI message (the transport buffers at most about this
+#: much beyond its high-water mark per stalled client)
+PIECE = 1 << 20
+#: responses whose reservation is at least this large give freed memory back afterwards
+TRIM_AFTER_BYTES = 32 << 20
+
+Part = bytes | memoryview
+
+
+def cbor_head(major: int, n: int) -> bytes:
+    """The CBOR initial bytes of an item of ``major`` type with argument ``n``."""
+    m = major << 5
+    if n < 24:
+        return bytes((m | n,))
+    if n < 1 << 8:
+        return bytes((m | 24, n))
+    if n < 1 << 16:
+        return bytes((m | 25,)) + struct.pack(">H", n)
+    if n < 1 << 32:
+        return bytes((m | 26,)) + struct.pack(">I", n)
+    return bytes((m | 27,)) + struct.pack(">Q", n)
+
+
+def cbor_map_parts(m: dict[str, Any], raw_key: str = "bytes") -> list[Part]:
+    """``m`` as CBOR pieces; ``m[raw_key]`` (an ndarray) is emitted as a byte string straight
+    from its memory instead of being copied into the encoding."""
+    out: list[Part] = [cbor_head(5, len(m))]
+    for k, v in m.items():
+        out.append(cbor2.dumps(k))
+        if k == raw_key and isinstance(v, np.ndarray):
+            flat = np.ascontiguousarray(v).reshape(-1).view(np.uint8)
+            out.append(cbor_head(2, flat.nbytes))
+            out.append(memoryview(flat))
+        else:
+            out.append(cbor2.dumps(v))
+    return out
+
+
+def nbytes_of(parts: Iterable[Part]) -> int:
+    return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+
+
+class BudgetedResponse(Response):
+    """A response of pre-encoded ``parts``, written piece by piece; ``release`` runs once the
+    body has been written, the client has gone, or the write failed."""
+
+    def __init__(self, parts: Sequence[Part], *, media_type: str,
+                 headers: dict[str, str] | None = None,
+                 release: Callable[[], None] | None = None, held: int = 0) -> None:
+        super().__init__(b"", headers=headers, media_type=media_type)
+        self.parts = list(parts)
+        self.headers["content-length"] = str(nbytes_of(self.parts))
+        self._release = release
+        self._held = held
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if int(self.headers["content-length"]) <= PIECE:  # the hot path: one small message
+            try:
+                body = b"".join(self.parts)
+                self.parts = []
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            finally:
+                self.release()
+            return
+        gone = asyncio.Event()
+
+        async def watch() -> None:  # the request body has been read: next comes a disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            parts, self.parts = self.parts, []
+            while parts and not gone.is_set():
+                part = memoryview(parts.pop(0)).cast("B")
+                for i in range(0, len(part), PIECE):
+                    if gone.is_set():
+                        break
+                    await send({"type": "http.response.body", "body": bytes(part[i:i + PIECE]),
+                                "more_body": True})
+                del part
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            self.parts = []
+            self.release()
+            if self._held >= TRIM_AFTER_BYTES:
+                await asyncio.get_running_loop().run_in_executor(None, release_free_memory)
+
+    def release(self) -> None:
+        """Give the reservation back (once)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()

@@ -1,0 +1,76 @@
+"""Streamed responses: the pieced CBOR encoding is byte-for-byte cbor2's, and the reservation is
+released exactly once whether the body is written in full or the client goes away."""
+
+import asyncio
+
+import cbor2
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from activestorage.server.responses import PIECE, BudgetedResponse, cbor_head, cbor_map_parts
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 70000]),
+       dtype=st.sampled_from(["u1", "<i4", "<f8"]), extra=st.booleans())
+def test_pieces_equal_cbor2(n, dtype, extra):
+    values = np.arange(n // np.dtype(dtype).itemsize, dtype=dtype)
+    m = {"bytes": values, "dtype": values.dtype.name, "shape": [len(values)], "count": [n],
+         "byte_order": "little"}
+    if extra:
+        m["count_as_bytes"] = b"\0" * 8
+    want = cbor2.dumps({**m, "bytes": values.tobytes()})
+    assert b"".join(bytes(p) for p in cbor_map_parts(m)) == want
+
+
+@given(n=st.integers(0, (1 << 64) - 1), k=st.integers(0, 70000))
+def test_cbor_heads_match_cbor2(n, k):
+    assert cbor_head(0, n) == cbor2.dumps(n)                          # unsigned integers
+    head = cbor_head(2, k)
+    assert cbor2.dumps(b"x" * k) == head + b"x" * k                   # byte strings
+    assert cbor2.dumps([None] * min(k, 300))[:len(cbor_head(4, min(k, 300)))] == cbor_head(
+        4, min(k, 300))                                                # arrays
+
+
+def _run(resp, disconnect_after=None):
+    sent, released = [], []
+    resp._release = lambda: released.append(1)
+
+    async def main():
+        gone = asyncio.Event()
+
+        async def receive():
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(msg):
+            sent.append(msg)
+            if disconnect_after is not None and len(sent) >= disconnect_after:
+                gone.set()
+            await asyncio.sleep(0)
+        await resp({"type": "http"}, receive, send)
+    asyncio.run(main())
+    return sent, released
+
+
+def test_large_body_is_written_in_pieces_then_released_once():
+    data = np.arange(3 * PIECE // 8 + 5, dtype="<f8")
+    resp = BudgetedResponse(cbor_map_parts({"bytes": data}), media_type="application/cbor")
+    sent, released = _run(resp)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert cbor2.loads(body) == {"bytes": data.tobytes()} and released == [1]
+    assert max(len(m.get("body", b"")) for m in sent[1:]) <= PIECE and not sent[-1]["more_body"]
+
+
+def test_client_gone_stops_writing_and_releases():
+    data = np.zeros(8 * PIECE, np.uint8)
+    resp = BudgetedResponse([memoryview(data)], media_type="application/octet-stream")
+    sent, released = _run(resp, disconnect_after=3)
+    assert len(sent) < 6 and released == [1]
+
+
+def test_small_body_is_one_message():
+    resp = BudgetedResponse([b"ab", memoryview(b"cd")], media_type="application/octet-stream")
+    sent, released = _run(resp)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1]["body"] == b"abcd" and released == [1]
