@@ -1,13 +1,15 @@
 """activestorage: reductions over chunked scientific arrays where the data lives."""
 
-from .errors import (ActiveStorageError, DecodeError, FormatError, ObjectChangedError,
+from .errors import (ActiveStorageError, AxisError, DecodeError, FormatError,
+                     InvalidArgumentError, ObjectChangedError,
                      RequestValidationError, SelectionError, ServerError, StorageError,
                      UnsupportedError, VariableNotFoundError)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Active", "ActiveStorageError", "DecodeError", "FormatError", "ObjectChangedError",
+    "Active", "ActiveStorageError", "AxisError", "DecodeError", "FormatError",
+    "InvalidArgumentError", "ObjectChangedError",
     "RequestValidationError", "SelectionError", "ServerError", "StorageError",
     "UnsupportedError", "VariableNotFoundError", "__version__",
 ]
