@@ -32,6 +32,8 @@ from .errors import (ActiveStorageError, AxisError, InvalidArgumentError, Select
 from .formats import open_variable
 from .formats.base import Variable
 from .formats.objects import locate
+# PyActiveStorage's helpers at their old module path
+from .compat import get_endpoint_url, get_missing_attributes, load_from_https, load_from_s3  # noqa: F401
 from . import orthogonal
 from .kernel import Partial, reduce_array
 from .plan import ChunkTask, Plan, Selection, normalize_key

@@ -710,7 +710,8 @@ def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, co
                  chunk_selection: Sequence[Any] | None, axis: Any, operation: str | None,
                  storage_type: str | None = None, *, api_version: int = 2,
                  s3_endpoint_url: str | None = None, timeout: Any = DEFAULT_TIMEOUT,
-                 retries: int = 3, wide_sum: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 retries: int = 3, wide_sum: bool = True,
+                 disable_chunk_cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Reduce one chunk on ``server`` through ``session``, PyActiveStorage style.
 
     ``chunk_selection``: a slice (or int) per axis; ``missing``: (fill_value, missing_value,
@@ -743,7 +744,8 @@ def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, co
     if kind == "s3" and s3_endpoint_url is None:
         raise UnsupportedError(f"pass s3_endpoint_url= to reduce {url}")
     routing = routing_fields(url, api_version, s3_endpoint_url, storage_type)
-    body = request_body(req, op, routing, wide_sum=wide_sum)
+    body = request_body(req, op, routing, wide_sum=wide_sum,
+                        disable_chunk_cache=disable_chunk_cache)
     endpoint = f"{server.rstrip('/')}/v{api_version}/{op}/"
     resp = post_with_retries(session, endpoint, data=json.dumps(body).encode(),
                              headers={"content-type": "application/json"}, timeout=timeout,
