@@ -1,6 +1,7 @@
 """Run in cf-python's venv by test_cf_python.py: collapse a field with active storage off and on.
 
-argv[1] is a JSON object: ``dataset`` (path or s3:// URL), ``storage_options``, ``netcdf_backend``,
+argv[1] is a JSON object: ``dataset`` (path or s3:// URL), ``storage_options`` (for an
+``s3fs.S3FileSystem``), ``backend`` (cf's reading library),
 ``dask_chunks``, ``active_storage_url``, ``methods``. Prints one JSON object: per method the
 local and the active result (as lists), and how ``Active`` was used (``Active`` objects made,
 ``__getitem__`` calls, failures that made cf fall back to computing locally).
@@ -37,10 +38,12 @@ def counted_getitem(self, key):
 Active.__init__, Active.__getitem__ = counted_init, counted_getitem
 
 kwargs = {}
-if cfg.get("storage_options"):
-    kwargs["storage_options"] = cfg["storage_options"]
-if cfg.get("netcdf_backend"):
-    kwargs["netcdf_backend"] = cfg["netcdf_backend"]
+if cfg.get("storage_options"):  # cf-python 3.21 opens remote datasets through a filesystem
+    import s3fs
+
+    kwargs["filesystem"] = s3fs.S3FileSystem(**cfg["storage_options"])
+if cfg.get("backend"):
+    kwargs["backend"] = cfg["backend"]
 if cfg.get("dask_chunks") is not None:
     kwargs["dask_chunks"] = cfg["dask_chunks"]
 f = cf.read(cfg["dataset"], **kwargs)[0]
