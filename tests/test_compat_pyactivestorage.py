@@ -70,6 +70,16 @@ def test_dummy_data_values(files):
     assert not np.ma.is_masked(ref)
 
 
+def test_readme_example(files):
+    """The peer README's example: _version = 2, then active.mean[...] (keepdims)."""
+    path = files["missing"]
+    active = Active(path, ncvar="data")
+    active._version = 2
+    result = active.mean[0:2, 4:6, 7:9]
+    assert result.shape == (1, 1, 1)
+    np.testing.assert_allclose(result[0][0][0], oracle(path)[0:2, 4:6, 7:9].mean())
+
+
 @pytest.mark.parametrize("interface_type", [None])
 def test_version0_reads_data_and_version1_matches(files, interface_type):
     path = files["vanilla"]

@@ -100,3 +100,22 @@ def test_reductionist_reduce_chunk_against_our_server(stored, active_server):
         option_disable_chunk_cache=True)
     block = stored["ref"][0:3, 0:3, 0:2]
     assert values.item() == block.sum() and np.asarray(counts).item() == block.count()
+
+
+def test_pyfive_dataset_over_https_reduces_on_the_server(stored, nginx_server, active_server,
+                                                         tmp_path_factory):
+    """load_from_https (the peer's loader) -> a pyfive Dataset over HTTP -> our server."""
+    from activestorage.active import load_from_https
+
+    local = Path(tmp_path_factory.mktemp("https")) / "h.nc"
+    make_missing_ncdata(filename=str(local), chunksize=(3, 3, 2))
+    link = Path(nginx_server.extra["docroot"]) / "peer-shapes-h.nc"
+    if not link.exists():
+        link.symlink_to(local)
+    url = f"{nginx_server.url}/peer-shapes-h.nc"
+    ds = load_from_https(url)["data"]
+    a = Active(ds, interface_type="https", active_storage_url=active_server.url)
+    a.method = "sum"
+    got = a[2:9, 1:4, :]
+    assert a.backend.name == "server" and a.variable.source == url
+    np.testing.assert_allclose(got, stored["ref"][2:9, 1:4, :].sum(keepdims=True))
