@@ -26,6 +26,8 @@ from servers import S3_KEY, S3_SECRET
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data" / "CMIP6_IPSL-CM6A-LR_tas.nc"
 BUCKET = "cf-python"
+#: making the venv the first time downloads cf-python's stack (minutes); scripts/test warms it
+pytestmark = pytest.mark.timeout(1800)
 METHODS = ["mean", "max", "min", "sum"]
 
 
