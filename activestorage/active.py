@@ -227,6 +227,7 @@ class Active:
         dataset, storage_options = locate(
             dataset, storage_options, None if interface_type is _UNSET else interface_type)
         self.storage_options = storage_options
+        self.interface_type = None if interface_type is _UNSET else interface_type
         self.active_storage_url = active_storage_url
         self.option_disable_chunk_cache = bool(option_disable_chunk_cache is not _UNSET
                                                and option_disable_chunk_cache)

@@ -116,6 +116,8 @@ def locate(dataset: Any, storage_options: Mapping[str, Any] | None,
 
     pyfive datasets are returned as they are (their reader needs the object) with the options of
     the file they came from; everything else that is not a path or URL is returned unchanged.
+    With ``interface_type="s3"`` an ``http(s)://endpoint/bucket/key`` URL becomes
+    ``s3://bucket/key`` on that endpoint, as PyActiveStorage reads it.
     Raises :class:`~activestorage.errors.InvalidArgumentError` when ``interface_type`` is not one
     of PyActiveStorage's or contradicts the dataset's URL.
     """
@@ -140,6 +142,20 @@ def locate(dataset: Any, storage_options: Mapping[str, Any] | None,
         # cf-python 3.20 and PyActiveStorage: "bucket/key" relative to the S3 endpoint
         return f"s3://{url.lstrip('/')}", so
     _check_interface(url, interface_type)
+    if interface_type == "s3" and url.lower().startswith(("http://", "https://")):
+        # PyActiveStorage style: endpoint/bucket/key of an S3 store -> s3://bucket/key
+        endpoint = _s3_endpoint(so)
+        if endpoint and url.startswith(endpoint.rstrip("/") + "/"):
+            path = url[len(endpoint.rstrip("/")) + 1:]
+        else:
+            scheme, rest = url.split("://", 1)
+            host, _, path = rest.partition("/")
+            endpoint = f"{scheme}://{host}"
+            so = {**(so or {}), "endpoint_url": endpoint}
+            if "client_kwargs" in so:  # a copy: the caller's dict stays as it was
+                so["client_kwargs"] = {k: v for k, v in so["client_kwargs"].items()
+                                       if k != "endpoint_url"}
+        return f"s3://{path.lstrip('/')}", so
     return dataset, so
 
 

@@ -119,3 +119,21 @@ def test_pyfive_dataset_over_https_reduces_on_the_server(stored, nginx_server, a
     got = a[2:9, 1:4, :]
     assert a.backend.name == "server" and a.variable.source == url
     np.testing.assert_allclose(got, stored["ref"][2:9, 1:4, :].sum(keepdims=True))
+    import fsspec
+
+    with fsspec.filesystem("http").open(url, "rb") as f:  # an fsspec HTTP file object
+        b = Active(f, "data", active_storage_url=active_server.url)
+        np.testing.assert_allclose(b.max(axis=1)[...], stored["ref"].max(axis=1))
+        assert b.variable.source == url and b.backend.name == "server"
+
+
+def test_interface_type_s3_with_a_path_style_http_url(stored, active_server):
+    """PyActiveStorage users may give the object as endpoint/bucket/key with interface_type='s3'."""
+    url = f"{stored['endpoint']}/{BUCKET}/{KEY}"
+    a = Active(url, "data", interface_type="s3", storage_options=options(stored["endpoint"]),
+               active_storage_url=active_server.url)
+    np.testing.assert_allclose(a.min[...], stored["ref"].min())
+    assert a.variable.source == f"s3://{BUCKET}/{KEY}" and a.backend.name == "server"
+    b = Active(url, "data", interface_type="s3", storage_options={"key": S3_KEY,
+               "secret": S3_SECRET}, active_storage_url=active_server.url)  # endpoint from url
+    np.testing.assert_allclose(b.max[...], stored["ref"].max())
