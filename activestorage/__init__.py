@@ -1,14 +1,15 @@
 """activestorage: reductions over chunked scientific arrays where the data lives."""
 
-from .errors import (ActiveStorageError, DecodeError, FormatError, MissingDependencyError,
-                     ObjectChangedError, RequestValidationError, SelectionError, ServerError,
-                     StorageError, UnsupportedError, VariableNotFoundError)
+from .errors import (ActiveStorageError, AxisError, DecodeError, FormatError,
+                     InvalidArgumentError, MissingDependencyError, ObjectChangedError,
+                     RequestValidationError, SelectionError, ServerError, StorageError,
+                     UnsupportedError, VariableNotFoundError)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Active", "ActiveStorageError", "DecodeError", "FormatError", "MissingDependencyError",
-    "ObjectChangedError",
+    "Active", "ActiveStorageError", "AxisError", "DecodeError", "FormatError",
+    "InvalidArgumentError", "MissingDependencyError", "ObjectChangedError",
     "RequestValidationError", "SelectionError", "ServerError", "StorageError",
     "UnsupportedError", "VariableNotFoundError", "__version__",
 ]

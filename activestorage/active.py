@@ -27,9 +27,14 @@ import numpy as np
 from . import memory
 from .backends.base import Backend
 from .combine import Accumulator, finish, fold
-from .errors import ActiveStorageError, SelectionError
+from .errors import (ActiveStorageError, AxisError, InvalidArgumentError, SelectionError,
+                     ServerError, StorageError, UnsupportedError)
 from .formats import open_variable
 from .formats.base import Variable
+from .formats.objects import locate
+# PyActiveStorage's helpers at their old module path
+from .compat import get_endpoint_url, get_missing_attributes, load_from_https, load_from_s3  # noqa: F401
+from . import orthogonal
 from .kernel import Partial, reduce_array
 from .plan import ChunkTask, Plan, Selection, normalize_key
 from .progress import progress
@@ -76,15 +81,33 @@ class CallStats:
 
 
 def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | None,
-                    active_storage_url: Any, **kwargs: Any) -> Backend:
-    """An explicit backend (instance or name) wins; else a server URL; else by the dataset's URL."""
+                    active_storage_url: Any, version: int | None = None,
+                    disable_chunk_cache: bool = False, **kwargs: Any) -> Backend:
+    """An explicit backend (instance or name) wins; else PyActiveStorage's ``_version`` (1: reduce
+    here, 2: on the server); else a server URL; else by the dataset's URL.
+
+    A local file with a server URL (and no explicit ``backend="server"``) is reduced here, as
+    PyActiveStorage does: a reduction server cannot read this machine's files.
+    """
     if isinstance(backend, Backend):
         return backend
     remote = "://" in url and not url.startswith("file://")
     server_url = active_storage_url or os.environ.get("ACTIVESTORAGE_URL")
     if isinstance(server_url, str) and "," in server_url:
         server_url = [u.strip() for u in server_url.split(",") if u.strip()]
-    name = backend or ("server" if server_url else "fetch" if remote else "posix")
+    if backend:
+        name = backend
+    elif version == 1:
+        name = "fetch" if remote else "posix"
+    elif version == 2 and remote and not server_url:
+        raise InvalidArgumentError(
+            f"_version = 2 reduces {url} on a reduction server, but none is set: pass "
+            "active_storage_url= or set $ACTIVESTORAGE_URL (or use _version = 1 to reduce here)")
+    else:
+        name = "server" if server_url else "fetch" if remote else "posix"
+    if name == "server" and not remote and backend is None:
+        log.info("%s is a local file: reducing it here, not on the reduction server", url)
+        name = "posix"
     if name == "posix":
         if remote:
             raise ActiveStorageError(f"backend 'posix' reads local files; {url} is remote: use "
@@ -101,6 +124,8 @@ def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | No
             raise ActiveStorageError(
                 f"a reduction server cannot read the local file {url}; put it in an object "
                 "store, or use backend='posix'")
+        if disable_chunk_cache:
+            kwargs.setdefault("disable_chunk_cache", True)
         if isinstance(server_url, (list, tuple)):
             from .backends.pool import ServerPool
 
@@ -110,6 +135,23 @@ def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | No
         return ServerBackend(server_url, storage_options=storage_options, **kwargs)
     raise ActiveStorageError(f"unknown backend {name!r}; use 'posix', 'fetch', 'server' or a "
                              "Backend instance")
+
+
+class _MethodName(str):
+    """The active method's name (``"mean"``, ...), callable like PyActiveStorage's ``method``
+    attribute, which is the NumPy function: ``active.method([3, 444]) == 3`` for ``"min"``."""
+
+    def __call__(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        fn = {"mean": np.ma.mean, "min": np.ma.min, "max": np.ma.max, "sum": np.ma.sum,
+              "count": np.ma.count}[str(self)]
+        return fn(x, axis=axis, keepdims=keepdims)
+
+
+#: "not given" (``interface_type=None`` is a value PyActiveStorage users pass)
+_UNSET: Any = object()
+#: the exceptions of opening a dataset that are kept until the first ``active[...]`` (cf-python
+#: builds ``Active`` outside its ``try`` and can fall back to a local reduction only from there)
+_DEFERRED = (StorageError, UnsupportedError, ServerError)
 
 
 class Active:
@@ -144,33 +186,144 @@ class Active:
     backend_options:
         Keyword arguments for the backend's constructor (e.g. ``api_version``, ``batch``,
         ``timeout``, ``verify``, ``username``/``password`` for a server).
+    interface_type:
+        PyActiveStorage's store kind: ``"s3"`` (a scheme-less path is then ``bucket/key`` on the
+        S3 endpoint of ``storage_options``), ``"https"`` or None (from the URL). One that
+        contradicts the URL is an :class:`~activestorage.errors.InvalidArgumentError`.
+    option_disable_chunk_cache:
+        Ask the reduction server not to cache the chunks it reads (sent with every request).
+    keepdims:
+        Keep reduced axes as length 1. None (default): NumPy shapes for ``active.mean[...]``,
+        PyActiveStorage's keepdims shapes for ``active.method = ...; active[...]`` and for every
+        call once the object is used the PyActiveStorage way (``_version`` set,
+        ``interface_type``/``option_disable_chunk_cache`` given, or ``peer_compat=True``).
+    peer_compat:
+        Force PyActiveStorage-compatible result shapes (default ``$ACTIVESTORAGE_PEER_COMPAT``).
+
+    PyActiveStorage's attribute API works too: ``active._version`` (0: data only, 1: reduce
+    here, 2: on the reduction server; unset: the choice above), ``active.method = "min"`` (or
+    ``active._method``) then ``active[sel]`` (the method resets after the call),
+    ``active.components = True``. Opening errors that a caller could recover from (the store,
+    an unsupported codec) are raised by the first ``active[...]``, not here.
     """
 
-    def __init__(self, dataset: Any, ncvar: str | None = None, *, axis: Any = None,
-                 max_threads: int | None = None, storage_options: dict[str, Any] | None = None,
-                 active_storage_url: Any = None, backend: Any = None, components: bool = False,
-                 keepdims: bool = False, method: str | None = None,
-                 progress: bool | None = None,
-                 backend_options: dict[str, Any] | None = None) -> None:
-        t0 = time.perf_counter()
-        self._variable: Variable = open_variable(dataset, ncvar, storage_options=storage_options)
-        self._metadata_seconds = time.perf_counter() - t0
-        self._backend = _choose_backend(backend, self._variable.source, storage_options,
-                                        active_storage_url, **(backend_options or {}))
-        self._owns_backend = not isinstance(backend, Backend)
+    def __init__(self, dataset: Any, ncvar: str | None = None, axis: Any = None,
+                 interface_type: str | None = _UNSET, max_threads: int | None = None,
+                 storage_options: dict[str, Any] | None = None, active_storage_url: Any = None,
+                 option_disable_chunk_cache: bool = _UNSET, *, backend: Any = None,
+                 components: bool = False, keepdims: bool | None = None,
+                 method: str | None = None, progress: bool | None = None,
+                 backend_options: dict[str, Any] | None = None,
+                 peer_compat: bool | None = None) -> None:
+        if dataset is None:
+            raise InvalidArgumentError("dataset is None: give a path, a URL, a manifest, or an "
+                                       "open variable (h5py, netCDF4, pyfive) or fsspec file")
         if max_threads is not None and max_threads < 1:
-            raise ActiveStorageError(f"max_threads must be >= 1; got {max_threads}")
+            raise InvalidArgumentError(f"max_threads must be >= 1; got {max_threads}")
+        if peer_compat is None:
+            peer_compat = os.environ.get("ACTIVESTORAGE_PEER_COMPAT", "").lower() in (
+                "1", "true", "yes", "on")
+        self._peer = bool(peer_compat or interface_type is not _UNSET
+                          or option_disable_chunk_cache is not _UNSET)
+        dataset, storage_options = locate(
+            dataset, storage_options, None if interface_type is _UNSET else interface_type)
+        self.storage_options = storage_options
+        self.interface_type = None if interface_type is _UNSET else interface_type
+        self.active_storage_url = active_storage_url
+        self.option_disable_chunk_cache = bool(option_disable_chunk_cache is not _UNSET
+                                               and option_disable_chunk_cache)
+        t0 = time.perf_counter()
+        self._open_error: Exception | None = None
+        self._var: Variable | None = None
+        try:
+            self._var = open_variable(dataset, ncvar, storage_options=storage_options)
+        except _DEFERRED as exc:
+            log.debug("opening %r failed; raised at the first call: %s", dataset, exc)
+            self._open_error = exc
+        self._metadata_seconds = time.perf_counter() - t0
+        self._backend_spec = backend
+        self._backend_options = dict(backend_options or {})
+        self._backend_obj: Backend | None = backend if isinstance(backend, Backend) else None
+        self._owns_backend = not isinstance(backend, Backend)
+        self._version_set: int | None = None
         self.max_threads = max_threads
         self.axis = axis
         self.components = components
         self.keepdims = keepdims
-        self.method = method
+        self._ctor_method = method
+        self._method = method
+        self.method = method  # validates
         self.progress = progress
         self._stats: CallStats | None = None
         # worker threads kept between calls (starting threads costs ~0.2-3 ms a call); the pid
         # says whether they exist in this process (a fork copies the executor, not its threads)
         self._pool: tuple[ThreadPoolExecutor, int, int] | None = None
         self._pool_lock = threading.Lock()
+
+    # -------------------------------------------------------- PyActiveStorage API
+    @property
+    def _variable(self) -> Variable:
+        if self._var is None:
+            assert self._open_error is not None
+            raise self._open_error
+        return self._var
+
+    @property
+    def _backend(self) -> Backend:
+        """The backend, chosen at first use (``_version`` may be set after construction)."""
+        if self._backend_obj is None:
+            self._backend_obj = _choose_backend(
+                self._backend_spec, self._variable.source, self.storage_options,
+                self.active_storage_url, self._version_set,
+                disable_chunk_cache=self.option_disable_chunk_cache, **self._backend_options)
+        return self._backend_obj
+
+    @property
+    def _version(self) -> int:
+        """PyActiveStorage's mode: 0 data only, 1 reduce here, 2 reduce on the server."""
+        if self._version_set is not None:
+            return self._version_set
+        if self._backend_obj is not None:
+            return 2 if self._backend_obj.name.startswith("server") else 1
+        server = self.active_storage_url or os.environ.get("ACTIVESTORAGE_URL")
+        remote = self._var is not None and "://" in self._var.source \
+            and not self._var.source.startswith("file://")
+        return 2 if server and remote and self._backend_spec in (None, "server") else 1
+
+    @_version.setter
+    def _version(self, value: int) -> None:
+        self._peer = True
+        if value == self._version_set:
+            return
+        self._version_set = value
+        if self._owns_backend and self._backend_obj is not None:
+            self._backend_obj.close()
+            self._backend_obj = None
+
+    @property
+    def method(self) -> _MethodName | None:
+        """The reduction ``active[...]`` applies (None: plain data); see the class docstring."""
+        m = self._method
+        return _MethodName(m) if m in METHODS else None
+
+    @method.setter
+    def method(self, value: str | None) -> None:
+        if value is not None and value not in METHODS:
+            raise InvalidArgumentError(f"unknown method {value!r}; use one of "
+                                       f"{', '.join(METHODS)} (or None for plain data)")
+        self._method = value
+
+    @property
+    def _axis(self) -> Any:
+        return self.axis
+
+    @_axis.setter
+    def _axis(self, value: Any) -> None:
+        self.axis = value
+
+    @property
+    def ncvar(self) -> str:
+        return self._variable.name
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -201,22 +354,53 @@ class Active:
 
     # ---------------------------------------------------------------- user API
     def __getitem__(self, key: Any) -> Any:
-        if self.method is not None:
-            return self._reduce(self.method, key, self.axis, self.components, self.keepdims)
-        return self._reduce("select", key, None, False, False)
+        """Plain data, or (with ``method`` set, PyActiveStorage style) the method's reduction with
+        keepdims shapes (unless ``keepdims=False``); ``method`` then resets to the
+        constructor's."""
+        version, method = self._version_set, self._method
+        if version is not None and version not in (0, 1, 2):
+            raise InvalidArgumentError(f"_version {version!r} is not supported; use 0 (data "
+                                       "only), 1 (reduce here) or 2 (reduce on the server)")
+        if method is None:
+            if self.components:
+                raise InvalidArgumentError("components=True needs a method (mean, min, max, "
+                                           "sum, count): set active.method first")
+            return self._reduce("select", key, None, False, False)
+        if method not in METHODS:
+            raise InvalidArgumentError(f"unknown method {method!r}; use one of "
+                                       f"{', '.join(METHODS)}")
+        try:
+            if version == 0:
+                raise InvalidArgumentError(f"_version = 0 reads data only, but method is "
+                                           f"{method!r}: set _version = 1 or 2 to reduce")
+            items = key if isinstance(key, tuple) else (key,)
+            for i, k in enumerate(items):
+                if orthogonal._is_int(k):
+                    raise SelectionError(
+                        f"{self._variable.source}: variable {self._variable.name!r}: the integer "
+                        f"index {k!r} (position {i}) drops an axis, which a method reduction "
+                        "keeps: use a slice such as "
+                        f"{int(k)}:{int(k) + 1 if int(k) != -1 else ''}, or active.{method}[...]")
+            keepdims = True if self.keepdims is None else self.keepdims
+            return self._reduce(method, key, self.axis, self.components, keepdims)
+        finally:
+            self._method = self._ctor_method
 
     def __repr__(self) -> str:
-        v = self._variable
+        if self._var is None:
+            return f"<Active (not opened: {self._open_error})>"
+        v = self._var
+        backend = self._backend_obj.name if self._backend_obj is not None else "not chosen yet"
         return (f"<Active {v.source}:{v.name} {v.dtype} {v.shape} chunks={v.chunk_shape} "
-                f"backend={self._backend.name}>")
+                f"backend={backend}>")
 
     def close(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None and pool[1] == os.getpid():
             pool[0].shutdown(wait=True)
-        if self._owns_backend:
-            self._backend.close()
+        if self._owns_backend and self._backend_obj is not None:
+            self._backend_obj.close()
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         """This object's worker threads (at least ``threads``), started once and reused."""
@@ -265,10 +449,18 @@ class Active:
     def _reduce(self, operation: str, key: Any, axis: Any, components: bool,
                 keepdims: bool) -> Any:
         if operation not in METHODS and operation != "select":
-            raise ActiveStorageError(f"unknown method {operation!r}; use one of {', '.join(METHODS)}")
+            raise InvalidArgumentError(f"unknown method {operation!r}; use one of {', '.join(METHODS)}")
         var = self._variable
         t0 = time.perf_counter()
         where = f"{var.source}: variable {var.name!r}: "
+        if orthogonal.has_lists(key):
+            full = orthogonal.expand(key, var.shape, where)
+            if operation == "select":
+                return orthogonal.select(
+                    full, lambda k: self._reduce("select", k, None, False, False))
+            return orthogonal.reduce(
+                full, operation, axis, components, keepdims,
+                lambda k: self._reduce(operation, k, axis, True, True), where)
         sel = normalize_key(key, var.shape, where)
         select = operation == "select"
         red_axes = () if select else _reduce_axes(axis, sel, where)
@@ -436,7 +628,9 @@ class Reduction:
     def __getitem__(self, key: Any) -> Any:
         a = self._active
         axis = a.axis if self._axis == "default" else self._axis
-        keepdims = a.keepdims if self._keepdims is None else self._keepdims
+        keepdims = self._keepdims
+        if keepdims is None:
+            keepdims = a._peer if a.keepdims is None else a.keepdims
         components = a.components if self._components is None else self._components
         return a._reduce(self._operation, key, axis, components, keepdims)
 
@@ -458,14 +652,14 @@ def _reduce_axes(axis: Any, sel: Selection, where: str) -> tuple[int, ...]:
         try:
             a = int(a)
         except (TypeError, ValueError):
-            raise SelectionError(f"{where}axis must be an integer or a tuple of integers; "
-                                 f"got {a!r}") from None
+            raise AxisError(f"{where}axis must be an integer or a tuple of integers; "
+                            f"got {a!r}") from None
         if not -ndim <= a < ndim:
-            raise SelectionError(f"{where}axis {a} is out of bounds for the selected array of "
-                                 f"dimension {ndim}")
+            raise AxisError(f"{where}axis {a} is out of bounds for the selected array of "
+                            f"dimension {ndim}")
         out.append(result_axes[a % ndim])
     if len(set(out)) != len(out):
-        raise SelectionError(f"{where}repeated axis in {axis!r}")
+        raise AxisError(f"{where}repeated axis in {axis!r}")
     return tuple(sorted(out))
 
 

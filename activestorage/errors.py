@@ -31,8 +31,10 @@ class DecodeError(ActiveStorageError):
     """A chunk's bytes could not be decoded: corrupt data, checksum mismatch, wrong size."""
 
 
-class FormatError(ActiveStorageError):
-    """A dataset could not be opened or its metadata is not understood."""
+class FormatError(ActiveStorageError, ValueError):
+    """A dataset could not be opened or its metadata is not understood.
+
+    Also a ``ValueError``, as PyActiveStorage raises for a missing or unreadable file."""
 
 
 class MissingDependencyError(ActiveStorageError, ImportError):
@@ -44,8 +46,14 @@ class MissingDependencyError(ActiveStorageError, ImportError):
         self.extra = extra
 
 
-class VariableNotFoundError(ActiveStorageError, KeyError):
-    """The requested variable is not in the dataset."""
+class InvalidArgumentError(ActiveStorageError, ValueError):
+    """An argument of ``Active`` (method, ncvar, interface_type, _version ...) is not valid.
+
+    A ``ValueError`` too, as PyActiveStorage raises for the same mistakes."""
+
+
+class VariableNotFoundError(ActiveStorageError, KeyError, ValueError):
+    """The requested variable is not in the dataset (a ``ValueError`` too, as in PyActiveStorage)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -53,6 +61,11 @@ class VariableNotFoundError(ActiveStorageError, KeyError):
 
 class SelectionError(ActiveStorageError, IndexError):
     """An index or selection does not fit the variable's shape."""
+
+
+class AxisError(SelectionError, ValueError):
+    """A reduction axis is out of range or repeated (``ValueError`` as in PyActiveStorage, and
+    still an ``IndexError`` like every selection error)."""
 
 
 class StorageError(ActiveStorageError):

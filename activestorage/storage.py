@@ -341,3 +341,79 @@ def _storage_error(exc: BaseException, url: str) -> StorageError:
     what = {404: "not found", 401: "access denied", 504: "timed out"}.get(status, "failed")
     return StorageError(f"reading {url} {what}: {text}", status=status, store=url,
                         causes=[f"{type(exc).__name__}: {text}"])
+
+
+# ------------------------------------------------------- PyActiveStorage's chunk functions
+
+def read_block(open_file: Any, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of an open file, leaving its position as it was."""
+    place = open_file.tell()
+    try:
+        open_file.seek(offset)
+        return open_file.read(size)
+    finally:
+        open_file.seek(place)
+
+
+def filter_pipeline(chunk: Any, compression: Any, filters: Any) -> Any:
+    """Undo numcodecs ``compression`` then ``filters`` (in reverse write order) on ``chunk``."""
+    if compression is not None:
+        chunk = compression.decode(chunk)
+    for f in reversed(list(filters or [])):
+        chunk = f.decode(chunk)
+    return chunk
+
+
+def mask_missing(data: Any, missing: Any) -> Any:
+    """``data`` masked by PyActiveStorage's ``(fill_value, missing_value, valid_min,
+    valid_max)`` tuple, with the kernel's missing-data rules."""
+    from .compat import mask_missing as _mask
+
+    return _mask(data, missing)
+
+
+def _read_chunk_bytes(rfile: Any, offset: int, size: int) -> bytes:
+    """A chunk's stored bytes from a local path, an http(s)/s3 URL or a pyfive dataset."""
+    from .formats.objects import is_pyfive_dataset, locate
+
+    options = None
+    if is_pyfive_dataset(rfile):
+        from .formats.objects import _pyfive_location
+
+        rfile, options = _pyfive_location(rfile)
+    else:
+        rfile, options = locate(rfile, None, None)
+    with open_url(os.fspath(rfile), options) as f:
+        return read_block(f, int(offset), int(size))
+
+
+def reduce_chunk(rfile: Any, offset: int, size: int, compression: Any, filters: Any,
+                 missing: Any, dtype: Any, shape: Any, order: str, chunk_selection: Any,
+                 axis: Any, method: Any = None,
+                 option_disable_chunk_cache: bool = False) -> tuple[Any, Any]:
+    """Read, decode, select, mask and reduce one chunk here (PyActiveStorage's signature).
+
+    ``rfile``: a local path, an http(s)/s3 URL or a pyfive dataset; ``method``: a NumPy
+    function (``np.ma.min`` ...) or its name, None for plain data. Returns ``(values, counts)``
+    with the reduced axes kept as length 1, or ``(masked data, None)``.
+    ``option_disable_chunk_cache`` is accepted for the peer's signature (nothing is cached here).
+    """
+    from .compat import chunk_request, reduce_bytes
+
+    raw = _read_chunk_bytes(rfile, offset, size)
+    req = chunk_request(0, len(raw), compression, filters, missing, dtype, shape, order,
+                        chunk_selection, axis, method=method)
+    return reduce_bytes(raw, req, method)
+
+
+def reduce_opens3_chunk(fh: Any, offset: int, size: int, compression: Any, filters: Any,
+                        missing: Any, dtype: Any, shape: Any, order: str, chunk_selection: Any,
+                        axis: Any, method: Any = None) -> tuple[Any, Any]:
+    """:func:`reduce_chunk` for a chunk read from an already open file object ``fh``."""
+    from .compat import chunk_request, reduce_bytes
+
+    fh.seek(int(offset))
+    raw = fh.read(int(size))
+    req = chunk_request(0, len(raw), compression, filters, missing, dtype, shape, order,
+                        chunk_selection, axis, method=method)
+    return reduce_bytes(raw, req, method)

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activestorage.backends.server import ServerBackend, make_session, reduce_chunk, routing_fields
+from activestorage.backends.server import (ServerBackend, clear_capabilities_cache, make_session,
+                                           reduce_chunk, routing_fields)
 from activestorage.errors import ServerError, UnsupportedError
 from activestorage.kernel import reduce_chunk as kernel_reduce
 from activestorage.request import ChunkRequest, Missing, make_request
@@ -163,6 +164,7 @@ def _reset(fake):
     fake.script.clear()
     fake.log.clear()
     fake.batch = True
+    clear_capabilities_cache()  # the fake answers /capabilities differently from test to test
     yield
 
 
@@ -560,3 +562,41 @@ def test_result_order_of_fortran_requests(caps, order):
     assert b._result_order(req.with_(order="C"), "select") == "C"
     assert b._result_order(make_request("int32", (2, 3), order="F", axis=1), "sum") == "C"  # 1-D
     b.close()
+
+
+def test_capabilities_are_fetched_once_per_server_for_the_process(fake):
+    """cf-python makes one Active (so one backend) per Dask chunk: only the first one asks."""
+    for _ in range(5):
+        b = backend(fake)
+        assert b.batching is True and b.max_batch == 1000
+        b.close()
+    assert [p for _, p, _ in fake.log].count("/capabilities") == 1
+
+
+def test_capabilities_cache_expires_and_never_keeps_a_failure():
+    from activestorage.backends.server import cached_capabilities
+
+    calls = []
+
+    def fetch():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ServerError("down")
+        return {"batch": len(calls)}
+
+    with pytest.raises(ServerError):
+        cached_capabilities("http://cache-test", fetch, ttl=60)
+    assert cached_capabilities("http://cache-test", fetch, ttl=60) == {"batch": 2}
+    assert cached_capabilities("http://cache-test", fetch, ttl=60) == {"batch": 2}
+    assert cached_capabilities("http://cache-test", fetch, ttl=0) == {"batch": 3}
+    assert len(calls) == 3
+
+
+def test_option_disable_chunk_cache_is_sent_when_asked():
+    from activestorage.backends.server import request_body
+
+    req = make_request("f4", (4,), offset=0, size=16, url="s3://b/k")
+    routing = {"interface_type": "s3", "url": "http://s3/b/k"}
+    assert "option_disable_chunk_cache" not in request_body(req, "sum", routing)
+    assert request_body(req, "sum", routing, disable_chunk_cache=True)[
+        "option_disable_chunk_cache"] is True

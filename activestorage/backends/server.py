@@ -47,6 +47,44 @@ DEFAULT_MAX_BATCH_BYTES = 256 * 1024 * 1024
 #: batches smaller than this are not split further just to use more threads.
 MIN_SPLIT_BATCH = 256
 MAX_RETRY_AFTER = 10.0
+#: seconds a server's ``GET /capabilities`` answer is reused by every backend of this process
+#: (cf-python makes one ``Active`` per Dask chunk); ``$ACTIVESTORAGE_CAPABILITIES_TTL`` overrides
+CAPABILITIES_TTL = 60.0
+
+#: server URL -> (monotonic time fetched, answer); shared by every ServerBackend of the process
+_CAPS_CACHE: dict[str, tuple[float, dict[str, Any]]] = {}
+_CAPS_CACHE_LOCK = threading.Lock()
+
+
+def cached_capabilities(url: str, fetch: Callable[[], dict[str, Any]],
+                        ttl: float | None = None,
+                        env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``fetch()``'s answer for server ``url``, reused for ``ttl`` seconds across the process.
+
+    A failed fetch is not cached (the next caller tries again). Capabilities are a property of
+    the server, not of a client's credentials, so the key is the URL alone.
+    """
+    if ttl is None:
+        env = os.environ if env is None else env
+        try:
+            ttl = float(env.get("ACTIVESTORAGE_CAPABILITIES_TTL") or CAPABILITIES_TTL)
+        except ValueError:
+            ttl = CAPABILITIES_TTL
+    now = time.monotonic()
+    with _CAPS_CACHE_LOCK:
+        hit = _CAPS_CACHE.get(url)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+    caps = fetch()
+    with _CAPS_CACHE_LOCK:
+        _CAPS_CACHE[url] = (time.monotonic(), caps)
+    return caps
+
+
+def clear_capabilities_cache() -> None:
+    """Forget every cached ``GET /capabilities`` answer (tests; a server that was upgraded)."""
+    with _CAPS_CACHE_LOCK:
+        _CAPS_CACHE.clear()
 
 
 # ------------------------------------------------------------------------------ session
@@ -201,12 +239,15 @@ def routing_fields(url: str, api_version: int, s3_endpoint_url: str | None,
 
 
 def request_body(req: ChunkRequest, operation: str, routing: Mapping[str, Any], *,
-                 wide_sum: bool = True) -> dict[str, Any]:
-    """One chunk's request body: routing + the wire model (+ option_wide_sum for integer sums)."""
+                 wide_sum: bool = True, disable_chunk_cache: bool = False) -> dict[str, Any]:
+    """One chunk's request body: routing + the wire model (+ option_wide_sum for integer sums,
+    + option_disable_chunk_cache when asked)."""
     body = dict(routing)
     body.update(req.to_wire())
     if operation == "sum" and wide_sum and req.dtype.kind in "iu":
         body["option_wide_sum"] = True
+    if disable_chunk_cache:
+        body["option_disable_chunk_cache"] = True
     return body
 
 
@@ -381,6 +422,8 @@ class ServerBackend(Backend):
     ``max_threads``: pool size and concurrent requests in ``reduce_chunks``. ``timeout``: seconds
     or (connect, read). ``verify``: TLS verification or a CA bundle path (default
     ``ACTIVESTORAGE_CA_BUNDLE``, else True). ``wide_sum``: ask for int64 integer sums.
+    ``disable_chunk_cache``: send ``option_disable_chunk_cache`` (PyActiveStorage's option: the
+    server should not cache the chunks it reads).
     """
 
     name = "server"
@@ -395,6 +438,7 @@ class ServerBackend(Backend):
                  timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
                  verify: bool | str | None = None, retries: int = 3, backoff: float = 0.1,
                  wide_sum: bool = True, storage_type: str | None = None,
+                 disable_chunk_cache: bool = False,
                  env: Mapping[str, str] | None = None) -> None:
         super().__init__()
         env = os.environ if env is None else env
@@ -414,6 +458,8 @@ class ServerBackend(Backend):
         self.backoff = backoff
         self.wide_sum = wide_sum
         self.storage_type = storage_type
+        self.disable_chunk_cache = disable_chunk_cache
+        self._env = env
         self.max_batch_bytes = max_batch_bytes
         self._batch_pref = batch if api_version == 2 else False
         self._max_batch = max_batch
@@ -441,10 +487,13 @@ class ServerBackend(Backend):
 
     # --------------------------------------------------------------- capabilities
     def capabilities(self) -> dict[str, Any]:
-        """The server's ``GET /capabilities`` answer, fetched once; ``{}`` for servers without it."""
+        """The server's ``GET /capabilities`` answer (``{}`` for servers without it): fetched once
+        per server URL for the whole process and reused for ``CAPABILITIES_TTL`` seconds, then
+        kept by this backend for its lifetime (its batching must not change mid-call)."""
         with self._caps_lock:
             if self._caps is None:
-                self._caps = self._fetch_capabilities()
+                self._caps = cached_capabilities(self.url, self._fetch_capabilities,
+                                                 env=self._env)
             return self._caps
 
     def _fetch_capabilities(self) -> dict[str, Any]:
@@ -506,7 +555,8 @@ class ServerBackend(Backend):
 
     def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
         routing = self._routing(request)
-        body = request_body(request, operation, routing, wide_sum=self.wide_sum)
+        body = request_body(request, operation, routing, wide_sum=self.wide_sum,
+                            disable_chunk_cache=self.disable_chunk_cache)
         url = f"{self.url}/v{self.api_version}/{operation}/"
         resp = post_with_retries(
             self.session, url, data=json.dumps(body).encode(),
@@ -539,8 +589,8 @@ class ServerBackend(Backend):
         ids the server combines results sharing an id (``None`` for the folded-away ones)."""
         import cbor2
 
-        items = [request_body(r, operation, self._routing(r), wide_sum=self.wide_sum)
-                 for r in requests]
+        items = [request_body(r, operation, self._routing(r), wide_sum=self.wide_sum,
+                              disable_chunk_cache=self.disable_chunk_cache) for r in requests]
         body: dict[str, Any] = {"requests": items}
         if fold is not None:
             body["fold"] = list(fold)
@@ -686,7 +736,8 @@ def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, co
                  chunk_selection: Sequence[Any] | None, axis: Any, operation: str | None,
                  storage_type: str | None = None, *, api_version: int = 2,
                  s3_endpoint_url: str | None = None, timeout: Any = DEFAULT_TIMEOUT,
-                 retries: int = 3, wide_sum: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 retries: int = 3, wide_sum: bool = True,
+                 disable_chunk_cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Reduce one chunk on ``server`` through ``session``, PyActiveStorage style.
 
     ``chunk_selection``: a slice (or int) per axis; ``missing``: (fill_value, missing_value,
@@ -719,7 +770,8 @@ def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, co
     if kind == "s3" and s3_endpoint_url is None:
         raise UnsupportedError(f"pass s3_endpoint_url= to reduce {url}")
     routing = routing_fields(url, api_version, s3_endpoint_url, storage_type)
-    body = request_body(req, op, routing, wide_sum=wide_sum)
+    body = request_body(req, op, routing, wide_sum=wide_sum,
+                        disable_chunk_cache=disable_chunk_cache)
     endpoint = f"{server.rstrip('/')}/v{api_version}/{op}/"
     resp = post_with_retries(session, endpoint, data=json.dumps(body).encode(),
                              headers={"content-type": "application/json"}, timeout=timeout,

@@ -1,7 +1,8 @@
 """Readers that turn a dataset's metadata into a :class:`~activestorage.formats.base.Variable`.
 
 :func:`open_variable` is the one entry point: it accepts a path, a URL, a manifest (path or dict),
-or an already open h5py/h5netcdf/netCDF4 variable, detects the format and calls its reader.
+an already open h5py/h5netcdf/netCDF4/pyfive variable, or an open fsspec file (``S3File``, HTTP),
+detects the format and calls its reader.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 def _from_object(obj: Any, ncvar: str | None) -> Variable | None:
     """Variables handed over already open (h5py, h5netcdf, netCDF4)."""
     mod = type(obj).__module__.split(".")[0]
+    if mod == "pyfive":
+        from .objects import is_pyfive_dataset, open_pyfive
+
+        if is_pyfive_dataset(obj):
+            return open_pyfive(obj)
     if mod == "h5py":
         from .hdf5 import variable_from_dataset
 
@@ -63,10 +69,14 @@ def open_variable(dataset: Any, ncvar: str | None = None, *,
     var = _from_object(dataset, ncvar)
     if var is not None:
         return var
+    from .objects import is_fsspec_file, locate
+
+    if is_fsspec_file(dataset):  # an S3File or HTTP file: open it again by its URL
+        dataset, storage_options = locate(dataset, storage_options, None)
     if not isinstance(dataset, (str, os.PathLike)):
         raise ActiveStorageError(
             f"cannot open a dataset of type {type(dataset).__name__}; give a path, a URL, a "
-            "manifest or an h5py/h5netcdf/netCDF4 variable")
+            "manifest, an h5py/h5netcdf/netCDF4/pyfive variable or an fsspec file")
     url = os.fspath(dataset)
     if url.startswith("file://"):
         url = url[len("file://"):]

@@ -86,7 +86,8 @@ def missing_from_attrs(attrs: Mapping[str, Any], dtype: np.dtype,
     if fv is not None and fv.size >= 1:
         fill = dtype.type(np.atleast_1d(fv)[0])
         values.append(fill)
-    elif fill_enabled or key not in ("u1", "i1"):
+    elif key in DEFAULT_FILLVALS and (fill_enabled or key not in ("u1", "i1")):
+        # (netCDF has no default fill value for other types, e.g. float16)
         fill = dtype.type(DEFAULT_FILLVALS[key])
         values.append(fill)
     vmin = vmax = None

@@ -596,6 +596,8 @@ def variable_from_dict(entry: Mapping[str, Any], name: str, where: str) -> Varia
         if not isinstance(raw_dtype, str):
             raise TypeError(raw_dtype)
         dtype = np.dtype(raw_dtype)
+    except FormatError:  # a ValueError too: not an unknown dtype but a missing one
+        raise
     except (TypeError, ValueError) as exc:
         raise FormatError(f"{w}: unknown dtype {entry.get('dtype')!r}") from exc
     if dtype.kind not in "iuf":
