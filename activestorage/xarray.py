@@ -179,9 +179,15 @@ def _unwrap(data: Any) -> tuple[Any, tuple[int | np.ndarray, ...]]:
     from xarray.core import indexing
 
     seen = data
-    while isinstance(seen, (indexing.MemoryCachedArray, indexing.CopyOnWriteArray,
-                            indexing.ImplicitToExplicitIndexingAdapter)):
-        seen = seen.array
+    while True:
+        if isinstance(seen, (indexing.MemoryCachedArray, indexing.CopyOnWriteArray,
+                             indexing.ImplicitToExplicitIndexingAdapter)):
+            seen = seen.array
+        elif type(seen).__name__ == "_ElementwiseFunctionArray":
+            _check_decoder(seen.func)
+            seen = seen.array
+        else:
+            break
     if isinstance(seen, indexing.LazilyIndexedArray):
         backend = seen.array
         index: tuple[Any, ...] = tuple(np.arange(n) for n in backend.shape)
@@ -214,6 +220,7 @@ def find_origin(da: xr.DataArray) -> Origin:
     if origin.shape != tuple(da.shape):
         raise NotActiveError(f"the DataArray's shape {da.shape} does not match the selection "
                              f"{origin.shape} found behind it; pass fallback=True")
+    origin.key()  # raises NotActiveError now if the selection is no slice
     return origin
 
 
@@ -228,7 +235,7 @@ def _is_dask(data: Any) -> bool:
 def _dask_origin(arr: Any) -> tuple[Any, tuple[int | np.ndarray, ...]]:
     """Follow a Dask array from xarray's open back to the backend array, replaying the slicing
     layers (``getitem``) that ``.isel``/``.sel`` added; anything else is not followed."""
-    from dask._task_spec import Task, TaskRef
+    from dask._task_spec import Alias, Task, TaskRef
 
     layers = arr.dask.layers
     deps = arr.dask.dependencies
@@ -257,11 +264,16 @@ def _dask_origin(arr: Any) -> tuple[Any, tuple[int | np.ndarray, ...]]:
         ints: list[set[int]] = [set() for _ in chunks]
         starts = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in chunks]
         for key, task in layer.items():
-            sub = _task_index(task)
-            if not (isinstance(task, Task) and isinstance(task.args[0], TaskRef)
-                    and isinstance(sub, tuple)):
-                raise NotActiveError("a Dask slicing task of an unknown form; pass fallback=True")
-            src = task.args[0].key
+            if isinstance(task, Alias):  # a block taken whole
+                target = task.target
+                src, sub = getattr(target, "key", target), ()
+            else:
+                sub = _task_index(task)
+                if not (isinstance(task, Task) and isinstance(task.args[0], TaskRef)
+                        and isinstance(sub, tuple)):
+                    raise NotActiveError("a Dask slicing task of an unknown form; pass "
+                                         "fallback=True")
+                src = task.args[0].key
             out_idx = key[1:]
             kept = 0
             for ax, (blk, k) in enumerate(zip(src[1:], sub + (slice(None),) * (len(chunks)
@@ -559,6 +571,18 @@ def _finish(op: str, v: np.ndarray, n: np.ndarray, size: int, skipna: bool,
     out = v.astype(dtype if dtype.kind in "fc" else np.float64)
     out[invalid] = np.nan
     return out
+
+
+#: xarray's lazy CF decoders that Active applies too (masking fill values, unpacking)
+_DECODERS = ("_apply_mask", "_scale_offset_decoding")
+
+
+def _check_decoder(func: Any) -> None:
+    """Accept xarray's lazy masking/unpacking (Active does the same); refuse other decoders."""
+    name = getattr(getattr(func, "func", func), "__name__", repr(func))
+    if name not in _DECODERS:
+        raise NotActiveError(f"xarray decodes this variable with {name}, which activestorage "
+                             "does not apply; pass fallback=True")
 
 
 def _check_decoding(da: xr.DataArray) -> None:
