@@ -132,6 +132,11 @@ def _backend_source(backend: Any) -> tuple[str, str, dict[str, Any] | None]:
     if name in ("H5NetCDFArrayWrapper", "NetCDF4ArrayWrapper"):
         store = backend.datastore
         target = getattr(store, "_filename", None)
+        # a remote file: xarray opened an fsspec file object, which its file manager holds (the
+        # store's _filename is then only that object's repr)
+        opened = (getattr(getattr(store, "_manager", None), "_args", None) or (None,))[0]
+        if getattr(opened, "fs", None) is not None:
+            target = opened
         ncvar = backend.variable_name
         group = getattr(store, "_group", None)
         if group not in (None, "", "/"):
@@ -157,7 +162,10 @@ def _backend_source(backend: Any) -> tuple[str, str, dict[str, Any] | None]:
 
 def _fs_url(fs: Any, path: str) -> tuple[str, dict[str, Any] | None]:
     url = fs.unstrip_protocol(path)
-    options = dict(getattr(fs, "storage_options", None) or {}) or None
+    # zarr wraps the filesystem as asynchronous, with its own event loop: those are not options
+    # of the dataset, and another process (a Dask worker, our server) must not get them
+    options = {k: v for k, v in (getattr(fs, "storage_options", None) or {}).items()
+               if k not in ("asynchronous", "loop")} or None
     if url.startswith("file://"):
         return url[len("file://"):], None
     return url, options
