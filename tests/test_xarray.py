@@ -309,3 +309,20 @@ def test_var_std_weighted_are_planned_not_silent(call):
         call(lazy.tas.active)
     assert isinstance(info.value, NotImplementedError)
     assert set(ax.PLANNED_OPERATIONS) == {"var", "std", "weighted"}
+
+
+def test_user_guide_example_runs_and_matches_xarray():
+    page = Path(__file__).parents[1] / "docs" / "user-guide" / "xarray.md"
+    block = page.read_text().split("<!-- tested: xarray-global-mean -->", 1)[1]
+    code = block.split("```python\n", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(code, str(page), "exec"), ns)
+    series, stats = ns["global_mean"](CMIP6)
+    want = xr.open_dataset(CMIP6, engine="h5netcdf").tas.sel(
+        time=slice("1850-01", "1850-12")).load().mean(("lat", "lon"))
+    check(series, want, "mean", ("lat", "lon"))
+    assert series.sizes == {"time": 12} and "height" in series.coords
+    assert stats.bytes_read == 942_518 and stats.chunks_touched == 1  # the figures in the page
+    loaded = xr.open_dataset(CMIP6, engine="h5netcdf").load()
+    assert ns["warmest_month"](CMIP6).item() == loaded.tas.sel(lat=slice(-30, 30)).max(
+        ("lat", "lon")).idxmax("time").item()
