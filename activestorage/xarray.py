@@ -243,7 +243,11 @@ def _is_dask(data: Any) -> bool:
 def _dask_origin(arr: Any) -> tuple[Any, tuple[int | np.ndarray, ...]]:
     """Follow a Dask array from xarray's open back to the backend array, replaying the slicing
     layers (``getitem``) that ``.isel``/``.sel`` added; anything else is not followed."""
-    from dask._task_spec import Alias, Task, TaskRef
+    try:
+        from dask._task_spec import Alias, Task, TaskRef
+    except ImportError as exc:  # pragma: no cover - older dask
+        raise NotActiveError(f"following Dask arrays needs dask 2024.12 or later ({exc}); "
+                             "pass fallback=True") from None
 
     layers = arr.dask.layers
     deps = arr.dask.dependencies
