@@ -383,9 +383,7 @@ def _rebuild(da: xr.DataArray, values: Any, dims: tuple[Hashable, ...],
     reduced = set(dims)
     drop = [k for k, c in da.coords.items() if reduced & set(c.dims)]
     coords = da.drop_vars(drop).coords
-    attrs = dict(template.attrs)
-    if keep_attrs or attrs:
-        attrs = _cell_methods(attrs, dims, op)
+    attrs = _cell_methods(template.attrs, dims, op) if keep_attrs else dict(template.attrs)
     kept = [d for d in da.dims if d not in reduced]
     return xr.DataArray(values, dims=kept, coords=coords, name=da.name, attrs=attrs)
 
