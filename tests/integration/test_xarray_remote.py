@@ -111,3 +111,26 @@ def test_dask_backed_remote_dataset_through_the_server(urls, moto_server, active
     assert got.chunks is not None
     want = open_remote(urls["zarr"], so).tas.isel(time=slice(2, 12)).load().mean(("lat", "lon"))
     xr.testing.assert_allclose(got.compute().drop_attrs(), want.drop_attrs(), rtol=1e-5)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:The specified chunks separate")
+def test_dask_backed_accessor_runs_on_distributed_worker_processes(urls, moto_server,
+                                                                   active_server):
+    """The graph holds no live objects: two worker processes open their own Active."""
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is in the dask extra")
+    so = storage_options(moto_server)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0", silence_logs=40) as cluster, \
+            distributed.Client(cluster) as client:
+        chunked = xr.open_dataset(urls["zarr"], engine="zarr", consolidated=False,
+                                  storage_options=so, chunks={})
+        lazy = chunked.tas.sel(time=slice("1850-02", "1850-11")).active(
+            active_storage_url=active_server.url)
+        means, maxima = lazy.mean(("lat", "lon")), lazy.max("time")
+        got_mean, got_max = client.compute([means.data, maxima.data], sync=True)
+        ran_on = client.run(lambda: __import__("os").getpid())
+    loaded = open_remote(urls["zarr"], so).tas.sel(time=slice("1850-02", "1850-11")).load()
+    np.testing.assert_allclose(got_mean, loaded.mean(("lat", "lon")).values, rtol=1e-5)
+    np.testing.assert_array_equal(got_max, loaded.max("time").values)
+    assert len(ran_on) == 2
