@@ -91,6 +91,12 @@ def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | No
                         disable_chunk_cache=disable_chunk_cache, logger=log, **kwargs)
 
 
+def _is_method(name: Any) -> bool:
+    """Whether ``name`` is a reduction of the table of operations (read now, not at import)."""
+    op = operations.OPERATIONS.get(name) if isinstance(name, str) else None
+    return op is not None and op.method
+
+
 class _MethodName(str):
     """The active method's name (``"mean"``, ...), callable like PyActiveStorage's ``method``
     attribute, which is the NumPy function: ``active.method([3, 444]) == 3`` for ``"min"``."""
@@ -258,11 +264,11 @@ class Active:
     def method(self) -> _MethodName | None:
         """The reduction ``active[...]`` applies (None: plain data); see the class docstring."""
         m = self._method
-        return _MethodName(m) if m in METHODS else None
+        return _MethodName(m) if _is_method(m) else None
 
     @method.setter
     def method(self, value: str | None) -> None:
-        if value is not None and value not in METHODS:
+        if value is not None and not _is_method(value):
             raise InvalidArgumentError(f"unknown method {value!r}; use one of "
                                        f"{', '.join(METHODS)} (or None for plain data)")
         self._method = value
@@ -320,7 +326,7 @@ class Active:
                 raise InvalidArgumentError("components=True needs a method (mean, min, max, "
                                            "sum, count): set active.method first")
             return self._reduce("select", key, None, False, False)
-        if method not in METHODS:
+        if not _is_method(method):
             raise InvalidArgumentError(f"unknown method {method!r}; use one of "
                                        f"{', '.join(METHODS)}")
         try:
