@@ -26,7 +26,7 @@ import numpy as np
 
 from . import memory, operations
 from .backends.base import Backend
-from .backends.factory import make_backend
+from .backends.factory import is_remote, make_backend, server_urls
 from .combine import Accumulator, finish, fold
 from .errors import (AxisError, InvalidArgumentError, SelectionError,
                      ServerError, StorageError, UnsupportedError)
@@ -136,7 +136,9 @@ class Active:
         A reduction server, or a list of them (spread over by least outstanding requests, with
         fail-over); default ``$ACTIVESTORAGE_URL`` (comma-separated for several).
     backend:
-        ``"posix"``, ``"fetch"``, ``"server"`` or a :class:`~activestorage.backends.Backend`.
+        ``"posix"``, ``"fetch"``, ``"server"``, ``"server-pool"``, a
+        :class:`~activestorage.backends.Backend` or a zero-argument factory of one (see
+        :func:`~activestorage.backends.factory.make_backend`).
     components:
         Return ``{"sum": ..., "n": ...}``-style partial components with keepdims shape.
     progress:
@@ -245,10 +247,10 @@ class Active:
             return self._version_set
         if self._backend_obj is not None:
             return 2 if self._backend_obj.name.startswith("server") else 1
-        server = self.active_storage_url or os.environ.get("ACTIVESTORAGE_URL")
-        remote = self._var is not None and "://" in self._var.source \
-            and not self._var.source.startswith("file://")
-        return 2 if server and remote and self._backend_spec in (None, "server", "server-pool") else 1
+        server = server_urls(self.active_storage_url)
+        remote = self._var is not None and is_remote(self._var.source)
+        return 2 if server and remote and self._backend_spec in (None, "server",
+                                                                 "server-pool") else 1
 
     @_version.setter
     def _version(self, value: int) -> None:

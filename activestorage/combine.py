@@ -40,6 +40,9 @@ class Accumulator:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self._adt = self._op.accumulator_dtype(self.dtype)
+        #: resolved once here, read per partial
+        self._select = self._op.finish == "select"
+        self._ufunc = self._op.ufunc
         self._values: np.ndarray | None = None
         self._counts: np.ndarray | None = None
         #: uniform counts not yet in ``_counts``: result region (as slice triples) -> count
@@ -96,9 +99,8 @@ class Accumulator:
 
     def add(self, index: tuple[slice, ...], p: Partial) -> None:
         """Fold one partial into ``values[index]``/``counts[index]``."""
-        op = self._op
         index = tuple(index) + (Ellipsis,)  # a view even for 0-d (scalar) variables
-        if op.ufunc is None and op.finish == "select":
+        if self._select:
             self.values[index] = p.values
             self.counts[index] = p.counts
             return
@@ -111,13 +113,13 @@ class Accumulator:
             self._tally(index, n)
         else:
             return  # nothing behind this partial
-        if op.ufunc is not None:
+        if self._ufunc is not None:  # (count: the counts are the values)
             self._add_values(index, p.values, None if n else pc)
 
     def _add_values(self, index: tuple[Any, ...], pv: np.ndarray,
                     pc: np.ndarray | None) -> None:
         """``pc``: the partial's counts where some may be 0 (None: every one is positive)."""
-        ufunc = self._op.ufunc
+        ufunc = self._ufunc
         v = self.values[index]
         if ufunc is np.add:  # a partial sum is 0 where nothing contributed
             v += pv

@@ -665,7 +665,8 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     ufunc = op.ufunc
     if ufunc is None:
         raise UnsupportedError(f"operation {operation!r} has no per-chunk reduction (a ufunc)")
-    adt = op.accumulator_dtype(x.dtype) if ufunc.identity is not None else x.dtype
+    # min/max keep the dtype; a ufunc with an identity (a product ...) accumulates like a sum
+    adt = x.dtype if ufunc.identity is None else op.accumulator_dtype(x.dtype)
     if valid is None and x.size:
         v = ufunc.reduce(x, axis=axis, keepdims=True, dtype=adt)
     else:  # an empty reduced axis or masked elements: start from the identity-like bound

@@ -16,7 +16,7 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_backend", "server_urls", "BACKEND_NAMES"]
+__all__ = ["make_backend", "server_urls", "is_remote", "BACKEND_NAMES"]
 
 #: the backends a name selects ("server-pool": the servers as a pool even when only one is
 #: given, and for any path: its members may be any backend)
@@ -33,7 +33,8 @@ def server_urls(active_storage_url: Any, env: Mapping[str, str] | None = None) -
     return url or None
 
 
-def _is_remote(url: str) -> bool:
+def is_remote(url: str) -> bool:
+    """Whether ``url`` names a remote object (not a local path or ``file://`` URL)."""
     return "://" in url and not url.startswith("file://")
 
 
@@ -61,7 +62,7 @@ def make_backend(backend: str | Backend | Callable[[], Backend] | None, url: str
             raise ActiveStorageError(f"backend must be a name, a Backend or a factory, not "
                                      f"{backend!r}")
         return backend()
-    remote = _is_remote(url)
+    remote = is_remote(url)
     servers = server_urls(active_storage_url)
     if backend:
         name = backend
