@@ -212,6 +212,15 @@ def test_a_toy_operation_from_one_table_entry(with_prod, tmp_path, dtype, axis):
         a.axis = axis
         got = a[1:5, :]
     np.testing.assert_array_equal(np.ma.getdata(got), np.ma.getdata(want))
+    # list indices: per-box components folded along the listed axis
+    rows = [0, 1, 3, 4]
+    want = np.ma.prod(np.ma.masked_equal(data, -99)[rows, :], axis=axis)
+    with Active(path, "v", max_threads=2) as a:
+        a.method = "prod"
+        a.keepdims = False
+        a.axis = axis
+        got = a[rows, :]
+    np.testing.assert_array_equal(np.ma.getdata(got), np.ma.getdata(want))
     # the same through Dask's component fold
     parts = [{"v": np.array([2, 3]), "n": np.array([1, 0])},
              {"v": np.array([5, 7]), "n": np.array([1, 1])}]
