@@ -19,6 +19,7 @@ This module imports nothing of the project, so every other module can import it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -86,9 +87,9 @@ class Operation:
         return initial(self.ufunc, dtype)
 
     def accumulator_dtype(self, dtype: np.dtype) -> np.dtype:
-        """What values of ``dtype`` are combined in: float64 for float sums (at least as
-        accurate as NumPy's pairwise float32 sum), NumPy's integer sum dtype (int64/uint64),
-        int64 counts, ``dtype`` itself otherwise."""
+        """What values of ``dtype`` are combined in: for sums (any ufunc with an identity)
+        float64 for floats (at least as accurate as NumPy's pairwise float32 sum) and NumPy's
+        integer sum dtype (int64/uint64); int64 counts; ``dtype`` itself otherwise."""
         return accumulator_dtype(self, dtype)
 
 
@@ -111,7 +112,7 @@ def accumulator_dtype(op: Operation, dtype: np.dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if op.finish == "count":
         return _INT64
-    if op.ufunc is np.add or op.ufunc is np.multiply:
+    if op.ufunc is not None and op.ufunc.identity is not None:  # sums, products: widen
         kind = dtype.kind
         if kind == "f":
             return _FLOAT64
@@ -123,7 +124,7 @@ def accumulator_dtype(op: Operation, dtype: np.dtype) -> np.dtype:
 
 
 def _table(*ops: Operation) -> Mapping[str, Operation]:
-    return {op.name: op for op in ops}
+    return MappingProxyType({op.name: op for op in ops})
 
 
 #: every operation by name; a read-only view (copy it to extend, as the tests do)
