@@ -24,10 +24,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import memory
+from . import memory, operations
 from .backends.base import Backend
+from .backends.factory import is_remote, make_backend, server_urls
 from .combine import Accumulator, finish, fold
-from .errors import (ActiveStorageError, AxisError, InvalidArgumentError, SelectionError,
+from .errors import (AxisError, InvalidArgumentError, SelectionError,
                      ServerError, StorageError, UnsupportedError)
 from .formats import open_variable
 from .formats.base import Variable
@@ -42,7 +43,8 @@ from .request import ChunkRequest
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mean", "min", "max", "sum", "count")
+#: the reductions (``a.mean`` ...), from :mod:`activestorage.operations`
+METHODS = operations.METHODS
 #: memory allowed for per-batch accumulators of axis reductions (beyond it, partials are folded
 #: on the calling thread)
 LOCAL_ACCUMULATOR_BYTES = 256 * 2**20
@@ -83,58 +85,16 @@ class CallStats:
 def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | None,
                     active_storage_url: Any, version: int | None = None,
                     disable_chunk_cache: bool = False, **kwargs: Any) -> Backend:
-    """An explicit backend (instance or name) wins; else PyActiveStorage's ``_version`` (1: reduce
-    here, 2: on the server); else a server URL; else by the dataset's URL.
+    """The backend for ``url``: see :func:`~activestorage.backends.factory.make_backend`."""
+    return make_backend(backend, url, storage_options=storage_options,
+                        active_storage_url=active_storage_url, version=version,
+                        disable_chunk_cache=disable_chunk_cache, logger=log, **kwargs)
 
-    A local file with a server URL (and no explicit ``backend="server"``) is reduced here, as
-    PyActiveStorage does: a reduction server cannot read this machine's files.
-    """
-    if isinstance(backend, Backend):
-        return backend
-    remote = "://" in url and not url.startswith("file://")
-    server_url = active_storage_url or os.environ.get("ACTIVESTORAGE_URL")
-    if isinstance(server_url, str) and "," in server_url:
-        server_url = [u.strip() for u in server_url.split(",") if u.strip()]
-    if backend:
-        name = backend
-    elif version == 1:
-        name = "fetch" if remote else "posix"
-    elif version == 2 and remote and not server_url:
-        raise InvalidArgumentError(
-            f"_version = 2 reduces {url} on a reduction server, but none is set: pass "
-            "active_storage_url= or set $ACTIVESTORAGE_URL (or use _version = 1 to reduce here)")
-    else:
-        name = "server" if server_url else "fetch" if remote else "posix"
-    if name == "server" and not remote and backend is None:
-        log.info("%s is a local file: reducing it here, not on the reduction server", url)
-        name = "posix"
-    if name == "posix":
-        if remote:
-            raise ActiveStorageError(f"backend 'posix' reads local files; {url} is remote: use "
-                                     "backend='fetch' or a reduction server")
-        from .backends.posix import PosixBackend
 
-        return PosixBackend()
-    if name == "fetch":
-        from .backends.fetch import FetchBackend
-
-        return FetchBackend(storage_options=storage_options, **kwargs)
-    if name == "server":
-        if not remote:
-            raise ActiveStorageError(
-                f"a reduction server cannot read the local file {url}; put it in an object "
-                "store, or use backend='posix'")
-        if disable_chunk_cache:
-            kwargs.setdefault("disable_chunk_cache", True)
-        if isinstance(server_url, (list, tuple)):
-            from .backends.pool import ServerPool
-
-            return ServerPool(list(server_url), storage_options=storage_options, **kwargs)
-        from .backends.server import ServerBackend
-
-        return ServerBackend(server_url, storage_options=storage_options, **kwargs)
-    raise ActiveStorageError(f"unknown backend {name!r}; use 'posix', 'fetch', 'server' or a "
-                             "Backend instance")
+def _is_method(name: Any) -> bool:
+    """Whether ``name`` is a reduction of the table of operations (read now, not at import)."""
+    op = operations.OPERATIONS.get(name) if isinstance(name, str) else None
+    return op is not None and op.method
 
 
 class _MethodName(str):
@@ -142,8 +102,7 @@ class _MethodName(str):
     attribute, which is the NumPy function: ``active.method([3, 444]) == 3`` for ``"min"``."""
 
     def __call__(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
-        fn = {"mean": np.ma.mean, "min": np.ma.min, "max": np.ma.max, "sum": np.ma.sum,
-              "count": np.ma.count}[str(self)]
+        fn = operations.get(str(self)).numpy
         return fn(x, axis=axis, keepdims=keepdims)
 
 
@@ -177,7 +136,9 @@ class Active:
         A reduction server, or a list of them (spread over by least outstanding requests, with
         fail-over); default ``$ACTIVESTORAGE_URL`` (comma-separated for several).
     backend:
-        ``"posix"``, ``"fetch"``, ``"server"`` or a :class:`~activestorage.backends.Backend`.
+        ``"posix"``, ``"fetch"``, ``"server"``, ``"server-pool"``, a
+        :class:`~activestorage.backends.Backend` or a zero-argument factory of one (see
+        :func:`~activestorage.backends.factory.make_backend`).
     components:
         Return ``{"sum": ..., "n": ...}``-style partial components with keepdims shape.
     progress:
@@ -272,10 +233,11 @@ class Active:
     def _backend(self) -> Backend:
         """The backend, chosen at first use (``_version`` may be set after construction)."""
         if self._backend_obj is None:
-            self._backend_obj = _choose_backend(
-                self._backend_spec, self._variable.source, self.storage_options,
-                self.active_storage_url, self._version_set,
-                disable_chunk_cache=self.option_disable_chunk_cache, **self._backend_options)
+            self._backend_obj = make_backend(
+                self._backend_spec, self._variable.source, storage_options=self.storage_options,
+                active_storage_url=self.active_storage_url, version=self._version_set,
+                disable_chunk_cache=self.option_disable_chunk_cache, logger=log,
+                **self._backend_options)
         return self._backend_obj
 
     @property
@@ -285,10 +247,10 @@ class Active:
             return self._version_set
         if self._backend_obj is not None:
             return 2 if self._backend_obj.name.startswith("server") else 1
-        server = self.active_storage_url or os.environ.get("ACTIVESTORAGE_URL")
-        remote = self._var is not None and "://" in self._var.source \
-            and not self._var.source.startswith("file://")
-        return 2 if server and remote and self._backend_spec in (None, "server") else 1
+        server = server_urls(self.active_storage_url)
+        remote = self._var is not None and is_remote(self._var.source)
+        return 2 if server and remote and self._backend_spec in (None, "server",
+                                                                 "server-pool") else 1
 
     @_version.setter
     def _version(self, value: int) -> None:
@@ -304,11 +266,11 @@ class Active:
     def method(self) -> _MethodName | None:
         """The reduction ``active[...]`` applies (None: plain data); see the class docstring."""
         m = self._method
-        return _MethodName(m) if m in METHODS else None
+        return _MethodName(m) if _is_method(m) else None
 
     @method.setter
     def method(self, value: str | None) -> None:
-        if value is not None and value not in METHODS:
+        if value is not None and not _is_method(value):
             raise InvalidArgumentError(f"unknown method {value!r}; use one of "
                                        f"{', '.join(METHODS)} (or None for plain data)")
         self._method = value
@@ -366,7 +328,7 @@ class Active:
                 raise InvalidArgumentError("components=True needs a method (mean, min, max, "
                                            "sum, count): set active.method first")
             return self._reduce("select", key, None, False, False)
-        if method not in METHODS:
+        if not _is_method(method):
             raise InvalidArgumentError(f"unknown method {method!r}; use one of "
                                        f"{', '.join(METHODS)}")
         try:
@@ -421,34 +383,22 @@ class Active:
         self.close()
 
     # ------------------------------------------------------------------ methods
-    @property
-    def mean(self) -> "Reduction":
-        return Reduction(self, "mean")
-
-    @property
-    def min(self) -> "Reduction":
-        return Reduction(self, "min")
-
-    @property
-    def max(self) -> "Reduction":
-        return Reduction(self, "max")
-
-    @property
-    def sum(self) -> "Reduction":
-        return Reduction(self, "sum")
-
-    @property
-    def count(self) -> "Reduction":
-        return Reduction(self, "count")
+    # ``a.mean``, ``a.min`` ...: one property per method of the table of operations, made below
+    # the class (type checkers see these declarations)
+    mean: "Reduction"
+    min: "Reduction"
+    max: "Reduction"
+    sum: "Reduction"
+    count: "Reduction"
 
     # ------------------------------------------------------------------- engine
     def _threads(self, ntasks: int) -> int:
-        default = getattr(self._backend, "default_threads", os.cpu_count() or 1)
-        return max(1, min(self.max_threads or default, ntasks))
+        return max(1, min(self.max_threads or self._backend.default_threads, ntasks))
 
     def _reduce(self, operation: str, key: Any, axis: Any, components: bool,
                 keepdims: bool) -> Any:
-        if operation not in METHODS and operation != "select":
+        op = operations.OPERATIONS.get(operation)
+        if op is None or not (op.method or op.finish == "select"):
             raise InvalidArgumentError(f"unknown method {operation!r}; use one of {', '.join(METHODS)}")
         var = self._variable
         t0 = time.perf_counter()
@@ -462,16 +412,14 @@ class Active:
                 full, operation, axis, components, keepdims,
                 lambda k: self._reduce(operation, k, axis, True, True), where)
         sel = normalize_key(key, var.shape, where)
-        select = operation == "select"
+        select = op.finish == "select"
         red_axes = () if select else _reduce_axes(axis, sel, where)
         kernel_axes = () if select else tuple(sorted(set(red_axes) | set(sel.dropped)))
-        kop = {"mean": "sum"}.get(operation, operation)
-        if kop in ("min", "max") and var.scale_factor is not None and var.scale_factor < 0:
-            kop = "max" if kop == "min" else "min"  # unpacking with a negative scale flips order
+        kop = op.for_scale(var.scale_factor)  # the partial the chunks give
 
         out_shape = tuple(1 if ax in kernel_axes else n for ax, n in enumerate(sel.shape))
         plan = Plan(sel, var.chunk_shape)
-        acc = Accumulator(kop if operation != "mean" else "mean", out_shape, var.dtype)
+        acc = Accumulator(kop, out_shape, var.dtype)
         before = self._backend.stats.copy()
         touched_bytes, unallocated = _stored(var, plan)
         if len(plan):
@@ -479,8 +427,8 @@ class Active:
                 n == 1 for n in out_shape) and len(kernel_axes) == var.ndim)
             if not select and self._backend.folds and acc.nbytes >= memory.RELEASE_MIN_BYTES:
                 memory.release_free_memory()  # the per-chunk partials' blocks (see memory.py)
-        result = finish(acc, "select" if select else kop if operation != "mean" else "mean",
-                        scale=var.scale_factor, offset=var.add_offset, components=components)
+        result = finish(acc, operation, scale=var.scale_factor, offset=var.add_offset,
+                        components=components)
         result = _shape_result(result, sel, red_axes, keepdims or components, select)
         after = self._backend.stats
         self._stats = CallStats(
@@ -491,9 +439,6 @@ class Active:
             seconds=time.perf_counter() - t0, metadata_seconds=self._metadata_seconds,
             metadata_bytes=var.metadata_bytes, metadata_requests=var.metadata_requests,
             backend=self._backend.name)
-        if components and isinstance(result, dict) and operation in ("min", "max") \
-                and kop != operation:
-            result = {operation: result[kop], "n": result["n"]}
         return result
 
     def _execute(self, plan: Plan, kop: str, kernel_axes: tuple[int, ...], acc: Accumulator,
@@ -507,7 +452,7 @@ class Active:
         nblocks = -(-ntasks // block)
         threads = self._threads(nblocks)
         # enough batches to balance threads and move a progress bar; few enough to amortise calls
-        per_thread = getattr(self._backend, "batches_per_thread", 4)
+        per_thread = self._backend.batches_per_thread
         nbatches = min(nblocks, max(threads * per_thread, ntasks // 512))
         if threads == 1 and ntasks <= 4096:
             nbatches = 1
@@ -608,6 +553,21 @@ def _spans(n: int, parts: int, block: int) -> list[tuple[int, int]]:
     nblocks = -(-n // block)
     edges = [min(n, round(nblocks * i / parts) * block) for i in range(parts + 1)]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _method(name: str) -> property:
+    def reduction(self: Active) -> "Reduction":
+        return Reduction(self, name)
+
+    reduction.__name__ = name
+    reduction.__doc__ = (f"The {name} of a selection: ``a.{name}[key]``, or "
+                         f"``a.{name}(axis=..., keepdims=..., components=...)[key]``.")
+    return property(reduction)
+
+
+for _name in METHODS:
+    setattr(Active, _name, _method(_name))
+del _name
 
 
 class Reduction:

@@ -23,10 +23,12 @@ import numpy as np
 from . import __version__
 from .argparsing import OneLineErrorParser
 from .errors import SelectionError
+from .operations import METHODS
 
 log = logging.getLogger(__name__)
 
-OPERATIONS = ("mean", "min", "max", "sum", "count")
+#: the ``--op`` choices: the reductions of :mod:`activestorage.operations`
+OPERATIONS = METHODS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

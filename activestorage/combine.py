@@ -10,28 +10,18 @@ min/max swap when the scale is negative.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .kernel import Partial, sum_dtype
+from . import operations
+from .kernel import Partial
+from .operations import Operation
 
 
 def accumulator_dtype(operation: str, dtype: np.dtype) -> np.dtype:
-    if operation in ("sum", "mean"):
-        return np.dtype(np.float64) if dtype.kind == "f" else sum_dtype(dtype)
-    if operation == "count":
-        return np.dtype(np.int64)
-    return np.dtype(dtype)
-
-
-def _initial(operation: str, dtype: np.dtype) -> Any:
-    if operation in ("min", "max"):
-        if dtype.kind == "f":
-            return np.inf if operation == "min" else -np.inf
-        info = np.iinfo(dtype)
-        return info.max if operation == "min" else info.min
-    return 0
+    """What partial values of ``dtype`` are combined in (see :meth:`Operation.accumulator_dtype`)."""
+    return operations.get(operation).accumulator_dtype(dtype)
 
 
 class Accumulator:
@@ -46,9 +36,13 @@ class Accumulator:
 
     def __init__(self, operation: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.operation = operation
+        self._op: Operation = operations.get(operation)
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
-        self._adt = accumulator_dtype(operation, self.dtype)
+        self._adt = self._op.accumulator_dtype(self.dtype)
+        #: resolved once here, read per partial
+        self._select = self._op.finish == "select"
+        self._ufunc = self._op.ufunc
         self._values: np.ndarray | None = None
         self._counts: np.ndarray | None = None
         #: uniform counts not yet in ``_counts``: result region (as slice triples) -> count
@@ -61,10 +55,10 @@ class Accumulator:
 
     @property
     def values(self) -> np.ndarray:
-        if self.operation == "count":
+        if self._op.finish == "count":
             return self.counts
         if self._values is None:
-            self._values = np.full(self.shape, _initial(self.operation, self.dtype), self._adt)
+            self._values = np.full(self.shape, self._op.initial(self.dtype), self._adt)
         return self._values
 
     @property
@@ -105,9 +99,8 @@ class Accumulator:
 
     def add(self, index: tuple[slice, ...], p: Partial) -> None:
         """Fold one partial into ``values[index]``/``counts[index]``."""
-        op = self.operation
         index = tuple(index) + (Ellipsis,)  # a view even for 0-d (scalar) variables
-        if op == "select":
+        if self._select:
             self.values[index] = p.values
             self.counts[index] = p.counts
             return
@@ -120,22 +113,20 @@ class Accumulator:
             self._tally(index, n)
         else:
             return  # nothing behind this partial
-        if op != "count":
+        if self._ufunc is not None:  # (count: the counts are the values)
             self._add_values(index, p.values, None if n else pc)
 
     def _add_values(self, index: tuple[Any, ...], pv: np.ndarray,
                     pc: np.ndarray | None) -> None:
         """``pc``: the partial's counts where some may be 0 (None: every one is positive)."""
-        op = self.operation
+        ufunc = self._ufunc
         v = self.values[index]
-        if op in ("sum", "mean"):
+        if ufunc is np.add:  # a partial sum is 0 where nothing contributed
             v += pv
-        else:
-            ufunc = np.minimum if op == "min" else np.maximum
-            if pc is None:
-                ufunc(v, pv, out=v)
-            else:
-                ufunc(v, pv, out=v, where=pc > 0)
+        elif pc is None:
+            ufunc(v, pv, out=v)  # type: ignore[misc]
+        else:  # elsewhere min/max values are undefined
+            ufunc(v, pv, out=v, where=pc > 0)  # type: ignore[misc]
 
 
 def fold(partials: Sequence[Partial], operation: str, dtype: np.dtype) -> Partial:
@@ -143,18 +134,17 @@ def fold(partials: Sequence[Partial], operation: str, dtype: np.dtype) -> Partia
     counts = np.fromiter((p.counts.flat[0] for p in partials), np.int64, len(partials))
     n = counts.sum()
     shape = partials[0].values.shape
-    if operation == "count":
+    op = operations.get(operation)
+    ufunc = op.ufunc
+    if ufunc is None:  # count
         return Partial(np.full(shape, n, np.int64), np.full(shape, n, np.int64))
-    adt = accumulator_dtype(operation, dtype)
+    adt = op.accumulator_dtype(dtype)
     vals = np.fromiter((p.values.flat[0] for p in partials), adt, len(partials))
-    if operation in ("sum", "mean"):
+    if ufunc is np.add:
         v = vals.sum(dtype=adt)
     else:
         ok = vals[counts > 0]
-        if ok.size:
-            v = ok.min() if operation == "min" else ok.max()
-        else:
-            v = _initial(operation, dtype)
+        v = ufunc.reduce(ok) if ok.size else op.initial(dtype)
     return Partial(np.full(shape, v, adt), np.full(shape, n, np.int64))
 
 
@@ -172,30 +162,35 @@ def finish(acc: Accumulator, operation: str, *, scale: Any = None, offset: Any =
            components: bool = False) -> Any:
     """Turn an accumulator into the user-facing result (keepdims shape; caller squeezes axes).
 
-    Returns a masked array (masked where no value contributed), or for ``components`` a dict
-    ``{"sum"|"min"|"max"|"count": ..., "n": counts}``.
+    ``operation`` is the user's (``"mean"``, ``"min"``, ``"select"`` ...); ``acc`` combined its
+    partials (for a negative ``scale`` those of the mirrored operation, see
+    :meth:`~activestorage.operations.Operation.for_scale`: unpacking turns the packed max into
+    the physical min). Returns a masked array (masked where no value contributed), or for
+    ``components`` a dict ``{"sum"|"min"|"max"|"count": ..., "n": counts}``.
     """
+    op = operations.get(operation)
+    how = op.finish
     n = acc.counts
     empty = n == 0
     v = acc.values
     dtype = acc.dtype
     packed = scale is not None or offset is not None
-    if operation == "select":
+    if how == "select":
         data = unpack(v, scale, offset) if packed else v
         return np.ma.MaskedArray(data, mask=empty)
-    if operation == "count":
+    if how == "count":
         if components:
-            return {"count": n.copy(), "n": n.copy()}
+            return {op.component: n.copy(), "n": n.copy()}
         return np.ma.MaskedArray(n.copy(), mask=np.zeros(n.shape, bool))
-    if operation in ("sum", "mean"):
+    if how in ("total", "mean"):
         s = v
         if packed:
             s = s * (1 if scale is None else scale) + n * (0 if offset is None else offset)
         elif dtype.kind == "f":
             s = s.astype(dtype)
         if components:
-            return {"sum": np.ma.MaskedArray(s, mask=empty), "n": n.copy()}
-        if operation == "sum":
+            return {op.component: np.ma.MaskedArray(s, mask=empty), "n": n.copy()}
+        if how == "total":
             return np.ma.MaskedArray(s, mask=empty)
         with np.errstate(invalid="ignore", divide="ignore"):
             if packed:
@@ -205,8 +200,25 @@ def finish(acc: Accumulator, operation: str, *, scale: Any = None, offset: Any =
                 m = v / np.where(empty, 1, n)
                 m = m.astype(dtype if dtype.kind == "f" else np.float64)
         return np.ma.MaskedArray(m, mask=empty)
-    # min / max (for a negative scale the caller reduced with the opposite operation)
+    # "value" (min / max): each value unpacked
     data = unpack(v, scale, offset) if packed else v
     if components:
-        return {operation: np.ma.MaskedArray(data, mask=empty), "n": n.copy()}
+        return {op.component: np.ma.MaskedArray(data, mask=empty), "n": n.copy()}
     return np.ma.MaskedArray(data, mask=empty)
+
+
+def fold_components(parts: Sequence[Mapping[str, np.ndarray]],
+                    operation: str) -> dict[str, np.ndarray]:
+    """Combine same-shaped ``{"v": values, "n": counts}`` components (what ``Active`` returns
+    with ``components=True``, as plain arrays), in order, the way :class:`Accumulator` combines
+    chunk partials: counts add, and values where ``n == 0`` play no part. Sums come back in
+    their accumulator dtype (float64 for floats); :mod:`activestorage.dask` folds with this."""
+    first = np.asarray(parts[0]["v"])
+    acc = Accumulator(operation, first.shape, first.dtype)
+    add_values = acc._op.ufunc is np.add
+    for p in parts:
+        pv, pc = np.asarray(p["v"]), np.asarray(p["n"])
+        if add_values:  # Accumulator trusts a partial sum to be 0 where nothing contributed
+            pv = np.where(pc > 0, pv, 0)
+        acc.add((), Partial(pv, pc))
+    return {"v": acc.values, "n": acc.counts}

@@ -15,14 +15,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidArgumentError, UnsupportedError
+from .operations import OPERATIONS
 from .kernel import reduce_chunk as _kernel_reduce
 from .request import Missing, make_request
 
 log = logging.getLogger(__name__)
 
 #: NumPy functions PyActiveStorage passes as ``method``, by their ``__name__``
-_METHOD_NAMES = {"amin": "min", "amax": "max", "min": "min", "max": "max", "sum": "sum",
-                 "mean": "sum", "count": "count"}
+_METHOD_NAMES = {"amin": "min", "amax": "max",
+                 **{name: op.partial for name, op in OPERATIONS.items() if op.method}}
 
 
 def method_name(method: Any) -> str | None:

@@ -35,13 +35,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import operations
+from .combine import fold_components
 from .errors import ActiveStorageError, SelectionError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
-OPS = ("mean", "min", "max", "sum", "count")
+#: the reductions (from :mod:`activestorage.operations`)
+OPS = operations.METHODS
 #: what each operation's components are called (besides "n")
-COMPONENT = {"mean": "sum", "sum": "sum", "min": "min", "max": "max", "count": "count"}
+COMPONENT = {name: operations.get(name).component for name in OPS}
 
 
 # ------------------------------------------------------------------------------ sources
@@ -129,21 +132,16 @@ class Source:
         return f"Source({self.dataset!r}, {self.ncvar!r}, backend={self.options.get('backend')!r})"
 
     def open(self) -> Any:
-        """A new Active for this source (callers normally want :func:`active_for`)."""
+        """A new Active for this source (callers normally want :func:`active_for`); its
+        backend comes from :func:`~activestorage.backends.factory.make_backend`, as for any
+        Active, when first used."""
         from .active import Active
 
         kw = dict(self.options)
-        backend = kw.pop("backend", None)
-        urls = kw.get("active_storage_url")
-        if backend is not None and not isinstance(backend, str):
-            backend = backend()  # a factory
-        elif backend in (None, "server") and isinstance(urls, tuple):
-            from .backends.pool import ServerPool
-
-            backend = ServerPool(urls, storage_options=kw.get("storage_options"),
-                                 **(kw.pop("backend_options", None) or {}))
-            kw.pop("active_storage_url")
-        return _Owned(Active(self.dataset, self.ncvar, backend=backend, **kw), backend)
+        if kw.get("backend") in (None, "server") and isinstance(kw.get("active_storage_url"),
+                                                                tuple):
+            kw["backend"] = "server-pool"  # a list of servers is used as given, for any path
+        return Active(self.dataset, self.ncvar, **kw)
 
 
 def _describe(obj: Any) -> Any:
@@ -157,24 +155,9 @@ def _describe(obj: Any) -> Any:
     return obj
 
 
-class _Owned:
-    """An Active plus the backend it was given (Active does not close given backends)."""
-
-    __slots__ = ("active", "backend")
-
-    def __init__(self, active: Any, backend: Any) -> None:
-        self.active = active
-        self.backend = backend
-
-    def close(self) -> None:
-        self.active.close()
-        if self.backend is not None and not isinstance(self.backend, str):
-            self.backend.close()
-
-
 # ------------------------------------------------------------------ per-process cache
 
-_CACHE: "OrderedDict[str, _Owned]" = OrderedDict()
+_CACHE: "OrderedDict[str, Any]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _OPENING: dict[str, threading.Lock] = {}
 
@@ -190,7 +173,7 @@ def active_for(source: Source) -> Any:
         hit = _CACHE.get(source.token)
         if hit is not None:
             _CACHE.move_to_end(source.token)
-            return hit.active
+            return hit
         lock = _OPENING.setdefault(source.token, threading.Lock())
     with lock:
         with _CACHE_LOCK:
@@ -204,7 +187,7 @@ def active_for(source: Source) -> Any:
                     # Not closed: another thread may still be using it; the GC releases it.
                     old, _ = _CACHE.popitem(last=False)
                     log.debug("dropped cached Active %s", old)
-    return hit.active
+    return hit
 
 
 def clear_cache() -> None:
@@ -212,8 +195,8 @@ def clear_cache() -> None:
     with _CACHE_LOCK:
         items = list(_CACHE.values())
         _CACHE.clear()
-    for owned in items:
-        owned.close()
+    for active in items:
+        active.close()
 
 
 # ------------------------------------------------------------------------------ regions
@@ -411,25 +394,9 @@ def _flatten(parts: Any) -> list[dict[str, np.ndarray]]:
 
 
 def combine_components(parts: Iterable[Mapping[str, np.ndarray]], op: str) -> dict[str, np.ndarray]:
-    """Fold same-shaped ``{"v", "n"}`` components: sums and counts add, min/max over n > 0."""
-    parts = list(parts)
-    n = np.sum([p["n"] for p in parts], axis=0, dtype=np.int64)
-    if op in ("sum", "mean", "count"):
-        first = np.asarray(parts[0]["v"])
-        acc = np.float64 if first.dtype.kind in "fc" else first.dtype
-        v = np.zeros(n.shape, acc)
-        for p in parts:
-            v += np.where(p["n"] > 0, p["v"], 0).astype(acc, copy=False)
-        return {"v": v, "n": n}
-    better = np.less if op == "min" else np.greater
-    v = np.array(parts[0]["v"], copy=True)
-    have = parts[0]["n"] > 0
-    for p in parts[1:]:
-        ok = p["n"] > 0
-        take = ok & (~have | better(p["v"], v))
-        v = np.where(take, p["v"], v)
-        have |= ok
-    return {"v": v, "n": n}
+    """Fold same-shaped ``{"v", "n"}`` components: sums and counts add, min/max over n > 0
+    (:func:`activestorage.combine.fold_components`, the combining ``Active`` does)."""
+    return fold_components(list(parts), op)
 
 
 def result_dtype(op: str, dtype: Any) -> np.dtype:

@@ -27,13 +27,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import fused
+from . import operations as _operations
 from .errors import DecodeError, RequestValidationError, UnsupportedError
 from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing, as_dtype_value
 
 __all__ = ["Partial", "StoredPieces", "decode", "streams", "reduce_chunk", "reduce_array",
            "missing_mask", "sum_dtype", "OPERATIONS"]
 
-OPERATIONS = ("count", "min", "max", "sum", "select")
+#: the per-chunk reductions (the wire's operations; see :mod:`activestorage.operations`)
+OPERATIONS = _operations.WIRE_OPERATIONS
 
 _INT64 = np.dtype(np.int64)
 _UINT64 = np.dtype(np.uint64)
@@ -598,13 +600,6 @@ def _full_partial(x: np.ndarray, operation: str, m: _Mask | None,
 
 # -------------------------------------------------------------------------- reduction
 
-def _initial(operation: str, dtype: np.dtype) -> Any:
-    if dtype.kind == "f":
-        return np.inf if operation == "min" else -np.inf
-    info = np.iinfo(dtype)
-    return info.max if operation == "min" else info.min
-
-
 def _check_axis(axis: tuple[int, ...], ndim: int) -> None:
     distinct = set(axis)
     if len(distinct) != len(axis) or (distinct and (min(distinct) < 0 or max(distinct) >= ndim)):
@@ -619,9 +614,10 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     ``axis`` lists the (non-negative) axes reduced; missing elements (see :func:`missing_mask`) are
     left out of every result and of the counts.
     """
-    if operation not in OPERATIONS:
+    op = _operations.OPERATIONS.get(operation)
+    if op is None or op.partial != operation:
         raise RequestValidationError("operation", f"unknown operation {operation!r}; expected "
-                                     f"one of {', '.join(OPERATIONS)}")
+                                     f"one of {', '.join(_operations.WIRE_OPERATIONS)}")
     axis = tuple(axis)
     _check_axis(axis, x.ndim)
     m = _resolved(missing, x.dtype)
@@ -665,13 +661,18 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
             v = np.add.reduce(x, axis=axis, dtype=acc, keepdims=True, where=valid)
         return Partial(np.asarray(v, dtype=acc).reshape(out_shape), counts)
 
-    ufunc = np.minimum if operation == "min" else np.maximum
+    # min, max and any other operation the table reduces with a ufunc
+    ufunc = op.ufunc
+    if ufunc is None:
+        raise UnsupportedError(f"operation {operation!r} has no per-chunk reduction (a ufunc)")
+    # min/max keep the dtype; a ufunc with an identity (a product ...) accumulates like a sum
+    adt = x.dtype if ufunc.identity is None else op.accumulator_dtype(x.dtype)
     if valid is None and x.size:
-        v = ufunc.reduce(x, axis=axis, keepdims=True)
+        v = ufunc.reduce(x, axis=axis, keepdims=True, dtype=adt)
     else:  # an empty reduced axis or masked elements: start from the identity-like bound
-        v = ufunc.reduce(x, axis=axis, keepdims=True, initial=_initial(operation, x.dtype),
+        v = ufunc.reduce(x, axis=axis, keepdims=True, initial=op.initial(x.dtype), dtype=adt,
                          where=True if valid is None else valid)
-    return Partial(np.asarray(v, dtype=x.dtype).reshape(out_shape), counts)
+    return Partial(np.asarray(v, dtype=adt).reshape(out_shape), counts)
 
 
 def _uniform_counts(shape: tuple[int, ...], n: int) -> np.ndarray:

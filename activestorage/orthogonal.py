@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import operations
 from .errors import AxisError, SelectionError
 
 
@@ -152,25 +153,40 @@ def reduce(full: list[Any], operation: str, axis: Any, components: bool, keepdim
                     np.ma.concatenate([s[k] for s in subs], axis=at)) for k in subs[0]}
 
     got = build(())
-    value_key = next(k for k in got if k != "n")
+    op = operations.get(operation)
+    value_key = op.component
     n = np.asarray(got["n"])
     values = got[value_key]
     fold_at = tuple(pos.index(ax) for ax in lists if pos.index(ax) in red)
     if fold_at:
-        fold = {"min": np.ma.min, "max": np.ma.max}.get(value_key, np.ma.sum)
-        values = fold(np.ma.masked_where(np.broadcast_to(n == 0, np.shape(values)), values),
-                      axis=fold_at, keepdims=True)
+        values = _fold(op, np.ma.masked_where(np.broadcast_to(n == 0, np.shape(values)), values),
+                       fold_at)
         n = n.sum(axis=fold_at, keepdims=True)
         values = np.ma.MaskedArray(np.ma.getdata(values), mask=n == 0)
     if components:
         return {value_key: values, "n": n}
-    if operation == "mean":
+    if op.finish == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):
             values = np.ma.MaskedArray(np.ma.getdata(values) / np.where(n == 0, 1, n), mask=n == 0)
-    elif operation == "count":
+    elif op.finish == "count":
         values = np.ma.MaskedArray(n, mask=np.zeros(n.shape, bool))
     if not keepdims:
         values = values.reshape(tuple(m for i, m in enumerate(values.shape) if i not in red))
     if values.ndim == 0:
         return np.ma.masked if np.ma.getmaskarray(values).item() else np.ma.getdata(values)[()]
     return values
+
+
+#: masked folds of the table's combining ufuncs (counts and sums add)
+_MA_FOLDS = {np.minimum: np.ma.min, np.maximum: np.ma.max, np.add: np.ma.sum, None: np.ma.sum}
+
+
+def _fold(op: operations.Operation, values: np.ma.MaskedArray, axis: tuple[int, ...]) -> Any:
+    """Combine component values along ``axis`` (masked where nothing contributed), keepdims."""
+    fold = _MA_FOLDS.get(op.ufunc)
+    if fold is not None:
+        return fold(values, axis=axis, keepdims=True)
+    assert op.ufunc is not None
+    data = np.ma.getdata(values.filled(op.initial(values.dtype)))
+    return np.ma.MaskedArray(op.ufunc.reduce(data, axis=axis, keepdims=True))
+

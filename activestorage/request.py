@@ -19,8 +19,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .errors import RequestValidationError
-
-OPERATIONS = ("count", "min", "max", "sum", "select")
+from .operations import WIRE_OPERATIONS as OPERATIONS  # noqa: F401 - the wire's, from the table
 
 #: dtypes the Reductionist API names; we accept the small integers too (a superset).
 WIRE_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "int64", "uint32", "uint64",

@@ -8,6 +8,7 @@ batch so a backend can amortise per-call costs (one pread loop, one HTTP request
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
@@ -36,10 +37,18 @@ class BackendStats:
 
 
 class Backend(ABC):
-    """Reduces chunks. Thread-safe: ``reduce_chunks`` is called from a thread pool."""
+    """Reduces chunks. Thread-safe: ``reduce_chunks`` is called from a thread pool.
 
-    #: a short name for reports ("posix", "fetch", "server")
+    The attributes below are everything the engine (:class:`~activestorage.active.Active`)
+    reads besides the methods; a subclass overrides them as class attributes, instance
+    attributes or properties.
+    """
+
+    #: a short name for reports ("posix", "fetch", "server", "server-pool")
     name: str = "backend"
+    #: threads a caller should use when it is given none: the core count suits CPU-bound
+    #: in-process work; I/O-bound backends set more
+    default_threads: int = os.cpu_count() or 1
     #: how many batches per thread a caller should split its chunks into: several balance the
     #: threads of an in-process backend; one keeps the batches of a batching server large
     batches_per_thread: int = 4
@@ -51,13 +60,19 @@ class Backend(ABC):
 
     def __init__(self) -> None:
         self._stats_lock = threading.Lock()
-        self.stats = BackendStats()
+        self._stats = BackendStats()
+
+    @property
+    def stats(self) -> BackendStats:
+        """Work done so far, summed over calls (callers copy it to measure one call)."""
+        return self._stats
 
     def _account(self, bytes_read: int = 0, bytes_received: int = 0, requests: int = 0) -> None:
         with self._stats_lock:
-            self.stats.bytes_read += bytes_read
-            self.stats.bytes_received += bytes_received
-            self.stats.requests += requests
+            stats = self._stats
+            stats.bytes_read += bytes_read
+            stats.bytes_received += bytes_received
+            stats.requests += requests
 
     def fold_block(self, chunk_nbytes: int) -> int:
         """Chunks in one fold block, for chunks of ``chunk_nbytes`` decoded bytes (a function of

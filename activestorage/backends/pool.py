@@ -151,17 +151,13 @@ class ServerPool(Backend):
         """Threads the caller should use: enough to keep every server busy."""
         return PARTS_PER_SERVER * len(self._members)
 
-    @property  # type: ignore[override]
+    @property
     def stats(self) -> BackendStats:
         """The members' work, summed (a fresh object each time)."""
         total = BackendStats()
         for m in self._members:
             total.add(m.backend.stats)
         return total
-
-    @stats.setter
-    def stats(self, value: BackendStats) -> None:  # Backend.__init__ assigns one; ignore it
-        pass
 
     def status(self) -> list[dict[str, Any]]:
         """Per server: url, up, outstanding chunk requests, chunks sent, failures, last error."""

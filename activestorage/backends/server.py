@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import ServerError, UnsupportedError
 from ..kernel import Partial, missing_mask, sum_dtype
+from ..operations import OPERATIONS
 from ..request import ChunkRequest, Missing, make_request
 from ..storage import resolve_s3_options, s3_credentials, s3_endpoint, split_s3_url, url_kind
 from .base import Backend
@@ -747,7 +748,8 @@ def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, co
     Returns ``(values, counts)`` as NumPy arrays in the server's result shape (counts per element
     for ``select``).
     """
-    op = {"mean": "sum", None: "select"}.get(operation, operation)  # type: ignore[arg-type]
+    entry = OPERATIONS.get(operation) if operation is not None else OPERATIONS["select"]
+    op = entry.partial if entry is not None else operation  # the server refuses unknown ones
     dt = np.dtype(dtype)
     shape = tuple(int(n) for n in shape)
     selection = None
