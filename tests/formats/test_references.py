@@ -17,10 +17,10 @@ from _oracle import assemble, assert_masked_equal, assert_reductions
 from activestorage.errors import (FormatError, UnsupportedError,
                                   VariableNotFoundError)
 from activestorage.formats import open_variable
-from activestorage.formats.detect import detect_format
+from activestorage.formats.registry import detect_format
 from activestorage.manifest_cli import manifest_main
-from activestorage.formats.references import (concatenate, list_variables,
-                                              open_references, write_manifest)
+from activestorage.formats.manifest import write_manifest
+from activestorage.formats.references import concatenate, list_variables, open_references
 
 SHARED = Path(__file__).resolve().parents[1] / "data"  # real climate files (tests/data/README.md)
 
