@@ -2,7 +2,8 @@
 
 Two formats are read:
 
-* **activestorage manifests** (written by :func:`write_manifest` / ``activestorage manifest``): per
+* **activestorage manifests** (written by :func:`~activestorage.formats.manifest.write_manifest` /
+  ``activestorage manifest``): per
   variable the dtype, byte order, shape, chunk shape, order, codecs, missing-data description,
   packing, attributes and every chunk's locator ``[object, offset, size]``, where ``object`` indexes
   a list of ``{"url", "etag", "version_id"}`` -- so a read can be pinned to the object version the
@@ -25,7 +26,7 @@ Layout of a manifest::
 
 Floats that JSON cannot hold are written as the strings "NaN", "Infinity", "-Infinity".
 
-**Pinning.** :func:`write_manifest` records, per S3 object, the ETag (always) and the version id
+**Pinning.** :func:`~activestorage.formats.manifest.write_manifest` records, per S3 object, the ETag (always) and the version id
 (when the bucket is versioned), and checks each locator lies inside its object. From then on a
 locator's ``etag``/``version_id`` travel in :class:`~activestorage.request.ChunkRequest` and:
 
@@ -41,14 +42,13 @@ A locator pinned to a version id alone reads that version even after the object 
 
 from __future__ import annotations
 
-import ast
 import base64
+import functools
 import datetime as _dt
 import itertools
 import json
 import logging
 import math
-import operator
 import os
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
@@ -669,40 +669,34 @@ def _kerchunk_refs(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _render(text: str, env: Mapping[str, Any], where: str) -> str:
-    """Substitute ``{{ expr }}`` (names and integer arithmetic only)."""
-    out, pos = [], 0
-    while True:
-        a = text.find("{{", pos)
-        if a < 0:
-            out.append(text[pos:])
-            return "".join(out)
-        b = text.find("}}", a)
-        if b < 0:
-            raise FormatError(f"{where}: unterminated '{{{{' in {text!r}")
-        out.append(text[pos:a])
-        out.append(str(_eval(text[a + 2:b].strip(), env, where)))
-        pos = b + 2
+    """Render ``{{ expr }}`` templates with jinja2, as kerchunk (and fsspec) do.
 
+    A sandboxed environment (reference files come from anywhere) with undefined names an error;
+    each distinct template text is compiled once (``gen`` renders one per key).
+    """
+    if "{{" not in text:
+        return text
+    import jinja2
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-
-
-def _eval(expr: str, env: Mapping[str, Any], where: str) -> Any:
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, str)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in env:
-            return env[node.id]
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        raise UnsupportedError(f"{where}: template expression {expr!r} is not supported")
     try:
-        return ev(ast.parse(expr, mode="eval"))
-    except SyntaxError as exc:
-        raise FormatError(f"{where}: bad template expression {expr!r}") from exc
+        return _template(text).render(**env)
+    except jinja2.TemplateSyntaxError as exc:
+        raise FormatError(f"{where}: bad template expression in {text!r} ({exc})") from exc
+    except (jinja2.UndefinedError, jinja2.exceptions.SecurityError) as exc:
+        raise UnsupportedError(f"{where}: template {text!r} is not supported ({exc})") from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(text: str) -> Any:
+    return _jinja_env().from_string(text)
+
+
+@functools.cache
+def _jinja_env() -> Any:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 def _template_ref(v: Any, templates: Mapping[str, Any]) -> Any:
