@@ -24,8 +24,17 @@ from .netcdf3 import Netcdf3Reader
 from .references import ReferencesReader
 from .zarr import ZarrReader
 
-__all__ = ["FormatReader", "READERS", "HEAD_BYTES", "default_variable", "detect_format",
-           "list_variables", "open_path", "probe", "readers"]
+__all__ = [
+    "HEAD_BYTES",
+    "READERS",
+    "FormatReader",
+    "default_variable",
+    "detect_format",
+    "list_variables",
+    "open_path",
+    "probe",
+    "readers",
+]
 
 log = logging.getLogger(__name__)
 
