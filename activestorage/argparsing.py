@@ -13,6 +13,19 @@ from typing import NoReturn
 EXIT_USAGE = 2
 
 
+class UsageError(Exception):
+    """The command line is wrong (exit code 2)."""
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes for people: ``512 B``, ``1.5 KiB``, ... ``2.0 TiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: ``PROG: error: MESSAGE (see 'PROG --help')``."""
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import __version__
-from .argparsing import OneLineErrorParser
+from .argparsing import OneLineErrorParser, UsageError, human_bytes
 from .errors import SelectionError
 from .operations import METHODS
 
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 OPERATIONS = METHODS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """The command line is wrong (exit code 2)."""
 
 
 # ------------------------------------------------------------------------------ parsing helpers
@@ -126,14 +122,6 @@ def format_selection(sel: tuple[Any, ...]) -> str:
             return s + (f":{x.step}" if x.step is not None else "")
         return str(x)
     return ",".join(one(x) for x in sel)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def to_jsonable(value: Any) -> Any:
@@ -228,52 +216,9 @@ def cmd_reduce(args: argparse.Namespace) -> int:
 
 def list_variables(dataset: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Names of the variables of any dataset format we read (bare netCDF dimensions left out)."""
-    from .errors import FormatError
-    from .formats.detect import detect_format
-    from .storage import open_url
+    from .formats.registry import list_variables as listed
 
-    url = str(dataset)
-    local = "://" not in url or url.startswith("file://")
-    if local and os.path.isdir(url.removeprefix("file://")):
-        kind = "zarr"
-    elif not local and url.rstrip("/").endswith(".zarr"):
-        kind = "zarr"
-    else:
-        with open_url(url, storage_options) as f:
-            kind = detect_format(f.read(4096), url)
-            if kind == "hdf5":
-                f.seek(0)
-                return _hdf5_variables(f, url)
-    if kind == "netcdf3":
-        from .formats.netcdf3 import list_variables as lister
-    elif kind == "zarr":
-        from .formats.zarr import list_variables as lister
-    elif kind == "json":
-        from .formats.references import list_variables as lister
-    else:
-        raise FormatError(f"{dataset} is not a netCDF-3, netCDF-4/HDF5, Zarr or manifest dataset")
-    return list(lister(url, storage_options))
-
-
-def _hdf5_variables(f: Any, url: str) -> list[str]:
-    import h5py
-
-    from .errors import FormatError
-    from .formats.hdf5 import list_variables as hdf5_variables
-
-    try:
-        h5 = h5py.File(f, "r")
-    except OSError as exc:
-        raise FormatError(f"{url}: cannot read the HDF5 metadata ({exc})") from exc
-    with h5:
-        return [n for n in hdf5_variables(h5) if not _bare_dimension(h5[n])]
-
-
-def _bare_dimension(ds: Any) -> bool:
-    """netCDF-4 stores a dimension without a coordinate variable as a placeholder dataset."""
-    name = ds.attrs.get("NAME", b"")
-    name = name.tobytes() if hasattr(name, "tobytes") else name
-    return b"This is a netCDF dimension but not a netCDF variable" in bytes(name or b"")
+    return [c.name for c in listed(str(dataset), storage_options)]
 
 
 def _fmt_codecs(var: Any) -> str:

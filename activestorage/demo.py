@@ -297,7 +297,7 @@ def show(x: Any) -> str:
 
 
 def human(n: float | None) -> str:
-    from .cli import human_bytes
+    from .argparsing import human_bytes
 
     return "-" if n is None else human_bytes(n)
 
@@ -394,17 +394,17 @@ def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | 
     wanted = [b.strip() for b in backends.split(",") if b.strip()]
     unknown = set(wanted) - {"posix", "fetch", "server"}
     if unknown:
-        from .cli import UsageError
+        from .argparsing import UsageError
 
         raise UsageError(f"--backends: unknown {', '.join(sorted(unknown))} "
                          f"(choose from posix, fetch, server)")
     if size_mb <= 0:
-        from .cli import UsageError
+        from .argparsing import UsageError
 
         raise UsageError("--size-mb must be positive")
     for flag, port in (("--s3-port", s3_port), ("--server-port", server_port)):
         if port is not None and not 0 <= port <= 65535:
-            from .cli import UsageError
+            from .argparsing import UsageError
 
             raise UsageError(f"{flag}: {port} is not a TCP port (0-65535; 0 = any free port)")
     made_tmp = workdir is None

@@ -1,4 +1,4 @@
-"""``activestorage manifest``: the command-line front of :func:`formats.references.write_manifest`."""
+"""``activestorage manifest``: the command-line front of :func:`formats.manifest.write_manifest`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Sequence
 
 from .argparsing import OneLineErrorParser
 from .errors import ActiveStorageError
-from .formats.references import write_manifest
+from .formats.manifest import write_manifest
 
 
 def manifest_main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,8 @@ import numpy as np
 
 from activestorage import Active
 from activestorage.formats import open_variable
-from activestorage.formats.references import concatenate, write_manifest
+from activestorage.formats.manifest import write_manifest
+from activestorage.formats.references import concatenate
 
 from .services import BUCKET, servers_module
 

@@ -4,13 +4,22 @@ Under ``CI=true`` a skipped test is a failure unless its reason is about the pla
 no install step can add, such as Linux-only kernel interfaces). A test that skips because a test
 dependency is missing or broken, because data are absent, or because a tool that ``scripts/test``
 installs is not there would otherwise hide a feature: CI must say so loudly.
+
+Helper functions shared by test modules are in ``tests/helpers.py`` (on ``sys.path`` from here).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+#: shared helpers live in tests/helpers.py: importable as ``helpers`` from every test directory
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 CI = os.environ.get("CI") == "true"
 

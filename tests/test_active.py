@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import tracemalloc
-from pathlib import Path
 
 import h5py
 import netCDF4
@@ -14,94 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from activestorage import Active, ActiveStorageError, FormatError, SelectionError, VariableNotFoundError
 
-SHARED = Path(__file__).resolve().parent / "data"  # real climate files (tests/data/README.md)
-DTYPES = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"]
-OPS = ["mean", "min", "max", "sum", "count"]
-
-
-def oracle(x: np.ma.MaskedArray, op: str, axis=None, keepdims=False):
-    """numpy.ma's answer; where no value contributes (including empty selections, where NumPy
-    would give NaN or 0) the documented answer is masked."""
-    x = np.ma.asarray(x)
-    n = np.ma.count(x, axis=axis, keepdims=keepdims)
-    if op == "count":
-        return n
-    if x.size == 0:  # every result element has no contributing value
-        return np.ma.masked_all(np.shape(n)) if np.ndim(n) else np.ma.masked
-    return getattr(np.ma, op)(x, axis=axis, keepdims=keepdims)
-
-
-def assert_same(got, want, dtype, op):
-    got_m = np.ma.getmaskarray(np.ma.asarray(got))
-    want_m = np.ma.getmaskarray(np.ma.asarray(want))
-    assert np.shape(got) == np.shape(want), (np.shape(got), np.shape(want))
-    np.testing.assert_array_equal(got_m, want_m)
-    g = np.ma.getdata(np.ma.asarray(got))[~got_m]
-    w = np.ma.getdata(np.ma.asarray(want))[~want_m]
-    if op in ("min", "max", "count", "select") or (op == "sum" and np.dtype(dtype).kind in "iu"):
-        np.testing.assert_array_equal(g, w)
-    else:
-        rtol = 2e-5 if np.dtype(dtype) == np.float32 else 1e-9
-        np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol,
-                                   atol=rtol * (np.abs(w).max() if w.size else 0))
-
-
-def write_nc(path, data, *, chunks=None, zlib=False, shuffle=False, fletcher32=False,
-             endian="native", attrs=None, fill_value=None, compression=None):
-    with netCDF4.Dataset(path, "w") as ds:
-        dims = []
-        for i, n in enumerate(data.shape):
-            ds.createDimension(f"d{i}", n)
-            dims.append(f"d{i}")
-        kw = {}
-        if compression:
-            kw["compression"] = compression
-        v = ds.createVariable("v", data.dtype, dims, zlib=zlib, shuffle=shuffle,
-                              fletcher32=fletcher32, endian=endian,
-                              chunksizes=chunks, contiguous=chunks is None and not zlib,
-                              fill_value=fill_value, **kw)
-        v.set_auto_maskandscale(False)
-        for k, val in (attrs or {}).items():
-            v.setncattr(k, val)
-        v[...] = data
-    return path
-
-
-@st.composite
-def datasets(draw):
-    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
-    ndim = draw(st.integers(1, 3))
-    shape = tuple(draw(st.integers(1, 7)) for _ in range(ndim))
-    n = int(np.prod(shape))
-    if dtype.kind == "f":
-        data = np.asarray(draw(st.lists(st.integers(-1000, 1000), min_size=n, max_size=n)),
-                          dtype) / 8
-    else:
-        info = np.iinfo(dtype)
-        lo, hi = max(info.min, -100), min(info.max, 100)
-        data = np.asarray(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)), dtype)
-    data = data.reshape(shape)
-    layout = draw(st.sampled_from(["contiguous", "chunked", "zlib", "zlib+shuffle+fletcher32"]))
-    chunks = None if layout == "contiguous" else [draw(st.integers(1, s)) for s in shape]
-    attrs, fill = {}, None
-    kind = draw(st.sampled_from(["none", "fill", "missing", "missing2", "range", "min", "max",
-                                 "fill+range"]))
-    pick = lambda: dtype.type(data.flat[draw(st.integers(0, n - 1))])  # noqa: E731
-    if kind in ("fill", "fill+range"):
-        fill = pick()
-    if kind == "missing":
-        attrs["missing_value"] = pick()
-    if kind == "missing2":
-        attrs["missing_value"] = np.array([pick(), pick()], dtype)
-    if kind in ("range", "fill+range"):
-        a, b = sorted([pick(), pick()])
-        attrs["valid_range"] = np.array([a, b], dtype)
-    if kind == "min":
-        attrs["valid_min"] = pick()
-    if kind == "max":
-        attrs["valid_max"] = pick()
-    endian = draw(st.sampled_from(["native", "big"]))
-    return dict(data=data, chunks=chunks, layout=layout, attrs=attrs, fill=fill, endian=endian)
+from helpers import DTYPES, OPS, SHARED, assert_same, datasets, oracle, write_nc
 
 
 @st.composite

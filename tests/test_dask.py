@@ -19,7 +19,7 @@ from activestorage import dask as ad
 from activestorage.backends.posix import PosixBackend
 from activestorage.progress import NullProgress, progress, wanted
 
-from test_active import assert_same, datasets, oracle, write_nc
+from helpers import assert_same, datasets, oracle, write_nc
 
 SHARED = Path(__file__).resolve().parent / "data"  # real climate files (tests/data/README.md)
 OPS = ["mean", "min", "max", "sum", "count"]

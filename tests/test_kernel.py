@@ -32,7 +32,7 @@ from activestorage.kernel import (Partial, StoredPieces, decode, missing_mask, r
                                   reduce_chunk, streams, sum_dtype)
 from activestorage.request import ChunkRequest, Missing, make_request
 
-from _kernel_paths import PATHS, kernel_path
+from helpers import PATHS, kernel_path
 
 DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
           "float32", "float64"]

@@ -10,7 +10,7 @@ import pytest
 
 from activestorage import Active, memory
 
-from test_active import write_nc
+from helpers import write_nc
 
 GLIBC = sys.platform.startswith("linux") and "musl" not in (ctypes.util.find_library("c") or "")
 

@@ -18,7 +18,7 @@ from activestorage import Active, RequestValidationError, ServerError
 from activestorage.backends.pool import AllServersDownError, ServerPool, validate_server_url
 from activestorage.backends.posix import PosixBackend
 
-from test_active import assert_same, oracle, write_nc
+from helpers import assert_same, oracle, write_nc
 
 OPS = ["mean", "min", "max", "sum", "count"]
 

@@ -14,31 +14,15 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ..request import ChunkRequest, Missing
+from .chunk_index import ChunkIndex
+from .locator import Locator
+
+__all__ = ["Locator", "Variable"]
 
 #: builds a ChunkRequest from a tuple of all its fields in order, skipping the named tuple's
 #: Python-level ``__new__`` (half the cost of a request); request_for passes every field
 _new_request = tuple.__new__
 assert len(ChunkRequest._fields) == 14, "request_for builds ChunkRequest with 14 fields"
-
-
-@dataclass(frozen=True, slots=True)
-class Locator:
-    """Where one stored chunk's bytes are: ``size`` bytes at ``offset`` of the object ``url``.
-
-    ``url`` is a local path or an ``s3://``/``https://`` URL. ``etag``/``version_id`` pin the object
-    (a read of a changed object must fail). ``compression``/``filters`` override the variable's
-    codecs for this one chunk (HDF5 may skip optional filters per chunk); ``None`` means "as the
-    variable".
-    """
-
-    url: str
-    offset: int
-    size: int
-    etag: str | None = None
-    version_id: str | None = None
-    compression: Mapping[str, Any] | None = None
-    filters: tuple[Mapping[str, Any], ...] | None = None
-    no_compression: bool = False
 
 
 @dataclass(slots=True)
@@ -148,7 +132,3 @@ class Variable:
             self.order, selection, axis, compression,
             filters if type(filters) is tuple else tuple(filters),
             None if self.missing.is_empty() else self.missing, loc.etag, loc.version_id))
-
-
-# at the end: chunk_index needs Locator from this module (it is always imported through here)
-from .chunk_index import ChunkIndex  # noqa: E402

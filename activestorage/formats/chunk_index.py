@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Locator
+from .locator import Locator
 
 __all__ = ["ChunkIndex", "pin_locators"]
 

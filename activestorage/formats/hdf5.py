@@ -1,36 +1,26 @@
 """netCDF-4/HDF5 metadata through h5py: dtype, layout, filter pipeline, missing data, chunk index.
 
 The chunk index is read in one pass (``chunk_iter``), never one HDF5 call per chunk per reduction.
-Missing-data rules follow netCDF4-python (``Variable._toma``) so results match what netCDF-4 users
-see: ``missing_value``(s) and ``_FillValue`` by equality (NaN means NaN), the netCDF default fill
-value when no ``_FillValue`` is set (not for byte types with filling off), and
-``valid_range`` (or ``valid_min``/``valid_max``) bounds.
+Missing data and packing follow the CF/netCDF rules of :mod:`.cf`, with HDF5's fill time deciding
+whether byte variables get the netCDF default fill value.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from operator import floordiv
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import FormatError, UnsupportedError, VariableNotFoundError
-from ..request import Missing
 from .base import Locator, Variable
-from .chunk_index import UNWRITTEN, ChunkIndex
+from .cf import missing_from_attrs, packing_from_attrs
+from .choose import Candidate
+from .chunk_index import UNWRITTEN, ChunkIndex, pin_locators
 
 log = logging.getLogger(__name__)
-
-#: netCDF default fill values by dtype kind+size (netCDF4.default_fillvals, restated to avoid
-#: importing netCDF4 here).
-DEFAULT_FILLVALS: dict[str, Any] = {
-    "i1": -127, "u1": 255, "i2": -32767, "u2": 65535, "i4": -2147483647, "u4": 4294967295,
-    "i8": -9223372036854775806, "u8": 18446744073709551614,
-    "f4": 9.969209968386869e36, "f8": 9.969209968386869e36,
-}
 
 #: HDF5 filter ids we can undo, and what they become in a ChunkRequest.
 H5Z_DEFLATE, H5Z_SHUFFLE, H5Z_FLETCHER32, H5Z_SZIP, H5Z_NBIT, H5Z_SCALEOFFSET = 1, 2, 3, 4, 5, 6
@@ -43,88 +33,6 @@ _FILTER_NAMES = {H5Z_SZIP: "szip", H5Z_NBIT: "nbit", H5Z_SCALEOFFSET: "scaleoffs
 _HIDDEN_ATTRS = {"DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME", "_Netcdf4Dimid",
                  "_Netcdf4Coordinates", "_nc3_strict", "_NCProperties"}
 
-
-# ------------------------------------------------------------------------ missing data
-
-def _safe_cast(value: Any, dtype: np.dtype, name: str) -> np.ndarray | None:
-    """``value`` as ``dtype`` if the cast loses nothing (netCDF4-python's ``_check_safecast``)."""
-    att = np.asarray(value)
-    if att.dtype.kind in "SUO":
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cast = np.asarray(att, dtype)
-            same = np.array_equal(att, cast, equal_nan=att.dtype.kind == "f" and dtype.kind == "f")
-    except (ValueError, OverflowError, TypeError):
-        same = False
-    if not same:
-        log.warning("attribute %s=%r is not representable as %s; ignored (as netCDF4-python does)",
-                    name, value, dtype)
-        return None
-    return cast
-
-
-def missing_from_attrs(attrs: Mapping[str, Any], dtype: np.dtype,
-                       fill_enabled: bool = True) -> tuple[Missing, Any]:
-    """The netCDF4-python missing-data rules for ``attrs``; returns (Missing, fill value).
-
-    ``fill_enabled`` is False when the variable was written with filling off (HDF5 fill time
-    "never"); then byte variables get no default fill value. The fill value returned is what
-    unwritten chunks hold.
-    """
-    dtype = np.dtype(dtype).newbyteorder("=")
-    if dtype.kind not in "iuf":
-        return Missing(), None
-    key = dtype.str[1:]
-    values: list[Any] = []
-    mv = _safe_cast(attrs["missing_value"], dtype, "missing_value") if "missing_value" in attrs else None
-    if mv is not None:
-        values.extend(dtype.type(v) for v in np.atleast_1d(mv))
-    fill = None
-    fv = _safe_cast(attrs["_FillValue"], dtype, "_FillValue") if "_FillValue" in attrs else None
-    if fv is not None and fv.size >= 1:
-        fill = dtype.type(np.atleast_1d(fv)[0])
-        values.append(fill)
-    elif key in DEFAULT_FILLVALS and (fill_enabled or key not in ("u1", "i1")):
-        # (netCDF has no default fill value for other types, e.g. float16)
-        fill = dtype.type(DEFAULT_FILLVALS[key])
-        values.append(fill)
-    vmin = vmax = None
-    vr = _safe_cast(attrs["valid_range"], dtype, "valid_range") if "valid_range" in attrs else None
-    if vr is not None and vr.size == 2:
-        vmin, vmax = dtype.type(vr.flat[0]), dtype.type(vr.flat[1])
-    else:
-        if "valid_min" in attrs:
-            v = _safe_cast(attrs["valid_min"], dtype, "valid_min")
-            vmin = None if v is None else dtype.type(np.atleast_1d(v)[0])
-        if "valid_max" in attrs:
-            v = _safe_cast(attrs["valid_max"], dtype, "valid_max")
-            vmax = None if v is None else dtype.type(np.atleast_1d(v)[0])
-    # de-duplicate while keeping order (NaN never equals itself, so compare by repr)
-    seen: set[str] = set()
-    unique = []
-    for v in values:
-        k = repr(v)
-        if k not in seen:
-            seen.add(k)
-            unique.append(v)
-    return Missing(values=tuple(unique), valid_min=vmin, valid_max=vmax), fill
-
-
-def packing_from_attrs(attrs: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(scale_factor, add_offset) as numpy scalars, or None where absent."""
-    def one(name: str) -> Any:
-        if name not in attrs:
-            return None
-        v = np.asarray(attrs[name])
-        if v.dtype.kind not in "iuf" or v.size != 1:
-            return None
-        return v.reshape(())[()]
-    return one("scale_factor"), one("add_offset")
-
-
-# ----------------------------------------------------------------------------- h5py
 
 def _pipeline(dcpl: Any, itemsize: int, where: str) -> list[tuple[int, dict[str, Any]]]:
     """The dataset's filters in write order as (hdf5 filter id, request dict)."""
@@ -211,6 +119,7 @@ def list_variables(h5file: Any) -> list[str]:
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "iuf":
             label = obj.attrs.get("NAME", b"")
+            label = label.tobytes() if hasattr(label, "tobytes") else label
             if isinstance(label, bytes) and label.startswith(b"This is a netCDF dimension but not"):
                 return  # a bare netCDF dimension, not a variable
             names.append(name)
@@ -338,3 +247,70 @@ def open_hdf5(source: Any, ncvar: str, url: str | None = None) -> Variable:
             raise VariableNotFoundError(
                 f"{url} has no variable {ncvar!r}; variables: {available}")
         return variable_from_dataset(f[ncvar], url, ncvar)
+
+
+# --------------------------------------------------------------------------- the reader
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: HDF5 allows a user block before the superblock; the superblock then sits at one of these.
+HDF5_OFFSETS = (0, 512, 1024, 2048)
+
+
+def _local(url: str) -> str | None:
+    """The path of a local ``url`` (plain or ``file://``), None for a remote one."""
+    if "://" not in url:
+        return url
+    return url[len("file://"):] if url.startswith("file://") else None
+
+
+def _needs_file(url: str) -> FormatError:
+    return FormatError(f"{url}: a remote HDF5 file is read through an open file object; open it "
+                       "with activestorage.formats.open_variable (the registry passes file=)")
+
+
+class Hdf5Reader:
+    """netCDF-4/HDF5 files, local (read by h5py itself) or remote (through the open file object
+    the registry passes as ``file``, each chunk then pinned to the object version the index was
+    read from; this module does not open remote objects itself)."""
+
+    name = "hdf5"
+    title = "netCDF-4/HDF5"
+
+    def can_open(self, head: bytes, url: str) -> bool:
+        return any(head[off:off + 8] == HDF5_MAGIC for off in HDF5_OFFSETS)
+
+    def open(self, source: str, ncvar: str, storage_options: Mapping[str, Any] | None = None, *,
+             file: Any = None) -> Variable:
+        path = _local(source)
+        if path is not None:
+            return open_hdf5(path, ncvar)
+        if file is None:
+            raise _needs_file(source)
+        var = open_hdf5(file, ncvar, url=source)
+        etag, version = getattr(file, "etag", None), getattr(file, "version_id", None)
+        if etag or version:  # pin every chunk to the object version the index came from
+            var.chunks = pin_locators(var.chunks, etag, version)
+        stats = getattr(file, "stats", None)
+        if stats is not None:
+            var.metadata_bytes = stats.bytes_read
+            var.metadata_requests = stats.requests
+        return var
+
+    def list_variables(self, source: str, storage_options: Mapping[str, Any] | None = None, *,
+                       file: Any = None) -> list[Candidate]:
+        import h5py
+
+        if file is None:
+            path = _local(source)
+            if path is None:
+                raise _needs_file(source)
+            with open(path, "rb") as f:
+                return self.list_variables(source, storage_options, file=f)
+        try:
+            h5 = h5py.File(file, "r")
+        except OSError as exc:
+            raise FormatError(f"{source}: cannot read the HDF5 metadata ({exc})") from exc
+        with h5:
+            return [Candidate(n, _dimension_names(h5[n]), _read_attrs(h5[n]),
+                              dtype=h5[n].dtype.newbyteorder("=").name)
+                    for n in list_variables(h5)]

@@ -10,7 +10,7 @@ it ourselves from one or a few reads. Data is never compressed:
   ``begin + i * recsize``, where ``recsize`` sums the (padded) per-record sizes of all record
   variables. Its chunk shape is ``(1, *rest)``.
 
-Missing data follows netCDF4-python (``missing_from_attrs`` of the HDF5 reader, with filling on:
+Missing data follows the CF/netCDF rules of :mod:`.cf` (``missing_from_attrs`` with filling on:
 a netCDF-3 file opened for reading reports fill mode).
 """
 
@@ -26,6 +26,8 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedError, VariableNotFoundError
 from .base import Locator, Variable
+from .cf import missing_from_attrs, packing_from_attrs
+from .choose import Candidate
 
 #: nc_type -> numpy dtype (big-endian on disk); 2 is NC_CHAR.
 NC_TYPES: dict[int, str] = {1: "i1", 2: "S1", 3: ">i2", 4: ">i4", 5: ">f4", 6: ">f8",
@@ -227,8 +229,6 @@ def _dtype(var: Nc3Var) -> np.dtype:
 
 
 def _missing(attrs: Mapping[str, Any], dtype: np.dtype) -> tuple[Any, Any]:
-    from .hdf5 import missing_from_attrs
-
     # netCDF-3 has no per-variable no-fill flag on disk; opened for reading it reports fill on.
     return missing_from_attrs(attrs, dtype, True)
 
@@ -250,7 +250,6 @@ def variable_from_header(hdr: Nc3Header, ncvar: str, url: str, file_size: int, *
                          etag: str | None = None, version_id: str | None = None,
                          max_chunk_bytes: int | None = None) -> Variable:
     """Build the :class:`Variable` (metadata and chunk locators) of ``ncvar``."""
-    from .hdf5 import packing_from_attrs
 
     byname = {v.name: v for v in hdr.variables}
     if ncvar not in byname:
@@ -356,3 +355,31 @@ def list_variables(path_or_url: str, storage_options: Mapping[str, Any] | None =
         out[v.name] = {"dimensions": [hdr.dims[d][0] for d in v.dimids], "shape": shape,
                        "dtype": _dtype(v).newbyteorder("=").name if v.nc_type != 2 else "char"}
     return out
+
+
+# --------------------------------------------------------------------------- the reader
+
+#: the magic numbers of the classic, 64-bit offset and 64-bit data (CDF-5) formats
+NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+
+
+class Netcdf3Reader:
+    """netCDF-3 files (classic, 64-bit offset, CDF-5), local or remote; the header is parsed here,
+    so the reader opens the dataset itself (``file`` is not needed)."""
+
+    name = "netcdf3"
+    title = "netCDF-3"
+
+    def can_open(self, head: bytes, url: str) -> bool:
+        return head[:4] in NETCDF3_MAGICS
+
+    def open(self, source: str, ncvar: str, storage_options: Mapping[str, Any] | None = None, *,
+             file: Any = None) -> Variable:
+        return open_netcdf3(source, ncvar, storage_options=storage_options)
+
+    def list_variables(self, source: str, storage_options: Mapping[str, Any] | None = None, *,
+                       file: Any = None) -> list[Candidate]:
+        hdr, _url, _size, _f = _read(source, storage_options)
+        return [Candidate(v.name, tuple(hdr.dims[d][0] for d in v.dimids), v.attrs,
+                          dtype=_dtype(v).newbyteorder("=").name if v.nc_type != 2 else "char")
+                for v in hdr.variables]

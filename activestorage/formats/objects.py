@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedError
 from .base import Locator, Variable
+from .cf import missing_from_attrs, packing_from_attrs
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def _pipeline(ds: Any, itemsize: int, where: str) -> list[tuple[int, dict[str, A
 
 def variable_from_pyfive(ds: Any, url: str) -> Variable:
     """A :class:`Variable` from a pyfive ``Dataset``, its locators pointing into ``url``."""
-    from .hdf5 import _HIDDEN_ATTRS, _chunk_index, _codecs, missing_from_attrs, packing_from_attrs
+    from .hdf5 import _HIDDEN_ATTRS, _chunk_index, _codecs
 
     name = str(ds.name).lstrip("/")
     where = f"{url}: variable {name!r}"

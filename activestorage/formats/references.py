@@ -2,7 +2,8 @@
 
 Two formats are read:
 
-* **activestorage manifests** (written by :func:`write_manifest` / ``activestorage manifest``): per
+* **activestorage manifests** (written by :func:`~activestorage.formats.manifest.write_manifest` /
+  ``activestorage manifest``): per
   variable the dtype, byte order, shape, chunk shape, order, codecs, missing-data description,
   packing, attributes and every chunk's locator ``[object, offset, size]``, where ``object`` indexes
   a list of ``{"url", "etag", "version_id"}`` -- so a read can be pinned to the object version the
@@ -25,7 +26,7 @@ Layout of a manifest::
 
 Floats that JSON cannot hold are written as the strings "NaN", "Infinity", "-Infinity".
 
-**Pinning.** :func:`write_manifest` records, per S3 object, the ETag (always) and the version id
+**Pinning.** :func:`~activestorage.formats.manifest.write_manifest` records, per S3 object, the ETag (always) and the version id
 (when the bucket is versioned), and checks each locator lies inside its object. From then on a
 locator's ``etag``/``version_id`` travel in :class:`~activestorage.request.ChunkRequest` and:
 
@@ -41,15 +42,13 @@ A locator pinned to a version id alone reads that version even after the object 
 
 from __future__ import annotations
 
-import ast
 import base64
+import functools
 import datetime as _dt
-import glob as _glob
 import itertools
 import json
 import logging
 import math
-import operator
 import os
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
@@ -60,6 +59,7 @@ from ..errors import (FormatError, ObjectChangedError, StorageError,
                       UnsupportedError, VariableNotFoundError)
 from ..request import Missing
 from .base import Locator, Variable
+from .choose import Candidate
 from .chunk_index import ChunkIndex
 
 log = logging.getLogger(__name__)
@@ -201,59 +201,6 @@ def manifest_from_variables(variables: Iterable[Variable]) -> dict[str, Any]:
             "variables": {v.name: variable_to_dict(v) for v in variables}}
 
 
-def _expand(dataset: str | Sequence[str], storage_options: Mapping[str, Any] | None) -> list[str]:
-    """A dataset argument as a list of files: a glob pattern is expanded (sorted)."""
-    items = [dataset] if isinstance(dataset, (str, os.PathLike)) else list(dataset)
-    out: list[str] = []
-    for item in map(os.fspath, items):
-        if not any(ch in item for ch in "*?["):
-            out.append(item)
-            continue
-        if "://" in item and not item.startswith("file://"):
-            from ..storage import resolve_s3_options, s3_filesystem, url_kind
-
-            if url_kind(item) != "s3":
-                raise FormatError(f"{item}: glob patterns work for local paths and s3:// only")
-            fs = s3_filesystem(resolve_s3_options(storage_options))
-            matches = ["s3://" + p for p in sorted(fs.glob(item.split("://", 1)[1]))]
-        else:
-            matches = sorted(_glob.glob(item.removeprefix("file://")))
-        if not matches:
-            raise FormatError(f"{item}: no files match")
-        out.extend(matches)
-    return out
-
-
-def _list_any(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
-    """Names of the reducible variables of any dataset we can open."""
-    from .detect import detect_format
-    from ..storage import open_url
-
-    path = url.removeprefix("file://")
-    if os.path.isdir(path) or path.rstrip("/").endswith(".zarr"):
-        from .zarr import list_variables as zl
-
-        return [n for n, d in zl(url, storage_options).items() if d["dtype"] != "char"]
-    with open_url(url, storage_options) as f:
-        head = f.read(4096)
-        kind = detect_format(head, url)
-        if kind == "hdf5":
-            import h5py
-
-            from .hdf5 import list_variables as hl
-
-            f.seek(0)
-            with h5py.File(f, "r") as h5:
-                return list(hl(h5))
-    if kind == "netcdf3":
-        from .netcdf3 import list_variables as nl
-
-        return [n for n, d in nl(url, storage_options).items() if d["dtype"] != "char"]
-    if kind == "json":
-        return list(list_variables(url, storage_options))
-    raise FormatError(f"{url}: format not recognised")
-
-
 def _identity(urls: Iterable[str], storage_options: Mapping[str, Any] | None
               ) -> dict[str, dict[str, Any]]:
     """``{url: {"size", "etag", "version_id"}}`` for each object (one HEAD per S3 object)."""
@@ -377,42 +324,6 @@ def _pin_index(var: Variable, index: ChunkIndex,
     exceptions = {c: _pin_locator(var, c, loc, ids) for c, loc in index.exceptions.items()}
     return ChunkIndex(index.url, index.offsets, index.sizes, index.etag or etag,
                       index.version_id or vid, exceptions)
-
-
-def write_manifest(dataset: str | Sequence[str], variables: Sequence[str] | None = None,
-                   path_or_none: str | None = None, *,
-                   storage_options: Mapping[str, Any] | None = None,
-                   concat_dim: str | None = None, pin_objects: bool = True) -> dict[str, Any]:
-    """Read ``variables`` (default: all) of ``dataset`` and return (and write, given a path) a
-    manifest.
-
-    ``dataset`` is a path or URL of any supported format, a glob pattern or a list of them; several
-    files are combined along ``concat_dim`` (default: each variable's first dimension), and a
-    variable without that dimension is taken from the first file. ``pin_objects`` records each S3
-    object's ETag and version id and checks every locator lies inside its object.
-    """
-    from . import open_variable
-
-    files = _expand(dataset, storage_options)
-    names = list(variables) if variables else _list_any(files[0], storage_options)
-    out: list[Variable] = []
-    ids: dict[str, dict[str, Any]] = {}
-    for name in names:
-        first = open_variable(files[0], name, storage_options=dict(storage_options or {}))
-        dim = concat_dim or (first.dimensions[0] if first.dimensions else None)
-        if len(files) > 1 and dim is not None and dim in first.dimensions:
-            parts = [first] + [open_variable(f, name, storage_options=dict(storage_options or {}))
-                               for f in files[1:]]
-            var = concatenate(parts, dim)
-        else:
-            var = first
-        if pin_objects:
-            var = pin(var, storage_options, identities=ids)
-        out.append(var)
-    doc = manifest_from_variables(out)
-    if path_or_none is not None:
-        save_manifest(doc, path_or_none, storage_options)
-    return doc
 
 
 def save_manifest(doc: Mapping[str, Any], path: str,
@@ -758,40 +669,34 @@ def _kerchunk_refs(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _render(text: str, env: Mapping[str, Any], where: str) -> str:
-    """Substitute ``{{ expr }}`` (names and integer arithmetic only)."""
-    out, pos = [], 0
-    while True:
-        a = text.find("{{", pos)
-        if a < 0:
-            out.append(text[pos:])
-            return "".join(out)
-        b = text.find("}}", a)
-        if b < 0:
-            raise FormatError(f"{where}: unterminated '{{{{' in {text!r}")
-        out.append(text[pos:a])
-        out.append(str(_eval(text[a + 2:b].strip(), env, where)))
-        pos = b + 2
+    """Render ``{{ expr }}`` templates with jinja2, as kerchunk (and fsspec) do.
 
+    A sandboxed environment (reference files come from anywhere) with undefined names an error;
+    each distinct template text is compiled once (``gen`` renders one per key).
+    """
+    if "{{" not in text:
+        return text
+    import jinja2
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-
-
-def _eval(expr: str, env: Mapping[str, Any], where: str) -> Any:
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, str)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in env:
-            return env[node.id]
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        raise UnsupportedError(f"{where}: template expression {expr!r} is not supported")
     try:
-        return ev(ast.parse(expr, mode="eval"))
-    except SyntaxError as exc:
-        raise FormatError(f"{where}: bad template expression {expr!r}") from exc
+        return _template(text).render(**env)
+    except jinja2.TemplateSyntaxError as exc:
+        raise FormatError(f"{where}: bad template expression in {text!r} ({exc})") from exc
+    except (jinja2.UndefinedError, jinja2.exceptions.SecurityError) as exc:
+        raise UnsupportedError(f"{where}: template {text!r} is not supported ({exc})") from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(text: str) -> Any:
+    return _jinja_env().from_string(text)
+
+
+@functools.cache
+def _jinja_env() -> Any:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 def _template_ref(v: Any, templates: Mapping[str, Any]) -> Any:
@@ -890,3 +795,38 @@ def _open_kerchunk(doc: Mapping[str, Any], ncvar: str, where: str,
 
 
 # ------------------------------------------------------------------------- CLI
+
+
+# --------------------------------------------------------------------------- the reader
+
+class ReferencesReader:
+    """JSON reference documents: activestorage manifests and kerchunk references (versions 0 and
+    1), as a path, a URL or an already parsed dict."""
+
+    name = "json"
+    title = "manifest"
+
+    def can_open(self, head: bytes, url: str) -> bool:
+        return head.lstrip()[:1] == b"{"
+
+    def open(self, source: str | Mapping[str, Any], ncvar: str,
+             storage_options: Mapping[str, Any] | None = None, *, file: Any = None) -> Variable:
+        return open_references(source, ncvar, storage_options=storage_options)
+
+    def list_variables(self, source: str | Mapping[str, Any],
+                       storage_options: Mapping[str, Any] | None = None, *,
+                       file: Any = None) -> list[Candidate]:
+        doc, where = load(source, storage_options)
+        if _kind(doc, where) == "manifest":
+            return [Candidate(n, tuple(e.get("dimensions") or ()), e.get("attrs") or {},
+                              dtype=str(e.get("dtype")))
+                    for n, e in (doc.get("variables") or {}).items()]
+        listed = list_variables(doc)
+        refs = _kerchunk_refs(doc, where)
+        out = []
+        for name, entry in listed.items():
+            attrs = _json_ref(refs.get(f"{name}/.zattrs" if name else ".zattrs", "{}"),
+                              f"{name}/.zattrs", where)
+            out.append(Candidate(name, tuple(entry["dimensions"]), attrs, dtype=entry["dtype"]))
+        return out
+

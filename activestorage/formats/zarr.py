@@ -32,6 +32,8 @@ from ..errors import (FormatError, MissingDependencyError, StorageError, Unsuppo
                       VariableNotFoundError)
 from ..request import COMPRESSION_IDS, Missing
 from .base import Locator, Variable
+from .cf import missing_from_attrs, packing_from_attrs
+from .choose import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +211,6 @@ def missing_from_zarr(attrs: Mapping[str, Any], dtype: np.dtype, fill_value: Any
                       xarray_v2: bool) -> Missing:
     """CF missing-data attributes as a :class:`Missing`, with netCDF4-python's rules for
     ``_FillValue``, ``missing_value`` and valid ranges but no netCDF default fill values."""
-    from .hdf5 import missing_from_attrs
 
     cf = dict(attrs)
     if "_FillValue" in cf:
@@ -291,7 +292,6 @@ def variable_from_metadata(meta: Mapping[str, Any], attrs: Mapping[str, Any], na
                                       f"(chunk {g}: bytes {off}-{off + nbytes} of {sloc.size})")
                 chunks[g] = Locator(sloc.url, sloc.offset + off, nbytes,
                                     etag=sloc.etag, version_id=sloc.version_id)
-    from .hdf5 import packing_from_attrs
 
     scale, offset = packing_from_attrs(attrs)
     return Variable(
@@ -599,3 +599,56 @@ def list_variables(path_or_url: str, storage_options: Mapping[str, Any] | None =
         out[name] = {"dimensions": [str(d) for d in dims], "shape": list(arr.shape),
                      "dtype": np.dtype(str(arr.dtype)).newbyteorder("=").name}
     return out
+
+
+# --------------------------------------------------------------------------- the reader
+
+#: names of Zarr metadata documents (a path ending in one is a Zarr store's)
+ZARR_NAMES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
+
+
+class ZarrReader:
+    """Zarr v2/v3 stores: a local directory, or a remote ``*.zarr`` prefix (told by name, since a
+    prefix has no bytes of its own); a Zarr metadata document is recognised by its JSON keys."""
+
+    name = "zarr"
+    title = "Zarr"
+
+    def can_open(self, head: bytes, url: str) -> bool:
+        name = str(url).rstrip("/").rsplit("/", 1)[-1]
+        if name in ZARR_NAMES or name.endswith(".zarr"):
+            return True
+        stripped = head.lstrip()
+        if stripped[:1] == b"{":  # a zarr metadata document is JSON: tell it from references
+            return b'"zarr_format"' in stripped[:512] and b'"refs"' not in stripped[:512]
+        if head or "://" in url and not url.startswith("file://"):
+            return False
+        return os.path.isdir(url.removeprefix("file://"))
+
+    def open(self, source: str, ncvar: str, storage_options: Mapping[str, Any] | None = None, *,
+             file: Any = None) -> Variable:
+        return open_zarr(source, ncvar, storage_options=storage_options)
+
+    def list_variables(self, source: str, storage_options: Mapping[str, Any] | None = None, *,
+                       file: Any = None) -> list[Candidate]:
+        zarr = import_zarr()
+        url = os.fspath(source).removeprefix("file://").rstrip("/")
+        node, *_ = _open_node(url, storage_options)
+        store_name = url.rsplit("/", 1)[-1]
+        out = []
+        for path, arr in sorted(_arrays(node).items()):
+            dims = (getattr(arr.metadata, "dimension_names", None)
+                    or arr.attrs.get("_ARRAY_DIMENSIONS") or ())
+            out.append(Candidate(path or store_name, tuple(str(d) for d in dims), dict(arr.attrs),
+                                 dtype=_dtype_name(arr.dtype),
+                                 array_store=isinstance(node, zarr.Array)))
+        return out
+
+
+def _dtype_name(dtype: Any) -> str:
+    """A Zarr array's dtype as a native-order NumPy name (as zarr prints it if NumPy cannot)."""
+    try:
+        return np.dtype(str(dtype)).newbyteorder("=").name
+    except TypeError:
+        return str(dtype)
+

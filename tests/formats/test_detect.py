@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from activestorage.formats.detect import HDF5_MAGIC, detect_format
+from activestorage.formats.hdf5 import HDF5_MAGIC
+from activestorage.formats.registry import detect_format
 
 
 @pytest.mark.parametrize("head, path, kind", [

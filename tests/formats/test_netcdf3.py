@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from _oracle import assemble, assert_masked_equal, assert_reductions
 from activestorage.errors import FormatError, UnsupportedError, VariableNotFoundError
-from activestorage.formats.detect import detect_format
+from activestorage.formats.registry import detect_format
 from activestorage.formats.netcdf3 import list_variables, open_netcdf3, parse_header
 
 FORMATS = ["NETCDF3_CLASSIC", "NETCDF3_64BIT_OFFSET", "NETCDF3_64BIT_DATA"]

@@ -17,10 +17,11 @@ from _oracle import assemble, assert_masked_equal, assert_reductions
 from activestorage.errors import (FormatError, UnsupportedError,
                                   VariableNotFoundError)
 from activestorage.formats import open_variable
-from activestorage.formats.detect import detect_format
+from activestorage.formats.registry import detect_format
 from activestorage.manifest_cli import manifest_main
-from activestorage.formats.references import (concatenate, list_variables,
-                                              open_references, write_manifest)
+from activestorage.formats.manifest import write_manifest
+from activestorage.formats.references import (_kerchunk_refs, concatenate, list_variables,
+                                              open_references)
 
 SHARED = Path(__file__).resolve().parents[1] / "data"  # real climate files (tests/data/README.md)
 
@@ -237,6 +238,34 @@ def test_kerchunk_gen_and_whole_object_refs(tmp_path):
     assert sorted(var.chunks) == [(0,), (1,), (2,)]
     assert var.chunks[(2,)].size == 8  # a [url] reference: size from the object itself
     np.testing.assert_array_equal(assemble(var).data, np.arange(6))
+
+
+
+def test_kerchunk_templates_are_jinja2_like_kerchunk_writes_them():
+    """gen keys, URLs and offsets with integer arithmetic, filters and spacing, rendered by
+    jinja2 as kerchunk renders them; the result checked against the arithmetic done here."""
+    doc = {"version": 1, "templates": {"root": "s3://b/data"}, "refs": {},
+           "gen": [{"key": "v/{{ i }}.{{j}}", "url": "{{root}}/f{{ '%03d' % (i // 2) }}.nc",
+                    "offset": "{{ 1000 + (i % 2) * 400 + j * 100 }}", "length": "100",
+                    "dimensions": {"i": {"stop": 5}, "j": [0, 1, 2]}}]}
+    refs = _kerchunk_refs(doc, "doc")
+    assert len(refs) == 15
+    for i in range(5):
+        for j in range(3):
+            assert refs[f"v/{i}.{j}"] == [f"s3://b/data/f{i // 2:03d}.nc",
+                                          1000 + (i % 2) * 400 + j * 100, 100]
+
+
+@pytest.mark.parametrize("text, error", [
+    ("{{ nope }}", UnsupportedError),  # an undefined name
+    ("{{ ''.__class__.__mro__ }}", UnsupportedError),  # the sandbox refuses internals
+    ("{{ i + }}", FormatError),
+    ("{{ i", FormatError),
+])
+def test_bad_templates_are_typed_errors(text, error):
+    doc = {"version": 1, "refs": {}, "gen": [{"key": text, "url": "u", "dimensions": {"i": [1]}}]}
+    with pytest.raises(error, match="gen\\[0\\]"):
+        _kerchunk_refs(doc, "doc")
 
 
 def test_kerchunk_inline_chunks_and_bad_refs(tmp_path):

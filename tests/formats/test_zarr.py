@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from _oracle import assemble, assert_masked_equal, assert_reductions
 from activestorage.errors import FormatError, UnsupportedError, VariableNotFoundError
-from activestorage.formats.detect import detect_format
+from activestorage.formats.registry import detect_format
 from activestorage.formats.zarr import list_variables, map_pipeline, open_zarr
 
 warnings.filterwarnings("ignore", module="numcodecs")

@@ -14,7 +14,7 @@ import zarr
 from activestorage import Active
 from activestorage.errors import ObjectChangedError, ServerError
 from activestorage.formats.netcdf3 import open_netcdf3
-from activestorage.formats.references import write_manifest
+from activestorage.formats.manifest import write_manifest
 from activestorage.formats.zarr import open_zarr
 
 from servers import S3_KEY, S3_SECRET
