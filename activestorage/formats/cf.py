@@ -9,7 +9,6 @@ off), and ``valid_range`` (or ``valid_min``/``valid_max``) bounds. Packing is CF
 
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 from typing import Any, Mapping
@@ -18,21 +17,25 @@ import numpy as np
 
 from ..request import Missing
 
-__all__ = ["default_fillvals", "missing_from_attrs", "packing_from_attrs"]
+__all__ = ["DEFAULT_FILLVALS", "default_fillvals", "missing_from_attrs", "packing_from_attrs"]
 
 log = logging.getLogger(__name__)
 
 
-@functools.cache
+#: netCDF's default fill values by dtype kind+size (``"i2"``, ``"f4"``, ...), as
+#: ``netCDF4.default_fillvals`` has them (tests/formats/test_cf.py checks they agree). Restated
+#: because importing netCDF4 costs 40-300 ms, a large share of a fresh process's first reduction,
+#: and no reader needs netCDF4 otherwise.
+DEFAULT_FILLVALS: dict[str, Any] = {
+    "i1": -127, "u1": 255, "i2": -32767, "u2": 65535, "i4": -2147483647, "u4": 4294967295,
+    "i8": -9223372036854775806, "u8": 18446744073709551614,
+    "f4": 9.969209968386869e36, "f8": 9.969209968386869e36,
+}
+
+
 def default_fillvals() -> dict[str, Any]:
-    """netCDF's default fill values by dtype kind+size (``"i2"``, ``"f4"``, ...).
-
-    Imported on first use: netCDF4 takes a few hundred milliseconds to import and only readers of
-    variables without a ``_FillValue`` need it.
-    """
-    from netCDF4 import default_fillvals as fillvals
-
-    return dict(fillvals)
+    """netCDF's default fill values by dtype kind+size (``"i2"``, ``"f4"``, ...)."""
+    return DEFAULT_FILLVALS
 
 
 def _safe_cast(value: Any, dtype: np.dtype, name: str) -> np.ndarray | None:
