@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any, Sequence
@@ -41,8 +40,7 @@ def run(settings: Settings) -> None:
                   timeout_keep_alive=30, log_config=None, http=_http_protocol())
     if settings.workers > 1:
         # Each worker process enforces its share of the process-wide limits.
-        per = dataclasses.replace(
-            settings,
+        per = settings.replace(
             max_bytes_in_flight=max(1, settings.max_bytes_in_flight // settings.workers),
             max_upstream_concurrency=max(1, settings.max_upstream_concurrency // settings.workers))
         os.environ["ACTIVESTORAGE_SERVER_SETTINGS"] = per.to_json()

@@ -13,7 +13,6 @@ polling ``GET /`` for JSON, without reloading.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import html
 import json
@@ -76,11 +75,11 @@ def wants_html(accept: str) -> bool:
 def public_settings(server: "Service") -> dict[str, Any]:
     """The settings in force, without anything that could be a secret."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(server.settings):
-        if any(w in f.name.lower() for w in SECRET_WORDS):
+    for name in type(server.settings).model_fields:
+        if any(w in name.lower() for w in SECRET_WORDS):
             continue
-        v = getattr(server.settings, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
+        v = getattr(server.settings, name)
+        out[name] = list(v) if isinstance(v, tuple) else v
     out["tls"] = bool(getattr(server.settings, "tls_cert", None))
     return out
 
