@@ -236,15 +236,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(500, f"internal server error ({type(exc).__name__})")
 
     # The reduction routes, each once (from schema.ROUTES, which also documents them), as plain
-    # Starlette routes: no FastAPI dependency solving on the hot path. Each path also answers
-    # with its trailing slash added or removed (clients differ; redirect_slashes is off).
+    # Starlette routes: no FastAPI dependency solving on the hot path, and placed first so that
+    # routing tries them before the docs routes. Each path also answers with its trailing slash
+    # added or removed (clients differ; redirect_slashes is off).
     handlers = {"v1": _reduction(server, "v1"), "v2": _reduction(server, "v2"),
                 "batch": _reduction(server, "batch")}
+    fast = []
     for route in schema.ROUTES:
         other = route.path[:-1] if route.path.endswith("/") else route.path + "/"
         for path in (route.path, other):
-            app.router.routes.append(Route(path, handlers[route.api], methods=["POST"],
-                                           include_in_schema=False))
+            fast.append(Route(path, handlers[route.api], methods=["POST"],
+                              include_in_schema=False))
+    app.router.routes[:0] = fast
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
