@@ -61,8 +61,20 @@ def test_exhaustion_and_unretried_errors_carry_the_attempts():
     with pytest.raises(ReadTimeoutError) as ei2:  # a read timeout is never sent again
         server_retry(3, 0.0).increment("POST", "/v2/sum", error=slow)
     assert attempts_of(requests.ReadTimeout(ei2.value)) == 1
-    with pytest.raises(NewConnectionError):  # nor is anything but a POST
-        server_retry(3, 0.0).increment("GET", "/capabilities", error=refused)
+    with pytest.raises(MaxRetryError) as ei3:  # nor is anything but a POST (failing as
+        server_retry(3, 0.0).increment("GET", "/capabilities", error=refused)  # urllib3 does)
+    assert ei3.value.reason is refused and attempts_of(ei3.value) == 1
+    with pytest.raises(ProtocolError):
+        server_retry(3, 0.0).increment("GET", "/capabilities", error=ProtocolError("reset"))
+
+
+def test_a_get_to_a_dead_server_is_one_typed_connection_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(requests.ConnectionError):
+        make_session(retries=3, backoff=5.0).get(f"http://127.0.0.1:{port}/capabilities",
+                                                 timeout=2)
 
 
 def test_a_read_timeout_sends_the_request_once():

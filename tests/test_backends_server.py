@@ -375,6 +375,9 @@ def test_a_refused_connection_is_retried_and_every_attempt_accounted():
     with b, pytest.raises(ServerError, match="cannot reach"):
         b.reduce_chunk(make_request("<f4", (1,), size=4, url="s3://b/k"), "max")
     assert b.stats.requests == 3
+    with ServerBackend(f"http://127.0.0.1:{port}", env={}, backoff=5.0) as b2, \
+            pytest.raises(ServerError, match="cannot reach"):
+        b2.capabilities()  # a GET: tried once, typed
 
 
 def test_error_body_decoded(fake):

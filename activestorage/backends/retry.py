@@ -52,12 +52,17 @@ class ServerRetry(Retry):
                   response: Any = None, error: Exception | None = None,
                   _pool: Any = None, _stacktrace: TracebackType | None = None) -> "ServerRetry":
         attempts = len(self.history) + 1
-        if error is not None and (isinstance(error, ReadTimeoutError) or (
-                method is not None and method.upper() not in (self.allowed_methods or ()))):
+        if error is not None:
             error.attempts = attempts  # type: ignore[attr-defined]
-            raise error.with_traceback(_stacktrace)
+            if isinstance(error, ReadTimeoutError):
+                raise error.with_traceback(_stacktrace)
+        policy: Retry = self
+        if method is not None and method.upper() not in (self.allowed_methods or ()):
+            # other methods are tried once, failing exactly as urllib3 fails without retries
+            policy = self.new(total=0, read=False)
         try:
-            return super().increment(method, url, response, error, _pool, _stacktrace)
+            return Retry.increment(policy, method, url, response, error, _pool,  # type: ignore[return-value]
+                                   _stacktrace)
         except MaxRetryError as exc:
             exc.attempts = attempts  # type: ignore[attr-defined]
             raise
