@@ -346,6 +346,40 @@ def test_retries_are_bounded(fake):
     assert len([1 for _, p, _ in fake.log if p == "/v2/max/"]) == 3
 
 
+def test_retries_apply_to_a_callers_own_session(fake):
+    """reduce_chunk(session, ...) retries with a plain requests.Session too (the policy is
+    mounted for the server's origin) and with the count asked for."""
+    import requests
+
+    fake.objects["bkt/o"] = np.arange(10, dtype="<f4").tobytes()
+    fake.script += [(503, b"busy", {}), (502, b"", {})]
+    with requests.Session() as session:
+        vals, _ = reduce_chunk(session, fake.url, f"{ENDPOINT}/bkt/o", 0, 40, None, None, None,
+                               "<f4", (10,), "C", None, None, "max", storage_type="s3",
+                               s3_endpoint_url=ENDPOINT, retries=2)
+    assert float(vals) == 9.0
+    fake.script += [(503, b"busy", {})] * 2
+    with make_session() as session, pytest.raises(ServerError) as ei:
+        reduce_chunk(session, fake.url, f"{ENDPOINT}/bkt/o", 0, 40, None, None, None, "<f4",
+                     (10,), "C", None, None, "max", storage_type="s3", retries=1)
+    assert ei.value.status == 503
+    assert len([1 for m, p, _ in fake.log if m == "POST"]) == 3 + 2
+
+
+def test_a_refused_connection_is_retried_and_every_attempt_accounted():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    b = ServerBackend(f"http://127.0.0.1:{port}", env={}, backoff=0.01, retries=2, batch=False,
+                      storage_options={"endpoint_url": ENDPOINT, "anon": True})
+    with b, pytest.raises(ServerError, match="cannot reach"):
+        b.reduce_chunk(make_request("<f4", (1,), size=4, url="s3://b/k"), "max")
+    assert b.stats.requests == 3
+    with ServerBackend(f"http://127.0.0.1:{port}", env={}, backoff=5.0) as b2, \
+            pytest.raises(ServerError, match="cannot reach"):
+        b2.capabilities()  # a GET: tried once, typed
+
+
 def test_error_body_decoded(fake):
     req = _req(fake)
     body = {"error": {"message": "selection[0]: stride must not be zero",

@@ -20,8 +20,6 @@ PACKAGE = ROOT / "activestorage"
 
 #: cycles known and being removed elsewhere; each names the part of issue 20 that removes it
 ALLOWED_CYCLES = [
-    # part D (server split) removes server/app <-> server/serve (and server/status)
-    {"activestorage.server.app", "activestorage.server.serve", "activestorage.server.status"},
     # part A (byte store) moves the S3 helpers compat.py reads out of storage.py, whose
     # PyActiveStorage shims import compat
     {"activestorage.compat", "activestorage.storage"},

@@ -40,14 +40,12 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = (429, 502, 503, 504)
 #: (connect, read) timeout in seconds for every call to the server.
 DEFAULT_TIMEOUT = (5.0, 120.0)
 #: client-side bound on the declared decoded bytes of one batch (the server bounds it too).
 DEFAULT_MAX_BATCH_BYTES = 256 * 1024 * 1024
 #: batches smaller than this are not split further just to use more threads.
 MIN_SPLIT_BATCH = 256
-MAX_RETRY_AFTER = 10.0
 #: seconds a server's ``GET /capabilities`` answer is reused by every backend of this process
 #: (cf-python makes one ``Active`` per Dask chunk); ``$ACTIVESTORAGE_CAPABILITIES_TTL`` overrides
 CAPABILITIES_TTL = 60.0
@@ -91,89 +89,110 @@ def clear_capabilities_cache() -> None:
 # ------------------------------------------------------------------------------ session
 
 def make_session(*, username: str | None = None, password: str | None = None,
-                 verify: bool | str = True, pool_size: int = 8) -> Any:
-    """A ``requests.Session`` for a reduction server: pooled connections, Basic auth, TLS verify."""
+                 verify: bool | str = True, pool_size: int = 8, retries: int = 3,
+                 backoff: float = 0.1) -> Any:
+    """A ``requests.Session`` for a reduction server: pooled connections, Basic auth, TLS verify,
+    and POSTs retried ``retries`` times with exponential ``backoff`` (:mod:`.retry`)."""
     import requests
-    from requests.adapters import HTTPAdapter
 
     s = requests.Session()
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, pool_size), max_retries=0)
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
+    _mount(s, "", retries, backoff, pool_size)
     if username is not None:
         s.auth = (username, password or "")
     s.verify = verify
     return s
 
 
+def _mount(session: Any, prefix: str, retries: int, backoff: float, pool_size: int = 8) -> None:
+    """An adapter with the retry policy on ``session`` for URLs under ``prefix`` ("": all)."""
+    from requests.adapters import HTTPAdapter
+
+    from .retry import server_retry  # imports urllib3: only once a session is made
+
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, pool_size),
+                          max_retries=server_retry(retries, backoff))
+    for scheme in (("http://", "https://") if not prefix else (prefix,)):
+        session.mount(scheme, adapter)
+
+
+_MOUNT_LOCK = threading.Lock()
+
+
+def _ensure_policy(session: Any, url: str, retries: int, backoff: float) -> None:
+    """Make ``session`` retry POSTs to ``url``'s server ``retries`` times: sessions from
+    :func:`make_session` with the same numbers already do; any other session (a caller's own)
+    gets an adapter with the policy mounted for that server's origin."""
+    from .retry import ServerRetry
+
+    policy = getattr(session.get_adapter(url), "max_retries", None)
+    if (isinstance(policy, ServerRetry) and policy.total == retries
+            and policy.backoff_factor == backoff):
+        return
+    parts = urlsplit(url)
+    with _MOUNT_LOCK:
+        _mount(session, f"{parts.scheme}://{parts.netloc}/", retries, backoff)
+
+
 def post_with_retries(session: Any, url: str, *, data: bytes, headers: Mapping[str, str],
                       timeout: Any = DEFAULT_TIMEOUT, retries: int = 3,
                       backoff: float = 0.1, on_attempt: Callable[[int], None] | None = None,
                       auth: tuple[str, str] | None = None) -> Any:
-    """POST, retrying 429/502/503/504 and connection failures up to ``retries`` times with
-    exponential backoff (honouring a short ``Retry-After``); raise ServerError when unreachable.
-    ``on_attempt(bytes_received)`` is called for every HTTP request made (for accounting);
-    ``auth`` overrides the session's Basic auth for this call."""
+    """POST with the client's retry policy (:mod:`.retry`: 429/502/503/504 and connection
+    failures, up to ``retries`` times with exponential backoff, honouring a short
+    ``Retry-After``), done by urllib3 under ``session``; an answer cut short is sent again up to
+    ``retries`` times. Raise ServerError when unreachable. ``on_attempt(bytes_received)`` is
+    called for every HTTP request made (for accounting); ``auth`` overrides the session's Basic
+    auth for this call."""
     import requests
 
-    attempt = 0
+    from .retry import RETRY_STATUSES
+
+    _ensure_policy(session, url, retries, backoff)
+    cut = 0
     while True:
         try:
             # verify= per call: requests would otherwise let REQUESTS_CA_BUNDLE override it
             resp = session.post(url, data=data, headers=dict(headers), timeout=timeout,
                                 verify=session.verify,
                                 **({"auth": auth} if auth is not None else {}))
-            if on_attempt is not None:
-                on_attempt(len(resp.content))
         except requests.Timeout as exc:
-            if on_attempt is not None:
-                on_attempt(0)
-            if isinstance(exc, requests.ConnectTimeout) and attempt < retries:
-                attempt += 1
-                _sleep(backoff, attempt, None)
-                continue
+            _account_failure(on_attempt, exc)
             raise ServerError(f"reduction server {url} did not answer within {timeout}s",
                               status=504, url=url, body=None) from exc
-        except requests.ConnectionError as exc:
-            if on_attempt is not None:
-                on_attempt(0)
-            if attempt < retries:
-                attempt += 1
-                _sleep(backoff, attempt, None)
-                continue
-            raise ServerError(f"cannot reach reduction server {url}: {_root_cause(exc)}",
-                              status=None, url=url, body=None) from exc
         except (requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError) as exc:
-            # the answer was cut short (reset, wrong Content-Length): retry, it is idempotent
-            if on_attempt is not None:
-                on_attempt(0)
-            if attempt < retries:
-                attempt += 1
-                _sleep(backoff, attempt, None)
+            # the answer was cut short (reset, wrong Content-Length): it is idempotent, send
+            # it again (urllib3 retries only until the answer begins)
+            _account_failure(on_attempt, exc)
+            if cut < retries:
+                cut += 1
+                time.sleep(backoff * 2 ** (cut - 1) * (0.5 + random.random()))
                 continue
             raise ServerError(f"reduction server {url} answer was cut short: {_root_cause(exc)}",
                               status=502, url=url, body=None) from exc
+        except requests.ConnectionError as exc:
+            _account_failure(on_attempt, exc)
+            raise ServerError(f"cannot reach reduction server {url}: {_root_cause(exc)}",
+                              status=None, url=url, body=None) from exc
         except requests.RequestException as exc:
             raise ServerError(f"request to reduction server {url} failed: {exc}", url=url) from exc
-        if resp.status_code in RETRY_STATUSES and attempt < retries:
-            attempt += 1
-            log.info("reduction server %s answered %s; retry %d/%d", url, resp.status_code,
-                     attempt, retries)
-            _sleep(backoff, attempt, resp.headers.get("Retry-After"))
-            resp.close()
-            continue
+        history = getattr(getattr(resp.raw, "retries", None), "history", ())
+        if on_attempt is not None:
+            for _ in history:  # the attempts urllib3 retried (their bodies were drained)
+                on_attempt(0)
+            on_attempt(len(resp.content))
+        if resp.status_code in RETRY_STATUSES:
+            log.info("reduction server %s answered %s after %d retries", url, resp.status_code,
+                     len(history))
         return resp
 
 
-def _sleep(backoff: float, attempt: int, retry_after: str | None) -> None:
-    delay = backoff * 2 ** (attempt - 1) * (0.5 + random.random())
-    if retry_after:
-        try:
-            delay = min(max(delay, float(retry_after)), MAX_RETRY_AFTER)
-        except ValueError:
-            pass
-    time.sleep(delay)
+def _account_failure(on_attempt: Callable[[int], None] | None, exc: BaseException) -> None:
+    from .retry import attempts_of
+
+    if on_attempt is not None:
+        for _ in range(attempts_of(exc)):
+            on_attempt(0)
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -481,7 +500,8 @@ class ServerBackend(Backend):
         if verify is None:
             verify = env.get("ACTIVESTORAGE_CA_BUNDLE") or True
         # requests run on the caller's threads and on this backend's own pool: a connection each
-        self.session = make_session(verify=verify, pool_size=2 * self.max_threads)
+        self.session = make_session(verify=verify, pool_size=2 * self.max_threads,
+                                    retries=retries, backoff=backoff)
 
     def __repr__(self) -> str:  # never show credentials
         return f"ServerBackend({self.url!r}, api_version={self.api_version})"

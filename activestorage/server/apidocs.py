@@ -21,6 +21,9 @@ from fastapi.openapi.docs import get_redoc_html
 from fastapi_offline import FastAPIOffline
 from starlette.responses import HTMLResponse
 
+#: ``extra_paths`` of :func:`offline_app`: the OpenAPI paths of routes FastAPI does not describe
+PathsFactory = Callable[[], dict[str, Any]]
+
 #: where the Swagger UI / ReDoc JavaScript, CSS and favicon are served from.
 ASSETS_URL = "/docs-assets"
 FAVICON_URL = ASSETS_URL + "/favicon.png"
@@ -37,14 +40,17 @@ REDOC_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe
              "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
-def offline_app(**kwargs: Any) -> FastAPI:
-    """A :class:`FastAPI` whose /docs and /redoc load everything from this server."""
+def offline_app(extra_paths: PathsFactory | None = None, **kwargs: Any) -> FastAPI:
+    """A :class:`FastAPI` whose /docs and /redoc load everything from this server.
+
+    ``extra_paths()``: OpenAPI paths of routes FastAPI does not describe itself
+    (plain Starlette routes), put first in the document."""
     kwargs.setdefault("swagger_ui_parameters", dict(SWAGGER_UI_PARAMETERS))
     redoc_url = kwargs.pop("redoc_url", "/redoc")
     app = FastAPIOffline(static_url=ASSETS_URL, redoc_url=None, **kwargs)
     if redoc_url:
         _add_redoc(app, redoc_url)
-    install_openapi(app)
+    install_openapi(app, extra_paths)
     return app
 
 
@@ -61,13 +67,16 @@ def _add_redoc(app: FastAPI, url: str) -> None:
         return HTMLResponse(page.body, headers={"content-security-policy": REDOC_CSP})
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, extra_paths: PathsFactory | None = None) -> None:
     """Make ``app.openapi()`` (and so /openapi.json) return the completed document."""
     base: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
         if not app.openapi_schema:
-            app.openapi_schema = complete_openapi(copy.deepcopy(base()))
+            doc = copy.deepcopy(base())
+            if extra_paths is not None:
+                doc["paths"] = {**extra_paths(), **doc.get("paths", {})}
+            app.openapi_schema = complete_openapi(doc)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,22 +1,67 @@
-"""Request models for the OpenAPI document and /docs only.
+"""The reduction routes' OpenAPI description, generated from the request model's constants.
 
 Bodies are parsed and validated by :meth:`activestorage.request.ChunkRequest.from_wire` (one
-validator for every client, with errors that name the field); these pydantic models just describe
-the wire format to humans and code generators.
+validator for every client, with errors that name the field); these pydantic models only describe
+the wire format to humans, code generators and fuzzers. Every closed set they list (operations,
+dtypes, compression and filter ids, the ``missing`` keys) is taken from :mod:`activestorage.request`,
+so the document cannot drift from what the server accepts (``tests/server/test_server_schema.py``
+checks it). :func:`reduction_paths` is the OpenAPI ``paths`` entry of each reduction route of
+:data:`ROUTES`, the one table the HTTP layer (:mod:`.app`) registers its routes from.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-Dtype = Literal["int8", "uint8", "int16", "uint16", "int32", "int64", "uint32", "uint64",
-                "float32", "float64"]
+from ..request import COMPRESSION_IDS, FILTER_IDS, MISSING_KEYS, OPERATIONS, WIRE_DTYPES
+
+Dtype = Literal[WIRE_DTYPES]  # type: ignore[valid-type]
+CompressionId = Literal[COMPRESSION_IDS]  # type: ignore[valid-type]
+FilterId = Literal[FILTER_IDS]  # type: ignore[valid-type]
+Number = Union[int, float]
+
+#: what each key of ``missing`` holds (the keys themselves are request.MISSING_KEYS)
+_MISSING_FIELDS: dict[str, tuple[Any, str]] = {
+    "missing_value": (Number, "elements equal to this are missing"),
+    "missing_values": (list[Number], "elements equal to any of these are missing"),
+    "valid_min": (Number, "elements below this are missing"),
+    "valid_max": (Number, "elements above this are missing"),
+    "valid_range": (list[Number], "[min, max]: elements outside are missing"),
+}
+if set(_MISSING_FIELDS) != set(MISSING_KEYS):  # a new key in request.py must be described here
+    raise ImportError(f"server/schema.py describes missing keys {sorted(_MISSING_FIELDS)}, "
+                      f"request.MISSING_KEYS has {sorted(MISSING_KEYS)}")
+
+
+class Compression(BaseModel):
+    """The codec the chunk's bytes are compressed with."""
+
+    model_config = ConfigDict(extra="allow")
+    id: CompressionId  # type: ignore[valid-type]
+
+
+class Filter(BaseModel):
+    """A filter applied before compression (undone after decompression, last first)."""
+
+    id: FilterId  # type: ignore[valid-type]
+    element_size: int = Field(None, ge=1, le=64, description="shuffle: bytes per "
+                                        "element (default: the dtype's size)")
+    outer: bool = Field(None, description="fletcher32: checksum of the compressed "
+                                  "bytes rather than the raw ones")
+
+
+Missing = create_model(  # type: ignore[call-overload]
+    "Missing", __doc__="Missing-data description (several keys at once is an extension).",
+    **{k: (_MISSING_FIELDS[k][0], Field(None, description=_MISSING_FIELDS[k][1],
+                                        **({"min_length": 2, "max_length": 2}
+                                           if k == "valid_range" else {})))
+       for k in MISSING_KEYS})
 
 
 class _Common(BaseModel):
-    dtype: Dtype = Field(description="element type of the stored data")
+    dtype: Dtype = Field(description="element type of the stored data")  # type: ignore[valid-type]
     byte_order: Optional[Literal["little", "big"]] = Field(None, description="default: native")
     offset: Optional[int] = Field(None, ge=0, description="byte offset in the object (default 0)")
     size: Optional[int] = Field(None, gt=0, description="bytes to read (default: to the end)")
@@ -27,13 +72,11 @@ class _Common(BaseModel):
                           "slice(start, end, stride); ends past the axis are clamped; only "
                           "stride 0 is refused")
     axis: Optional[Union[int, list[int]]] = Field(None, description="axes to reduce (default all)")
-    compression: Optional[dict[str, Any]] = Field(
-        None, description='{"id": "gzip"|"zlib"|"zstd"|"blosc"|"blosc2"|"lz4"|"bz2"}')
-    filters: Optional[list[dict[str, Any]]] = Field(
-        None, description='[{"id": "shuffle", "element_size": N}, {"id": "fletcher32"}]')
-    missing: Optional[dict[str, Any]] = Field(
-        None, description="missing_value, missing_values, valid_min, valid_max, valid_range "
-                          "(several at once is an extension)")
+    compression: Optional[Compression] = Field(
+        None, description="codec: " + ", ".join(COMPRESSION_IDS))
+    filters: Optional[list[Filter]] = Field(None, description="filters: " + ", ".join(FILTER_IDS))
+    missing: Optional[Missing] = Field(  # type: ignore[valid-type]
+        None, description=", ".join(MISSING_KEYS) + " (several at once is an extension)")
 
 
 class V1Request(_Common):
@@ -60,8 +103,22 @@ class V2Request(_Common):
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """A model's JSON schema without ``$defs`` (so it can be put into ``openapi_extra``)."""
-    return model.model_json_schema()
+    """A model's JSON schema with its nested models written in place (no ``$defs``/``$ref``), so
+    each body's schema stands alone in the OpenAPI document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
 
 
 def batch_schema() -> dict[str, Any]:
@@ -80,4 +137,43 @@ def body_doc(schema: dict[str, Any], cbor: bool = False) -> dict[str, Any]:
     content = {"application/json": {"schema": schema}}
     if cbor:
         content["application/cbor"] = {"schema": schema}
-    return {"requestBody": {"required": True, "content": content}}
+    return {"required": True, "content": content}
+
+
+class Route(NamedTuple):
+    """One reduction route: its path, which handler serves it, and what the docs say."""
+
+    path: str
+    api: str  # "v1", "v2" or "batch"
+    summary: str
+    description: str
+
+
+#: every reduction route, once: the HTTP layer registers these (each also answers with the
+#: trailing slash added or removed) and :func:`reduction_paths` documents them.
+ROUTES = (
+    Route("/v1/{operation}/", "v1", "V1",
+          "Reductionist v1: S3 source/bucket/object; raw result bytes + x-activestorage-* headers."),
+    Route("/v2/{operation}", "v2", "V2",
+          "Reductionist v2: interface_type + url; CBOR {bytes, dtype, shape, count, byte_order}."),
+    Route("/v2/batch/{operation}", "batch", "Batch",
+          'Extension: many v2 bodies in one call; CBOR {"results": [...]} in request order.'),
+)
+
+
+def reduction_paths() -> dict[str, Any]:
+    """OpenAPI ``paths`` for :data:`ROUTES`."""
+    bodies = {"v1": body_doc(inline_schema(V1Request)), "v2": body_doc(inline_schema(V2Request)),
+              "batch": body_doc(batch_schema(), cbor=True)}
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        op_id = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "")
+        paths[route.path] = {"post": {
+            "summary": route.summary,
+            "description": f"{route.description}\n\noperation: {', '.join(OPERATIONS)}",
+            "operationId": f"{op_id}_post",
+            "parameters": [{"name": "operation", "in": "path", "required": True,
+                            "schema": {"type": "string", "title": "Operation"}}],
+            "requestBody": bodies[route.api],
+            "responses": {}}}
+    return paths

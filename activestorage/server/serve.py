@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 from .settings import Settings, parse_args
 
@@ -41,17 +40,26 @@ def run(settings: Settings) -> None:
                   timeout_keep_alive=30, log_config=None, http=_http_protocol())
     if settings.workers > 1:
         # Each worker process enforces its share of the process-wide limits.
-        per = dataclasses.replace(
-            settings,
+        per = settings.replace(
             max_bytes_in_flight=max(1, settings.max_bytes_in_flight // settings.workers),
             max_upstream_concurrency=max(1, settings.max_upstream_concurrency // settings.workers))
         os.environ["ACTIVESTORAGE_SERVER_SETTINGS"] = per.to_json()
-        uvicorn.run("activestorage.server.app:app_from_env", factory=True,
+        uvicorn.run("activestorage.server.serve:app_from_env", factory=True,
                     workers=settings.workers, **common)
         return
     from .app import create_app
 
     uvicorn.run(create_app(settings), **common)
+
+
+def app_from_env() -> Any:
+    """Factory for multi-worker uvicorn: settings come from ``ACTIVESTORAGE_SERVER_SETTINGS``."""
+    from .app import create_app
+
+    text = os.environ.get("ACTIVESTORAGE_SERVER_SETTINGS")
+    settings = Settings.from_json(text) if text else Settings()
+    configure_logging(settings.log_level)  # worker processes start with logging unconfigured
+    return create_app(settings)
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:

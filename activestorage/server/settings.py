@@ -1,18 +1,23 @@
 """Server settings: one frozen object built from CLI flags with ``ACTIVESTORAGE_*`` env defaults.
 
 Every knob is an explicit field passed to :func:`~activestorage.server.app.create_app`; there is no
-module-level mutable configuration. ``parse_args`` is what ``activestorage serve`` and
-``python -m activestorage.server`` use.
+module-level mutable configuration. :class:`Settings` is a pydantic-settings model: the
+``ACTIVESTORAGE_<FIELD>`` variables are read and validated (types, booleans, the comma-separated
+allow-list) by pydantic-settings in :meth:`Settings.from_env`, never implicitly, so ``Settings()``
+is the documented defaults whatever the environment. ``parse_args`` is what ``activestorage
+serve`` and ``python -m activestorage.server`` use: its flags' defaults come from
+:meth:`Settings.from_env`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import (BaseSettings, EnvSettingsSource, NoDecode,
+                               PydanticBaseSettingsSource, SettingsConfigDict)
 
 from ..argparsing import DefaultsHelpFormatter, OneLineErrorParser
 
@@ -21,15 +26,17 @@ ENV_PREFIX = "ACTIVESTORAGE_"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """What the server listens on, which upstream hosts it may read, and the limits it enforces."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid",
+                                      case_sensitive=False)
 
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
     #: upstream hosts (``host`` or ``host:port``; ``*`` allows any) the server may fetch from.
-    allow_upstream: tuple[str, ...] = LOOPBACK_HOSTS
+    allow_upstream: Annotated[tuple[str, ...], NoDecode] = LOOPBACK_HOSTS
     #: largest accepted request body (JSON/CBOR), bytes.
     max_body_bytes: int = 1 << 20
     #: decoded + raw bytes of all requests in flight; beyond it requests wait, then get 503.
@@ -65,85 +72,117 @@ class Settings:
     #: log one structured line per request.
     access_log: bool = True
 
+    @field_validator("allow_upstream", mode="before")
+    @classmethod
+    def _host_list(cls, v: Any) -> Any:
+        """``ACTIVESTORAGE_ALLOW_UPSTREAM="a, b:9000"``: a comma-separated list."""
+        if isinstance(v, str):
+            return tuple(h.strip() for h in v.split(",") if h.strip())
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   *_others: PydanticBaseSettingsSource,
+                                   **_named: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given: the environment is read explicitly, by :meth:`from_env`."""
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """The ``ACTIVESTORAGE_*`` variables of ``environ`` (``os.environ``) over the defaults;
+        a malformed variable is a :class:`SystemExit` naming it."""
+        env = os.environ if environ is None else environ
+        try:
+            return cls(**_MappingEnvSource(cls, env)())
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = ENV_PREFIX + str(err["loc"][0]).upper() if err.get("loc") else "settings"
+            raise SystemExit(f"activestorage serve: {name}: {err['msg']}") from None
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with ``changes``, validated."""
+        return type(self)(**{**self.model_dump(), **changes})
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> "Settings":
-        d = json.loads(text)
-        d["allow_upstream"] = tuple(d.get("allow_upstream", LOOPBACK_HOSTS))
-        return cls(**d)
+        return cls.model_validate_json(text)
 
 
-def _env(environ: Mapping[str, str], name: str, default: object) -> object:
-    v = environ.get(ENV_PREFIX + name.upper())
-    if v is None:
-        return default
-    if isinstance(default, bool):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, tuple):
-        return tuple(h.strip() for h in v.split(",") if h.strip())
-    return v
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``
+    (so ``parse_args(argv, environ={})`` is reproducible whatever the process environment)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # names matched case-insensitively (Settings.model_config), as on os.environ
+        return {k.lower(): v for k, v in self._environ.items()}
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The ``serve`` argument parser; defaults come from ``environ`` (``os.environ``)."""
-    env = os.environ if environ is None else environ
-    d = Settings()
+    d = Settings.from_env(environ)
     p = OneLineErrorParser(
         prog="activestorage serve", formatter_class=DefaultsHelpFormatter,
         description="Run the Reductionist-compatible reduction server. Every flag also reads "
                     "ACTIVESTORAGE_<FLAG> (e.g. ACTIVESTORAGE_PORT, ACTIVESTORAGE_ALLOW_UPSTREAM); "
                     "the defaults shown include those variables.")
     a = p.add_argument
-    a("--host", default=_env(env, "host", d.host), help="interface to listen on")
-    a("--port", type=int, default=_env(env, "port", d.port), help="TCP port to listen on")
-    a("--workers", type=int, default=_env(env, "workers", d.workers),
+    a("--host", default=d.host, help="interface to listen on")
+    a("--port", type=int, default=d.port, help="TCP port to listen on")
+    a("--workers", type=int, default=d.workers,
       help="worker processes (the memory and upstream limits are shared out among them)")
     a("--allow-upstream", action="append", default=None, metavar="HOST[:PORT]",
       help="upstream host the server may read from (repeatable, or comma separated; '*' = any). "
            "Default: loopback only (ACTIVESTORAGE_ALLOW_UPSTREAM).")
-    a("--max-body-bytes", type=int, default=_env(env, "max_body_bytes", d.max_body_bytes),
+    a("--max-body-bytes", type=int, default=d.max_body_bytes,
       help="largest request body accepted (JSON or CBOR), in bytes; larger gets 413")
     a("--max-bytes-in-flight", type=int,
-      default=_env(env, "max_bytes_in_flight", d.max_bytes_in_flight),
+      default=d.max_bytes_in_flight,
       help="bound on raw+decoded bytes of requests being served; beyond it requests wait then 503")
     a("--memory-wait-seconds", type=float,
-      default=_env(env, "memory_wait_seconds", d.memory_wait_seconds),
+      default=d.memory_wait_seconds,
       help="seconds a request may wait for memory under --max-bytes-in-flight before a 503")
     a("--max-upstream-concurrency", type=int,
-      default=_env(env, "max_upstream_concurrency", d.max_upstream_concurrency),
+      default=d.max_upstream_concurrency,
       help="concurrent range GETs to the object stores (per worker process)")
-    a("--kernel-threads", type=int, default=_env(env, "kernel_threads", d.kernel_threads),
+    a("--kernel-threads", type=int, default=d.kernel_threads,
       help="threads decoding chunks and running the reductions")
-    a("--client-timeout", type=float, default=_env(env, "client_timeout", d.client_timeout),
+    a("--client-timeout", type=float, default=d.client_timeout,
       help="seconds a client may take to send request headers, and again the body")
     a("--max-header-bytes", type=int,
-      default=_env(env, "max_header_bytes", d.max_header_bytes),
+      default=d.max_header_bytes,
       help="largest request line plus headers in bytes; beyond it a 431")
-    a("--write-timeout", type=float, default=_env(env, "write_timeout", d.write_timeout),
+    a("--write-timeout", type=float, default=d.write_timeout,
       help="seconds a client may stop reading a response before it is disconnected")
     a("--upstream-connect-timeout", type=float,
-      default=_env(env, "upstream_connect_timeout", d.upstream_connect_timeout),
+      default=d.upstream_connect_timeout,
       help="seconds to connect to an object store before a 504")
     a("--upstream-read-timeout", type=float,
-      default=_env(env, "upstream_read_timeout", d.upstream_read_timeout),
+      default=d.upstream_read_timeout,
       help="total seconds for one upstream read, connecting included, before a 504")
-    a("--max-batch", type=int, default=_env(env, "max_batch", d.max_batch),
+    a("--max-batch", type=int, default=d.max_batch,
       help="most chunk requests in one /v2/batch request")
-    a("--s3-region", default=_env(env, "s3_region", d.s3_region),
+    a("--s3-region", default=d.s3_region,
       help="region used to sign (SigV4) requests to S3")
-    a("--tls-cert", default=_env(env, "tls_cert", d.tls_cert), metavar="PEM",
+    a("--tls-cert", default=d.tls_cert, metavar="PEM",
       help="serve HTTPS with this certificate (with --tls-key; default: plain HTTP)")
-    a("--tls-key", default=_env(env, "tls_key", d.tls_key), metavar="PEM",
+    a("--tls-key", default=d.tls_key, metavar="PEM",
       help="private key of --tls-cert (default: none)")
-    a("--log-level", default=_env(env, "log_level", d.log_level),
+    a("--log-level", default=d.log_level,
       choices=["critical", "error", "warning", "info", "debug"], help="least severe level logged")
     a("--no-access-log", action="store_true",
-      default=not _env(env, "access_log", d.access_log),
+      default=not d.access_log,
       help="do not log one structured line per request (default: log them; "
            "ACTIVESTORAGE_ACCESS_LOG=0 also turns it off)")
-    p.set_defaults(_env_allow=_env(env, "allow_upstream", d.allow_upstream))
+    p.set_defaults(_env_allow=d.allow_upstream)
     return p
 
 

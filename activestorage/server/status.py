@@ -13,7 +13,6 @@ polling ``GET /`` for JSON, without reloading.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import html
 import json
@@ -29,7 +28,7 @@ from .. import __version__
 from ..request import COMPRESSION_IDS, FILTER_IDS
 
 if TYPE_CHECKING:
-    from .app import Server
+    from .service import Service
 
 #: settings never shown, whatever their value: names that suggest a secret or a key file.
 SECRET_WORDS = ("secret", "password", "token", "key", "cert", "credential", "auth")
@@ -39,7 +38,7 @@ LINKS = {"docs": "/docs", "redoc": "/redoc", "metrics": "/metrics", "healthz": "
 REDUCTION_APIS = ("v1", "v2", "batch")
 
 
-def install(app: FastAPI, server: "Server") -> None:
+def install(app: FastAPI, server: "Service") -> None:
     """Register ``GET /`` on ``app``; the uptime counts from this call (the app's creation)."""
     started_wall, started = time.time(), time.monotonic()
 
@@ -73,19 +72,19 @@ def wants_html(accept: str) -> bool:
     return q.get("text/html", 0.0) > 0 and q.get("text/html", 0.0) >= q.get("application/json", 0.0)
 
 
-def public_settings(server: "Server") -> dict[str, Any]:
+def public_settings(server: "Service") -> dict[str, Any]:
     """The settings in force, without anything that could be a secret."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(server.settings):
-        if any(w in f.name.lower() for w in SECRET_WORDS):
+    for name in type(server.settings).model_fields:
+        if any(w in name.lower() for w in SECRET_WORDS):
             continue
-        v = getattr(server.settings, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
+        v = getattr(server.settings, name)
+        out[name] = list(v) if isinstance(v, tuple) else v
     out["tls"] = bool(getattr(server.settings, "tls_cert", None))
     return out
 
 
-def _samples(server: "Server") -> dict[str, list[tuple[dict[str, str], float]]]:
+def _samples(server: "Service") -> dict[str, list[tuple[dict[str, str], float]]]:
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for metric in server.metrics.registry.collect():
         for s in metric.samples:
@@ -93,7 +92,7 @@ def _samples(server: "Server") -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
-def counters(server: "Server") -> dict[str, Any]:
+def counters(server: "Service") -> dict[str, Any]:
     """Live counters from the app's metrics registry (this worker process's)."""
     s = _samples(server)
     by_status: dict[str, int] = {}
@@ -127,7 +126,7 @@ def counters(server: "Server") -> dict[str, Any]:
     }
 
 
-def snapshot(server: "Server", started_wall: float, uptime: float) -> dict[str, Any]:
+def snapshot(server: "Service", started_wall: float, uptime: float) -> dict[str, Any]:
     """Everything ``GET /`` shows, as plain JSON-able data."""
     caps = server.capabilities()
     settings = public_settings(server)

@@ -202,7 +202,8 @@ def test_body_limit_413(client):
 
 
 def test_batch_plan_coalesces_near_ranges_of_one_object_only():
-    from activestorage.server.app import Server, prepare
+    from activestorage.server.service import Service as Server
+    from activestorage.server.wire import prepare
 
     srv = Server(Settings(coalesce_gap_bytes=100, coalesce_max_bytes=900,
                           coalesce_below_bytes=600))

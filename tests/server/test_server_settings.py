@@ -34,3 +34,34 @@ def test_tls_flags_go_together():
 def test_json_round_trip_for_worker_processes():
     s = parse_args(["--allow-upstream", "x,y", "--max-batch", "7"], environ={})
     assert Settings.from_json(s.to_json()) == s
+
+
+def test_settings_object_reads_no_environment_implicitly(monkeypatch):
+    """``Settings()`` is the documented defaults; the environment is read by from_env only."""
+    monkeypatch.setenv("ACTIVESTORAGE_PORT", "9300")
+    assert Settings().port == 8080
+    assert Settings.from_env().port == 9300
+    assert parse_args([]).port == 9300
+
+
+def test_malformed_environment_variable_names_it():
+    with pytest.raises(SystemExit, match="ACTIVESTORAGE_PORT"):
+        parse_args([], environ={"ACTIVESTORAGE_PORT": "eighty"})
+    with pytest.raises(SystemExit, match="ACTIVESTORAGE_ACCESS_LOG"):
+        parse_args([], environ={"ACTIVESTORAGE_ACCESS_LOG": "sometimes"})
+
+
+def test_boolean_variables_and_case_of_names():
+    for word, expect in (("1", True), ("yes", True), ("on", True), ("0", False), ("off", False),
+                         ("FALSE", False)):
+        assert Settings.from_env({"ACTIVESTORAGE_ACCESS_LOG": word}).access_log is expect, word
+    assert Settings.from_env({"activestorage_max_batch": "9"}).max_batch == 9
+
+
+def test_settings_are_frozen_and_validated():
+    s = Settings()
+    with pytest.raises(Exception):
+        s.port = 1  # type: ignore[misc]
+    with pytest.raises(Exception):
+        Settings(port="eighty")  # type: ignore[arg-type]
+    assert s.replace(max_batch=3).max_batch == 3 and s.max_batch == 1024

@@ -1,0 +1,290 @@
+"""The server's work: reserve memory, read the upstream ranges, reduce them in the kernel's
+thread pool, fold a batch's partials and encode the answer.
+
+:class:`Service` holds the per-app state (settings, upstream pool, memory budget, kernel threads,
+metrics). Its :meth:`~Service.single` and :meth:`~Service.batch` take decoded bodies (from
+:mod:`.wire`) and return an :class:`Answer`: the response's pieces, written from the result
+arrays' own memory, and the bytes of the budget they hold until the HTTP layer (:mod:`.app`) has
+written them or the client has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable, NamedTuple
+
+import cbor2
+import numpy as np
+
+from .. import __version__
+from ..combine import Accumulator
+from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
+                      UnsupportedError)
+from ..kernel import Partial, reduce_chunk, scratch_bytes
+from ..request import OPERATIONS
+from .limits import ByteBudget
+from .metrics import Metrics
+from .responses import Part, cbor_head, cbor_map_parts
+from .settings import Settings
+from .upstream import Target, Upstream
+from .wire import (CBOR_NULL, OPTIONS, Item, Result, at_item, item_index, prepare, prepare_batch,
+                   v1_parts, v2_map)
+
+
+class Answer(NamedTuple):
+    """A computed answer: its pieces, media type, headers and the budget bytes it holds."""
+
+    parts: list[Part]
+    media_type: str
+    headers: dict[str, str] | None
+    held: int
+
+
+# ------------------------------------------------------------------- numeric work (off the loop)
+
+def compute(raw: bytes, item: Item, wide: bool = False,
+            scratch: np.ndarray | None = None) -> Result:
+    """Run the shared kernel and shape its keepdims partial into the API's result.
+
+    ``wide``: keep sums in the accumulating dtype whatever the request asked (for folding)."""
+    item = item.sized(len(raw))
+    try:
+        p: Partial = reduce_chunk(raw, item.req, item.operation, scratch)
+    except (DecodeError, UnsupportedError) as exc:
+        raise type(exc)(f"{item.target.name}: {exc}") from exc
+    if item.operation == "select":
+        return Result(np.asarray(p.values, order="C"), np.asarray(int(p.counts.sum())), True)
+    axes = set(item.req.reduce_axes)
+    shape = tuple(n for i, n in enumerate(p.values.shape) if i not in axes)
+    values = p.values.reshape(shape)
+    if item.operation == "sum" and not (item.wide_sum or wide) and values.dtype != item.req.dtype:
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = values.astype(item.req.dtype)  # the spec's result dtype (wraps like NumPy)
+    return Result(np.asarray(values, order="C"), p.counts.reshape(shape), False)
+
+
+def _compute_v1(raw: bytes, item: Item) -> tuple[memoryview, dict[str, str]]:
+    return v1_parts(compute(raw, item), item.req.order)
+
+
+def _compute_v2(raw: bytes, item: Item) -> list[Part]:
+    return cbor_map_parts(v2_map(compute(raw, item), item))
+
+
+def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
+                   wide: bool) -> list[Result]:
+    """The results of items ``idx`` (whose bytes have arrived), errors naming the item."""
+    out = []
+    decoded = scratch_bytes(items[i].req for i in idx)
+    scratch = np.empty(decoded, np.uint8) if decoded and len(idx) > 1 else None
+    for i in idx:
+        try:
+            out.append(compute(raws[i], items[i], wide=wide, scratch=scratch))
+        except ActiveStorageError as exc:
+            raise at_item(exc, i) from exc
+    return out
+
+
+def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item],
+                   folding: bool) -> list[tuple[int, list[Part]]]:
+    """One response map per group, for its first item; when ``folding``, the group's results
+    folded in request order exactly as the client's accumulator would (float sums in float64,
+    integer sums in (u)int64, min/max over the elements that have a value)."""
+    out = []
+    for group in groups:
+        first = group[0]
+        if not folding:
+            out.append((first, cbor_map_parts(v2_map(results[first], items[first]))))
+            continue
+        acc: Accumulator | None = None
+        for i in group:
+            res = results[i]
+            if acc is None:
+                acc = Accumulator(items[i].operation, res.values.shape, items[i].req.dtype)
+            elif res.values.shape != acc.values.shape:
+                raise at_item(RequestValidationError(
+                    "fold", f"requests {first} and {i} share a fold id but their results have "
+                            f"shapes {list(acc.values.shape)} and {list(res.values.shape)}"), i)
+            acc.add((), Partial(res.values, res.counts))
+        assert acc is not None
+        out.append((first, cbor_map_parts(v2_map(Result(acc.values, acc.counts, False),
+                                                  items[first]))))
+    return out
+
+
+# --------------------------------------------------------------------------- the service
+
+class Service:
+    """Per-app state (settings, upstream pool, memory budget, kernel threads, metrics) and the
+    reductions themselves."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.budget = ByteBudget(settings.max_bytes_in_flight, settings.memory_wait_seconds)
+        self.upstream = Upstream(max_concurrency=settings.max_upstream_concurrency,
+                                 connect_timeout=settings.upstream_connect_timeout,
+                                 read_timeout=settings.upstream_read_timeout,
+                                 region=settings.s3_region,
+                                 allow=settings.allow_upstream)
+        self.pool = ThreadPoolExecutor(settings.kernel_threads, thread_name_prefix="as-kernel")
+
+    async def fetch(self, item: Item) -> bytes:
+        data = await self.upstream.read(item.target, item.req.offset, item.read_size,
+                                        max_bytes=item.max_raw)
+        self.metrics.bytes_in.inc(len(data))
+        self.metrics.upstream_requests.inc()
+        return data
+
+    async def single(self, body: Any, op: str, api: str,
+                     auth: tuple[str, str] | None) -> Answer:
+        """One v1 or v2 reduction of a decoded ``body`` (``op`` already checked)."""
+        item = prepare(body, op, api, auth, self.settings)
+        loop = asyncio.get_running_loop()
+        held = await self.budget.acquire(item.cost)
+        try:
+            self.metrics.in_flight.set(self.budget.used)
+            raw = await self.fetch(item)
+            if api == "v1":
+                body_v1, headers = await loop.run_in_executor(self.pool, _compute_v1, raw, item)
+                parts: list[Part] = [body_v1]
+                media: str = "application/octet-stream"
+            else:
+                parts = await loop.run_in_executor(self.pool, _compute_v2, raw, item)
+                headers, media = None, "application/cbor"
+            del raw
+        except BaseException:
+            self.release(held)
+            raise
+        return Answer(parts, media, headers, held)
+
+    def release(self, nbytes: int) -> None:
+        """Give a request's reservation back (once its answer is written or abandoned)."""
+        self.budget.release(nbytes)
+        self.metrics.in_flight.set(self.budget.used)
+
+    async def batch(self, body: Any, op: str, auth: tuple[str, str] | None) -> Answer:
+        """A batch of v2 reductions (``op`` already checked); results sharing a ``fold`` id are
+        combined here, in request order."""
+        items, groups, folding = prepare_batch(body, op, auth, self.settings)
+        jobs = self._plan(items)
+        # what this batch holds at once: every fetched range (gaps included) + decoded arrays
+        total = sum(size if size is not None else items[run[0]].max_raw
+                    for run, _t, _o, size in jobs) + sum(
+            it.beyond_raw for it in items)
+        loop = asyncio.get_running_loop()
+        computed: list[Any] = [None] * len(items)
+
+        async def ready(idx: list[int], raws: list[Any]) -> None:
+            """Reduce items as soon as their GET is in: kernels overlap the other GETs."""
+            for i, res in zip(idx, await loop.run_in_executor(
+                    self.pool, _compute_items, idx, raws, items, folding)):
+                computed[i] = res
+                raws[i] = b""  # the bytes are no longer needed
+
+        held = await self.budget.acquire(total)
+        try:
+            self.metrics.in_flight.set(self.budget.used)
+            await self._fetch(items, jobs, ready)
+            n = max(1, min(self.settings.kernel_threads, len(groups)))
+            parts = await asyncio.gather(
+                *(loop.run_in_executor(self.pool, _encode_groups, groups[k::n], computed, items,
+                                       folding) for k in range(n)), return_exceptions=True)
+            errors = [p for p in parts if isinstance(p, BaseException)]
+            if errors:
+                raise min(errors, key=item_index)
+            results: list[list[Part]] = [[CBOR_NULL]] * len(items)  # folded-away: null
+            for part in parts:
+                for i, m in part:  # type: ignore[union-attr]
+                    results[i] = m
+            # {"results": [...]} written piece by piece from the result arrays
+            out: list[Part] = [cbor_head(5, 1), cbor2.dumps("results"), cbor_head(4, len(items))]
+            for r in results:
+                out.extend(r)
+            del results, parts, computed[:]
+        except BaseException:
+            self.release(held)
+            raise
+        return Answer(out, "application/cbor", None, held)
+
+    def _plan(self, items: list[Item]) -> list[tuple[list[int], Target, int, int | None]]:
+        """GETs to make: (item indices, object, start, size); ranges of one object that are
+        adjacent or within ``coalesce_gap_bytes`` share one GET of at most ``coalesce_max_bytes``."""
+        s = self.settings
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        jobs: list[tuple[list[int], Target, int, int | None]] = []
+        for i, it in enumerate(items):
+            if it.read_size is None or it.read_size >= s.coalesce_below_bytes:
+                # large ranges gain nothing from sharing a GET, and alone each is reduced as
+                # soon as it arrives instead of waiting for its neighbours
+                jobs.append(([i], it.target, it.req.offset, it.read_size))
+            else:
+                groups.setdefault((it.target,), []).append(i)
+        for (target,), idx in groups.items():
+            idx.sort(key=lambda i: items[i].req.offset)
+            run: list[int] = []
+            start = end = 0
+            for i in idx:
+                o = items[i].req.offset
+                e = o + (items[i].read_size or 0)
+                if (run and o <= end + s.coalesce_gap_bytes
+                        and max(e, end) - start <= s.coalesce_max_bytes):
+                    run.append(i)
+                    end = max(end, e)
+                    continue
+                if run:
+                    jobs.append((run, target, start, end - start))
+                run, start, end = [i], o, e
+            if run:
+                jobs.append((run, target, start, end - start))
+        return jobs
+
+    async def _fetch(self, items: list[Item], jobs: list[tuple[list[int], Target, int, int | None]],
+                     ready: Callable[[list[int], list[Any]], Awaitable[None]]) -> None:
+        """Run the planned GETs concurrently (bounded by the upstream semaphore), handing each
+        one's items to ``ready`` (with the bytes per item) as soon as it is in."""
+        raws: list[Any] = [b""] * len(items)
+
+        async def each(run: list[int]) -> None:
+            for i in sorted(run):
+                try:
+                    raws[i] = await self.fetch(items[i])
+                except ActiveStorageError as exc:
+                    raise at_item(exc, i) from exc
+                await ready([i], raws)
+
+        async def one(run: list[int], target: Target, start: int, size: int | None) -> None:
+            if size is None or len(run) == 1:
+                await each(run)
+                return
+            try:
+                data = await self.upstream.read(target, start, size, max_bytes=size)
+            except StorageError:
+                # Find the culprit (and spare its neighbours): retry the items one by one.
+                await each(run)
+                return
+            self.metrics.bytes_in.inc(len(data))
+            self.metrics.upstream_requests.inc()
+            view = memoryview(data)
+            for i in run:
+                o = items[i].req.offset - start
+                raws[i] = view[o:o + items[i].read_size]  # type: ignore[operator]
+            await ready(run, raws)
+
+        results = await asyncio.gather(*(one(*j) for j in jobs), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise min(errors, key=item_index)
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
+                "batch": True, "max_batch": self.settings.max_batch, "fold": True,
+                "operations": list(OPERATIONS), "options": list(OPTIONS),
+                # results of order-F requests come in Fortran order, as the spec says (older
+                # versions of this server sent C order: clients check this before reading F)
+                "result_order": "request"}
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+        self.pool.shutdown(wait=False, cancel_futures=True)

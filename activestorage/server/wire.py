@@ -1,0 +1,343 @@
+"""The server's wire format: request bodies in, validated items out; results in, answers out.
+
+Decoding: a JSON or CBOR body (:func:`decode_body`) -> routing fields (allow-listed upstream) ->
+:meth:`ChunkRequest.from_wire` validation -> an :class:`Item` (:func:`prepare`; a batch with
+:func:`prepare_batch`). Encoding: a reduction's :class:`Result` as v1 raw bytes with
+``x-activestorage-*`` headers (:func:`v1_parts`) or a v2 CBOR map (:func:`v2_map`). Errors of a
+batch item name it (:func:`at_item`). Nothing here does I/O: :mod:`.service` does the work and
+:mod:`.app` speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import cbor2
+import numpy as np
+
+from ..errors import ActiveStorageError, RequestValidationError, StorageError
+from ..request import NATIVE_BYTE_ORDER, ChunkRequest
+from .limits import LimitError
+from .settings import Settings
+from .upstream import Target, canonical_url, check_allowed, s3_url
+
+#: the request options this server understands (listed by ``GET /capabilities``)
+OPTIONS = ("option_wide_sum", "option_shape_as_bytes", "option_count_as_bytes", "etag",
+           "version_id", "missing_multiple")
+
+
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One validated chunk reduction: what to read, how to reduce, what it may cost."""
+
+    req: ChunkRequest
+    target: Target
+    operation: str
+    read_size: int | None  # None: to the end of the object (bounded by max_raw)
+    max_raw: int
+    wide_sum: bool = False
+    shape_as_bytes: bool = False
+    count_as_bytes: bool = False
+    #: neither shape nor size was given: the shape is 1-D of all the elements read
+    whole: bool = False
+
+    @property
+    def cost(self) -> int:
+        """Bytes this item may hold until its answer is written: the raw range, the decoded
+        array and the result (see :func:`result_bytes`)."""
+        raw = self.read_size if self.read_size is not None else self.max_raw
+        return raw + self.beyond_raw
+
+    @property
+    def beyond_raw(self) -> int:
+        """What the item holds besides its raw range: the decoded array and the result. A
+        ``whole`` item's size is only known once read; ``max_raw`` bounds it."""
+        if self.whole:
+            return self.max_raw + (self.max_raw if self.operation == "select" else 4096)
+        return self.req.nbytes + result_bytes(self.req, self.operation)
+
+    def sized(self, nbytes: int) -> "Item":
+        """A ``whole`` item once its ``nbytes`` have been read: its 1-D shape, checked."""
+        if not self.whole:
+            return self
+        req = self.req
+        data = nbytes - 4 * sum(1 for f in req.filters if f.get("id") == "fletcher32")
+        if data <= 0 or data % req.dtype.itemsize:
+            raise RequestValidationError(
+                "size", f"not given, and the {nbytes} bytes from offset {req.offset} of "
+                f"{self.target.name} are not a whole number of {req.dtype.name} elements")
+        return replace(self, req=req._replace(shape=(data // req.dtype.itemsize,), size=nbytes),
+                       whole=False)
+
+
+#: memory per element of a reduction's result: the value and count arrays (8 + 8 bytes) and the
+#: Python list of counts the response is encoded from (~36 bytes) with its CBOR encoding (~9)
+RESULT_BYTES_PER_ELEMENT = 64
+
+
+def result_bytes(req: ChunkRequest, operation: str) -> int:
+    """An upper bound on the memory of one item's result and its encoding (beyond the decoded
+    array): a selection's values, or a reduction's values, counts and count list."""
+    shape = req.shape
+    sl = req.selection_slices()
+    if sl is not None:
+        shape = tuple(len(range(*s.indices(n))) for s, n in zip(sl, shape))
+    if operation == "select":
+        return math.prod(shape) * req.dtype.itemsize + 4096
+    axes = set(req.reduce_axes)
+    kept = math.prod(n for i, n in enumerate(shape) if i not in axes)
+    return kept * RESULT_BYTES_PER_ELEMENT + 4096
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    v = body.get(name)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise RequestValidationError(name, "must be true or false")
+    return v
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    v = body.get(name)
+    if v is None or v == "":
+        raise RequestValidationError(name, "is required")
+    if not isinstance(v, str):
+        raise RequestValidationError(name, "must be a string")
+    if any(0xD800 <= ord(c) <= 0xDFFF or ord(c) < 0x20 or ord(c) == 0x7F for c in v):
+        raise RequestValidationError(name, "must not contain control characters or unpaired "
+                                     "surrogates")
+    return v
+
+
+def _target(body: dict[str, Any], api: str, auth: tuple[str, str] | None,
+            allow: Sequence[str]) -> Target:
+    """The upstream object named by the routing fields of a v1 or v2 body."""
+    if api == "v1":
+        source, bucket, key = (_string(body, f) for f in ("source", "bucket", "object"))
+        check_allowed(source, allow, "source")
+        url, kind = s3_url(source, bucket, key), "s3"
+    else:
+        kind = body.get("interface_type")
+        if kind is None:
+            raise RequestValidationError("interface_type", "is required")
+        if kind not in ("s3", "http", "https"):
+            raise RequestValidationError("interface_type", f"must be s3, http or https; got {kind!r}")
+        url = canonical_url(_string(body, "url"))  # sent unencoded: spaces, brackets, ...
+        check_allowed(url, allow, "url")
+        if kind in ("http", "https"):
+            # The URL's own scheme decides how to connect: PyActiveStorage 0.8 sends
+            # interface_type "https" for every HTTP store, http:// URLs included.
+            if not url.startswith(("http://", "https://")):
+                raise RequestValidationError("url", f"must be an http:// or https:// URL for "
+                                             f"interface_type {kind!r}")
+            kind = "http"
+    etag, version = body.get("etag"), body.get("version_id")
+    for name, pin in (("etag", etag), ("version_id", version)):
+        if isinstance(pin, str) and (len(pin) > 1024 or not pin.isascii()
+                                     or any(ord(c) < 0x20 or ord(c) == 0x7F for c in pin)):
+            raise RequestValidationError(name, "must be printable ASCII of at most 1024 characters")
+    return Target(kind=kind, url=url, auth=auth, etag=etag if isinstance(etag, str) else None,
+                  version_id=version if isinstance(version, str) else None)
+
+
+def _itemsize(body: dict[str, Any]) -> int:
+    """The element size of the body's dtype (plus its checksums), or 1 (from_wire names a bad
+    dtype)."""
+    try:
+        n = np.dtype(body.get("dtype")).itemsize if isinstance(body.get("dtype"), str) else 1
+    except TypeError:
+        n = 1
+    filters = body.get("filters")
+    if isinstance(filters, list):
+        n += 4 * sum(1 for f in filters if isinstance(f, dict) and f.get("id") == "fletcher32")
+    return n
+
+
+def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
+            settings: Settings) -> Item:
+    """Validate one request body (routing, numeric description, options) into an :class:`Item`."""
+    if not isinstance(body, dict):
+        raise RequestValidationError("body", "request body must be a JSON object")
+    target = _target(body, api, auth, settings.allow_upstream)
+    if body.get("shape") is None and body.get("size") is None and body.get("compression") is None:
+        # The spec's defaults: read to the end of the object, 1-D of all its elements. Validate
+        # the rest with a one-element size; the shape is set once the bytes are in (Item.sized).
+        probe = ChunkRequest.from_wire({**body, "size": _itemsize(body)},
+                                       max_elements=settings.max_bytes_in_flight)
+        max_raw = min(settings.max_bytes_in_flight // 4, 64 << 20)
+        return Item(req=probe._replace(size=None), target=target, operation=operation,
+                    read_size=None, max_raw=max_raw, whole=True,
+                    wide_sum=_flag(body, "option_wide_sum"),
+                    shape_as_bytes=_flag(body, "option_shape_as_bytes") and api != "v1",
+                    count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")
+    req = ChunkRequest.from_wire(body, max_elements=settings.max_bytes_in_flight)
+    if req.size is not None:
+        read_size: int | None = req.size
+    elif req.compression is None:  # the exact range: the array plus any Fletcher-32 checksums
+        read_size = req.nbytes + 4 * sum(1 for f in req.filters if f.get("id") == "fletcher32")
+    else:
+        read_size = None
+    max_raw = req.nbytes + req.nbytes // 8 + (64 << 10)
+    return Item(req=req, target=target, operation=operation, read_size=read_size, max_raw=max_raw,
+                wide_sum=_flag(body, "option_wide_sum"),
+                shape_as_bytes=_flag(body, "option_shape_as_bytes") and api != "v1",
+                count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")
+
+
+def prepare_batch(body: Any, operation: str, auth: tuple[str, str] | None,
+                  settings: Settings) -> tuple[list[Item], list[list[int]], bool]:
+    """Validate a batch body ``{"requests": [...], "fold": [...]}``: its items, the item indices
+    grouped by ``fold`` id, and whether results are folded."""
+    if not isinstance(body, dict):
+        raise RequestValidationError("body", 'must be an object {"requests": [...]}')
+    bodies = body.get("requests")
+    if not isinstance(bodies, list):
+        raise RequestValidationError("requests", "must be a list of v2 request bodies")
+    if len(bodies) > settings.max_batch:
+        raise LimitError(f"batch of {len(bodies)} requests exceeds this server's max_batch "
+                         f"of {settings.max_batch}", 413)
+    items = []
+    for i, b in enumerate(bodies):
+        try:
+            items.append(prepare(b, operation, "v2", auth, settings))
+        except ActiveStorageError as exc:
+            raise at_item(exc, i) from None
+    groups = fold_groups(body.get("fold"), len(items), operation)
+    return items, groups, body.get("fold") is not None
+
+
+def decode_body(raw: bytes, content_type: str, cbor_ok: bool = True) -> Any:
+    """A request body parsed as CBOR (when the content type says so) or JSON."""
+    if cbor_ok and "cbor" in content_type:
+        try:
+            return cbor2.loads(raw)
+        except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on junk
+            raise RequestValidationError("body", f"malformed CBOR: {exc}") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestValidationError("body", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise RequestValidationError("body", "malformed JSON: nested too deeply") from None
+
+
+# ------------------------------------------------------------------------------- the answers
+
+@dataclass(slots=True)
+class Result:
+    """One item's reduction as the API returns it."""
+
+    values: np.ndarray      # C-contiguous, native byte order
+    counts: np.ndarray      # per result element (reductions) or a 0-d total (select)
+    select: bool
+
+
+def v2_map(res: Result, item: Item) -> dict[str, Any]:
+    """The v2 CBOR response map for one result (``bytes``: the values array, written from its
+    own memory by :func:`.responses.cbor_map_parts`)."""
+    shape = list(res.values.shape)
+    counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
+    # the result's bytes in the request's order (a multi-dimensional F result in Fortran order)
+    out: dict[str, Any] = {"bytes": in_order(res.values, item.req.order),
+                           "dtype": res.values.dtype.name,
+                           "shape": shape, "count": counts, "byte_order": NATIVE_BYTE_ORDER}
+    if item.shape_as_bytes:
+        out["shape_as_bytes"] = np.asarray(shape, dtype=np.uint64).tobytes()
+        out["shape"] = []
+    if item.count_as_bytes:
+        out["count_as_bytes"] = np.asarray(counts, dtype=np.int64).tobytes()
+        out["count"] = []
+    return out
+
+
+#: the largest ``x-activestorage-count`` header a v1 answer carries: under the 64 KiB header
+#: line that Python's http.client (requests, urllib3) accepts; longer count lists are refused
+#: with a 400 that says to use v2 (which returns counts in the body)
+V1_COUNT_HEADER_LIMIT = 60 << 10
+
+
+def in_order(values: np.ndarray, order: str) -> np.ndarray:
+    """``values`` with its memory in the request's ``order`` (the spec's result layout: a
+    multi-dimensional result of an ``order: "F"`` request is sent in Fortran order)."""
+    if order == "F" and values.ndim > 1:
+        return values.ravel(order="F")
+    return values
+
+
+def v1_parts(res: Result, order: str = "C") -> tuple[memoryview, dict[str, str]]:
+    """The v1 response body (the values' own memory, in ``order``) and ``x-activestorage-*``
+    headers.
+
+    ``x-activestorage-count`` is a flat JSON list without spaces, as the reference server sends
+    it: one count per result element in C order (``[100]`` for a scalar, ``[3,3,2,3]`` for 2x2);
+    a selection's is its one total of non-missing elements, as in v2."""
+    if not res.select and res.counts.size * 2 > V1_COUNT_HEADER_LIMIT:  # >= 2 characters each
+        raise RequestValidationError(
+            "axis", f"this reduction has {res.counts.size} counts, too many for the v1 "
+                    f"x-activestorage-count header (limit {V1_COUNT_HEADER_LIMIT} bytes); "
+                    "use the v2 API (/v2/<operation>), which returns counts in the body")
+    counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
+    count = json.dumps(counts, separators=(",", ":"))
+    if len(count) > V1_COUNT_HEADER_LIMIT:
+        raise RequestValidationError(
+            "axis", f"this reduction's counts take {len(count)} bytes, too many for the v1 "
+                    f"x-activestorage-count header (limit {V1_COUNT_HEADER_LIMIT} bytes); "
+                    "use the v2 API (/v2/<operation>), which returns counts in the body")
+    headers = {"x-activestorage-dtype": res.values.dtype.name,
+               "x-activestorage-shape": json.dumps(list(res.values.shape)),
+               "x-activestorage-count": count,
+               "x-activestorage-byte-order": NATIVE_BYTE_ORDER}
+    flat = np.ascontiguousarray(in_order(res.values, order)).reshape(-1).view(np.uint8)
+    return memoryview(flat), headers
+
+
+def fold_groups(fold: Any, n: int, operation: str) -> list[list[int]]:
+    """Item indices grouped by the batch's ``fold`` ids (each item alone when there are none)."""
+    if fold is None:
+        return [[i] for i in range(n)]
+    if not isinstance(fold, list) or len(fold) != n or not all(
+            isinstance(f, int) and not isinstance(f, bool) for f in fold):
+        raise RequestValidationError("fold", f"must be a list of {n} integers, one per request")
+    if operation == "select":
+        raise RequestValidationError("fold", "selections cannot be folded")
+    groups: dict[int, list[int]] = {}
+    for i, f in enumerate(fold):
+        groups.setdefault(f, []).append(i)
+    return list(groups.values())
+
+
+#: a folded-away result in a batch answer
+CBOR_NULL = b"\xf6"
+
+
+def at_item(exc: ActiveStorageError, i: int) -> ActiveStorageError:
+    """The same error, its message (or field) naming batch item ``i``."""
+    if isinstance(exc, RequestValidationError):
+        field = f"requests[{i}].{exc.field}" if exc.field else f"requests[{i}]"
+        return RequestValidationError(field, exc.message)
+    msg = f"requests[{i}]: {exc}"
+    if isinstance(exc, StorageError):
+        return type(exc)(msg, status=exc.status, store=exc.store, causes=exc.causes)
+    if isinstance(exc, LimitError):
+        return LimitError(msg, exc.status)
+    try:
+        return type(exc)(msg)
+    except TypeError:
+        return ActiveStorageError(msg)
+
+
+def item_index(exc: BaseException) -> int:
+    """The batch item an error (from :func:`at_item`) names; errors naming none sort last."""
+    text = getattr(exc, "field", None) or str(exc)
+    if text.startswith("requests["):
+        try:
+            return int(text[9:text.index("]")])
+        except ValueError:
+            pass
+    return 1 << 62
