@@ -14,7 +14,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 from ..errors import ObjectChangedError, StorageError
 from ._body import Consumer, _Transient
@@ -47,33 +47,55 @@ class RangeGroup:
     members: list[int] = field(default_factory=list)
 
 
+def merge_spans(keys: Sequence[Hashable], starts: Sequence[int], ends: Sequence[int], *,
+                max_gap: int = DEFAULT_MAX_GAP,
+                max_range: int = DEFAULT_MAX_RANGE) -> list[tuple[Hashable, list[int], int, int]]:
+    """The one range merger: ``(key, members, start, end)`` per GET, where ranges ``i`` of one
+    ``keys[i]`` (an object and its pin) sorted by start are merged while the next starts within
+    ``max_gap`` of the current end and the merge stays <= ``max_range``; ``members`` are indices
+    in order of their starts.
+
+    Hand-written rather than ``fsspec.utils.merge_offset_ranges``: callers need which ranges each
+    GET serves (fsspec returns only the merged spans, and its ``max_block`` does not bound a
+    single range that is larger), and the pin is part of the key.
+    """
+    by_key: dict[Hashable, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+    out: list[tuple[Hashable, list[int], int, int]] = []
+    for k, idx in by_key.items():
+        idx.sort(key=starts.__getitem__)
+        run: list[int] = []
+        start = end = 0
+        for i in idx:
+            o, e = starts[i], ends[i]
+            if run and o <= end + max_gap and max(e, end) - start <= max_range:
+                run.append(i)
+                if e > end:
+                    end = e
+                continue
+            if run:
+                out.append((k, run, start, end))
+            run, start, end = [i], o, e
+        if run:
+            out.append((k, run, start, end))
+    return out
+
+
 def merge_ranges(requests: Sequence[Any], *, max_gap: int = DEFAULT_MAX_GAP,
                  max_range: int = DEFAULT_MAX_RANGE) -> list[RangeGroup]:
-    """Group ranges (objects with ``url``, ``etag``, ``version_id``, ``offset``, ``size``) into
-    GETs: same object and pin, sorted by offset, merged when the next range starts within
-    ``max_gap`` of the current end and the merge stays <= ``max_range``.
-
-    Hand-written rather than ``fsspec.utils.merge_offset_ranges``: the callers need which ranges
-    each GET serves (fsspec returns only the merged spans) and the pin is part of the key; mapping
-    members back after fsspec's merge measured slower on 100k-chunk plans.
-    """
-    order = sorted(range(len(requests)),
-                   key=lambda i: (requests[i].url or "", requests[i].etag or "",
-                                  requests[i].version_id or "", requests[i].offset))
-    groups: list[RangeGroup] = []
-    for i in order:
-        r = requests[i]
+    """:func:`merge_spans` over chunk requests (objects with ``url``, ``etag``, ``version_id``,
+    ``offset``, ``size``): one :class:`RangeGroup` per GET."""
+    starts = [r.offset for r in requests]
+    ends = []
+    for r in requests:
         if r.size is None:
             raise StorageError(f"chunk of {r.url} has no size", status=400, store=r.url)
-        start, end = r.offset, r.offset + r.size
-        g = groups[-1] if groups else None
-        if (g is not None and g.url == r.url and g.etag == r.etag and g.version_id == r.version_id
-                and start <= g.end + max_gap and max(end, g.end) - g.start <= max_range):
-            g.end = max(g.end, end)
-            g.members.append(i)
-        else:
-            groups.append(RangeGroup(r.url or "", r.etag, r.version_id, start, end, [i]))
-    return groups
+        ends.append(r.offset + r.size)
+    keys = [(r.url or "", r.etag, r.version_id) for r in requests]
+    return [RangeGroup(k[0], k[1], k[2], start, end, members)  # type: ignore[index]
+            for k, members, start, end in merge_spans(keys, starts, ends, max_gap=max_gap,
+                                                      max_range=max_range)]
 
 
 def changed(url: str, causes: list[str] | None = None) -> ObjectChangedError:
