@@ -101,11 +101,17 @@ def test_local_store_errors_name_the_file(blob_file, tmp_path):
 
 @pytest.mark.parametrize("http, status, kind", [
     (412, 409, ObjectChangedError), (404, 404, StorageError), (403, 401, StorageError),
-    (401, 401, StorageError), (500, 502, StorageError), (503, 502, StorageError),
-    (None, 502, StorageError)])
+    (401, 401, StorageError), (416, 400, StorageError), (500, 502, StorageError),
+    (503, 502, StorageError), (504, 504, StorageError), (None, 502, StorageError)])
 def test_one_translation_of_store_statuses(http, status, kind):
-    err = status_error("s3://b/k", http, "detail")
+    err = status_error("s3://b/k", http, code="Code", message="words")
     assert type(err) is kind and err.status == status and "s3://b/k" in str(err)
+    assert err.store == "s3://b/k"
+    if http in (404, 401, 403, 500):
+        assert "Code: words" in str(err)  # the store's own words
+    server = status_error("http://h:1/b/k", http, store="http://h:1", not_found=400)
+    assert server.store == "http://h:1" and "http://h:1/b/k" in str(server)
+    assert server.status == (400 if http == 404 else status)
 
 
 def test_s3_error_codes_translate_like_statuses():

@@ -98,27 +98,54 @@ def merge_ranges(requests: Sequence[Any], *, max_gap: int = DEFAULT_MAX_GAP,
                                                       max_range=max_range)]
 
 
-def changed(url: str, causes: list[str] | None = None) -> ObjectChangedError:
+def changed(url: str, causes: list[str] | None = None, *,
+            store: str | None = None) -> ObjectChangedError:
     """The error for a pinned read whose object no longer matches its pin."""
     return ObjectChangedError(f"object changed since manifest was written: {url}", status=409,
-                              store=url, causes=causes)
+                              store=store or url, causes=causes)
 
 
-def status_error(url: str, http_status: int | None, detail: str = "",
+def status_error(name: str, http_status: int | None, *, store: str | None = None,
+                 code: str = "", message: str = "", reason: str = "", s3: bool = False,
+                 not_found: int = 404, rng: str | None = None, total: int | None = None,
                  causes: list[str] | None = None) -> StorageError:
-    """The typed error for a store answering ``http_status``: 412 -> ObjectChangedError, 404 ->
-    404, 401/403 -> 401 (credentials), anything else 502 (the store failed, not the caller)."""
-    causes = causes if causes is not None else ([detail] if detail else None)
+    """The one translation of a store's answer ``http_status`` (with S3's error ``code`` and
+    ``message`` where it sent them) into a typed error naming the object ``name`` (and the
+    ``store``, where given, as the error's store).
+
+    412 -> ObjectChangedError (409); 404 -> ``not_found`` (the SDK says 404; the server's API
+    says 400); 401/403 -> 401 (credentials); 416 -> 400 (the range is past the end); 504 -> 504;
+    anything else -> 502 (the store failed, not the caller). The store's own words (S3's
+    ``AccessDenied: Access Denied``) are in the message, where clients look for them.
+    """
+    detail = ": ".join(x for x in (code, message) if x)
+    words = detail or f"HTTP {http_status} {reason or ''}".rstrip()
+    if not detail and http_status == 403 and s3:  # S3's bare 403 (no error body)
+        words = f"Access Denied ({words})"
+    if causes is None:
+        causes = [f"store answered HTTP {http_status}"
+                  + (f": {' - '.join(x for x in (code, message) if x)}" if detail else "")]
+    where = f"{name} (store {store})" if store else name
+    store = store or name
     if http_status == 412:
-        return changed(url, causes)
+        return changed(name, causes, store=store)
+    if http_status == 416:
+        extra = f", object has {total} bytes" if total is not None else ""
+        return StorageError(f"range {rng} is past the end of {where}{extra}", status=400,
+                            store=store, causes=causes)
     if http_status == 404:
-        status, what = 404, "not found"
-    elif http_status in (401, 403):
-        status, what = 401, "access denied (check the access key and secret)"
-    else:
-        status, what = 502, "failed"
-    return StorageError(f"reading {url}: {what}: {detail}".rstrip(": "), status=status,
-                        store=url, causes=causes)
+        what = "bucket" if "Bucket" in code else "object"
+        return StorageError(f"{what} not found: {where}: {words}", status=not_found,
+                            store=store, causes=causes)
+    if http_status in (401, 403):
+        return StorageError(f"store refused the credentials for {where}: {words}", status=401,
+                            store=store, causes=causes)
+    if http_status == 504:
+        return StorageError(f"store timed out serving {where}", status=504, store=store,
+                            causes=causes)
+    tail = f": {detail}" if detail else ""
+    return StorageError(f"store failed to serve {where} (HTTP {http_status}){tail}", status=502,
+                        store=store, causes=causes)
 
 
 def same_etag(want: str | None, got: str | None) -> bool:

@@ -31,7 +31,21 @@ def s3_error(exc: Any, url: str) -> StorageError:
         http = 404
     elif code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
         http = 403
-    return status_error(url, http, f"{code} {msg}".strip(), causes=[f"{code}: {msg}"])
+    return status_error(url, http, code=code, message=msg, s3=True,
+                        causes=[f"{code}: {msg}"])
+
+
+def sign_s3(url: str, headers: dict[str, str], auth: tuple[str, str], region: str) -> dict[str, str]:
+    """``headers`` with a SigV4 signature of a GET of ``url`` (as it will be sent) for the
+    access key and secret ``auth``: how the server's async reads reach S3 with the caller's
+    credentials."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    req = AWSRequest(method="GET", url=url, headers=headers)
+    S3SigV4Auth(Credentials(*auth), "s3", region).add_auth(req)
+    return dict(req.headers.items())
 
 
 class S3Store(RemoteStore):
