@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
 from ..errors import ObjectChangedError, StorageError
-from ._body import Consumer, _Transient
+from ._body import Consumer, _short, _Transient
+from .urls import public_name
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,16 @@ Account = Callable[..., None]
 
 def _no_account(**_: int) -> None:
     pass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store says about an object: its size, and its ETag and version where it has them
+    (so locators can be pinned)."""
+
+    size: int
+    etag: str | None = None
+    version_id: str | None = None
 
 
 @dataclass
@@ -187,9 +198,13 @@ class ByteStore(ABC):
                 out[i] = view[r.offset - g.start:r.offset - g.start + r.size]
         return out
 
+    @abstractmethod
+    def head(self, url: str) -> ObjectInfo:
+        """The object's size, ETag and version (one request to a remote store)."""
+
     def size(self, url: str) -> int:
         """The object's size in bytes."""
-        raise NotImplementedError(f"{type(self).__name__} does not report sizes")
+        return self.head(url).size
 
     def close(self) -> None:
         """Release files, sessions and connections."""
@@ -225,12 +240,11 @@ class RemoteStore(ByteStore):
             try:
                 data = self._get(url, start, end, etag, version_id, consume)
                 if consume is None and len(data) != end - start:
-                    from ._body import _short
-                    raise _short(url, start, end, len(data))
+                    raise _short(public_name(url), start, end, len(data))
             except _Transient as exc:
                 self._account(requests=1)
                 if attempt >= self.retries:
-                    raise StorageError(str(exc), status=exc.status, store=url,
+                    raise StorageError(str(exc), status=exc.status, store=exc.store,
                                        causes=exc.causes) from exc
                 attempt += 1
                 log.info("%s; retry %d/%d", exc, attempt, self.retries)

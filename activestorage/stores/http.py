@@ -23,7 +23,8 @@ import aiohttp
 
 from ..errors import StorageError
 from ._body import Consumer, _Body, _http_body_error, _quote_etag, _read_body, _Transient
-from .base import Account, RemoteStore, changed, same_etag, status_error
+from .base import Account, ObjectInfo, RemoteStore, changed, same_etag, status_error
+from .urls import public_name
 
 
 class HTTPStore(RemoteStore):
@@ -69,6 +70,7 @@ class HTTPStore(RemoteStore):
         import requests
         import urllib3
 
+        name = public_name(url)
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag:
             headers["If-Match"] = _quote_etag(etag)
@@ -76,38 +78,60 @@ class HTTPStore(RemoteStore):
             with self.session().get(url, headers=headers, stream=True,
                                     timeout=self.timeout) as resp:
                 if resp.status_code not in (200, 206):
-                    raise status_error(url, resp.status_code, reason=resp.reason,
+                    raise status_error(name, resp.status_code, reason=resp.reason,
                                        causes=[f"HTTP {resp.status_code}"])
                 if not same_etag(etag, resp.headers.get("ETag")):
-                    raise changed(url)
+                    raise changed(name)
                 try:
                     if resp.status_code == 206:
                         return (consume or _read_body)(_Body(
                             functools.partial(resp.raw.read, decode_content=True), end - start,
-                            resp.raw, functools.partial(_http_body_error, url, self.timeout)))
+                            resp.raw, functools.partial(_http_body_error, name, self.timeout)))
                     # 200: the server ignored Range; read (bounded) up to the end of our range.
                     data = resp.raw.read(end, decode_content=True)[start:end]
                     return data if consume is None else consume(
                         _Body(io.BytesIO(data).read, end - start))
                 except urllib3.exceptions.ReadTimeoutError as exc:
-                    raise StorageError(f"reading {url} timed out after {self.timeout}s",
-                                       status=504, store=url, causes=[str(exc)]) from exc
+                    raise StorageError(f"reading {name} timed out after {self.timeout}s",
+                                       status=504, store=name, causes=[str(exc)]) from exc
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
-                    raise _Transient(f"reading {url}: body cut short: {exc}", status=502,
-                                     store=url, causes=[f"{type(exc).__name__}: {exc}"]) from exc
+                    raise _Transient(f"reading {name}: body cut short: {exc}", status=502,
+                                     store=name, causes=[f"{type(exc).__name__}: {exc}"]) from exc
         except requests.Timeout as exc:
-            raise StorageError(f"reading {url} timed out after {self.timeout}s", status=504,
-                               store=url, causes=[str(exc)]) from exc
+            raise StorageError(f"reading {name} timed out after {self.timeout}s", status=504,
+                               store=name, causes=[str(exc)]) from exc
         except requests.RequestException as exc:
-            raise StorageError(f"reading {url} failed: {exc}", status=502, store=url,
+            raise StorageError(f"reading {name} failed: {exc}", status=502, store=name,
                                causes=[str(exc)]) from exc
 
-    def size(self, url: str) -> int:
-        resp = self.session().head(url, timeout=self.timeout, allow_redirects=True)
-        if resp.status_code != 200 or "Content-Length" not in resp.headers:
-            raise status_error(url, resp.status_code if resp.status_code != 200 else None,
-                               message="no Content-Length: the size is unknown")
-        return int(resp.headers["Content-Length"])
+    def head(self, url: str) -> ObjectInfo:
+        """Size and ETag from a HEAD; where HEAD is refused or says no size (a presigned GET URL
+        signs GET only), from a GET of the first byte (its ``Content-Range`` total)."""
+        import requests
+
+        name = public_name(url)
+        try:
+            resp = self.session().head(url, timeout=self.timeout, allow_redirects=True)
+            if resp.status_code != 200 or not resp.headers.get("Content-Length", "").isdigit():
+                with self.session().get(url, headers={"Range": "bytes=0-0"}, stream=True,
+                                        timeout=self.timeout) as got:
+                    if got.status_code not in (200, 206):
+                        raise status_error(name, got.status_code, reason=got.reason)
+                    total = got.headers.get("Content-Range", "").rpartition("/")[2]
+                    length = got.headers.get("Content-Length", "")
+                    size = (total if got.status_code == 206 else length)
+                    if not size.isdigit():
+                        raise StorageError(
+                            f"{name}: the server does not report the object's size "
+                            "(Content-Length), so it cannot be range-read", status=502, store=name)
+                    return ObjectInfo(int(size), got.headers.get("ETag"))
+            return ObjectInfo(int(resp.headers["Content-Length"]), resp.headers.get("ETag"))
+        except requests.Timeout as exc:
+            raise StorageError(f"reading {name} timed out after {self.timeout}s", status=504,
+                               store=name, causes=[str(exc)]) from exc
+        except requests.RequestException as exc:
+            raise StorageError(f"reading {name} failed: {exc}", status=502, store=name,
+                               causes=[str(exc)]) from exc
 
     def close(self) -> None:
         with self._lock:

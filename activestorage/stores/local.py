@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from ..errors import StorageError
 from ..kernel import StoredPieces
 from ._body import Consumer
-from .base import Account, ByteStore
+from .base import Account, ByteStore, ObjectInfo
 from .urls import local_path
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ class LocalStore(ByteStore):
         """Whether ranges are viewed in a map (where :meth:`read_into` is given ``map_ok``)."""
         return self.use_mmap is True or (self.use_mmap is None and self._populate)
 
-    def size(self, url: str) -> int:
-        return os.fstat(self._fd(url)).st_size
+    def head(self, url: str) -> ObjectInfo:
+        return ObjectInfo(os.fstat(self._fd(url)).st_size)
 
     def read_into(self, url: str, offset: int, size: int, buf: bytearray | None,
                   map_ok: bool = False) -> Any:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from ..errors import StorageError
 from ._body import Consumer, _Body, _quote_etag, _read_body, _Transient
-from .base import Account, RemoteStore, changed, same_etag, status_error
+from .base import Account, ObjectInfo, RemoteStore, changed, same_etag, status_error
 from .urls import resolve_s3_options, split_s3_url
 
 
@@ -74,19 +74,25 @@ class S3Store(RemoteStore):
 
                 opts = resolve_s3_options(self.storage_options, self._env)
                 client_kwargs = dict(opts.get("client_kwargs") or {})
-                config = Config(
-                    max_pool_connections=self.pool_size, connect_timeout=self.timeout,
-                    read_timeout=self.timeout,
-                    retries={"max_attempts": self.retries + 1, "mode": "standard"},
-                    signature_version=UNSIGNED if opts.get("anon") else None,
-                    s3={"addressing_style": "path"} if opts.get("endpoint_url") else None)
+                region = client_kwargs.pop("region_name", None)
+                verify = client_kwargs.pop("verify", self.verify)
+                settings: dict[str, Any] = {
+                    "max_pool_connections": self.pool_size, "connect_timeout": self.timeout,
+                    "read_timeout": self.timeout,
+                    "retries": {"max_attempts": self.retries + 1, "mode": "standard"}}
+                settings.update(opts.get("config_kwargs") or {})  # s3fs's: the user's win
+                s3 = dict(settings.pop("s3", None) or {})
+                if opts.get("endpoint_url"):  # S3-compatible stores: path-style unless told
+                    s3.setdefault("addressing_style", "path")
+                if opts.get("anon"):
+                    settings["signature_version"] = UNSIGNED
                 session = botocore.session.Session(profile=opts.get("profile"))
                 self._client = session.create_client(
                     "s3", endpoint_url=opts.get("endpoint_url"),
-                    region_name=client_kwargs.get("region_name") or "us-east-1",
+                    region_name=region or session.get_config_variable("region") or "us-east-1",
                     aws_access_key_id=opts.get("key"), aws_secret_access_key=opts.get("secret"),
-                    aws_session_token=opts.get("token"),
-                    verify=client_kwargs.get("verify", self.verify), config=config)
+                    aws_session_token=opts.get("token"), verify=verify,
+                    config=Config(s3=s3 or None, **settings), **client_kwargs)
             return self._client
 
     def _get(self, url: str, start: int, end: int, etag: str | None, version_id: str | None,
@@ -128,14 +134,19 @@ class S3Store(RemoteStore):
                                store=url, causes=[str(exc)]) from exc
         return data
 
-    def size(self, url: str) -> int:
-        from botocore.exceptions import ClientError
+    def head(self, url: str) -> ObjectInfo:
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3_url(url)
         try:
-            return int(self.client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+            info = self.client().head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             raise s3_error(exc, url) from exc
+        except BotoCoreError as exc:
+            timeout = "timeout" in type(exc).__name__.lower()
+            raise StorageError(f"reading {url}: {exc}", status=504 if timeout else 502,
+                               store=url, causes=[str(exc)]) from exc
+        return ObjectInfo(int(info["ContentLength"]), info.get("ETag"), info.get("VersionId"))
 
     def close(self) -> None:
         with self._lock:

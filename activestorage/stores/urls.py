@@ -28,6 +28,15 @@ def local_path(url: str) -> str:
     return urlsplit(url).path if url.startswith("file://") else url
 
 
+def public_name(url: str) -> str:
+    """``url`` as messages may show it: no user info, query or fragment (a presigned URL's
+    signature and credential are in its query)."""
+    if "?" not in url and "@" not in url and "#" not in url:
+        return url
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc.rpartition('@')[2]}{p.path}"
+
+
 def split_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``(bucket, key)``."""
     parts = urlsplit(url)
@@ -55,6 +64,13 @@ def resolve_s3_options(storage_options: Mapping[str, Any] | None = None,
               or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None)
     if region:
         client_kwargs["region_name"] = region
+    style = opts.pop("addressing_style", None)  # a shorthand for config_kwargs' s3 section
+    if style:
+        config = dict(opts.get("config_kwargs") or {})
+        config["s3"] = {**(config.get("s3") or {}), "addressing_style": style}
+        opts["config_kwargs"] = config
+    if not opts.get("profile") and env.get("AWS_PROFILE"):
+        opts["profile"] = env["AWS_PROFILE"]
     anon = bool(opts.pop("anon", False))
     key = opts.pop("key", None) or opts.pop("username", None) or opts.pop("aws_access_key_id", None)
     secret = (opts.pop("secret", None) or opts.pop("password", None)
@@ -62,7 +78,7 @@ def resolve_s3_options(storage_options: Mapping[str, Any] | None = None,
     token = opts.pop("token", None) or opts.pop("aws_session_token", None)
     if anon:
         key = secret = token = None
-    elif key is None and secret is None:
+    elif key is None and secret is None and not opts.get("profile"):  # a profile's keys win
         key = env.get("AWS_ACCESS_KEY_ID") or None
         secret = env.get("AWS_SECRET_ACCESS_KEY") or None
         token = token or env.get("AWS_SESSION_TOKEN") or None
