@@ -1,8 +1,9 @@
 """Open a dataset URL (local path, ``s3://``, ``http(s)://``) as a seekable file for metadata reads.
 
 HDF5 metadata is many small reads scattered over the file; over a network each one would be a round
-trip. :func:`open_url` puts an LRU block cache in front of the store (fsspec's ``blockcache``) so
-h5py/h5netcdf read the superblock, object headers and chunk B-trees in a few large range GETs, and
+trip. :func:`open_url` puts an LRU block cache (fsspec's ``BlockCache``) in front of the byte
+store that reads the URL (:mod:`activestorage.stores`, the same stores the backends read chunks
+through, with the same options and typed errors) so h5py/h5netcdf read the superblock, object headers and chunk B-trees in a few large range GETs, and
 counts what that costs (:class:`StorageStats`: bytes, requests, seconds).
 
 S3 settings follow s3fs (``key``, ``secret``, ``token``, ``anon``, ``endpoint_url``,
@@ -22,9 +23,9 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
 
 from .errors import StorageError
+from .stores.urls import local_path, resolve_s3_options, split_s3_url, url_kind  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -38,68 +39,6 @@ DEFAULT_BLOCK_SIZE = 64 * 1024
 DEFAULT_MAX_BLOCKS = 256
 
 DEFAULT_AWS_ENDPOINT = "https://s3.amazonaws.com"
-
-
-def url_kind(url: str) -> str:
-    """``"s3"``, ``"http"``, ``"https"`` or ``"file"`` for a local path / ``file://`` URL."""
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-    if scheme in ("s3", "s3a"):
-        return "s3"
-    if scheme in ("http", "https"):
-        return scheme
-    if scheme in ("", "file"):
-        return "file"
-    raise StorageError(f"unsupported URL scheme {scheme!r} in {url}", status=400, store=url)
-
-
-def local_path(url: str) -> str:
-    """The filesystem path of a local path or ``file://`` URL."""
-    return urlsplit(url).path if url.startswith("file://") else url
-
-
-def split_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``(bucket, key)``."""
-    parts = urlsplit(url)
-    bucket, key = parts.netloc, parts.path.lstrip("/")
-    if not bucket or not key:
-        raise StorageError(f"{url} is not an s3://bucket/key URL", status=400, store=url)
-    return bucket, key
-
-
-# ------------------------------------------------------------------------------ S3 options
-
-def resolve_s3_options(storage_options: Mapping[str, Any] | None = None,
-                       env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """s3fs keyword arguments with the AWS environment variables filled in where not given.
-
-    Explicit ``storage_options`` win over the environment (``env``, default ``os.environ``, read at
-    call time). The result always has ``endpoint_url`` (None: AWS), ``key``/``secret``/``token``
-    (None: let botocore's credential chain decide, or anonymous when ``anon`` is true), ``anon`` and
-    ``client_kwargs`` (with ``region_name`` when known); other s3fs options pass through.
-    """
-    env = os.environ if env is None else env
-    opts = dict(storage_options or {})
-    client_kwargs = dict(opts.pop("client_kwargs", None) or {})
-    endpoint = (opts.pop("endpoint_url", None) or client_kwargs.pop("endpoint_url", None)
-                or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None)
-    region = (client_kwargs.get("region_name") or opts.pop("region_name", None)
-              or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None)
-    if region:
-        client_kwargs["region_name"] = region
-    anon = bool(opts.pop("anon", False))
-    key = opts.pop("key", None) or opts.pop("username", None) or opts.pop("aws_access_key_id", None)
-    secret = (opts.pop("secret", None) or opts.pop("password", None)
-              or opts.pop("aws_secret_access_key", None))
-    token = opts.pop("token", None) or opts.pop("aws_session_token", None)
-    if anon:
-        key = secret = token = None
-    elif key is None and secret is None:
-        key = env.get("AWS_ACCESS_KEY_ID") or None
-        secret = env.get("AWS_SECRET_ACCESS_KEY") or None
-        token = token or env.get("AWS_SESSION_TOKEN") or None
-    opts.update(endpoint_url=endpoint.rstrip("/") if endpoint else None, key=key, secret=secret,
-                token=token, anon=anon, client_kwargs=client_kwargs)
-    return opts
 
 
 def s3_credentials(options: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -179,14 +118,11 @@ class CountingFile(io.RawIOBase):
             self.stats.requests += 1
             self.stats.seconds += seconds
 
-    def wrap_fetcher(self, fetcher: Callable[[int, int], bytes]) -> Callable[[int, int], bytes]:
-        """A fetcher that counts and translates store errors; install it in an fsspec cache."""
+    def wrap_fetcher(self, fetcher: Callable[[int, int], Any]) -> Callable[[int, int], bytes]:
+        """A fetcher that counts what the store's reads cost (the store raises typed errors)."""
         def fetch(start: int, end: int) -> bytes:
             t0 = time.perf_counter()
-            try:
-                data = fetcher(start, end)
-            except Exception as exc:  # noqa: BLE001 - any store failure becomes a StorageError
-                raise _storage_error(exc, self.url) from exc
+            data = bytes(fetcher(start, end))  # blocks are small; callers expect bytes
             self._account(len(data), time.perf_counter() - t0)
             return data
         return fetch
@@ -247,47 +183,60 @@ def open_url(url: str, storage_options: Mapping[str, Any] | None = None, *,
                                store=path) from exc
         return CountingFile(path, f, size=os.fstat(f.fileno()).st_size, count_reads=True)
 
+    from fsspec.caching import BlockCache
+
+    from .stores import open_store
+
     stats = StorageStats()
     t0 = time.perf_counter()
-    info: dict[str, Any] = {}
+    # retries as s3fs had them for metadata (3 attempts); config_kwargs may say otherwise
+    store = open_store(url, storage_options, timeout=timeout, retries=2, env=env)
     try:
-        if kind == "s3":
-            options = resolve_s3_options(storage_options, env)
-            config = dict(options.get("config_kwargs") or {})
-            config.setdefault("connect_timeout", timeout)  # no hang on a dead endpoint
-            config.setdefault("read_timeout", timeout)
-            config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
-            fs = s3_filesystem({**options, "config_kwargs": config})
-            path = url.split("://", 1)[1]
-            # One HEAD of our own for size, ETag and version id with a clean 404 (s3fs's info()
-            # falls back to listing the prefix: more requests and a blurred error).
-            bucket, key = split_s3_url(url)
-            info = fs.call_s3("head_object", Bucket=bucket, Key=key)
-            f = fs.open(path, "rb", block_size=block_size, cache_type="blockcache",
-                        cache_options={"maxblocks": max_blocks},
-                        size=int(info["ContentLength"]))
-        else:
-            import fsspec
-
-            fs = fsspec.filesystem("http", skip_instance_cache=True,
-                                   **http_options(storage_options, timeout))
-            info = fs.info(url)
-            if info.get("size") is None:
-                raise StorageError(f"{url}: the server does not report the object's size "
-                                   "(Content-Length), so it cannot be range-read", status=502,
-                                   store=url)
-            f = fs.open(url, "rb", block_size=block_size, cache_type="blockcache",
-                        cache_options={"maxblocks": max_blocks}, size=int(info["size"]))
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_error(exc, url) from exc
+        info = store.head(url)  # size, ETag and version id, with a clean 404
+    except BaseException:
+        store.close()
+        raise
     stats.requests += 1  # the HEAD that found size and ETag
     stats.seconds += time.perf_counter() - t0
-    etag = info.get("ETag") or info.get("etag")
-    version_id = info.get("VersionId") or info.get("version_id")
-    cf = CountingFile(url, f, size=int(f.size), etag=etag.strip('"') if etag else None,
-                      version_id=version_id, stats=stats)
-    f.cache.fetcher = cf.wrap_fetcher(f.cache.fetcher)
+    cf = CountingFile(url, None, size=info.size,
+                      etag=info.etag.strip('"') if info.etag else None,
+                      version_id=info.version_id, stats=stats)
+    # fsspec's LRU block cache over the store's range reads: HDF5 metadata (superblock, object
+    # headers, chunk B-trees) comes in a few block-sized GETs
+    def read(start: int, end: int) -> Any:  # the cache asks for whole blocks, even the last
+        return store.read_range(url, start, min(end, info.size))
+
+    cache = BlockCache(block_size, cf.wrap_fetcher(read), info.size, maxblocks=max_blocks)
+    cf._inner = _CachedFile(cache, info.size, store)
     return cf
+
+
+class _CachedFile:
+    """A seekable read-only file over a block cache (fsspec's cache interface: ``_fetch``)."""
+
+    def __init__(self, cache: Any, size: int, store: Any) -> None:
+        self._cache, self._size, self._store, self._pos = cache, size, store, 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        if base + pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + pos
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        data = self._cache._fetch(self._pos, end)
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._store.close()
 
 
 def http_options(storage_options: Mapping[str, Any] | None, timeout: float) -> dict[str, Any]:
@@ -309,38 +258,6 @@ def http_options(storage_options: Mapping[str, Any] | None, timeout: float) -> d
     if headers:
         out["headers"] = headers
     return out
-
-
-def _storage_error(exc: BaseException, url: str) -> StorageError:
-    """Translate a store/transport exception into a StorageError naming ``url``."""
-    if isinstance(exc, StorageError):
-        return exc
-    if isinstance(exc, FileNotFoundError) and exc.__cause__ is not None:
-        # fsspec's HTTP info() turns every failure into FileNotFoundError; look at the cause
-        cause = exc.__cause__
-        http_status = getattr(cause, "status", None)
-        if isinstance(http_status, int) and http_status != 404:
-            status = 401 if http_status in (401, 403) else 502
-            return StorageError(f"reading {url} failed: HTTP {http_status}", status=status,
-                                store=url, causes=[f"{type(cause).__name__}: {cause}"])
-        if http_status is None:
-            return _storage_error(cause, url)
-    status = 502
-    text = str(exc) or type(exc).__name__
-    code = ""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = str(response.get("Error", {}).get("Code", ""))
-    if isinstance(exc, FileNotFoundError) or code in ("NoSuchKey", "NoSuchBucket", "404"):
-        status = 404
-    elif isinstance(exc, PermissionError) or code in (
-            "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-        status = 401
-    elif isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
-        status = 504
-    what = {404: "not found", 401: "access denied", 504: "timed out"}.get(status, "failed")
-    return StorageError(f"reading {url} {what}: {text}", status=status, store=url,
-                        causes=[f"{type(exc).__name__}: {text}"])
 
 
 # ------------------------------------------------------- PyActiveStorage's chunk functions

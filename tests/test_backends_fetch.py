@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activestorage.backends.fetch import (BODY_PIECE, FetchBackend, _Body, _read_body,
-                                         coalesce)
+from activestorage.backends.fetch import FetchBackend
+from activestorage.stores import merge_ranges
+from activestorage.stores._body import BODY_PIECE, _Body, _read_body
 from activestorage.errors import ObjectChangedError, StorageError
 from activestorage.kernel import reduce_chunk
 from activestorage.request import make_request
@@ -28,7 +29,7 @@ from activestorage.request import make_request
        gap=st.integers(0, 200), max_range=st.integers(300, 3000))
 def test_coalesce_groups_cover_each_request_once(spans, gap, max_range):
     reqs = [make_request("u1", (n,), offset=o, size=n, url=u, etag=e) for u, o, n, e in spans]
-    groups = coalesce(reqs, max_gap=gap, max_range=max_range)
+    groups = merge_ranges(reqs, max_gap=gap, max_range=max_range)
     members = sorted(i for g in groups for i in g.members)
     assert members == list(range(len(reqs)))
     for g in groups:
@@ -319,7 +320,7 @@ def _big_deflated_chunk(store, shape=(1024, 1024)):
 def test_deflated_bodies_are_inflated_as_they_arrive(store, monkeypatch):
     """A deflated chunk alone in its GET is never held compressed and decoded at once: peak
     memory is the decoded chunk and a few pieces, not the compressed body as well."""
-    import activestorage.backends.fetch as fetch
+    import activestorage.stores._body as fetch
 
     monkeypatch.setattr(fetch, "STREAM_PIECE", 64 * 1024)
     a, raw, req = _big_deflated_chunk(store)
@@ -338,7 +339,7 @@ def test_deflated_bodies_are_inflated_as_they_arrive(store, monkeypatch):
 
 
 def test_a_body_cut_while_inflating_is_read_again(store, monkeypatch):
-    import activestorage.backends.fetch as fetch
+    import activestorage.stores._body as fetch
 
     monkeypatch.setattr(fetch, "STREAM_PIECE", 64 * 1024)
     _a, raw, req = _big_deflated_chunk(store)

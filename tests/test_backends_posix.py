@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from activestorage import Active, ActiveStorageError
-from activestorage.backends import posix
+from activestorage.stores import local
 from activestorage.backends.posix import PosixBackend
 
 LINUX = sys.platform.startswith("linux")
@@ -92,7 +92,7 @@ def test_mapped_pages_are_dropped_after_each_read(tmp_path, use_mmap):
 def test_a_kernel_without_populate_falls_back_to_reads(big, monkeypatch):
     """An advice the kernel rejects (as Linux < 5.14 rejects MADV_POPULATE_READ) means preadv."""
     path, x = big
-    monkeypatch.setattr(posix, "_POPULATE_READ", 12345)  # EINVAL
+    monkeypatch.setattr(local, "_POPULATE_READ", 12345)  # EINVAL
     backend = PosixBackend(use_mmap=None)
     with Active(path, "v", backend=backend) as a:
         np.testing.assert_allclose(a.mean[...], x.astype(np.float64).mean(), rtol=1e-6)
@@ -147,12 +147,12 @@ def deflated(tmp_path_factory):
     return str(path), np.ma.masked_equal(data, np.float32(-999))
 
 
-@pytest.mark.parametrize("piece", [1000, 4096, posix.STREAM_PIECE])
+@pytest.mark.parametrize("piece", [1000, 4096, local.STREAM_PIECE])
 def test_deflated_chunks_are_read_a_piece_at_a_time(deflated, piece, monkeypatch):
     """Deflated chunks inflate from pieces read into one small per-thread buffer (any piece
     size gives the oracle's answers), and no buffer the size of a stored chunk is kept."""
     path, x = deflated
-    monkeypatch.setattr(posix, "STREAM_PIECE", piece)
+    monkeypatch.setattr(local, "STREAM_PIECE", piece)
     backend = PosixBackend()
     with Active(path, "v", backend=backend, max_threads=1) as a:
         np.testing.assert_allclose(a.mean[...], x.astype(np.float64).mean(), rtol=1e-6)
@@ -160,7 +160,7 @@ def test_deflated_chunks_are_read_a_piece_at_a_time(deflated, piece, monkeypatch
         assert a.count[2:7, 1:100] == x[2:7, 1:100].count()
         np.testing.assert_array_equal(a[4:6, 0, :9], x[4:6, 0, :9])
         stored = max(loc.size for loc in a.variable.chunks.values())
-    assert len(backend._local.piece) == max(piece, posix.STREAM_PIECE) < stored
+    assert len(backend._local.piece) == max(piece, local.STREAM_PIECE) < stored
     assert getattr(backend._local, "read", None) is None  # only the select read whole chunks
     backend.close()
 

@@ -23,6 +23,7 @@ from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, S
                       UnsupportedError)
 from ..kernel import Partial, reduce_chunk, scratch_bytes
 from ..request import OPERATIONS
+from ..stores.base import merge_spans
 from .limits import ByteBudget
 from .metrics import Metrics
 from .responses import Part, cbor_head, cbor_map_parts
@@ -212,32 +213,22 @@ class Service:
         """GETs to make: (item indices, object, start, size); ranges of one object that are
         adjacent or within ``coalesce_gap_bytes`` share one GET of at most ``coalesce_max_bytes``."""
         s = self.settings
-        groups: dict[tuple[Any, ...], list[int]] = {}
         jobs: list[tuple[list[int], Target, int, int | None]] = []
+        small: list[int] = []
         for i, it in enumerate(items):
             if it.read_size is None or it.read_size >= s.coalesce_below_bytes:
                 # large ranges gain nothing from sharing a GET, and alone each is reduced as
                 # soon as it arrives instead of waiting for its neighbours
                 jobs.append(([i], it.target, it.req.offset, it.read_size))
             else:
-                groups.setdefault((it.target,), []).append(i)
-        for (target,), idx in groups.items():
-            idx.sort(key=lambda i: items[i].req.offset)
-            run: list[int] = []
-            start = end = 0
-            for i in idx:
-                o = items[i].req.offset
-                e = o + (items[i].read_size or 0)
-                if (run and o <= end + s.coalesce_gap_bytes
-                        and max(e, end) - start <= s.coalesce_max_bytes):
-                    run.append(i)
-                    end = max(end, e)
-                    continue
-                if run:
-                    jobs.append((run, target, start, end - start))
-                run, start, end = [i], o, e
-            if run:
-                jobs.append((run, target, start, end - start))
+                small.append(i)
+        if small:
+            starts = [items[i].req.offset for i in small]
+            ends = [o + (items[i].read_size or 0) for o, i in zip(starts, small)]
+            for target, run, start, end in merge_spans(
+                    [items[i].target for i in small], starts, ends,
+                    max_gap=s.coalesce_gap_bytes, max_range=s.coalesce_max_bytes):
+                jobs.append(([small[j] for j in run], target, start, end - start))  # type: ignore[misc]
         return jobs
 
     async def _fetch(self, items: list[Item], jobs: list[tuple[list[int], Target, int, int | None]],

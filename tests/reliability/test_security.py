@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import ipaddress
 import json
 import socket
@@ -33,8 +32,8 @@ import requests
 
 from faultproxy import FaultProxy
 from relhelp import error_body, server_alive
-from servers import (NGINX_PASSWORD, NGINX_USER, ServerProcess, free_port, s3_client,
-                     start_active_server, start_moto)
+from servers import (NGINX_PASSWORD, NGINX_USER, ServerProcess, free_port, make_ca_and_cert,
+                     s3_client, start_active_server, start_moto)
 
 from activestorage.backends.server import ServerBackend
 from activestorage.errors import ServerError
@@ -303,51 +302,9 @@ def test_wildcard_allow_list_still_blocks_metadata(url):
 
 # -------------------------------------------------------------------------------------- TLS
 
-def _make_ca_and_cert(d: Path) -> tuple[Path, Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "activestorage test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    d.mkdir(parents=True, exist_ok=True)
-    paths = d / "ca.pem", d / "server.pem", d / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
 @pytest.fixture(scope="module")
 def tls_server(rel_dir):
-    ca, cert, key = _make_ca_and_cert(rel_dir / "tls")
+    ca, cert, key = make_ca_and_cert(rel_dir / "tls")
     port = free_port()
     log = rel_dir / "tls" / "server.log"
     with open(log, "wb") as f:
