@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import ServerError, UnsupportedError
 from ..kernel import Partial, missing_mask, sum_dtype
 from ..operations import OPERATIONS
-from ..request import ChunkRequest, Missing, make_request
+from ..request import ChunkRequest, make_request
 from ..storage import resolve_s3_options, s3_credentials, s3_endpoint, split_s3_url, url_kind
 from .base import Backend
 
@@ -722,36 +722,6 @@ class _NoBatch(Exception):
 
 # -------------------------------------------------------------- PyActiveStorage entry point
 
-def _codec_dict(codec: Any) -> dict[str, Any] | None:
-    """A numcodecs codec (or dict or id string) as a wire compression/filter object."""
-    if codec is None:
-        return None
-    if isinstance(codec, Mapping):
-        return dict(codec)
-    if isinstance(codec, str):
-        return {"id": codec}
-    cid = getattr(codec, "codec_id", None)
-    if cid is None:
-        raise UnsupportedError(f"cannot send codec {codec!r} to a reduction server")
-    if cid == "shuffle":
-        return {"id": "shuffle", "element_size": int(getattr(codec, "elementsize", 0) or 0) or None}
-    return {"id": cid}
-
-
-def _missing_from_tuple(missing: Any) -> Missing | None:
-    """PyActiveStorage's (fill_value, missing_value, valid_min, valid_max) -> Missing."""
-    if missing is None or isinstance(missing, Missing):
-        return missing
-    fill_value, missing_value, valid_min, valid_max = missing
-    values: list[Any] = []
-    for v in (fill_value, missing_value):
-        if v is None:
-            continue
-        values.extend(np.atleast_1d(np.asarray(v)).tolist())
-    m = Missing(values=tuple(values), valid_min=valid_min, valid_max=valid_max)
-    return None if m.is_empty() else m
-
-
 def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, compression: Any,
                  filters: Any, missing: Any, dtype: Any, shape: Sequence[int], order: str,
                  chunk_selection: Sequence[Any] | None, axis: Any, operation: str | None,
@@ -780,14 +750,16 @@ def reduce_chunk(session: Any, server: str, url: str, offset: int, size: int, co
                 s = slice(int(s), int(s) + 1 if int(s) != -1 else None, 1)
             selection.append(s.indices(n))
         selection = tuple(selection)
-    filt = [f for f in (_codec_dict(x) for x in (filters or [])) if f is not None]
+    from ..compat import codec_spec, missing_from_tuple  # the peer's argument forms, parsed once
+
+    filt = [f for f in (codec_spec(x) for x in (filters or [])) if f is not None]
     for f in filt:
         if f.get("id") == "shuffle" and not f.get("element_size"):
             f["element_size"] = dt.itemsize
     req = make_request(dt, shape, offset=int(offset), size=None if size is None else int(size),
                        url=url, order=order or "C", selection=selection, axis=axis,
-                       compression=_codec_dict(compression), filters=tuple(filt),
-                       missing=_missing_from_tuple(missing))
+                       compression=codec_spec(compression), filters=tuple(filt),
+                       missing=missing_from_tuple(missing))
     kind = url_kind(url)
     if kind == "s3" and s3_endpoint_url is None:
         raise UnsupportedError(f"pass s3_endpoint_url= to reduce {url}")
