@@ -97,12 +97,18 @@ class HTTPStore(RemoteStore):
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
                     raise _Transient(f"reading {name}: body cut short: {exc}", status=502,
                                      store=name, causes=[f"{type(exc).__name__}: {exc}"]) from exc
-        except requests.Timeout as exc:
-            raise StorageError(f"reading {name} timed out after {self.timeout}s", status=504,
-                               store=name, causes=[str(exc)]) from exc
         except requests.RequestException as exc:
-            raise StorageError(f"reading {name} failed: {exc}", status=502, store=name,
-                               causes=[str(exc)]) from exc
+            raise self._request_error(exc, name) from exc
+
+    def _request_error(self, exc: Exception, name: str) -> StorageError:
+        """A ``requests`` failure reading ``name`` as the typed error: 504 for a timeout."""
+        import requests
+
+        if isinstance(exc, requests.Timeout):
+            return StorageError(f"reading {name} timed out after {self.timeout}s", status=504,
+                                store=name, causes=[str(exc)])
+        return StorageError(f"reading {name} failed: {exc}", status=502, store=name,
+                            causes=[str(exc)])
 
     def head(self, url: str) -> ObjectInfo:
         """Size and ETag from a HEAD; where HEAD is refused or says no size (a presigned GET URL
@@ -126,12 +132,8 @@ class HTTPStore(RemoteStore):
                             "(Content-Length), so it cannot be range-read", status=502, store=name)
                     return ObjectInfo(int(size), got.headers.get("ETag"))
             return ObjectInfo(int(resp.headers["Content-Length"]), resp.headers.get("ETag"))
-        except requests.Timeout as exc:
-            raise StorageError(f"reading {name} timed out after {self.timeout}s", status=504,
-                               store=name, causes=[str(exc)]) from exc
         except requests.RequestException as exc:
-            raise StorageError(f"reading {name} failed: {exc}", status=502, store=name,
-                               causes=[str(exc)]) from exc
+            raise self._request_error(exc, name) from exc
 
     def close(self) -> None:
         with self._lock:

@@ -129,9 +129,7 @@ class S3Store(RemoteStore):
         except ClientError as exc:
             raise s3_error(exc, url) from exc
         except BotoCoreError as exc:
-            timeout = "timeout" in type(exc).__name__.lower()
-            raise StorageError(f"reading {url}: {exc}", status=504 if timeout else 502,
-                               store=url, causes=[str(exc)]) from exc
+            raise _botocore_error(exc, url) from exc
         return data
 
     def head(self, url: str) -> ObjectInfo:
@@ -143,9 +141,7 @@ class S3Store(RemoteStore):
         except ClientError as exc:
             raise s3_error(exc, url) from exc
         except BotoCoreError as exc:
-            timeout = "timeout" in type(exc).__name__.lower()
-            raise StorageError(f"reading {url}: {exc}", status=504 if timeout else 502,
-                               store=url, causes=[str(exc)]) from exc
+            raise _botocore_error(exc, url) from exc
         return ObjectInfo(int(info["ContentLength"]), info.get("ETag"), info.get("VersionId"))
 
     def close(self) -> None:
@@ -153,3 +149,10 @@ class S3Store(RemoteStore):
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _botocore_error(exc: Exception, url: str) -> StorageError:
+    """A botocore transport failure reading ``url`` as the typed error: 504 for a timeout."""
+    timeout = "timeout" in type(exc).__name__.lower()
+    return StorageError(f"reading {url}: {exc}", status=504 if timeout else 502, store=url,
+                        causes=[str(exc)])
