@@ -148,22 +148,18 @@ def load_from_s3(uri: str, storage_options: Mapping[str, Any] | None = None) -> 
     ``storage_options``: s3fs options; None means the AWS environment variables (PyActiveStorage
     used its config module's MinIO defaults instead).
     """
-    from .storage import resolve_s3_options, s3_filesystem
+    from .stores.fileobj import open_url
 
-    fs = s3_filesystem(resolve_s3_options(storage_options))
-    return _pyfive().File(fs.open(uri.split("://", 1)[-1], "rb"))
+    url = uri if "://" in uri else f"s3://{uri}"
+    return _pyfive().File(open_url(url, storage_options))
 
 
 def load_from_https(uri: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """A pyfive ``File`` of an http(s) URL (``username``/``password`` in ``storage_options``
     for Basic auth)."""
-    import fsspec
+    from .stores.fileobj import open_url
 
-    from .storage import http_options
-
-    fs = fsspec.filesystem("http", skip_instance_cache=True,
-                           **http_options(storage_options, 30.0))
-    return _pyfive().File(fs.open(uri, "rb"))
+    return _pyfive().File(open_url(uri, storage_options))
 
 
 def _one(x: Any) -> Any:

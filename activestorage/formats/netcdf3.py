@@ -317,7 +317,7 @@ def variable_from_header(hdr: Nc3Header, ncvar: str, url: str, file_size: int, *
 def _read(path_or_url: str, storage_options: Mapping[str, Any] | None
           ) -> tuple[Nc3Header, str, int, Any]:
     """(header, url, file size, the open file: its etag, version_id and stats)."""
-    from ..storage import open_url
+    from ..stores.fileobj import open_url
 
     url = os.fspath(path_or_url)
     if url.startswith("file://"):

@@ -461,7 +461,7 @@ def load(path_or_dict: str | Mapping[str, Any], storage_options: Mapping[str, An
     if isinstance(path_or_dict, Mapping):
         return dict(path_or_dict), "<manifest dict>"
     path = os.fspath(path_or_dict)
-    from ..storage import open_url
+    from ..stores.fileobj import open_url
 
     with open_url(path, storage_options) as f:
         if int(f.size) > MAX_MANIFEST_BYTES:

@@ -127,7 +127,7 @@ def probe(url: str, storage_options: Mapping[str, Any] | None = None
           ) -> Iterator[tuple[FormatReader, Any]]:
     """Find the reader of ``url``: yields ``(reader, file)``, ``file`` open at offset 0 (None for
     a store directory) and closed on exit. Raises :class:`FormatError` for an unknown format."""
-    from ..storage import open_url
+    from ..stores.fileobj import open_url
 
     if _is_store(url):
         reader = _find(b"", url)

@@ -111,11 +111,11 @@ def test_manifest_open_reads_nothing_from_the_store(tmp_path, monkeypatch):
     data = np.arange(24, dtype="f8").reshape(2, 3, 4)
     src = nc4(tmp_path / "a.nc", data)
     doc = write_manifest(src, ["tas"], None)
-    import activestorage.storage as storage
+    import activestorage.stores.fileobj as fileobj
 
     def refuse(*a, **k):
         raise AssertionError(f"store read: {a}")
-    monkeypatch.setattr(storage, "open_url", refuse)
+    monkeypatch.setattr(fileobj, "open_url", refuse)
     monkeypatch.setattr(builtins, "open", refuse)
     var = open_references(doc, "tas")
     assert var.shape == (2, 3, 4) and len(var.chunks) == 1
