@@ -53,16 +53,6 @@ def s3_endpoint(options: Mapping[str, Any]) -> str:
     return f"https://s3.{region}.amazonaws.com" if region else DEFAULT_AWS_ENDPOINT
 
 
-def s3_filesystem(options: Mapping[str, Any]) -> Any:
-    """An ``s3fs.S3FileSystem`` for resolved options."""
-    import s3fs
-
-    kwargs = {k: v for k, v in options.items() if v is not None}
-    if not kwargs.get("anon"):
-        kwargs.pop("anon", None)
-    return s3fs.S3FileSystem(**kwargs)
-
-
 # ------------------------------------------------------- PyActiveStorage's chunk functions
 
 def read_block(open_file: Any, offset: int, size: int) -> bytes:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activestorage.errors import ObjectChangedError, StorageError
+from activestorage.errors import ObjectChangedError, StorageError, UnsupportedError
 from activestorage.request import make_request
 from activestorage.stores import merge_ranges, open_store, status_error
 from activestorage.stores._body import _socket_reader
@@ -39,6 +39,12 @@ def http_url():
             pass
 
         def do_GET(self) -> None:
+            if "Range" not in self.headers:  # a whole-object GET
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(BLOB)))
+                self.end_headers()
+                self.wfile.write(BLOB)
+                return
             a, b = self.headers["Range"].removeprefix("bytes=").split("-")
             body = BLOB[int(a):int(b) + 1]
             self.send_response(206)
@@ -145,3 +151,26 @@ def test_botocore_streaming_body_keeps_the_raw_stream():
 
     raw = io.BytesIO(b"abc")
     assert StreamingBody(raw, 3)._raw_stream is raw
+
+
+def test_local_store_lists_and_reads_whole_objects(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "x.json").write_bytes(b"{}")
+    (tmp_path / "a" / "b" / "0.0").write_bytes(BLOB[:100])
+    with LocalStore(missing_status=404) as store:
+        found = store.find(str(tmp_path / "a"))
+        assert {k: v.size for k, v in found.items()} == {
+            str(tmp_path / "a" / "x.json"): 2, str(tmp_path / "a" / "b" / "0.0"): 100}
+        assert sorted(store.list_dir(str(tmp_path / "a"))) == ["b", "x.json"]
+        assert store.list_dir(str(tmp_path / "nowhere")) == []
+        assert store.read_object(str(tmp_path / "a" / "b" / "0.0")) == BLOB[:100]
+        with pytest.raises(StorageError) as err:
+            store.read_object(str(tmp_path / "a" / "missing"))
+        assert err.value.status == 404 and "missing" in str(err.value)
+
+
+def test_http_store_reads_whole_objects_and_cannot_list(http_url):
+    with HTTPStore() as store:
+        assert bytes(store.read_object(http_url)) == BLOB
+        with pytest.raises(UnsupportedError, match="cannot be listed"):
+            store.find(http_url)

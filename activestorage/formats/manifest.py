@@ -28,18 +28,34 @@ def _expand(dataset: str | Sequence[str], storage_options: Mapping[str, Any] | N
             out.append(item)
             continue
         if "://" in item and not item.startswith("file://"):
-            from ..storage import resolve_s3_options, s3_filesystem, url_kind
-
-            if url_kind(item) != "s3":
-                raise FormatError(f"{item}: glob patterns work for local paths and s3:// only")
-            fs = s3_filesystem(resolve_s3_options(storage_options))
-            matches = ["s3://" + p for p in sorted(fs.glob(item.split("://", 1)[1]))]
+            matches = _glob_s3(item, storage_options)
         else:
             matches = sorted(_glob.glob(item.removeprefix("file://")))
         if not matches:
             raise FormatError(f"{item}: no files match")
         out.extend(matches)
     return out
+
+
+def _glob_s3(pattern: str, storage_options: Mapping[str, Any] | None) -> list[str]:
+    """The ``s3://`` objects matching ``pattern``, sorted: one listing of the prefix before the
+    first wildcard, matched as fsspec/s3fs globs do (``*`` within a name, ``**`` across ``/``)."""
+    import re
+
+    from fsspec.utils import glob_translate
+
+    from ..stores import url_kind
+    from ..stores.s3 import S3Store
+
+    if url_kind(pattern) != "s3":
+        raise FormatError(f"{pattern}: glob patterns work for local paths and s3:// only")
+    path = pattern.split("://", 1)[1]
+    wild = min(path.find(ch) for ch in "*?[" if ch in path)
+    base = path[:wild].rpartition("/")[0]
+    rx = re.compile(glob_translate(path))
+    with S3Store(storage_options) as s3:
+        found = s3.find("s3://" + base)
+    return sorted(u for u in found if rx.match(u[len("s3://"):]))
 
 
 def _list_any(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:

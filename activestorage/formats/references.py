@@ -204,31 +204,30 @@ def manifest_from_variables(variables: Iterable[Variable]) -> dict[str, Any]:
 def _identity(urls: Iterable[str], storage_options: Mapping[str, Any] | None
               ) -> dict[str, dict[str, Any]]:
     """``{url: {"size", "etag", "version_id"}}`` for each object (one HEAD per S3 object)."""
-    from ..storage import local_path, resolve_s3_options, s3_filesystem, url_kind
+    from ..stores import local_path, open_store, url_kind
 
     out: dict[str, dict[str, Any]] = {}
-    fs = None
-    for url in urls:
-        kind = url_kind(url)
-        if kind == "file":
-            try:
-                out[url] = {"size": os.path.getsize(local_path(url))}
-            except OSError as exc:
-                raise StorageError(f"{url}: {exc.strerror or exc}", status=404, store=url) from exc
-        elif kind == "s3":
-            if fs is None:
-                fs = s3_filesystem(resolve_s3_options(storage_options))
-            try:
-                info = fs.info(url.split("://", 1)[1], refresh=True)
-            except FileNotFoundError as exc:
-                raise StorageError(f"{url}: no such object", status=404, store=url) from exc
-            except Exception as exc:  # noqa: BLE001 - name the object, keep the cause
-                raise StorageError(f"{url}: cannot read object metadata: {exc}", store=url) from exc
-            etag = info.get("ETag") or info.get("etag")
-            out[url] = {"size": int(info["size"]), "etag": etag.strip('"') if etag else None,
-                        "version_id": info.get("VersionId") or None}
-        else:
-            out[url] = {}
+    s3 = None
+    try:
+        for url in urls:
+            kind = url_kind(url)
+            if kind == "file":
+                try:
+                    out[url] = {"size": os.path.getsize(local_path(url))}
+                except OSError as exc:
+                    raise StorageError(f"{url}: {exc.strerror or exc}", status=404,
+                                       store=url) from exc
+            elif kind == "s3":
+                s3 = s3 or open_store(url, storage_options)
+                info = s3.head(url)
+                out[url] = {"size": info.size,
+                            "etag": info.etag.strip('"') if info.etag else None,
+                            "version_id": info.version_id or None}
+            else:
+                out[url] = {}
+    finally:
+        if s3 is not None:
+            s3.close()
     return out
 
 
@@ -236,16 +235,16 @@ def _unversioned_buckets(buckets: set[str], storage_options: Mapping[str, Any] |
     """The buckets among ``buckets`` that have never had versioning enabled."""
     if not buckets:
         return set()
-    from ..storage import resolve_s3_options, s3_filesystem
+    from ..stores.s3 import S3Store
 
-    fs = s3_filesystem(resolve_s3_options(storage_options))
     out = set()
-    for b in buckets:
-        try:
-            if not fs.is_bucket_versioned(b):
-                out.add(b)
-        except Exception as exc:  # noqa: BLE001 - unknown: fall back to a HEAD per object
-            log.debug("cannot tell whether bucket %s is versioned: %s", b, exc)
+    with S3Store(storage_options) as s3:
+        for b in buckets:
+            try:
+                if not s3.bucket_versioned(b):
+                    out.add(b)
+            except StorageError as exc:  # unknown: fall back to a HEAD per object
+                log.debug("cannot tell whether bucket %s is versioned: %s", b, exc)
     return out
 
 
@@ -331,11 +330,14 @@ def save_manifest(doc: Mapping[str, Any], path: str,
     """Write a manifest document as JSON to a local path or an ``s3://`` URL."""
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     if "://" in path and not path.startswith("file://"):
-        from ..storage import resolve_s3_options, s3_filesystem
+        from ..stores.s3 import S3Store
+        from ..stores.urls import url_kind
 
-        fs = s3_filesystem(resolve_s3_options(storage_options))
-        with fs.open(path.split("://", 1)[1], "w") as f:
-            f.write(text)
+        if url_kind(path) != "s3":
+            raise StorageError(f"{path}: manifests are written to local paths and s3:// only",
+                               status=400, store=path)
+        with S3Store(storage_options) as s3:
+            s3.write_object(path, text.encode())
         return
     tmp = path.removeprefix("file://") + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

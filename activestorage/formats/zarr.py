@@ -1,8 +1,11 @@
-"""Zarr v2 and v3 arrays (local directories, ``s3://`` and other fsspec URLs) as :class:`Variable`s.
+"""Zarr v2 and v3 arrays (local directories, ``s3://`` and ``http(s)://`` URLs) as :class:`Variable`s.
 
-The ``zarr`` package reads the metadata (groups, consolidated metadata, v2/v3 documents); we turn
-its JSON form into a chunk index: each chunk is a whole object (offset 0, size = object size, found
-with one listing of the array's prefix). Chunks absent from the store are absent from the index and
+The ``zarr`` package reads the metadata (groups, consolidated metadata, v2/v3 documents) through
+our byte stores (:class:`.zarr_store.ByteStoreZarr`, a zarr ``Store`` over
+:mod:`activestorage.stores`: the same options, connections and typed errors as every other read);
+we turn its JSON form into a chunk index: each chunk is a whole object (offset 0, size = object
+size, found with one listing of the array's prefix; an HTTP store cannot be listed, so each
+possible chunk object is probed with a HEAD). Chunks absent from the store are absent from the index and
 read as ``fill_value``. A sharded v3 array (``sharding_indexed``) is indexed by reading each shard's
 index: an inner chunk is then a byte range inside its shard object.
 
@@ -390,26 +393,18 @@ def import_zarr() -> Any:
     return zarr
 
 
-def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str, str]:
-    """(fsspec filesystem, root path in it, URL prefix for locators)."""
-    from ..storage import local_path, resolve_s3_options, s3_filesystem, url_kind
+def _store(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str, str]:
+    """(byte store, root URL of the Zarr store in it, its kind) for ``url``."""
+    from ..stores import local_path, open_store, url_kind
 
     kind = url_kind(url)
     if kind == "file":
-        import fsspec
+        from ..stores.local import LocalStore
 
-        path = os.path.abspath(local_path(url))
-        return fsspec.filesystem("file"), path.rstrip("/"), ""
-    if kind == "s3":
-        fs = s3_filesystem(resolve_s3_options(storage_options))
-        return fs, url.split("://", 1)[1].rstrip("/"), "s3://"
-    import fsspec
-
-    http_kwargs = dict(storage_options or {})
-    client_kwargs = dict(http_kwargs.pop("client_kwargs", None) or {})
-    client_kwargs.setdefault("timeout", _http_timeout(HTTP_TIMEOUT))
-    fs = fsspec.filesystem("http", client_kwargs=client_kwargs, **http_kwargs)
-    return fs, url, kind  # an HTTP "path" is the URL itself
+        # a key zarr looks for and does not find is a 404 (None to zarr), as in a remote store
+        return LocalStore(missing_status=404), os.path.abspath(local_path(url)).rstrip("/"), kind
+    # the retries s3fs/fsspec had for metadata (3 attempts)
+    return open_store(url, storage_options, timeout=HTTP_TIMEOUT, retries=2), url, kind
 
 
 #: an HTTP store cannot be listed: every possible chunk object is probed with a HEAD request, in
@@ -418,13 +413,7 @@ MAX_HTTP_PROBES = int(os.environ.get("ACTIVESTORAGE_MAX_HTTP_PROBES", 100_000))
 HTTP_TIMEOUT = 30.0
 
 
-def _http_timeout(seconds: float) -> Any:
-    import aiohttp
-
-    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
-
-
-def _probe_http(fs: Any, array_root: str, keys: list[str], where: str) -> dict[str, Locator]:
+def _probe_http(store: Any, array_root: str, keys: list[str], where: str) -> dict[str, Locator]:
     """HEAD each candidate chunk object of an HTTP store; absent ones (404) are skipped."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -437,15 +426,15 @@ def _probe_http(fs: Any, array_root: str, keys: list[str], where: str) -> dict[s
     def head(key: str) -> tuple[str, Locator | None]:
         url = f"{array_root}/{key}"
         try:
-            info = fs.info(url)
-        except FileNotFoundError:
-            return key, None
-        except Exception as exc:  # noqa: BLE001 - name the object
-            raise StorageError(f"{where}: cannot read {url}: {exc}", store=url) from exc
-        etag = info.get("ETag") or info.get("etag")
+            info = store.head(url)
+        except StorageError as exc:
+            if exc.status == 404:
+                return key, None
+            raise
+        etag = info.etag
         if etag and etag.startswith("W/"):
             etag = None  # a weak ETag cannot pin byte ranges
-        return key, Locator(url, 0, int(info["size"]), etag=etag.strip('"') if etag else None)
+        return key, Locator(url, 0, info.size, etag=etag.strip('"') if etag else None)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {k: loc for k, loc in pool.map(head, keys) if loc is not None}
@@ -467,33 +456,30 @@ def _chunk_keys(meta: Mapping[str, Any], grid: Sequence[int]) -> list[str]:
     return keys
 
 
-def _zarr_store(fs: Any, root: str, prefix: str) -> Any:
-    """A read-only zarr store over ``root``: a LocalStore, or an FsspecStore for S3. zarr wants an
-    asynchronous filesystem; wrapping our synchronous one (rather than opening a second, async
-    s3fs) reuses its session, which is closed properly at exit."""
-    zarr = import_zarr()
-
-    if not prefix:
-        return zarr.storage.LocalStore(root, read_only=True)
-    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
-
-    return zarr.storage.FsspecStore(AsyncFileSystemWrapper(fs, asynchronous=True), path=root,
-                                    read_only=True)
-
-
 def _open_node(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, Any, str, str]:
-    zarr = import_zarr()
+    """(zarr group or array, byte store, root URL, store kind); the caller closes the store.
 
-    fs, root, prefix = _filesystem(url, storage_options)
+    The one translation of what opening can raise: the store's own typed errors pass through,
+    no metadata is a FormatError, metadata zarr cannot parse a FormatError naming the cause."""
+    zarr = import_zarr()
+    from .zarr_store import ByteStoreZarr
+
+    store, root, kind = _store(url, storage_options)
     try:
-        node = zarr.open(store=_zarr_store(fs, root, prefix), mode="r")
+        node = zarr.open(store=ByteStoreZarr(store, root), mode="r")
+    except StorageError:
+        store.close()
+        raise
     except FileNotFoundError as exc:
+        store.close()
         raise FormatError(f"{url} is not a Zarr store (no .zarray/.zgroup/zarr.json)") from exc
     except (ValueError, KeyError, TypeError) as exc:
+        store.close()
         raise FormatError(f"{url}: Zarr metadata could not be read ({exc})") from exc
     except OSError as exc:
+        store.close()
         raise StorageError(f"{url}: {exc}", store=url) from exc
-    return node, fs, root, prefix
+    return node, store, root, kind
 
 
 def _arrays(node: Any) -> dict[str, Any]:
@@ -506,6 +492,16 @@ def _arrays(node: Any) -> dict[str, Any]:
             if isinstance(obj, zarr.Array)}
 
 
+def _members(url: str, storage_options: Mapping[str, Any] | None
+             ) -> tuple[Any, list[tuple[str, Any]]]:
+    """(the store's root node, its arrays by path, sorted), the store closed afterwards."""
+    node, store, _root, _kind = _open_node(url, storage_options)
+    try:
+        return node, sorted(_arrays(node).items())
+    finally:
+        store.close()
+
+
 def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] | None = None
               ) -> Variable:
     """Open array ``ncvar`` (a path inside a group, or the store's own name for an array store)."""
@@ -514,7 +510,16 @@ def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] |
     url = os.fspath(path_or_url).rstrip("/")
     if url.startswith("file://"):
         url = url[len("file://"):]
-    node, fs, root, prefix = _open_node(url, storage_options)
+    node, store, root, kind = _open_node(url, storage_options)
+    try:
+        return _variable(zarr, node, store, root, kind, url, ncvar)
+    finally:
+        store.close()
+
+
+def _variable(zarr: Any, node: Any, store: Any, root: str, kind: str, url: str, ncvar: str
+              ) -> Variable:
+    """:func:`open_zarr`'s work once the store is open: the array, its chunk objects, its index."""
     if isinstance(node, zarr.Array):
         base = url.rsplit("/", 1)[-1]
         if ncvar not in (base, base.removesuffix(".zarr"), "", "/"):
@@ -534,34 +539,25 @@ def open_zarr(path_or_url: str, ncvar: str, storage_options: Mapping[str, Any] |
     raw_meta = dict(arr.metadata.to_dict())
     attrs = dict(raw_meta.pop("attributes", None) or arr.attrs)  # values as zarr parsed them
     meta = _jsonable(raw_meta)
-    if prefix in ("http", "https"):
+    if kind in ("http", "https"):  # not listable: probe every possible chunk object
         lay = layout(meta, f"{url}: {ncvar}")
         outer = lay["chunk_shape"] if lay["shard"] is None else lay["shard"]["shape"]
-        objects = _probe_http(fs, array_root, _chunk_keys(meta, _grid(lay["shape"], outer)),
+        objects = _probe_http(store, array_root, _chunk_keys(meta, _grid(lay["shape"], outer)),
                               f"{url}: {ncvar}")
-        prefix = ""
-        listing: dict[str, Any] = {}
     else:
-        try:
-            listing = fs.find(array_root, detail=True)
-        except (OSError, FileNotFoundError) as exc:
-            raise StorageError(f"{url}: cannot list {array_root}: {exc}", store=url) from exc
         objects = {}
-    for path, info in listing.items():
-        if info.get("type", "file") != "file" or not path.startswith(array_root + "/"):
-            continue
-        etag = info.get("ETag") or info.get("etag")
-        objects[path[len(array_root) + 1:]] = Locator(
-            prefix + path, 0, int(info["size"]), etag=etag.strip('"') if etag else None,
-            version_id=info.get("VersionId"))
+        for obj_url, info in store.find(array_root).items():
+            etag = info.etag
+            objects[obj_url[len(array_root) + 1:]] = Locator(
+                obj_url, 0, info.size, etag=etag.strip('"') if etag else None,
+                version_id=info.version_id)
 
     def read_range(loc: Locator, start: int, stop: int) -> bytes:
-        path = loc.url[len(prefix):] if prefix else loc.url
         try:
-            return fs.cat_file(path, start=loc.offset + start, end=loc.offset + stop)
-        except Exception as exc:  # noqa: BLE001 - any store failure names the object
+            return bytes(store.read_range(loc.url, loc.offset + start, loc.offset + stop))
+        except StorageError as exc:
             raise StorageError(f"cannot read the shard index of {loc.url}: {exc}",
-                               store=loc.url) from exc
+                               status=exc.status, store=loc.url, causes=exc.causes) from exc
 
     return variable_from_metadata(meta, attrs, ncvar, url, objects, read_range=read_range)
 
@@ -590,9 +586,9 @@ def list_variables(path_or_url: str, storage_options: Mapping[str, Any] | None =
                    ) -> dict[str, dict[str, Any]]:
     """``{path: {"dimensions", "shape", "dtype"}}`` for every array of a Zarr store."""
     url = os.fspath(path_or_url).rstrip("/")
-    node, _fs, _root, _prefix = _open_node(url, storage_options)
+    _node, arrays = _members(url, storage_options)
     out = {}
-    for path, arr in sorted(_arrays(node).items()):
+    for path, arr in arrays:
         name = path or url.rsplit("/", 1)[-1]
         dims = (getattr(arr.metadata, "dimension_names", None)
                 or arr.attrs.get("_ARRAY_DIMENSIONS") or [])
@@ -633,10 +629,10 @@ class ZarrReader:
                        file: Any = None) -> list[Candidate]:
         zarr = import_zarr()
         url = os.fspath(source).removeprefix("file://").rstrip("/")
-        node, *_ = _open_node(url, storage_options)
+        node, arrays = _members(url, storage_options)
         store_name = url.rsplit("/", 1)[-1]
         out = []
-        for path, arr in sorted(_arrays(node).items()):
+        for path, arr in arrays:
             dims = (getattr(arr.metadata, "dimension_names", None)
                     or arr.attrs.get("_ARRAY_DIMENSIONS") or ())
             out.append(Candidate(path or store_name, tuple(str(d) for d in dims), dict(arr.attrs),

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
-from ..errors import ObjectChangedError, StorageError
+from ..errors import ObjectChangedError, StorageError, UnsupportedError
 from ._body import Consumer, _short, _Transient
 from .urls import public_name
 
@@ -205,6 +205,18 @@ class ByteStore(ABC):
     def size(self, url: str) -> int:
         """The object's size in bytes."""
         return self.head(url).size
+
+    def read_object(self, url: str) -> Any:
+        """The whole object (a metadata document, say); stores that can, read it with one GET."""
+        return self.read_range(url, 0, self.head(url).size)
+
+    def find(self, url: str) -> dict[str, ObjectInfo]:
+        """Every object under the prefix (directory) ``url``, recursively: ``{url: info}``."""
+        raise UnsupportedError(f"{public_name(url)}: a {self.kind} store cannot be listed")
+
+    def list_dir(self, url: str) -> list[str]:
+        """The names of the objects and prefixes (directories) directly under ``url``."""
+        raise UnsupportedError(f"{public_name(url)}: a {self.kind} store cannot be listed")
 
     def close(self) -> None:
         """Release files, sessions and connections."""

@@ -110,6 +110,20 @@ class HTTPStore(RemoteStore):
         return StorageError(f"reading {name} failed: {exc}", status=502, store=name,
                             causes=[str(exc)])
 
+    def read_object(self, url: str) -> bytes:
+        import requests
+
+        name = public_name(url)
+        try:
+            resp = self.session().get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise self._request_error(exc, name) from exc
+        if resp.status_code != 200:
+            raise status_error(name, resp.status_code, reason=resp.reason,
+                               causes=[f"HTTP {resp.status_code}"])
+        self._account(bytes_read=len(resp.content), bytes_received=len(resp.content), requests=1)
+        return resp.content
+
     def head(self, url: str) -> ObjectInfo:
         """Size and ETag from a HEAD; where HEAD is refused or says no size (a presigned GET URL
         signs GET only), from a GET of the first byte (its ``Content-Range`` total)."""

@@ -95,6 +95,35 @@ class LocalStore(ByteStore):
     def head(self, url: str) -> ObjectInfo:
         return ObjectInfo(os.fstat(self._fd(url)).st_size)
 
+    def read_object(self, url: str) -> bytes:
+        path = local_path(url)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise StorageError(f"cannot open {path}: {exc.strerror or exc}",
+                               status=self.missing_status, store=path) from exc
+
+    def find(self, url: str) -> dict[str, ObjectInfo]:
+        out = {}
+        for top, _dirs, files in os.walk(local_path(url)):
+            for name in files:
+                path = os.path.join(top, name)
+                try:
+                    out[path] = ObjectInfo(os.stat(path).st_size)
+                except OSError:  # removed while listing
+                    continue
+        return out
+
+    def list_dir(self, url: str) -> list[str]:
+        try:
+            return os.listdir(local_path(url))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {local_path(url)}: {exc.strerror or exc}",
+                               store=local_path(url)) from exc
+
     def read_into(self, url: str, offset: int, size: int, buf: bytearray | None,
                   map_ok: bool = False) -> Any:
         """``size`` bytes at ``offset``: with ``map_ok`` a view of the map where possible (give it

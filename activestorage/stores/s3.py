@@ -10,7 +10,9 @@ botocore renames that attribute.
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from ..errors import StorageError
 from ._body import Consumer, _Body, _quote_etag, _read_body, _Transient
@@ -133,16 +135,66 @@ class S3Store(RemoteStore):
         return data
 
     def head(self, url: str) -> ObjectInfo:
+        bucket, key = split_s3_url(url)
+        with self._errors(url):
+            info = self.client().head_object(Bucket=bucket, Key=key)
+        return ObjectInfo(int(info["ContentLength"]), info.get("ETag"), info.get("VersionId"))
+
+    def read_object(self, url: str) -> bytes:
+        bucket, key = split_s3_url(url)
+        with self._errors(url):
+            body = self.client().get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+        self._account(bytes_read=len(data), bytes_received=len(data), requests=1)
+        return data
+
+    def _pages(self, url: str, **kwargs: Any) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """``(bucket, prefix, page)`` of a ListObjectsV2 of the prefix (directory) ``url``."""
+        parts = urlsplit(url)
+        bucket, key = parts.netloc, parts.path.strip("/")
+        prefix = key + "/" if key else ""
+        with self._errors(url):
+            for page in self.client().get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix, **kwargs):
+                self._account(requests=1)
+                yield bucket, prefix, page
+
+    def find(self, url: str) -> dict[str, ObjectInfo]:
+        return {f"s3://{bucket}/{obj['Key']}": ObjectInfo(int(obj["Size"]), obj.get("ETag"))
+                for bucket, _, page in self._pages(url) for obj in page.get("Contents", ())}
+
+    def list_dir(self, url: str) -> list[str]:
+        out = []
+        for _, prefix, page in self._pages(url, Delimiter="/"):
+            out.extend(obj["Key"][len(prefix):] for obj in page.get("Contents", ()))
+            out.extend(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", ()))
+        return out
+
+    def bucket_versioned(self, bucket: str) -> bool:
+        """Whether versioning is enabled on ``bucket`` (objects then have version ids)."""
+        with self._errors(f"s3://{bucket}"):
+            return self.client().get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+
+    def write_object(self, url: str, data: bytes) -> None:
+        """Store ``data`` as the object ``url`` (manifests written to S3)."""
+        bucket, key = split_s3_url(url)
+        with self._errors(url):
+            self.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+    @contextmanager
+    def _errors(self, url: str) -> Iterator[None]:
+        """botocore's failures inside the block as the typed errors naming ``url``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bucket, key = split_s3_url(url)
         try:
-            info = self.client().head_object(Bucket=bucket, Key=key)
+            yield
         except ClientError as exc:
             raise s3_error(exc, url) from exc
         except BotoCoreError as exc:
             raise _botocore_error(exc, url) from exc
-        return ObjectInfo(int(info["ContentLength"]), info.get("ETag"), info.get("VersionId"))
 
     def close(self) -> None:
         with self._lock:
