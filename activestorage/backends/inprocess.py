@@ -12,8 +12,15 @@ reads and reduces what they return. Two read plans, chosen by the backend's conf
   this backend's thread pool, and a deflated chunk alone in its GET is inflated as its body
   arrives.
 
-Either way small chunks stored back to back are reduced stacked (:mod:`activestorage.coalesce`)
-and ``select`` results get bytes of their own.
+Either way a read is cut into reductions the same way (:func:`_spans`: small chunks stored back
+to back reduced stacked, :mod:`activestorage.coalesce`; ``select`` results get bytes of their
+own) and reduced by one function (:func:`_reduce_span`). What stays two is only where the bytes
+are read and into what memory: a local read is a ``pread`` (microseconds), so it runs on the
+calling thread into that thread's kept buffer, and merging ranges across gaps would only read
+bytes nobody needs; a remote read is a round trip (milliseconds), so nearby ranges share a GET and
+GETs overlap on a pool, each into memory of its own. Running local reads through the merged plan
+costs a pool hand-off and a fresh buffer per read, and ~1 us of planning per chunk (a
+``RangeGroup`` per run) on the path where the whole per-chunk budget is ~2.5 us.
 """
 
 from __future__ import annotations
@@ -137,7 +144,7 @@ class StoreBackend(InProcessBackend):
         files = self.files
         out: list[Partial | None] = []
         own = operation == "select"  # selections keep their bytes: no shared buffer
-        spans = [(i, i + 1) for i in range(len(requests))] if own else runs(requests)
+        spans = _spans(requests, operation)
         sizes = [sum(q.size for q in requests[a:b]) for a, b in spans]  # type: ignore[misc]
         # decoded chunks (codecs undone) go to this thread's scratch buffer, not fresh memory
         decoded = scratch_bytes(requests)
@@ -160,11 +167,7 @@ class StoreBackend(InProcessBackend):
             else:
                 raw = files.read_into(r.url, r.offset, size, buf, map_ok)  # type: ignore[arg-type]
             try:
-                if b - a == 1:
-                    out.append(reduce_chunk(raw, r, operation, work))
-                else:
-                    out.extend(reduce_run(raw, requests[a:b], operation,
-                                          None if slots is None else slots[a:b]))
+                out.extend(_reduce_span(raw, requests, a, b, operation, slots, work))
             finally:
                 files.release(r.url, raw, r.offset, size)  # type: ignore[arg-type]
             del raw
@@ -199,22 +202,17 @@ class StoreBackend(InProcessBackend):
                 return
             raw = store.read_range(g.url, g.start, g.end, etag=g.etag, version_id=g.version_id)
             view = memoryview(raw)
-            reqs = [requests[i] for i in g.members]  # sorted by offset
-            spans = ([(j, j + 1) for j in range(len(reqs))] if operation == "select"
-                     else runs(reqs))
+            members = g.members  # sorted by offset
+            reqs = [requests[i] for i in members]
+            group_slots = None if slots is None else [slots[i] for i in members]
             # one buffer for the group's decoded chunks instead of fresh memory for each
             decoded = scratch_bytes(reqs)
             scratch = np.empty(decoded, np.uint8) if decoded and len(reqs) > 1 else None
-            for a, b in spans:  # small back-to-back chunks are reduced stacked
+            for a, b in _spans(reqs, operation):  # small back-to-back chunks reduced stacked
                 lo = reqs[a].offset - g.start
                 hi = reqs[b - 1].offset + (reqs[b - 1].size or 0) - g.start
-                if b - a == 1:
-                    out[g.members[a]] = reduce_chunk(view[lo:hi], reqs[a], operation, scratch)
-                    continue
-                members = g.members[a:b]
-                parts = reduce_run(view[lo:hi], reqs[a:b], operation,
-                                   None if slots is None else [slots[i] for i in members])
-                for i, p in zip(members, parts):
+                parts = _reduce_span(view[lo:hi], reqs, a, b, operation, group_slots, scratch)
+                for i, p in zip(members[a:b], parts):
                     out[i] = p
 
         if len(groups) == 1 or self.max_threads <= 1:
@@ -240,3 +238,23 @@ class StoreBackend(InProcessBackend):
             pool.shutdown(wait=True)
         for store in stores:
             store.close()
+
+
+def _spans(reqs: Sequence[ChunkRequest], operation: str) -> list[tuple[int, int]]:
+    """How both plans cut the chunks of a read into reductions: ``(a, b)`` index spans, a run of
+    small chunks stored back to back as one (:func:`~activestorage.coalesce.runs`), each chunk on
+    its own for ``select`` (selections keep their bytes)."""
+    if operation == "select":
+        return [(i, i + 1) for i in range(len(reqs))]
+    return runs(reqs)
+
+
+def _reduce_span(raw: Any, reqs: Sequence[ChunkRequest], a: int, b: int, operation: str,
+                 slots: Sequence[Hashable] | None, scratch: Any) -> list[Partial | None]:
+    """The partials of ``reqs[a:b]``, whose stored bytes are ``raw`` back to back: one chunk by
+    the kernel (decoding into ``scratch``), a run stacked (:func:`~activestorage.coalesce.reduce_run`,
+    ``slots`` saying which partials it may fold)."""
+    if b - a == 1:
+        return [reduce_chunk(raw, reqs[a], operation, scratch)]
+    return reduce_run(raw, reqs[a:b], operation, None if slots is None else slots[a:b])
+
