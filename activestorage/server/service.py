@@ -128,7 +128,9 @@ class Service:
                                  connect_timeout=settings.upstream_connect_timeout,
                                  read_timeout=settings.upstream_read_timeout,
                                  region=settings.s3_region,
-                                 allow=settings.allow_upstream)
+                                 allow=settings.allow_upstream,
+                                 addressing_style=settings.s3_addressing_style,
+                                 ca_bundle=settings.upstream_ca_bundle)
         self.pool = ThreadPoolExecutor(settings.kernel_threads, thread_name_prefix="as-kernel")
 
     async def fetch(self, item: Item) -> bytes:

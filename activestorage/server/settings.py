@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import (BaseSettings, EnvSettingsSource, NoDecode,
@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     coalesce_below_bytes: int = 1 << 20
     #: region used for SigV4 signing of S3 requests.
     s3_region: str = "us-east-1"
+    #: how S3 objects are addressed upstream: ``path`` (``host/bucket/key``, what every
+    #: S3-compatible store takes) or ``virtual`` (``bucket.host/key``, AWS's virtual-hosted style).
+    s3_addressing_style: Literal["path", "virtual"] = "path"
+    #: PEM file of the CAs that upstream TLS certificates are checked against (instead of the
+    #: system's), for stores with a private CA.
+    upstream_ca_bundle: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: str = "info"
@@ -172,6 +178,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
       help="most chunk requests in one /v2/batch request")
     a("--s3-region", default=d.s3_region,
       help="region used to sign (SigV4) requests to S3")
+    a("--s3-addressing-style", default=d.s3_addressing_style, choices=["path", "virtual"],
+      help="address S3 objects upstream as host/bucket/key (path) or bucket.host/key (virtual; "
+           "the allow-list must then cover the bucket's host name)")
+    a("--upstream-ca-bundle", default=d.upstream_ca_bundle, metavar="PEM",
+      help="check upstream stores' TLS certificates against these CAs instead of the system's "
+           "(default: the system's)")
     a("--tls-cert", default=d.tls_cert, metavar="PEM",
       help="serve HTTPS with this certificate (with --tls-key; default: plain HTTP)")
     a("--tls-key", default=d.tls_key, metavar="PEM",
@@ -195,6 +207,9 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         allow = tuple(ns._env_allow)
     if bool(ns.tls_cert) != bool(ns.tls_key):
         raise SystemExit("activestorage serve: --tls-cert and --tls-key go together")
+    if ns.upstream_ca_bundle and not os.path.isfile(ns.upstream_ca_bundle):
+        raise SystemExit(f"activestorage serve: --upstream-ca-bundle {ns.upstream_ca_bundle}: "
+                         "no such file")
     return Settings(
         host=ns.host, port=int(ns.port), workers=max(1, int(ns.workers)), allow_upstream=allow,
         max_body_bytes=int(ns.max_body_bytes), max_bytes_in_flight=int(ns.max_bytes_in_flight),
@@ -205,5 +220,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         max_header_bytes=int(ns.max_header_bytes), write_timeout=float(ns.write_timeout),
         upstream_connect_timeout=float(ns.upstream_connect_timeout),
         upstream_read_timeout=float(ns.upstream_read_timeout), max_batch=int(ns.max_batch),
-        s3_region=ns.s3_region, tls_cert=ns.tls_cert or None, tls_key=ns.tls_key or None,
+        s3_region=ns.s3_region, s3_addressing_style=ns.s3_addressing_style,
+        upstream_ca_bundle=ns.upstream_ca_bundle or None,
+        tls_cert=ns.tls_cert or None, tls_key=ns.tls_key or None,
         log_level=ns.log_level, access_log=not ns.no_access_log)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from ..errors import RequestValidationError, StorageError
@@ -26,7 +27,8 @@ from ..stores.s3 import sign_s3
 from .allowlist import (METADATA_HOSTS, AllowList, PinnedResolver, RefusedAddress, allow_list,
                         encode_url, parse_url)
 
-__all__ = ["METADATA_HOSTS", "Target", "Upstream", "check_allowed", "parse_basic_auth", "s3_url"]
+__all__ = ["METADATA_HOSTS", "Target", "Upstream", "check_allowed", "parse_basic_auth", "s3_url",
+           "virtual_hosted"]
 
 log = logging.getLogger("activestorage.server.upstream")
 
@@ -129,6 +131,39 @@ def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
     return user, pwd
 
 
+def virtual_hosted(url: str) -> str:
+    """A path-style S3 object URL (``scheme://host/bucket/key``) in virtual-hosted style
+    (``scheme://bucket.host/key``); 400 where that cannot name the object (an address for a
+    host, no key, a bucket name that is not a DNS label)."""
+    scheme, _, rest = url.partition("://")
+    host, _, path = rest.partition("/")
+    bucket, _, key = path.partition("/")
+    name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    if not key or not _DNS_BUCKET.fullmatch(bucket) or name.startswith("[") \
+            or name.replace(".", "").isdigit():
+        raise RequestValidationError(
+            "url", f"cannot address bucket {bucket!r} at {scheme}://{host} virtual-hosted style "
+            "(it needs a DNS host name and a bucket name that is a DNS label); this server is "
+            "started with --s3-addressing-style virtual")
+    return f"{scheme}://{bucket}.{host}/{key}"
+
+
+#: bucket names usable as a host name label (no dots: they would break TLS wildcard certificates)
+_DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+
+def _ssl_context(ca_bundle: str | None) -> Any:
+    """True (the system's CAs) or a context trusting the CAs of the PEM file ``ca_bundle``."""
+    if not ca_bundle:
+        return True
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"activestorage serve: --upstream-ca-bundle {ca_bundle}: {exc}") from None
+
+
 class Upstream:
     """Pooled, bounded, signed range reads through the stores' async face
     (:class:`~activestorage.stores.http.AsyncHTTPStore`), connecting only to addresses the
@@ -137,8 +172,10 @@ class Upstream:
     def __init__(self, *, max_concurrency: int = 64, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, region: str = "us-east-1",
                  max_clients: int = 64,
-                 allow: Iterable[str] | AllowList = ("127.0.0.1", "localhost", "::1")) -> None:
+                 allow: Iterable[str] | AllowList = ("127.0.0.1", "localhost", "::1"),
+                 addressing_style: str = "path", ca_bundle: str | None = None) -> None:
         self._region = region
+        self._virtual = addressing_style == "virtual"
         #: the allow-list whose checked addresses are the only ones ever connected to
         self.allow = allow if isinstance(allow, AllowList) else AllowList(tuple(allow))
         # no DNS cache of aiohttp's own: every new connection asks the pinned resolver, which
@@ -147,7 +184,8 @@ class Upstream:
                                      connect_timeout=connect_timeout, read_timeout=read_timeout,
                                      max_clients=max_clients,
                                      resolver=lambda: PinnedResolver(self.allow),
-                                     not_found=400, refused=(RefusedAddress,))
+                                     not_found=400, refused=(RefusedAddress,),
+                                     ssl=_ssl_context(ca_bundle))
 
     def _headers(self, target: Target, url: str, rng: str | None) -> dict[str, str]:
         headers = AsyncHTTPStore.headers(rng, target.etag)
@@ -168,6 +206,9 @@ class Upstream:
         whole object was asked for); anything else is a 502 naming the store. At most the
         requested size (plus one byte, to detect an overlong body) is ever read."""
         url = encode_url(target.url)  # what is signed is what is sent
+        if target.kind == "s3" and self._virtual:
+            url = virtual_hosted(url)
+            self.allow.check_url(url)  # the bucket's host name is the one dialled
         if target.kind == "s3" and target.version_id:
             url += ("&" if "?" in url else "?") + "versionId=" + quote(target.version_id, safe="")
         if size is not None:

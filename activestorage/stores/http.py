@@ -178,7 +178,7 @@ class AsyncHTTPStore:
     def __init__(self, *, max_concurrency: int = 64, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, max_clients: int = 64,
                  resolver: Callable[[], Any] | None = None, not_found: int = 400,
-                 refused: tuple[type[BaseException], ...] = ()) -> None:
+                 refused: tuple[type[BaseException], ...] = (), ssl: Any = True) -> None:
         self._sem = asyncio.Semaphore(max_concurrency)
         self._max_concurrency = max_concurrency
         # One deadline for a whole read, as documented: connecting and every byte of the answer
@@ -192,6 +192,7 @@ class AsyncHTTPStore:
         self._resolver = resolver
         self.not_found = not_found
         self._refused = refused
+        self._ssl = ssl  # True: the system's CAs; an ``ssl.SSLContext`` for a CA bundle
 
     def _client(self, store: str, ident: str) -> aiohttp.ClientSession:
         key = (store, ident)
@@ -200,7 +201,7 @@ class AsyncHTTPStore:
             # no DNS cache of aiohttp's own: every new connection asks the resolver given
             resolver = self._resolver() if self._resolver is not None else None
             conn = aiohttp.TCPConnector(limit=self._max_concurrency, use_dns_cache=False,
-                                        resolver=resolver)
+                                        resolver=resolver, ssl=self._ssl)
             client = aiohttp.ClientSession(connector=conn, timeout=self._timeout,
                                            auto_decompress=False, trust_env=False,
                                            skip_auto_headers=("User-Agent",))

@@ -17,7 +17,7 @@ from servers import (S3_KEY, S3_SECRET, free_port, make_ca_and_cert, s3_client,
                      start_moto_with_auth)
 
 from activestorage import Active
-from activestorage.errors import StorageError
+from activestorage.errors import ServerError, StorageError
 from activestorage.stores.s3 import S3Store
 
 BUCKET = "reach"
@@ -186,3 +186,29 @@ def test_custom_ca_bundle(tls_moto):
     with Active(obj, "v", storage_options={**opts, "client_kwargs": {"verify": ca}},
                 backend="fetch") as a:
         np.testing.assert_allclose(a.min[...], DATA.min())
+
+
+def test_server_reaches_a_tls_store_through_its_ca_bundle_path_style(tls_moto, tmp_path):
+    """The server reads S3 over TLS from a store whose certificate only ``--upstream-ca-bundle``
+    vouches for, addressing it path-style as told; without the bundle the read is a 502."""
+    from servers import start_active_server
+
+    url, ca = tls_moto
+    obj = f"s3://{BUCKET}/d.nc"
+    opts = {"key": S3_KEY, "secret": S3_SECRET, "endpoint_url": url,
+            "client_kwargs": {"verify": ca}}  # the client's own metadata reads
+    good = start_active_server(tmp_path / "good", "--upstream-ca-bundle", ca,
+                               "--s3-addressing-style", "path")
+    bare = start_active_server(tmp_path / "bare")
+    try:
+        with Active(obj, "v", storage_options=opts, active_storage_url=good.url) as a:
+            assert a.backend.name == "server"
+            np.testing.assert_allclose(a.max[2:5, 1:9], DATA[2:5, 1:9].max())
+            np.testing.assert_allclose(a.sum[...], DATA.astype("f8").sum(), rtol=1e-6)
+        with Active(obj, "v", storage_options=opts, active_storage_url=bare.url) as a, \
+                pytest.raises(ServerError) as ei:
+            a.max[...]  # the system's CAs do not know the store's
+        assert "HTTP 502" in str(ei.value) and "CERTIFICATE_VERIFY_FAILED" in str(ei.value)
+    finally:
+        good.stop()
+        bare.stop()

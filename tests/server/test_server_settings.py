@@ -65,3 +65,22 @@ def test_settings_are_frozen_and_validated():
     with pytest.raises(Exception):
         Settings(port="eighty")  # type: ignore[arg-type]
     assert s.replace(max_batch=3).max_batch == 3 and s.max_batch == 1024
+
+
+def test_s3_reach_settings(tmp_path):
+    s = parse_args([], environ={})
+    assert (s.s3_addressing_style, s.upstream_ca_bundle) == ("path", None)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {"ACTIVESTORAGE_S3_ADDRESSING_STYLE": "virtual",
+           "ACTIVESTORAGE_UPSTREAM_CA_BUNDLE": str(ca)}
+    s = parse_args([], environ=env)
+    assert (s.s3_addressing_style, s.upstream_ca_bundle) == ("virtual", str(ca))
+    s = parse_args(["--s3-addressing-style", "path"], environ=env)
+    assert s.s3_addressing_style == "path"
+    with pytest.raises(SystemExit):
+        parse_args(["--s3-addressing-style", "dns"], environ={})
+    with pytest.raises(SystemExit, match="ADDRESSING_STYLE"):
+        parse_args([], environ={"ACTIVESTORAGE_S3_ADDRESSING_STYLE": "dns"})
+    with pytest.raises(SystemExit, match="no such file"):
+        parse_args(["--upstream-ca-bundle", str(tmp_path / "absent.pem")], environ={})

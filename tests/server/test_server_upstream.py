@@ -246,3 +246,58 @@ def test_urls_with_control_characters_are_refused(url):
 def test_unencoded_keys_are_accepted():
     """The spec sends v2 URLs unencoded: spaces, brackets, commas and quotes in the key pass."""
     check_allowed('http://127.0.0.1:9000/b/a b[1],"q\'.nc', ["127.0.0.1"])
+
+
+def test_virtual_hosted_urls():
+    from activestorage.server.upstream import virtual_hosted
+
+    assert virtual_hosted("https://s3.example.org/my-bucket/a/b%20c.nc?versionId=1") == \
+        "https://my-bucket.s3.example.org/a/b%20c.nc?versionId=1"
+    assert virtual_hosted("http://store.test:9000/bkt/k") == "http://bkt.store.test:9000/k"
+    for bad in ("http://127.0.0.1:9000/bkt/k", "http://[::1]:9000/bkt/k",
+                "http://store.test/Bad_Bucket/k", "http://store.test/my.bucket/k",
+                "http://store.test/bkt"):
+        with pytest.raises(RequestValidationError) as e:
+            virtual_hosted(bad)
+        assert "virtual" in str(e.value)  # RequestValidationError: a 400 naming the field
+
+
+def test_virtual_hosted_s3_reads_dial_the_bucket_host_and_sign_it():
+    """--s3-addressing-style virtual: the object is read from bucket.host/key, signed for that
+    host, and only when the allow-list covers the bucket's host name."""
+    from activestorage.server.allowlist import AllowList
+
+    seen = {}
+
+    async def handler(request):
+        seen.update(host=request.headers["Host"], path=request.rel_url.path,
+                    auth=request.headers.get("Authorization", ""))
+        return ranged(request)
+
+    async def fake_dns(host, port):
+        assert host in ("bkt.store.test", "store.test")
+        return ["127.0.0.1"]
+
+    async def main(entries):
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        up = Upstream(addressing_style="virtual",
+                      allow=AllowList(entries, resolve=fake_dns))
+        t = Target("s3", f"http://store.test:{port}/bkt/a%20key", auth=("AKID", "secret"))
+        try:
+            return await up.read(t, 2, 4, max_bytes=100)
+        finally:
+            await up.aclose()
+            await runner.cleanup()
+
+    assert asyncio.run(main(["store.test", "bkt.store.test"])) == DATA[2:6]
+    assert seen["host"].startswith("bkt.store.test:") and seen["path"] == "/a key"
+    assert seen["auth"].startswith("AWS4-HMAC-SHA256 ")
+    with pytest.raises(StorageError) as e:  # the bucket's host is not on the allow-list
+        asyncio.run(main(["store.test"]))
+    assert e.value.status == 403 and "bkt.store.test" in str(e.value)
