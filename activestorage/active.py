@@ -337,7 +337,7 @@ class Active:
                                            f"{method!r}: set _version = 1 or 2 to reduce")
             items = key if isinstance(key, tuple) else (key,)
             for i, k in enumerate(items):
-                if orthogonal._is_int(k):
+                if orthogonal.is_index(k):
                     raise SelectionError(
                         f"{self._variable.source}: variable {self._variable.name!r}: the integer "
                         f"index {k!r} (position {i}) drops an axis, which a method reduction "

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import operations
 from .errors import AxisError, SelectionError
+from .plan import is_index
 
 
 def has_lists(key: Any) -> bool:
@@ -73,19 +74,9 @@ def runs(idx: np.ndarray) -> list[slice]:
     return [slice(int(idx[a]), int(idx[b - 1]) + 1) for a, b in zip(starts, ends)]
 
 
-def _is_int(k: Any) -> bool:
-    if isinstance(k, (bool, np.bool_)):
-        return False
-    try:
-        operator.index(k)
-    except TypeError:
-        return False
-    return True
-
-
 def result_axes(full: Sequence[Any]) -> list[int]:
     """Variable axes that remain in the selected array (integer-indexed ones are dropped)."""
-    return [ax for ax, k in enumerate(full) if not _is_int(k)]
+    return [ax for ax, k in enumerate(full) if not is_index(k)]
 
 
 def reduced_positions(axis: Any, ndim: int, where: str = "") -> list[int]:

@@ -68,7 +68,7 @@ def normalize_key(key: Any, shape: Sequence[int], where: str = "") -> Selection:
     for axis, (k, n) in enumerate(zip(key, shape)):
         if isinstance(k, slice):
             for part in (k.start, k.stop, k.step):
-                if part is not None and not _is_index(part):
+                if part is not None and not is_index(part):
                     raise SelectionError(f"{where}slice {k} on axis {axis} must use integers")
             if k.step is not None and operator.index(k.step) == 0:
                 raise SelectionError(f"{where}slice step on axis {axis} cannot be zero")
@@ -82,7 +82,7 @@ def normalize_key(key: Any, shape: Sequence[int], where: str = "") -> Selection:
                     a, b, c = lo, a + 1, -c
                     flipped.append(axis)
             ranges.append((a, b, c))
-        elif _is_index(k):
+        elif is_index(k):
             i = operator.index(k)
             if not -n <= i < n:
                 raise SelectionError(
@@ -97,8 +97,9 @@ def normalize_key(key: Any, shape: Sequence[int], where: str = "") -> Selection:
     return Selection(tuple(ranges), tuple(dropped), tuple(flipped))
 
 
-def _is_index(k: Any) -> bool:
-    if isinstance(k, bool):
+def is_index(k: Any) -> bool:
+    """Whether ``k`` is an integer index (anything with ``__index__``, but not a bool)."""
+    if isinstance(k, (bool, np.bool_)):
         return False
     try:
         operator.index(k)

@@ -179,19 +179,24 @@ def _chunk_index(dsid: Any, url: str, shape: tuple[int, ...], chunk_shape: tuple
     return ChunkIndex(url, offsets, sizes, exceptions=special)
 
 
+def stored_dtype(dtype: Any, where: str) -> tuple[str, np.dtype]:
+    """(byte order as stored, native dtype) of an HDF5 dataset's dtype (h5py's or pyfive's);
+    :class:`UnsupportedError` for anything but integers and floats."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        raise UnsupportedError(f"{where} has dtype {dtype}; only integer and float variables "
+                               "can be reduced")
+    big = dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian)
+    return "big" if big else "little", dtype.newbyteorder("=")
+
+
 def variable_from_dataset(ds: Any, url: str, name: str | None = None) -> Variable:
     """Build a :class:`Variable` from an open ``h5py.Dataset``; locators point into ``url``."""
     import h5py
 
     name = name or ds.name.lstrip("/")
     where = f"{url}: variable {name!r}"
-    dtype = ds.dtype
-    if dtype.kind not in "iuf":
-        raise UnsupportedError(f"{where} has dtype {dtype}; only integer and float variables "
-                               "can be reduced")
-    byte_order = "big" if dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian) \
-        else "little"
-    native = dtype.newbyteorder("=")
+    byte_order, native = stored_dtype(ds.dtype, where)
     shape = tuple(int(n) for n in ds.shape)
     dsid = ds.id
     dcpl = dsid.get_create_plist()

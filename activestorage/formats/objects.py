@@ -186,17 +186,11 @@ def _pipeline(ds: Any, itemsize: int, where: str) -> list[tuple[int, dict[str, A
 
 def variable_from_pyfive(ds: Any, url: str) -> Variable:
     """A :class:`Variable` from a pyfive ``Dataset``, its locators pointing into ``url``."""
-    from .hdf5 import _HIDDEN_ATTRS, _chunk_index, _codecs
+    from .hdf5 import _HIDDEN_ATTRS, _chunk_index, _codecs, stored_dtype
 
     name = str(ds.name).lstrip("/")
     where = f"{url}: variable {name!r}"
-    dtype = np.dtype(ds.dtype)
-    if dtype.kind not in "iuf":
-        raise UnsupportedError(f"{where} has dtype {dtype}; only integer and float variables "
-                               "can be reduced")
-    byte_order = "big" if dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian) \
-        else "little"
-    native = dtype.newbyteorder("=")
+    byte_order, native = stored_dtype(ds.dtype, where)
     shape = tuple(int(n) for n in ds.shape)
     attrs = {}
     for k, v in dict(ds.attrs).items():
