@@ -5,15 +5,20 @@ puts this directory on ``sys.path`` so subdirectories can too).
 - test data: :func:`write_nc` (a netCDF-4 file with a chosen layout) and the :func:`datasets`
   hypothesis strategy, :data:`SHARED` (the real climate files in tests/data);
 - the two kernel paths: :data:`PATHS` and :func:`kernel_path` (compiled one-pass reductions, or
-  NumPy as an installation without a C compiler runs).
+  NumPy as an installation without a C compiler runs);
+- the Reductionist wire, for the spec tests in-process and against a server process alike:
+  :func:`decode_v1`, :func:`decode_v2`, :func:`spec_error`, :func:`assert_selected`,
+  :data:`SELECTABLE`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Iterator
 
+import cbor2
 import netCDF4
 import numpy as np
 import pytest
@@ -133,3 +138,54 @@ def kernel_path(compiled: bool) -> Iterator[None]:
         yield
     finally:
         fused._c = saved
+
+
+# ----------------------------------------------------------- the Reductionist wire (spec tests)
+
+#: a selection's start or end: small (within the axes), past either end, or huge (clamped)
+SELECTABLE = st.integers(-12, 12) | st.integers(-10**20, 10**20)
+
+
+def decode_v1(r) -> tuple[np.ndarray, list[int]]:
+    """A v1 answer (raw bytes + ``x-activestorage-*`` headers) as (values, count)."""
+    assert r.status_code == 200, r.text[:500]
+    assert r.headers["content-type"] == "application/octet-stream"
+    h = r.headers
+    bo = "<" if h["x-activestorage-byte-order"] == "little" else ">"
+    values = np.frombuffer(r.content, np.dtype(h["x-activestorage-dtype"]).newbyteorder(bo))
+    return values.reshape(json.loads(h["x-activestorage-shape"])), json.loads(
+        h["x-activestorage-count"])
+
+
+def decode_v2(r) -> tuple[np.ndarray, list[int]]:
+    """A v2 answer (a CBOR map) as (values, count)."""
+    assert r.status_code == 200, r.text[:500]
+    assert r.headers["content-type"] == "application/cbor"
+    m = cbor2.loads(r.content)
+    bo = "<" if m["byte_order"] == "little" else ">"
+    return np.frombuffer(m["bytes"], np.dtype(m["dtype"]).newbyteorder(bo)).reshape(
+        m["shape"]), m["count"]
+
+
+def spec_error(r, status: int) -> str:
+    """The spec's error shape with ``status`` (``{"error": {"message", "caused_by"}}``, no
+    traceback); the message, which is what clients show."""
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    assert r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert set(err) <= {"message", "caused_by"} and isinstance(err["message"], str)
+    assert all(isinstance(c, str) for c in err.get("caused_by", []))
+    assert "Traceback" not in r.text
+    return err["message"]
+
+
+def assert_selected(values, count, want: np.ndarray, op: str) -> None:
+    """A decoded answer of ``op`` over a selection agrees with NumPy's ``want`` (the selected
+    array): the count is its size; select returns it, count its size, the others ``want.op()``."""
+    assert count == [want.size]
+    if op == "select":
+        np.testing.assert_array_equal(values, want)
+    elif op == "count":
+        assert values == want.size
+    elif want.size:
+        assert values == getattr(want, op)()
