@@ -27,29 +27,35 @@ def ranged(request: web.Request, etag: str = '"abc"') -> web.Response:
         "content-range": f"bytes {a}-{b}/{len(DATA)}", "etag": etag})
 
 
+async def serve_and_read(handler, target: Target, offset, size, max_bytes=10_000, **kw):
+    """Serve ``handler`` on a loopback port (``{port}`` in the target's URL becomes it) and read
+    ``target`` through a fresh Upstream made with ``kw``."""
+    async def h(request):
+        out = handler(request)
+        return await out if asyncio.iscoroutine(out) else out
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", h)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    t = Target(target.kind, target.url.replace("{port}", str(port)), target.auth, target.etag,
+               target.version_id)
+    up = Upstream(**{"max_concurrency": 4, **kw})
+    try:
+        return await up.read(t, offset, size, max_bytes=max_bytes)
+    finally:
+        await up.aclose()
+        await runner.cleanup()
+
+
 def read(handler, offset, size, max_bytes=10_000, target=None, **kw):
     """Serve ``handler`` on a loopback port and read through a fresh Upstream."""
-    async def main():
-        async def h(request):
-            out = handler(request)
-            return await out if asyncio.iscoroutine(out) else out
-        app = web.Application()
-        app.router.add_route("GET", "/{tail:.*}", h)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        t = target or Target("http", "http://127.0.0.1/obj")
-        t = Target(t.kind, t.url.replace("127.0.0.1", f"127.0.0.1:{port}", 1), t.auth, t.etag,
-                   t.version_id)
-        up = Upstream(max_concurrency=4, **kw)
-        try:
-            return await up.read(t, offset, size, max_bytes=max_bytes)
-        finally:
-            await up.aclose()
-            await runner.cleanup()
-    return asyncio.run(main())
+    t = target or Target("http", "http://127.0.0.1/obj")
+    t = Target(t.kind, t.url.replace("127.0.0.1", "127.0.0.1:{port}", 1), t.auth, t.etag,
+               t.version_id)
+    return asyncio.run(serve_and_read(handler, t, offset, size, max_bytes, **kw))
 
 
 def test_range_reads_and_whole_object():
@@ -278,22 +284,10 @@ def test_virtual_hosted_s3_reads_dial_the_bucket_host_and_sign_it():
         assert host in ("bkt.store.test", "store.test")
         return ["127.0.0.1"]
 
-    async def main(entries):
-        app = web.Application()
-        app.router.add_route("GET", "/{tail:.*}", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        up = Upstream(addressing_style="virtual",
-                      allow=AllowList(entries, resolve=fake_dns))
-        t = Target("s3", f"http://store.test:{port}/bkt/a%20key", auth=("AKID", "secret"))
-        try:
-            return await up.read(t, 2, 4, max_bytes=100)
-        finally:
-            await up.aclose()
-            await runner.cleanup()
+    def main(entries):
+        t = Target("s3", "http://store.test:{port}/bkt/a%20key", auth=("AKID", "secret"))
+        return serve_and_read(handler, t, 2, 4, 100, addressing_style="virtual",
+                              allow=AllowList(entries, resolve=fake_dns))
 
     assert asyncio.run(main(["store.test", "bkt.store.test"])) == DATA[2:6]
     assert seen["host"].startswith("bkt.store.test:") and seen["path"] == "/a key"
