@@ -495,9 +495,15 @@ def _arrays(node: Any) -> dict[str, Any]:
 def _members(url: str, storage_options: Mapping[str, Any] | None
              ) -> tuple[Any, list[tuple[str, Any]]]:
     """(the store's root node, its arrays by path, sorted), the store closed afterwards."""
-    node, store, _root, _kind = _open_node(url, storage_options)
+    node, store, _root, kind = _open_node(url, storage_options)
     try:
         return node, sorted(_arrays(node).items())
+    except UnsupportedError as exc:
+        if kind not in ("http", "https"):
+            raise
+        raise UnsupportedError(f"{url}: the arrays of a Zarr group over HTTP can only be listed "
+                               "from consolidated metadata (zarr.consolidate_metadata); name the "
+                               "array instead") from exc
     finally:
         store.close()
 

@@ -292,6 +292,28 @@ def test_zarr_over_http_probes_chunk_objects(nginx_server, fmt):
             check(getattr(x, op)[...], want, op)
 
 
+def test_zarr_group_over_http_lists_from_consolidated_metadata_only(nginx_server):
+    """A group's arrays are opened by name over HTTP either way; they are listed from
+    consolidated metadata, and without it the error says what to do."""
+    from activestorage.errors import UnsupportedError
+    from activestorage.formats.zarr import ZarrReader
+
+    docroot = nginx_server.extra["docroot"]
+    for name, consolidated in (("plain-group.zarr", False), ("cons-group.zarr", True)):
+        g = zarr.open_group(str(docroot / name), mode="w", zarr_format=2)
+        g.create_array("tas", shape=(4, 3), chunks=(2, 3), dtype="f4")[:] = 1.5
+        if consolidated:
+            zarr.consolidate_metadata(str(docroot / name))
+        url = f"{nginx_server.url}/{name}"
+        with Active(url, "tas", backend="fetch") as x:
+            assert x.sum[...] == 18.0
+        if consolidated:
+            assert [c.name for c in ZarrReader().list_variables(url)] == ["tas"]
+        else:
+            with pytest.raises(UnsupportedError, match="consolidated"):
+                ZarrReader().list_variables(url)
+
+
 def test_object_changed_between_open_and_manifest_is_refused(datasets, s3, moto_server, tmp_path):
     from activestorage.formats.references import pin
 
