@@ -466,19 +466,19 @@ def _open_node(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any
 
     store, root, kind = _store(url, storage_options)
     try:
-        node = zarr.open(store=ByteStoreZarr(store, root), mode="r")
-    except StorageError:
+        try:
+            node = zarr.open(store=ByteStoreZarr(store, root), mode="r")
+        except StorageError:
+            raise
+        except FileNotFoundError as exc:
+            raise FormatError(f"{url} is not a Zarr store (no .zarray/.zgroup/zarr.json)") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError(f"{url}: Zarr metadata could not be read ({exc})") from exc
+        except OSError as exc:
+            raise StorageError(f"{url}: {exc}", store=url) from exc
+    except BaseException:
         store.close()
         raise
-    except FileNotFoundError as exc:
-        store.close()
-        raise FormatError(f"{url} is not a Zarr store (no .zarray/.zgroup/zarr.json)") from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        store.close()
-        raise FormatError(f"{url}: Zarr metadata could not be read ({exc})") from exc
-    except OSError as exc:
-        store.close()
-        raise StorageError(f"{url}: {exc}", store=url) from exc
     return node, store, root, kind
 
 
