@@ -303,3 +303,29 @@ def test_batch_fold_errors_name_the_field(client):
     r = post("sum", {"requests": [one, other], "fold": [0, 1]})  # different ids: fine
     assert r.status_code == 200 and None not in cbor2.loads(r.content)["results"]
     assert client.get("/capabilities").json()["fold"] is True
+
+
+def test_reduction_posts_take_the_fast_path_past_the_router():
+    """Reduction POSTs are served without FastAPI's router and middleware (the hot path); the
+    answers, errors and metrics are those of the full stack."""
+    from activestorage.server.app import ServerApp
+
+    app = create_app(Settings())
+    assert isinstance(app, ServerApp)
+    app.state.server.upstream.read = fake_read
+    STORE["http://127.0.0.1:1/fast.bin"] = np.arange(10, dtype="<i4").tobytes()
+    body = {"interface_type": "http", "url": "http://127.0.0.1:1/fast.bin", "dtype": "int32"}
+    # without the reduction routes in the router, only the fast path can answer them
+    app.router.routes[:] = [r for r in app.router.routes
+                            if not getattr(r, "path", "").startswith(("/v1/", "/v2/"))]
+    with TestClient(app) as c:
+        r = c.post("/v2/sum/", json=body)
+        assert r.status_code == 200 and cbor2.loads(r.content)["count"] == [10]
+        r = c.post("/v2/nosuch", json=body)
+        assert r.status_code == 404 and "unknown operation" in r.json()["error"]["message"]
+        r = c.post("/v2/sum", json={**body, "dtype": "float128"})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("dtype")
+        assert c.get("/healthz").status_code == 200
+        metrics = c.get("/metrics").text
+    assert 'activestorage_requests_total{api="v2",operation="sum",status="200"} 1.0' in metrics
+    assert 'activestorage_errors_total{kind="validation"} 1.0' in metrics
