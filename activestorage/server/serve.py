@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any, Sequence
 
+from .metrics import MULTIPROC_ENV
 from .settings import Settings, parse_args
 
 log = logging.getLogger("activestorage.server")
@@ -44,8 +47,15 @@ def run(settings: Settings) -> None:
             max_bytes_in_flight=max(1, settings.max_bytes_in_flight // settings.workers),
             max_upstream_concurrency=max(1, settings.max_upstream_concurrency // settings.workers))
         os.environ["ACTIVESTORAGE_SERVER_SETTINGS"] = per.to_json()
-        uvicorn.run("activestorage.server.serve:app_from_env", factory=True,
-                    workers=settings.workers, **common)
+        # one metrics view: the workers record into files in a directory of this server's own
+        # (prometheus_client's multiprocess mode), which /metrics of any worker sums
+        metrics_dir = tempfile.mkdtemp(prefix="activestorage-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        try:
+            uvicorn.run("activestorage.server.serve:app_from_env", factory=True,
+                        workers=settings.workers, **common)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return
     from .app import create_app
 
