@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from typing import Any, Sequence
 
+from ..memory import reuse_freed_memory
 from .metrics import MULTIPROC_ENV
 from .settings import Settings, parse_args
 
@@ -37,6 +38,7 @@ def run(settings: Settings) -> None:
     import uvicorn
 
     configure_logging(settings.log_level)
+    reuse_freed_memory()
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                   access_log=False, timeout_graceful_shutdown=10, server_header=False,
                   ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
@@ -69,6 +71,7 @@ def app_from_env() -> Any:
     text = os.environ.get("ACTIVESTORAGE_SERVER_SETTINGS")
     settings = Settings.from_json(text) if text else Settings()
     configure_logging(settings.log_level)  # worker processes start with logging unconfigured
+    reuse_freed_memory()  # a process-wide allocator setting: each worker sets its own
     return create_app(settings)
 
 
