@@ -57,6 +57,14 @@ class Metrics:
             self._view = CollectorRegistry()
             multiprocess.MultiProcessCollector(self._view, path=self.multiprocess_dir)
 
+    def close(self) -> None:
+        """At a worker's exit: drop its share of the live-summed gauges (in-flight bytes) from
+        the shared view; its counters stay counted."""
+        if self.multiprocess_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+
     def collect(self) -> Iterator[Metric]:
         """The metrics as every worker of this server together has them."""
         return self._view.collect()

@@ -359,3 +359,4 @@ class Service:
     async def aclose(self) -> None:
         await self.upstream.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
