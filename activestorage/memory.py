@@ -34,6 +34,38 @@ def _malloc_trim() -> Any:
 
 _TRIM = _malloc_trim()
 
+#: ``mallopt`` parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: glibc's largest mmap threshold on 64-bit systems
+MMAP_THRESHOLD_MAX = 32 << 20
+
+
+def reuse_freed_memory(mmap_threshold: int = MMAP_THRESHOLD_MAX,
+                       trim_threshold: int = 256 << 20) -> bool:
+    """Have glibc serve blocks up to ``mmap_threshold`` bytes from its heap and keep up to
+    ``trim_threshold`` bytes of freed heap for reuse (a process-wide setting; False where the C
+    library has no ``mallopt``).
+
+    For a process that keeps allocating and freeing buffers of megabytes (the reduction server:
+    every upstream body passes through several fresh buffers) glibc's defaults are costly: each
+    such block is a fresh ``mmap`` whose pages fault in one by one and go back to the OS on
+    ``free``. Measured on 4 MiB range reads through the server's upstream client, that was half
+    of the CPU per read (7.0 -> 3.1 ms). Memory still goes back to the OS through
+    :func:`release_free_memory`, which the server calls after large answers.
+    """
+    if _TRIM is None:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, min(mmap_threshold, MMAP_THRESHOLD_MAX))
+    return bool(ok and mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
 
 def release_free_memory() -> bool:
     """Return the allocator's free pages to the OS; False where the C library cannot."""

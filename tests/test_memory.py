@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes.util
+import subprocess
+import textwrap
 import sys
 
 import numpy as np
@@ -43,3 +45,33 @@ def test_axis_reductions_with_large_results_release(tmp_path, releases):
         a.mean(axis=0)[:, :2]  # a small result
         a[...]  # a selection's memory is the caller's result
         assert len(releases) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_reuse_freed_memory_stops_page_faulting_fresh_buffers():
+    """After reuse_freed_memory(), megabyte buffers allocated and freed over and over, several at
+    once, reuse the same pages instead of faulting fresh ones in each time (the server's
+    upstream bodies)."""
+    script = textwrap.dedent("""
+        import resource, sys
+        from activestorage.memory import reuse_freed_memory
+
+        def faults():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(20):  # several bodies in flight at once, then all freed
+                held = [bytearray(4 << 20) for _ in range(8)]
+                del held
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+        default = faults()
+        ok = reuse_freed_memory()
+        faults()  # the first round after the change fills the heap once
+        print(ok, default, faults())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    ok, default, tuned = out[0] == "True", int(out[1]), int(out[2])
+    if not ok:
+        pytest.skip("this C library has no mallopt (not glibc)")
+    assert default > 20 * 4 * 1024  # freed blocks went back to the OS and faulted in again
+    assert tuned < default / 10, (default, tuned)

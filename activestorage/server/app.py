@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from .. import __version__
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
@@ -171,6 +171,55 @@ class FrontDoor:
                     "bytes_out": state["bytes"], "ms": round(dt * 1000, 3)}))
 
 
+class ServerApp(FastAPI):
+    """The app: POSTs to the reduction routes go straight to :class:`FrontDoor` and their
+    endpoint (:attr:`fast`), past FastAPI's and Starlette's per-request layers (telemetry
+    checks, error and body-limit middleware, router, exit stack: ~15 % of a 64 KiB request's
+    CPU in a py-spy profile); everything else takes the full stack."""
+
+    #: the reduction routes and the ASGI app serving a request matched by one of them
+    fast: tuple[list[Route], Callable[..., Awaitable[None]]] | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.fast is not None and scope["type"] == "http" and scope["method"] == "POST":
+            routes, serve = self.fast
+            for route in routes:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    scope["app"] = self
+                    await serve(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+
+def _handled(app: FastAPI) -> Callable[..., Awaitable[Response]]:
+    """An error as the app's exception handlers answer it (the nearest registered class)."""
+    async def handle(request: Request, exc: Exception) -> Response:
+        for cls in type(exc).__mro__:
+            handler = app.exception_handlers.get(cls)
+            if handler is not None:
+                return await handler(request, exc)
+        raise exc
+    return handle
+
+
+def _fast_path(app: FastAPI, routes: list[Route]) -> Callable[..., Awaitable[None]]:
+    """The ASGI app of a matched reduction route: its endpoint, errors through the app's
+    exception handlers (as the full stack would answer them)."""
+    handle = _handled(app)
+
+    async def serve(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await scope["endpoint"](request)
+        except Exception as exc:  # noqa: BLE001 - every error is answered as JSON
+            response = await handle(request, exc)
+        await response(scope, receive, send)
+
+    return serve
+
+
 def _kind(exc: BaseException) -> str:
     if isinstance(exc, RequestValidationError):
         return "validation"
@@ -202,6 +251,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Reductionist-compatible active-storage API (v1, v2) plus a batch "
                               "extension. Errors: {\"error\": {\"message\", \"caused_by\"}}.",
                   lifespan=lifespan, redirect_slashes=False, extra_paths=schema.reduction_paths)
+    # fastapi_offline builds a plain FastAPI: give it the class with the reduction fast path
+    # (a subclass that adds no state, so the object is already all it needs)
+    app.__class__ = ServerApp
     app.state.server = server
 
     @app.exception_handler(ActiveStorageError)
@@ -266,6 +318,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_status_page(app, server)  # GET /: the status page
     app.add_middleware(FrontDoor, server=server)
+    app.fast = (fast, FrontDoor(_fast_path(app, fast), server))  # type: ignore[attr-defined]
     return app
 
 

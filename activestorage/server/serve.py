@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any, Sequence
 
+from ..memory import reuse_freed_memory
+from .metrics import MULTIPROC_ENV
 from .settings import Settings, parse_args
 
 log = logging.getLogger("activestorage.server")
@@ -34,6 +38,7 @@ def run(settings: Settings) -> None:
     import uvicorn
 
     configure_logging(settings.log_level)
+    reuse_freed_memory()
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                   access_log=False, timeout_graceful_shutdown=10, server_header=False,
                   ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
@@ -44,8 +49,15 @@ def run(settings: Settings) -> None:
             max_bytes_in_flight=max(1, settings.max_bytes_in_flight // settings.workers),
             max_upstream_concurrency=max(1, settings.max_upstream_concurrency // settings.workers))
         os.environ["ACTIVESTORAGE_SERVER_SETTINGS"] = per.to_json()
-        uvicorn.run("activestorage.server.serve:app_from_env", factory=True,
-                    workers=settings.workers, **common)
+        # one metrics view: the workers record into files in a directory of this server's own
+        # (prometheus_client's multiprocess mode), which /metrics of any worker sums
+        metrics_dir = tempfile.mkdtemp(prefix="activestorage-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        try:
+            uvicorn.run("activestorage.server.serve:app_from_env", factory=True,
+                        workers=settings.workers, **common)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return
     from .app import create_app
 
@@ -59,6 +71,7 @@ def app_from_env() -> Any:
     text = os.environ.get("ACTIVESTORAGE_SERVER_SETTINGS")
     settings = Settings.from_json(text) if text else Settings()
     configure_logging(settings.log_level)  # worker processes start with logging unconfigured
+    reuse_freed_memory()  # a process-wide allocator setting: each worker sets its own
     return create_app(settings)
 
 

@@ -21,8 +21,9 @@ from .. import __version__
 from ..combine import Accumulator
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
                       UnsupportedError)
+from ..coalesce import reduce_run, runs
 from ..kernel import Partial, reduce_chunk, scratch_bytes
-from ..request import OPERATIONS
+from ..request import OPERATIONS, ChunkRequest
 from ..stores.base import merge_spans
 from .limits import ByteBudget
 from .metrics import Metrics
@@ -31,6 +32,12 @@ from .settings import Settings
 from .upstream import Target, Upstream
 from .wire import (CBOR_NULL, OPTIONS, Item, Result, at_item, item_index, prepare, prepare_batch,
                    v1_parts, v2_map)
+
+
+#: a single request whose stored and decoded bytes are both at most this is reduced on the event
+#: loop: at 64 KiB the hand-over to a kernel thread (submit, wake-up, GIL) cost several times the
+#: reduction itself in a py-spy profile (~17 % of the server's samples against ~2 % for the sum)
+INLINE_BYTES = 128 << 10
 
 
 class Answer(NamedTuple):
@@ -54,6 +61,12 @@ def compute(raw: bytes, item: Item, wide: bool = False,
         p: Partial = reduce_chunk(raw, item.req, item.operation, scratch)
     except (DecodeError, UnsupportedError) as exc:
         raise type(exc)(f"{item.target.name}: {exc}") from exc
+    return _result(p, item, wide)
+
+
+def _result(p: Partial, item: Item, wide: bool) -> Result:
+    """One item's keepdims partial as the API's result (reduced axes dropped; a sum in the
+    request's dtype unless ``wide`` or the item asked for wide sums)."""
     if item.operation == "select":
         return Result(np.asarray(p.values, order="C"), np.asarray(int(p.counts.sum())), True)
     axes = set(item.req.reduce_axes)
@@ -74,17 +87,70 @@ def _compute_v2(raw: bytes, item: Item) -> list[Part]:
 
 
 def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
-                   wide: bool) -> list[Result]:
-    """The results of items ``idx`` (whose bytes have arrived), errors naming the item."""
-    out = []
-    decoded = scratch_bytes(items[i].req for i in idx)
-    scratch = np.empty(decoded, np.uint8) if decoded and len(idx) > 1 else None
-    for i in idx:
+                   slots: list[int] | None,
+                   base: tuple[memoryview, int] | None = None) -> list[Result | None]:
+    """The results of items ``idx`` (whose bytes have arrived), errors naming the item.
+
+    ``slots``: the fold group of every item of a folding batch (None: no folding); sums are then
+    kept in their accumulating dtype. ``base``: the body of the one GET the items were cut from
+    and the offset it starts at. When folding, runs of small uncompressed chunks stored back to
+    back in it are reduced stacked, each group's chunks folded inside NumPy
+    (:mod:`activestorage.coalesce`, as the in-process backends do): the group's partial comes
+    back for the first item of the run in it, None for the others."""
+    done: dict[int, Result | None] = {}
+    wide = slots is not None
+    if base is not None and slots is not None and len(idx) > 1 \
+            and items[idx[0]].operation != "select":
+        done = _stacked_results(idx, items, slots, *base)
+    rest = [i for i in idx if i not in done]
+    decoded = scratch_bytes(items[i].req for i in rest)
+    scratch = np.empty(decoded, np.uint8) if decoded and len(rest) > 1 else None
+    for i in rest:
         try:
-            out.append(compute(raws[i], items[i], wide=wide, scratch=scratch))
+            done[i] = compute(raws[i], items[i], wide=wide, scratch=scratch)
         except ActiveStorageError as exc:
             raise at_item(exc, i) from exc
+    return [done[i] for i in idx]
+
+
+def _stacked_results(idx: list[int], items: list[Item], slots: list[int], body: memoryview,
+                     start: int) -> dict[int, Result | None]:
+    """Results of the items of ``idx`` that :func:`activestorage.coalesce.runs` finds in runs of
+    two or more (``body`` holds the bytes from offset ``start`` of their one object), folded by
+    ``slots``; a run the stacked path cannot reduce is left to the per-chunk path (which names
+    the failing item)."""
+    order = sorted(idx, key=lambda i: items[i].req.offset)
+    shared: dict[Any, Any] = {}
+    reqs = [_stackable(items[i], shared) for i in order]
+    out: dict[int, Result | None] = {}
+    for a, b in runs(reqs):
+        if b - a < 2:
+            continue
+        run = reqs[a:b]
+        end = run[-1].offset + (run[-1].size or 0)
+        try:
+            partials = reduce_run(body[run[0].offset - start:end - start], run,
+                                  items[order[a]].operation, [slots[i] for i in order[a:b]])
+        except ActiveStorageError:
+            continue
+        for i, p in zip(order[a:b], partials):
+            out[i] = None if p is None else _result(p, items[i], True)
     return out
+
+
+def _stackable(item: Item, shared: dict[Any, Any]) -> ChunkRequest:
+    """The item's request as :func:`~activestorage.coalesce.runs` reads it: its size set when it
+    is exactly the array's bytes, and equal missing specs one object (chunks are stacked only
+    when theirs is the same object, as the requests of one variable are in-process)."""
+    req = item.req
+    if req.size is None and item.read_size == req.nbytes:
+        req = req._replace(size=item.read_size)
+    if req.missing is not None:
+        try:
+            req = req._replace(missing=shared.setdefault(req.missing, req.missing))
+        except TypeError:  # an unhashable spec: this chunk is reduced on its own
+            pass
+    return req
 
 
 def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item],
@@ -101,6 +167,8 @@ def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item
         acc: Accumulator | None = None
         for i in group:
             res = results[i]
+            if res is None:  # folded into another item's result where it was computed
+                continue
             if acc is None:
                 acc = Accumulator(items[i].operation, res.values.shape, items[i].req.dtype)
             elif res.values.shape != acc.values.shape:
@@ -149,13 +217,17 @@ class Service:
         try:
             self.metrics.in_flight.set(self.budget.used)
             raw = await self.fetch(item)
+            work = _compute_v1 if api == "v1" else _compute_v2
+            if len(raw) <= INLINE_BYTES and (item.whole or item.req.nbytes <= INLINE_BYTES):
+                done: Any = work(raw, item)  # cheaper here than the hand-over to a thread
+            else:
+                done = await loop.run_in_executor(self.pool, work, raw, item)
             if api == "v1":
-                body_v1, headers = await loop.run_in_executor(self.pool, _compute_v1, raw, item)
+                body_v1, headers = done
                 parts: list[Part] = [body_v1]
                 media: str = "application/octet-stream"
             else:
-                parts = await loop.run_in_executor(self.pool, _compute_v2, raw, item)
-                headers, media = None, "application/cbor"
+                parts, headers, media = done, None, "application/cbor"
             del raw
         except BaseException:
             self.release(held)
@@ -178,11 +250,18 @@ class Service:
             it.beyond_raw for it in items)
         loop = asyncio.get_running_loop()
         computed: list[Any] = [None] * len(items)
+        slots: list[int] | None = None
+        if folding:
+            slots = [0] * len(items)
+            for g, members in enumerate(groups):
+                for i in members:
+                    slots[i] = g
 
-        async def ready(idx: list[int], raws: list[Any]) -> None:
+        async def ready(idx: list[int], raws: list[Any],
+                        base: tuple[memoryview, int] | None = None) -> None:
             """Reduce items as soon as their GET is in: kernels overlap the other GETs."""
             for i, res in zip(idx, await loop.run_in_executor(
-                    self.pool, _compute_items, idx, raws, items, folding)):
+                    self.pool, _compute_items, idx, raws, items, slots, base)):
                 computed[i] = res
                 raws[i] = b""  # the bytes are no longer needed
 
@@ -234,9 +313,10 @@ class Service:
         return jobs
 
     async def _fetch(self, items: list[Item], jobs: list[tuple[list[int], Target, int, int | None]],
-                     ready: Callable[[list[int], list[Any]], Awaitable[None]]) -> None:
+                     ready: Callable[..., Awaitable[None]]) -> None:
         """Run the planned GETs concurrently (bounded by the upstream semaphore), handing each
-        one's items to ``ready`` (with the bytes per item) as soon as it is in."""
+        one's items to ``ready`` (with the bytes per item, and a shared GET's body and start
+        offset) as soon as it is in."""
         raws: list[Any] = [b""] * len(items)
 
         async def each(run: list[int]) -> None:
@@ -263,7 +343,7 @@ class Service:
             for i in run:
                 o = items[i].req.offset - start
                 raws[i] = view[o:o + items[i].read_size]  # type: ignore[operator]
-            await ready(run, raws)
+            await ready(run, raws, (view, start))
 
         results = await asyncio.gather(*(one(*j) for j in jobs), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -281,3 +361,4 @@ class Service:
     async def aclose(self) -> None:
         await self.upstream.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()

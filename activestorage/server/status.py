@@ -86,14 +86,14 @@ def public_settings(server: "Service") -> dict[str, Any]:
 
 def _samples(server: "Service") -> dict[str, list[tuple[dict[str, str], float]]]:
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for metric in server.metrics.registry.collect():
+    for metric in server.metrics.collect():
         for s in metric.samples:
             out.setdefault(s.name, []).append((s.labels, s.value))
     return out
 
 
 def counters(server: "Service") -> dict[str, Any]:
-    """Live counters from the app's metrics registry (this worker process's)."""
+    """Live counters from the app's metrics (every worker process's, see :mod:`.metrics`)."""
     s = _samples(server)
     by_status: dict[str, int] = {}
     by_api = {api: 0 for api in REDUCTION_APIS}

@@ -242,7 +242,8 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
     """The v2 CBOR response map for one result (``bytes``: the values array, written from its
     own memory by :func:`.responses.cbor_map_parts`)."""
     shape = list(res.values.shape)
-    counts = [int(res.counts)] if res.select else res.counts.reshape(-1).tolist()
+    # a reduction's counts stay an array: encoded by NumPy (responses.cbor_uint_array)
+    counts: Any = [int(res.counts)] if res.select else res.counts.reshape(-1)
     # the result's bytes in the request's order (a multi-dimensional F result in Fortran order)
     out: dict[str, Any] = {"bytes": in_order(res.values, item.req.order),
                            "dtype": res.values.dtype.name,

@@ -303,3 +303,57 @@ def test_batch_fold_errors_name_the_field(client):
     r = post("sum", {"requests": [one, other], "fold": [0, 1]})  # different ids: fine
     assert r.status_code == 200 and None not in cbor2.loads(r.content)["results"]
     assert client.get("/capabilities").json()["fold"] is True
+
+
+def test_reduction_posts_take_the_fast_path_past_the_router():
+    """Reduction POSTs are served without FastAPI's router and middleware (the hot path); the
+    answers, errors and metrics are those of the full stack."""
+    from activestorage.server.app import ServerApp
+
+    app = create_app(Settings())
+    assert isinstance(app, ServerApp)
+    app.state.server.upstream.read = fake_read
+    STORE["http://127.0.0.1:1/fast.bin"] = np.arange(10, dtype="<i4").tobytes()
+    body = {"interface_type": "http", "url": "http://127.0.0.1:1/fast.bin", "dtype": "int32"}
+    # without the reduction routes in the router, only the fast path can answer them
+    app.router.routes[:] = [r for r in app.router.routes
+                            if not getattr(r, "path", "").startswith(("/v1/", "/v2/"))]
+    with TestClient(app) as c:
+        r = c.post("/v2/sum/", json=body)
+        assert r.status_code == 200 and cbor2.loads(r.content)["count"] == [10]
+        r = c.post("/v2/nosuch", json=body)
+        assert r.status_code == 404 and "unknown operation" in r.json()["error"]["message"]
+        r = c.post("/v2/sum", json={**body, "dtype": "float128"})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("dtype")
+        assert c.get("/healthz").status_code == 200
+        metrics = c.get("/metrics").text
+    assert 'activestorage_requests_total{api="v2",operation="sum",status="200"} 1.0' in metrics
+    assert 'activestorage_errors_total{kind="validation"} 1.0' in metrics
+
+
+def test_small_single_requests_are_reduced_on_the_loop_large_ones_in_the_pool():
+    """The hand-over to a kernel thread costs more than reducing a small chunk: small single
+    requests are reduced inline, large ones in the pool (same answers either way)."""
+    from activestorage.server.service import INLINE_BYTES
+
+    app = create_app(Settings())
+    app.state.server.upstream.read = fake_read
+    used: list[int] = []
+    real = app.state.server.pool.submit
+    app.state.server.pool.submit = lambda *a, **k: used.append(1) or real(*a, **k)
+    n_small, n_large = 100, INLINE_BYTES // 8 + 1
+    for n in (n_small, n_large):
+        STORE[f"http://127.0.0.1:1/inline-{n}.bin"] = np.arange(n, dtype="<f8").tobytes()
+    with TestClient(app) as c:
+        for n, pooled in ((n_small, 0), (n_large, 1)):
+            used.clear()
+            r = c.post("/v2/sum", json={"interface_type": "http", "dtype": "float64",
+                                        "url": f"http://127.0.0.1:1/inline-{n}.bin"})
+            assert r.status_code == 200, r.text
+            m = cbor2.loads(r.content)
+            assert m["count"] == [n] and _f8(m) == n * (n - 1) / 2
+            assert len(used) == pooled
+
+
+def _f8(m: dict[str, Any]) -> float:
+    return float(np.frombuffer(m["bytes"], "<f8")[0])

@@ -74,3 +74,24 @@ def test_small_body_is_one_message():
     sent, released = _run(resp)
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert sent[1]["body"] == b"abcd" and released == [1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 30), st.integers(0, 2**16 + 5),
+                          st.integers(0, 2**32 + 5), st.integers(0, 2**63 - 1)), max_size=60))
+def test_cbor_uint_array_is_what_cbor2_encodes(values):
+    from activestorage.server.responses import cbor_uint_array
+
+    a = np.asarray(values, dtype=np.int64)
+    assert cbor_uint_array(a) == cbor2.dumps(values)
+    assert cbor_uint_array(a.reshape(-1, 1) if a.size else a) == cbor2.dumps(values)
+    assert cbor2.loads(b"".join(cbor_map_parts({"count": a}))) == {"count": values}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([(0, 23), (24, 255), (256, 65535), (65536, 2**32 - 1), (2**32, 2**63 - 1)])
+       .flatmap(lambda b: st.lists(st.integers(*b), min_size=1, max_size=40)))
+def test_cbor_uint_array_of_one_size_class(values):
+    from activestorage.server.responses import cbor_uint_array
+
+    assert cbor_uint_array(np.asarray(values, dtype=np.int64)) == cbor2.dumps(values)
