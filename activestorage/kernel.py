@@ -730,13 +730,45 @@ def _check_weights(w: np.ndarray, what: str) -> None:
                                    f"got {w[~(np.isfinite(w) & (w >= 0))].flat[0]!r}")
 
 
+#: elements per block of the moments passes: float64 temporaries of this size stay in cache
+#: and are reused, where whole-chunk ones would be fresh memory faulted in for every chunk
+_BLOCK = 1 << 15
+
+
+def _blocks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """``shape`` cut into blocks of about :data:`_BLOCK` elements (index tuples of slices)."""
+    ndim = len(shape)
+    inner = 1
+    for b in range(ndim - 1, -1, -1):
+        if inner * shape[b] > _BLOCK:
+            step = max(1, _BLOCK // inner)
+            tail = (slice(None),) * (ndim - b - 1)
+            return [tuple(slice(k, k + 1) for k in outer) + (slice(a, a + step),) + tail
+                    for outer in np.ndindex(*shape[:b]) for a in range(0, shape[b], step)]
+        inner *= shape[b]
+    return [(slice(None),) * ndim]
+
+
 def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
              w: np.ndarray | None, out_shape: tuple[int, ...]) -> np.ndarray:
     """Per output element ``(sw, mean, m2, sw2)`` over ``axis`` in float64, two passes: the
     (weighted) mean first, then the (weighted) squared deviations from it, which keeps every
     digit the one-pass sum of squares loses. Missing elements have weight 0; where nothing has
-    weight every field is 0."""
-    where: Any = True if valid is None else valid
+    weight every field is 0. Block by block (see :data:`_BLOCK`): with the mean fixed, the
+    second pass's sums simply add up over blocks."""
+    blocks = _blocks(x.shape)
+    reduced = set(axis)
+    outs = [tuple(slice(0, 1) if i in reduced else b for i, b in enumerate(bi)) for bi in blocks]
+    wfull = None if w is None else np.broadcast_to(w, x.shape)
+
+    def weights_of(bi: tuple[slice, ...]) -> np.ndarray:
+        wb = wfull[bi]  # type: ignore[index]
+        return wb if valid is None else np.where(valid[bi], wb, 0.0)
+
+    def where_of(bi: tuple[slice, ...]) -> Any:
+        return True if valid is None else valid[bi]
+
+    zeros = functools.partial(np.zeros, out_shape, _F8)
     if w is None:
         if valid is None:
             sw = np.full(out_shape, math.prod(x.shape[i] for i in axis), _F8)
@@ -746,24 +778,29 @@ def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
         if got is not None:  # one compiled pass, accumulated in float64
             s = np.full(out_shape, got[0], _F8)
         else:
-            s = np.add.reduce(x, axis=axis, dtype=_F8, keepdims=True, where=where)
+            s = np.add.reduce(x, axis=axis, dtype=_F8, keepdims=True,
+                              where=True if valid is None else valid)
         sw2 = sw
-        we = None
     else:
-        we = np.broadcast_to(w, x.shape) if valid is None else np.where(valid, w, 0.0)
-        sw = np.add.reduce(we, axis=axis, dtype=_F8, keepdims=True)
-        s = np.add.reduce(np.multiply(we, x, dtype=_F8), axis=axis, keepdims=True, where=where)
-        sw2 = np.add.reduce(np.square(we), axis=axis, keepdims=True)
-    mean = np.divide(s, sw, out=np.zeros(out_shape, _F8), where=sw > 0)
+        sw, s, sw2 = zeros(), zeros(), zeros()
+        for bi, oi in zip(blocks, outs):
+            wb = weights_of(bi)
+            sw[oi] += np.add.reduce(wb, axis=axis, keepdims=True)
+            s[oi] += np.add.reduce(np.multiply(wb, x[bi], dtype=_F8), axis=axis, keepdims=True,
+                                   where=where_of(bi))  # where: NaN*0 is NaN
+            sw2[oi] += np.add.reduce(np.square(wb), axis=axis, keepdims=True)
+    mean = np.divide(s, sw, out=zeros(), where=sw > 0)
     # the corrected two-pass algorithm (Chan, Golub & LeVeque): the deviations' own sum
     # removes what rounding left in the first pass's mean, from m2 and from the mean
-    d = np.subtract(x, mean, dtype=_F8)
-    wd = d if we is None else np.multiply(d, we)
-    c = np.add.reduce(wd, axis=axis, keepdims=True, where=where)  # where: NaN*0 is NaN
-    np.multiply(d, wd, out=d)
-    m2 = np.add.reduce(d, axis=axis, keepdims=True, where=where)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shift = np.divide(c, sw, out=np.zeros(out_shape, _F8), where=sw > 0)
+    c, m2 = zeros(), zeros()
+    for bi, oi in zip(blocks, outs):
+        d = np.subtract(x[bi], mean[oi], dtype=_F8)
+        wd = d if w is None else np.multiply(d, weights_of(bi))
+        where = where_of(bi)
+        c[oi] += np.add.reduce(wd, axis=axis, keepdims=True, where=where)
+        np.multiply(d, wd, out=d)
+        m2[oi] += np.add.reduce(d, axis=axis, keepdims=True, where=where)
+    shift = np.divide(c, sw, out=zeros(), where=sw > 0)
     mean += shift
     m2 -= c * shift
     np.maximum(m2, 0.0, out=m2)  # the correction never makes a sum of squares negative

@@ -1079,3 +1079,23 @@ def test_weights_are_checked():
     with pytest.raises(RequestValidationError, match="takes no weights") as e:
         reduce_array(x, "sum", (1,), weights={0: np.ones(2)})
     assert e.value.field == "weights"
+
+
+@pytest.mark.parametrize("axis", [(0, 1, 2), (0,), (1,), (2,), (1, 2), (0, 2)])
+@pytest.mark.parametrize("weighted", [None, "separable", "nd"])
+def test_moments_of_chunks_larger_than_a_block(axis, weighted):
+    """Chunks cut into several blocks (along a middle axis, and within the last) give the
+    definitions' answer, with NaN-missing elements and weights."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 70, 400)) * 50 + 300).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    w = {"separable": {1: rng.random(70), 2: rng.random(400)},
+         "nd": rng.random((70, 1))}.get(weighted)
+    full = None if w is None else (np.outer(w[1], w[2]) if isinstance(w, dict) else w)
+    p = reduce_array(x, "moments", axis, Missing(values=(np.nan,)), w)
+    want = moments_oracle(x, np.isnan(x), axis, full)
+    np.testing.assert_allclose(p.values, want, rtol=1e-9, atol=1e-9)  # atol: m2 of one element
+    y = rng.standard_normal(100_000)  # one long axis, cut within it
+    p = reduce_array(y, "moments", (0,), None, {0: np.abs(y)})
+    np.testing.assert_allclose(p.values, moments_oracle(y, np.zeros(y.shape, bool), (0,),
+                                                        np.abs(y)), rtol=1e-9)
