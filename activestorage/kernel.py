@@ -631,6 +631,10 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
              else _axis_partial(x, operation, axis, m))
         if p is not None:
             return p
+    elif operation == "moments" and weights is None and len(axis) == x.ndim:
+        p = _full_moments(x, m)
+        if p is not None:
+            return p
     bad = None
     if m is not None:
         # one read-only pass usually shows nothing is missing: no mask to build and test
@@ -810,6 +814,30 @@ def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
     out[..., 2] = m2
     out[..., 3] = sw2
     return out
+
+
+def _full_moments(x: np.ndarray, m: _Mask | None) -> Partial | None:
+    """Unweighted moments of every element of ``x`` in two compiled passes and no mask (None:
+    no fast path): the masked sum and count, then the deviations from their mean."""
+    if x.dtype.kind != "f" and x.dtype.itemsize == 8:
+        return None  # 64-bit integer sums wrap in the compiled pass; NumPy's float64 does not
+    spec = _spec_of(m)
+    got = fused.sum_count(x, *spec, want_sum=True)
+    if got is None:
+        return None
+    total, n = got
+    out_shape = (1,) * x.ndim
+    mean = float(total) / n if n else 0.0
+    dev = fused.deviations(x, mean, *spec) if n else (0.0, 0.0, 0)
+    if dev is None:
+        return None
+    c, m2, _ = dev
+    if n:  # the corrected two-pass algorithm, as _moments
+        shift = c / n
+        mean += shift
+        m2 = max(m2 - c * shift, 0.0)
+    values = np.array([float(n), mean, m2, float(n)]).reshape(out_shape + (4,))
+    return Partial(values, _filled(out_shape, n, _INT64))
 
 
 def _minmax(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
