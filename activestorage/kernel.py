@@ -6,7 +6,11 @@ decompress with a hard bound on the output size, unfilter; deflate is streamed s
 caller's scratch buffer, unshuffling on the way), interpret dtype and byte order, reshape in C or
 F order, select, find missing elements, reduce along the requested axes keeping dimensions. Sums
 and counts take the one-pass path of :mod:`activestorage.fused` where it is built and applies
-(missing test and addition in a single read of the data), NumPy otherwise.
+(missing test and addition in a single read of the data), NumPy otherwise. The ``moments``
+partial (``(sw, mean, m2, sw2)`` per output element, optionally weighted) is computed in two
+passes in float64 (the mean, then the squared deviations from it, corrected by their own sum):
+compiled for unweighted whole blocks, NumPy in cache-sized blocks otherwise; ``minmax`` is
+``(min, max)`` side by side.
 
 Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
 corrupt, truncated or oversized data is a :class:`DecodeError`, never a codec's own exception and
