@@ -630,13 +630,15 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     axis = tuple(axis)
     _check_axis(axis, x.ndim)
     m = _resolved(missing, x.dtype)
+    # every kept axis of length 1 (one time step of a (1, lat, lon) chunk): a whole reduction
+    whole = len(axis) == x.ndim or all(n == 1 for i, n in enumerate(x.shape) if i not in axis)
     if operation in ("sum", "count"):
-        p = (_full_partial(x, operation, m, (1,) * x.ndim) if len(axis) == x.ndim
+        p = (_full_partial(x, operation, m, (1,) * x.ndim) if whole
              else _axis_partial(x, operation, axis, m))
         if p is not None:
             return p
     elif operation == "moments" and weights is None:
-        p = (_full_moments(x, m) if len(axis) == x.ndim
+        p = (_full_moments(x, m) if whole
              else _trailing_moments(x, axis, m) if axis else None)
         if p is not None:
             return p
