@@ -6,7 +6,11 @@ decompress with a hard bound on the output size, unfilter; deflate is streamed s
 caller's scratch buffer, unshuffling on the way), interpret dtype and byte order, reshape in C or
 F order, select, find missing elements, reduce along the requested axes keeping dimensions. Sums
 and counts take the one-pass path of :mod:`activestorage.fused` where it is built and applies
-(missing test and addition in a single read of the data), NumPy otherwise.
+(missing test and addition in a single read of the data), NumPy otherwise. The ``moments``
+partial (``(sw, mean, m2, sw2)`` per output element, optionally weighted) is computed in two
+passes in float64 (the mean, then the squared deviations from it, corrected by their own sum):
+compiled for unweighted whole blocks, NumPy in cache-sized blocks otherwise; ``minmax`` is
+``(min, max)`` side by side.
 
 Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
 corrupt, truncated or oversized data is a :class:`DecodeError`, never a codec's own exception and
@@ -28,7 +32,7 @@ import numpy as np
 
 from . import fused
 from . import operations as _operations
-from .errors import DecodeError, RequestValidationError, UnsupportedError
+from .errors import DecodeError, InvalidArgumentError, RequestValidationError, UnsupportedError
 from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing, as_dtype_value
 
 __all__ = ["Partial", "StoredPieces", "decode", "streams", "reduce_chunk", "reduce_array",
@@ -608,22 +612,34 @@ def _check_axis(axis: tuple[int, ...], ndim: int) -> None:
 
 
 def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
-                 missing: Missing | None = None) -> Partial:
+                 missing: Missing | None = None, weights: Any = None) -> Partial:
     """Reduce an already decoded and selected array (the part of the kernel with no bytes).
 
     ``axis`` lists the (non-negative) axes reduced; missing elements (see :func:`missing_mask`) are
-    left out of every result and of the counts.
+    left out of every result and of the counts. ``weights`` (``moments`` only; see
+    :attr:`ChunkRequest.weights <activestorage.request.ChunkRequest.weights>`) are over ``x``;
+    a missing element's weight is dropped, as ``np.ma.average`` does.
     """
     op = _operations.OPERATIONS.get(operation)
     if op is None or op.partial != operation:
         raise RequestValidationError("operation", f"unknown operation {operation!r}; expected "
                                      f"one of {', '.join(_operations.WIRE_OPERATIONS)}")
+    if weights is not None and operation != "moments":
+        raise RequestValidationError("weights", f"operation {operation!r} takes no weights "
+                                     "(only moments does)")
     axis = tuple(axis)
     _check_axis(axis, x.ndim)
     m = _resolved(missing, x.dtype)
+    # every kept axis of length 1 (one time step of a (1, lat, lon) chunk): a whole reduction
+    whole = len(axis) == x.ndim or all(n == 1 for i, n in enumerate(x.shape) if i not in axis)
     if operation in ("sum", "count"):
-        p = (_full_partial(x, operation, m, (1,) * x.ndim) if len(axis) == x.ndim
+        p = (_full_partial(x, operation, m, (1,) * x.ndim) if whole
              else _axis_partial(x, operation, axis, m))
+        if p is not None:
+            return p
+    elif operation == "moments" and weights is None:
+        p = (_full_moments(x, m) if whole
+             else _trailing_moments(x, axis, m) if axis else None)
         if p is not None:
             return p
     bad = None
@@ -653,6 +669,11 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
 
     if operation == "count":
         return Partial(np.array(counts), counts)
+    if operation == "moments":
+        return Partial(_moments(x, axis, valid, _weights_over(x.shape, weights), out_shape),
+                       counts)
+    if operation == "minmax":
+        return Partial(_minmax(x, axis, valid, out_shape), counts)
     if operation == "sum":
         acc = sum_dtype(x.dtype)
         if valid is None:
@@ -673,6 +694,206 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
         v = ufunc.reduce(x, axis=axis, keepdims=True, initial=op.initial(x.dtype), dtype=adt,
                          where=True if valid is None else valid)
     return Partial(np.asarray(v, dtype=adt).reshape(out_shape), counts)
+
+
+_F8 = np.dtype(np.float64)
+
+
+def _weights_over(shape: tuple[int, ...], weights: Any) -> np.ndarray | None:
+    """``weights`` (separable dict or N-D array) as one float64 array broadcastable to
+    ``shape``, checked: right lengths, finite and not negative. None: unit weights."""
+    if weights is None:
+        return None
+    ndim = len(shape)
+    if isinstance(weights, Mapping):
+        w: np.ndarray | None = None
+        for ax, wa in weights.items():
+            if wa is None:
+                continue
+            ax = int(ax)
+            if not 0 <= ax < ndim:
+                raise RequestValidationError("weights", f"axis {ax} is not an axis of a "
+                                             f"{ndim}-d chunk")
+            wa = np.asarray(wa, _F8)
+            if wa.shape != (shape[ax],):
+                raise RequestValidationError(
+                    "weights", f"axis {ax} has {shape[ax]} selected elements but its weights "
+                    f"have shape {list(wa.shape)}")
+            _check_weights(wa, f"axis {ax}")
+            wa = wa.reshape(tuple(shape[ax] if i == ax else 1 for i in range(ndim)))
+            w = wa if w is None else w * wa
+        return w
+    w = np.asarray(weights, _F8)
+    try:
+        ok = w.ndim <= ndim and np.broadcast_shapes(w.shape, shape) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise RequestValidationError("weights", f"shape {list(w.shape)} does not broadcast to "
+                                     f"the selected region's shape {list(shape)}")
+    _check_weights(w, "N-D")
+    return w
+
+
+def _check_weights(w: np.ndarray, what: str) -> None:
+    if w.size and not (np.isfinite(w).all() and w.min() >= 0):
+        raise InvalidArgumentError(f"weights ({what}) must be finite and not negative; "
+                                   f"got {w[~(np.isfinite(w) & (w >= 0))].flat[0]!r}")
+
+
+#: elements per block of the moments passes: float64 temporaries of this size stay in cache
+#: and are reused, where whole-chunk ones would be fresh memory faulted in for every chunk
+_BLOCK = 1 << 16
+
+
+def _blocks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """``shape`` cut into blocks of about :data:`_BLOCK` elements (index tuples of slices)."""
+    ndim = len(shape)
+    inner = 1
+    for b in range(ndim - 1, -1, -1):
+        if inner * shape[b] > _BLOCK:
+            step = max(1, _BLOCK // inner)
+            tail = (slice(None),) * (ndim - b - 1)
+            return [tuple(slice(k, k + 1) for k in outer) + (slice(a, a + step),) + tail
+                    for outer in np.ndindex(*shape[:b]) for a in range(0, shape[b], step)]
+        inner *= shape[b]
+    return [(slice(None),) * ndim]
+
+
+def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
+             w: np.ndarray | None, out_shape: tuple[int, ...]) -> np.ndarray:
+    """Per output element ``(sw, mean, m2, sw2)`` over ``axis`` in float64, two passes: the
+    (weighted) mean first, then the (weighted) squared deviations from it, which keeps every
+    digit the one-pass sum of squares loses. Missing elements have weight 0; where nothing has
+    weight every field is 0. Block by block (see :data:`_BLOCK`): with the mean fixed, the
+    second pass's sums simply add up over blocks."""
+    blocks = _blocks(x.shape)
+    reduced = set(axis)
+    outs = [tuple(slice(0, 1) if i in reduced else b for i, b in enumerate(bi)) for bi in blocks]
+    wfull = None if w is None else np.broadcast_to(w, x.shape)
+
+    def weights_of(bi: tuple[slice, ...]) -> np.ndarray:
+        wb = wfull[bi]  # type: ignore[index]
+        return wb if valid is None else np.where(valid[bi], wb, 0.0)
+
+    def where_of(bi: tuple[slice, ...]) -> Any:
+        return True if valid is None else valid[bi]
+
+    zeros = functools.partial(np.zeros, out_shape, _F8)
+    if w is None:
+        if valid is None:
+            sw = np.full(out_shape, math.prod(x.shape[i] for i in axis), _F8)
+        else:
+            sw = np.add.reduce(valid, axis=axis, dtype=_F8, keepdims=True)
+        got = _fused(x, None, True) if valid is None and len(axis) == x.ndim else None
+        if got is not None:  # one compiled pass, accumulated in float64
+            s = np.full(out_shape, got[0], _F8)
+        else:
+            s = np.add.reduce(x, axis=axis, dtype=_F8, keepdims=True,
+                              where=True if valid is None else valid)
+        sw2 = sw
+    else:
+        sw, s, sw2 = zeros(), zeros(), zeros()
+        if valid is None:  # the weights' sums from the (small, broadcast) weights alone
+            w = np.asarray(w, _F8).reshape((1,) * (x.ndim - np.ndim(w)) + np.shape(w))
+            own = tuple(i for i in axis if w.shape[i] > 1)
+            times = math.prod(x.shape[i] for i in axis if w.shape[i] == 1)
+            sw[...] = np.add.reduce(w, axis=own, keepdims=True) * times
+            sw2[...] = np.add.reduce(w * w, axis=own, keepdims=True) * times
+        for bi, oi in zip(blocks, outs):
+            wb = weights_of(bi)
+            if valid is not None:
+                sw[oi] += np.add.reduce(wb, axis=axis, keepdims=True)
+                sw2[oi] += np.add.reduce(np.square(wb), axis=axis, keepdims=True)
+            s[oi] += np.add.reduce(np.multiply(wb, x[bi], dtype=_F8), axis=axis, keepdims=True,
+                                   where=where_of(bi))  # where: NaN*0 is NaN
+    mean = np.divide(s, sw, out=zeros(), where=sw > 0)
+    # the corrected two-pass algorithm (Chan, Golub & LeVeque): the deviations' own sum
+    # removes what rounding left in the first pass's mean, from m2 and from the mean
+    c, m2 = zeros(), zeros()
+    for bi, oi in zip(blocks, outs):
+        d = np.subtract(x[bi], mean[oi], dtype=_F8)
+        wd = d if w is None else np.multiply(d, weights_of(bi))
+        where = where_of(bi)
+        c[oi] += np.add.reduce(wd, axis=axis, keepdims=True, where=where)
+        np.multiply(d, wd, out=d)
+        m2[oi] += np.add.reduce(d, axis=axis, keepdims=True, where=where)
+    shift = np.divide(c, sw, out=zeros(), where=sw > 0)
+    mean += shift
+    m2 -= c * shift
+    np.maximum(m2, 0.0, out=m2)  # the correction never makes a sum of squares negative
+    out = np.empty(out_shape + (4,), _F8)
+    out[..., 0] = sw
+    out[..., 1] = mean
+    out[..., 2] = m2
+    out[..., 3] = sw2
+    return out
+
+
+def _full_moments(x: np.ndarray, m: _Mask | None) -> Partial | None:
+    """Unweighted moments of every element of ``x`` in two compiled passes and no mask (None:
+    no fast path): the masked sum and count, then the deviations from their mean."""
+    if x.dtype.kind != "f" and x.dtype.itemsize == 8:
+        return None  # 64-bit integer sums wrap in the compiled pass; NumPy's float64 does not
+    spec = _spec_of(m)
+    got = fused.sum_count(x, *spec, want_sum=True)
+    if got is None:
+        return None
+    total, n = got
+    out_shape = (1,) * x.ndim
+    mean = float(total) / n if n else 0.0
+    dev = fused.deviations(x, mean, *spec) if n else (0.0, 0.0, 0)
+    if dev is None:
+        return None
+    c, m2, _ = dev
+    if n:  # the corrected two-pass algorithm, as _moments
+        shift = c / n
+        mean += shift
+        m2 = max(m2 - c * shift, 0.0)
+    values = np.array([float(n), mean, m2, float(n)]).reshape(out_shape + (4,))
+    return Partial(values, _filled(out_shape, n, _INT64))
+
+
+#: most output cells :func:`_trailing_moments` reduces one by one (beyond, NumPy's passes win)
+_MAX_CELLS = 1024
+
+
+def _trailing_moments(x: np.ndarray, axis: tuple[int, ...], m: _Mask | None) -> Partial | None:
+    """Unweighted moments along the trailing axes (a per-time-step statistic of a
+    (time, lat, lon) chunk): :func:`_full_moments` of each cell's block (None: no fast path)."""
+    k = x.ndim - len(axis)
+    if axis != tuple(range(k, x.ndim)) or not fused.COMPILED:
+        return None
+    kept = x.shape[:k]
+    if math.prod(kept) > _MAX_CELLS:
+        return None
+    out_shape = kept + (1,) * len(axis)
+    values = np.empty(out_shape + (4,), _F8)
+    counts = np.empty(out_shape, _INT64)
+    tail = (0,) * len(axis)
+    for idx in np.ndindex(*kept):
+        p = _full_moments(x[idx], m)
+        if p is None:
+            return None
+        values[idx + tail] = p.values.reshape(4)
+        counts[idx + tail] = p.counts.reshape(())
+    return Partial(values, counts)
+
+
+def _minmax(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
+            out_shape: tuple[int, ...]) -> np.ndarray:
+    """Per output element ``(min, max)`` over ``axis`` in ``x``'s dtype (undefined where nothing
+    is present: the dtype's far bounds)."""
+    out = np.empty(out_shape + (2,), x.dtype)
+    for k, ufunc in enumerate((np.minimum, np.maximum)):
+        if valid is None and x.size:
+            v = ufunc.reduce(x, axis=axis, keepdims=True)
+        else:
+            v = ufunc.reduce(x, axis=axis, keepdims=True,
+                             initial=_operations.initial(ufunc, x.dtype),
+                             where=True if valid is None else valid)
+        out[..., k] = v
+    return out
 
 
 def _uniform_counts(shape: tuple[int, ...], n: int) -> np.ndarray:
@@ -739,7 +960,7 @@ def reduce_chunk(raw: Any, req: ChunkRequest, operation: str,
     sl = req.selection_slices()
     if sl is not None:
         x = x[sl]
-    return reduce_array(x, operation, req.reduce_axes, req.missing)
+    return reduce_array(x, operation, req.reduce_axes, req.missing, req.weights)
 
 
 def _full(axis: tuple[int, ...]) -> bool:

@@ -26,12 +26,14 @@ def test_every_reader_takes_its_list_from_the_table():
     from activestorage import dask as ad
     from activestorage.server import app
 
-    assert METHODS == ("mean", "min", "max", "sum", "count")
-    assert WIRE_OPERATIONS == ("count", "min", "max", "sum", "select")
+    assert METHODS == ("mean", "min", "max", "sum", "count", "var", "std", "range", "rms",
+                       "sum_of_squares")
+    assert WIRE_OPERATIONS == ("count", "min", "max", "sum", "select", "minmax", "moments")
     assert kernel.OPERATIONS is request.OPERATIONS is app.OPERATIONS is WIRE_OPERATIONS
     assert active.METHODS is cli.OPERATIONS is ad.OPS is METHODS
     assert ad.COMPONENT == {"mean": "sum", "sum": "sum", "min": "min", "max": "max",
-                            "count": "count"}
+                            "count": "count", "var": "moments", "std": "moments",
+                            "range": "minmax", "rms": "moments", "sum_of_squares": "moments"}
     for name in METHODS:
         assert isinstance(getattr(Active, name), property), name
     with pytest.raises(SystemExit):  # argparse refuses what the table does not hold
@@ -96,7 +98,8 @@ def test_accumulator_dtypes_follow_numpy(dtype):
 
 
 @settings(max_examples=60, deadline=None)
-@given(name=st.sampled_from(METHODS), data=st.data())
+@given(name=st.sampled_from([m for m in METHODS if not OPERATIONS[OPERATIONS[m].partial].fields]),
+       data=st.data())
 def test_folded_components_equal_one_accumulator(name, data):
     """dask's fold of components and Active's accumulator are one implementation: folding the
     finished components of pieces equals reducing the whole."""
@@ -234,3 +237,24 @@ def test_a_replaced_entry_changes_every_reader(with_prod, monkeypatch):
     monkeypatch.setitem(with_prod, "max", swapped)
     p = reduce_array(np.array([3.0, 1.0, 2.0]), "max", (0,))
     assert p.values.item() == 1.0
+
+
+def test_moments_and_minmax_entries_are_consistent():
+    """#21: the multi-field partials are kernel-only entries; the operations built on them name
+    them, weights map to moments, ddof is var/std's only."""
+    for name, op in OPERATIONS.items():
+        if op.fields:
+            assert not op.method and op.partial == name and op.wire == name
+        if op.weighted is not None:
+            assert OPERATIONS[op.weighted].fields == operations.MOMENTS_FIELDS
+        assert op.ddof == (name in ("var", "std"))
+    assert {n for n, o in OPERATIONS.items() if o.weighted} == {"mean", "sum", "var", "std"}
+    assert {n for n, o in OPERATIONS.items() if o.partial == "moments" and o.method} == \
+        {"var", "std", "rms", "sum_of_squares"}
+    assert OPERATIONS["range"].partial == "minmax"
+    dt = np.dtype("f4")
+    assert OPERATIONS["var"].accumulator_dtype(dt) == np.float64
+    assert OPERATIONS["minmax"].accumulator_dtype(np.dtype("i2")) == np.dtype("i2")
+    x = np.ma.MaskedArray([1.0, 2.0, 4.0], mask=[0, 0, 1])
+    assert OPERATIONS["rms"].numpy(x) == pytest.approx(np.sqrt(2.5))
+    assert OPERATIONS["sum_of_squares"].numpy(x) == 5.0
