@@ -146,8 +146,10 @@ def bootstrap_median(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple
     return meds[int(0.025 * n)], meds[min(n - 1, int(0.975 * n))]
 
 
-def summarise(times_a: list[float], times_b: list[float], tolerance: float) -> dict[str, Any]:
-    """Paired ratios B/A of one case and what they say."""
+def summarise(times_a: list[float], times_b: list[float], tolerance: float,
+              cpu_a: list[float] | None = None, cpu_b: list[float] | None = None) -> dict[str, Any]:
+    """Paired ratios B/A of one case and what they say (the verdict is the wall-clock one's; the
+    client's CPU seconds, blind to a server's work but not stretched by other load, beside it)."""
     ratios = [b / a for a, b in zip(times_a, times_b) if a > 0]
     if not ratios:
         return {"ratios": [], "verdict": "no data"}
@@ -158,14 +160,21 @@ def summarise(times_a: list[float], times_b: list[float], tolerance: float) -> d
     return {"ratio_median": statistics.median(ratios), "ci95": [lo, hi],
             "min": min(ratios), "max": max(ratios), "ratios": ratios, "verdict": verdict,
             "a_median_s": statistics.median(times_a), "b_median_s": statistics.median(times_b),
-            "a_times_s": times_a, "b_times_s": times_b}
+            "a_times_s": times_a, "b_times_s": times_b,
+            "cpu_ratio_median": _cpu_ratio(cpu_a or [], cpu_b or [])}
+
+
+def _cpu_ratio(cpu_a: list[float], cpu_b: list[float]) -> float | None:
+    ratios = [b / a for a, b in zip(cpu_a, cpu_b) if a > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def print_table(summary: dict[str, dict[str, Any]], label_a: str, label_b: str, rounds: int) -> None:
     print(f"\nB/A per case: median of {rounds} paired ratios (fresh process each side, "
           f"A={label_a}, B={label_b}); 95 % bootstrap interval; min-max")
-    print("| method | dataset/case | A median s | B median s | B/A | 95 % interval | min-max | verdict |")
-    print("|---|---|---:|---:|---:|---|---|---|")
+    print("| method | dataset/case | A median s | B median s | B/A | 95 % interval | min-max | "
+          "verdict | CPU B/A |")
+    print("|---|---|---:|---:|---:|---|---|---|---:|")
     for key, s in summary.items():
         method, case = key.split(" ", 1)
         if "ratio_median" not in s:
@@ -173,7 +182,8 @@ def print_table(summary: dict[str, dict[str, Any]], label_a: str, label_b: str, 
             continue
         print(f"| {method} | {case} | {s['a_median_s']:.4f} | {s['b_median_s']:.4f} | "
               f"{s['ratio_median']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} | "
-              f"{s['min']:.3f}-{s['max']:.3f} | {s['verdict']} |")
+              f"{s['min']:.3f}-{s['max']:.3f} | {s['verdict']} | "
+              f"{s['cpu_ratio_median'] or float('nan'):.3f} |")
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -206,6 +216,22 @@ def main(argv: list[str] | None = None) -> int:
             pagecache.recache(f)
     times: dict[str, dict[str, list[float]]] = {}
     problems: list[str] = []
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = args.results_dir / (f"{started.strftime('%Y%m%dT%H%M%SZ')}"
+                              f"{'-quick' if args.quick else ''}-ab.json")
+
+    def save(times: dict[str, dict[str, list[float]]], problems: list[str],
+             rounds: int) -> dict[str, dict[str, Any]]:
+        summary = {k: summarise(v["A"], v["B"], args.tolerance, v["A_cpu"], v["B_cpu"])
+                   for k, v in times.items()}
+        record = {"started": started.isoformat(), "a": str(trees["A"]), "b": str(trees["B"]),
+                  "rounds": rounds, "runs": args.runs, "warmup": args.warmup, "store": store,
+                  "tolerance": args.tolerance, "quick": args.quick, "loadavg": os.getloadavg(),
+                  "command": "python -m benchmarks.ab " + " ".join(sys.argv[1:] if argv is None
+                                                                   else argv),
+                  "summary": summary, "problems": problems}
+        out.write_text(json.dumps(record, indent=1))
+        return summary
     srv = services.servers_module()
     remote = bool(REMOTE & set(methods))
     with tempfile.TemporaryDirectory(prefix="activestorage-ab-") as tmp, \
@@ -256,26 +282,21 @@ def main(argv: list[str] | None = None) -> int:
                                     why = c.get("error") or c["check"].get("why")
                                     problems.append(f"{side} {key} round {r + 1}: {why}")
                             if all("median_s" in c for c in got.values()):
-                                t = times.setdefault(key, {"A": [], "B": []})
-                                t["A"].append(got["A"]["median_s"])
-                                t["B"].append(got["B"]["median_s"])
+                                t = times.setdefault(key, {"A": [], "B": [], "A_cpu": [],
+                                                           "B_cpu": []})
+                                for side in "AB":
+                                    t[side].append(got[side]["median_s"])
+                                    t[side + "_cpu"].append(got[side].get("cpu_s") or 0.0)
+                save(times, problems, r + 1)  # an interrupted run keeps its finished rounds
                 print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f}s)",
                       flush=True)
         finally:
             for s in servers.values():
                 s.stop()
-    summary = {k: summarise(v["A"], v["B"], args.tolerance) for k, v in times.items()}
+    summary = save(times, problems, args.rounds)
     print_table(summary, str(trees["A"]), str(trees["B"]), args.rounds)
     for p in problems:
         print(f"PROBLEM: {p}")
-    record = {"started": started.isoformat(), "a": str(trees["A"]), "b": str(trees["B"]),
-              "rounds": args.rounds, "runs": args.runs, "warmup": args.warmup, "store": store,
-              "tolerance": args.tolerance, "quick": args.quick, "loadavg_end": os.getloadavg(),
-              "command": "python -m benchmarks.ab " + " ".join(sys.argv[1:] if argv is None else argv),
-              "summary": summary, "problems": problems}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    out = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}{'-quick' if args.quick else ''}-ab.json"
-    out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")
     if problems:
         return 1

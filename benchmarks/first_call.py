@@ -8,6 +8,9 @@ round by round, each timing in-process
 - ``import``: ``from activestorage import Active``;
 - ``open``: ``Active(path, "tas")`` on the plain 415 MB file (4 MB chunks);
 - ``first``: the first whole-variable ``mean``; ``second``: the same call again (warm);
+- ``cpu_...``: the process's CPU seconds (all threads) over the same steps: robust to other
+  load on the machine, which stretches the wall-clock figures (and favours the side with more
+  threads: the peer runs 30, we run one per core);
 
 and reports per figure the median over rounds and the median of the per-round ratios ours/peer
 (with min-max): ``open+first`` is the issue's figure (#22 item 4), ``import+open+first`` what a
@@ -36,33 +39,33 @@ REPO = Path(__file__).resolve().parents[1]
 #: the child program; ``PEER`` selects the peer's calling convention
 CHILD = r"""
 import json, sys, time
-t0 = time.perf_counter()
+clock = [(time.perf_counter(), time.process_time())]
 from activestorage import Active
-t1 = time.perf_counter()
+clock.append((time.perf_counter(), time.process_time()))
 path, var, peer = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-if peer:
+if peer:  # it prints a line per chunk
     import contextlib, io
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        a = Active(path, var)
-        a._version = 1
-        t2 = time.perf_counter()
-        r1 = a.mean()[...]
-        t3 = time.perf_counter()
-        r2 = a.mean()[...]
-        t4 = time.perf_counter()
-else:
-    a = Active(path, var)
-    t2 = time.perf_counter()
-    r1 = a.mean[...]
-    t3 = time.perf_counter()
-    r2 = a.mean[...]
-    t4 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "open": t2 - t1, "first": t3 - t2, "second": t4 - t3,
-                  "result": float(r1)}))
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    quiet.__enter__()
+a = Active(path, var)
+if peer:
+    a._version = 1
+clock.append((time.perf_counter(), time.process_time()))
+results = []
+for _ in range(2):
+    results.append(float(a.mean()[...] if peer else a.mean[...]))
+    clock.append((time.perf_counter(), time.process_time()))
+if peer:
+    quiet.__exit__(None, None, None)
+out = {"result": results[0]}
+for i, name in enumerate(("import", "open", "first", "second")):
+    out[name] = clock[i + 1][0] - clock[i][0]
+    out["cpu_" + name] = clock[i + 1][1] - clock[i][1]
+print(json.dumps(out))
 """
 
-FIGURES = ("import", "open", "first", "second", "open+first", "import+open+first")
+FIGURES = ("import", "open", "first", "second", "open+first", "import+open+first",
+           "cpu_open+first", "cpu_import+open+first")
 
 
 def run_child(python: Path, tree: Path | None, path: Path, peer_side: bool,
@@ -81,6 +84,8 @@ def run_child(python: Path, tree: Path | None, path: Path, peer_side: bool,
     rec = json.loads(r.stdout.strip().splitlines()[-1])
     rec["open+first"] = rec["open"] + rec["first"]
     rec["import+open+first"] = rec["import"] + rec["open"] + rec["first"]
+    for k in ("open+first", "import+open+first"):  # CPU seconds of the process, all threads
+        rec["cpu_" + k] = sum(rec["cpu_" + part] for part in k.split("+"))
     return rec
 
 
