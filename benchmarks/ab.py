@@ -36,7 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,7 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated methods (default %(default)s); any of " + ", ".join(METHODS))
     p.add_argument("--datasets", default="", help="comma-separated subset of plain,zlib,small,missing")
     p.add_argument("--cases", default="", help="comma-separated subset of whole,sub,axis0")
-    p.add_argument("--rounds", type=int, default=8, help="paired rounds (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=8,
+                   help="paired rounds (default %(default)s); with --interleave run: paired runs "
+                        "per case")
+    p.add_argument("--interleave", choices=("process", "run"), default="process",
+                   help="process (default): fresh A and B processes per round, each timing "
+                        "--runs runs; run: one warm process per tree and dataset, single runs of "
+                        "A and B alternating (pairs milliseconds apart: the steadier under load)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per process; its median is the "
                    "process's figure (default %(default)s)")
     p.add_argument("--warmup", type=int, default=1,
@@ -137,6 +144,190 @@ def run_side(tree: Path, method: str, config: dict[str, Any], work: Path, tag: s
     return json.loads(out.read_text())
 
 
+
+@dataclass
+class Context:
+    """What both interleaving modes need."""
+
+    trees: dict[str, Path]
+    methods: list[str]
+    datasets: list[dict[str, Any]]
+    work: Path
+    store: str
+    s3: dict[str, str] | None
+    server_urls: dict[str, str]
+    server_pids: dict[str, int]
+    args: argparse.Namespace
+    times: dict[str, dict[str, list[float]]]
+    problems: list[str]
+    save: Callable[[dict[str, dict[str, list[float]]], list[str], int], Any]
+
+    def config(self, side: str, method: str, ds: dict[str, Any]) -> dict[str, Any]:
+        return {"runs": self.args.runs, "store": self.store,
+                "warmup": 0 if method in REMOTE else self.args.warmup,
+                "oracle": str(self.work / "oracle.npz"), "s3": self.s3,
+                "server_url": self.server_urls.get(side), "datasets": [ds]}
+
+    def add(self, key: str, wall: dict[str, float], cpu: dict[str, float],
+            server_cpu: dict[str, float] | None = None) -> None:
+        t = self.times.setdefault(key, {"A": [], "B": [], "A_cpu": [], "B_cpu": [],
+                                        "A_server_cpu": [], "B_server_cpu": []})
+        for side in "AB":
+            t[side].append(wall[side])
+            t[side + "_cpu"].append(cpu[side])
+            if server_cpu is not None:
+                t[side + "_server_cpu"].append(server_cpu[side])
+
+    def server_cpu(self, side: str) -> float | None:
+        """CPU seconds the side's server process has used so far (Linux), or None."""
+        pid = self.server_pids.get(side)
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
+
+
+def by_process(ctx: Context) -> None:
+    """Each round: per (method, dataset), A's and B's worker in fresh processes back to back
+    (order alternating round by round); a case's figure is its process's median of ``--runs``."""
+    t_start = time.perf_counter()
+    for r in range(ctx.args.rounds):
+        order = ("A", "B") if r % 2 == 0 else ("B", "A")
+        for method in ctx.methods:
+            for d in ctx.datasets:
+                recs = {side: run_side(ctx.trees[side], method, ctx.config(side, method, d),
+                                       ctx.work, f"{side}-{method}-{d['name']}",
+                                       ctx.args.worker_timeout) for side in order}
+                failed = False
+                for side, rec in recs.items():
+                    bad = rec.get("error") or rec["datasets"][d["name"]].get("error")
+                    if bad:
+                        ctx.problems.append(f"{side} {method} {d['name']} round {r + 1}: {bad}")
+                        failed = True
+                if failed:
+                    continue
+                for case in d["cases"]:
+                    got = {s: rec["datasets"][d["name"]]["cases"][case["name"]]
+                           for s, rec in recs.items()}
+                    key = f"{method} {d['name']}/{case['name']}"
+                    for side, c in got.items():
+                        if "error" in c or (c.get("check") and not c["check"]["ok"]):
+                            why = c.get("error") or c["check"].get("why")
+                            ctx.problems.append(f"{side} {key} round {r + 1}: {why}")
+                    if all("median_s" in c for c in got.values()):
+                        ctx.add(key, {s: c["median_s"] for s, c in got.items()},
+                                {s: c.get("cpu_s") or 0.0 for s, c in got.items()})
+        ctx.save(ctx.times, ctx.problems, r + 1)  # an interrupted run keeps its finished rounds
+        print(f"round {r + 1}/{ctx.args.rounds} done ({time.perf_counter() - t_start:.0f}s)",
+              flush=True)
+
+
+#: the warm child of ``--interleave run``: opens one dataset with the tree's own benchmark method
+#: (``benchmarks.<module>.FACTORIES``, present in every revision), then times one run per case
+#: name read from stdin, answering one JSON line each
+CHILD = r"""
+import importlib, json, sys, time
+import numpy as np
+from benchmarks.measure import compare
+from benchmarks.worker import module_of
+method, config_path = sys.argv[1], sys.argv[2]
+with open(config_path) as f:
+    config = json.load(f)
+ds = config["datasets"][0]
+oracle = np.load(config["oracle"])
+runner = importlib.import_module("benchmarks." + module_of(method)).FACTORIES[method](ds, config)
+cases = {c["name"]: c for c in ds["cases"]}
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    name = line.strip()
+    if not name:
+        break
+    c0, t0 = time.process_time(), time.perf_counter()
+    result = runner.run(cases[name])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    key = ds["name"] + "/" + name
+    check = compare(result, oracle[key]) if key in oracle.files else {"ok": True}
+    result = None
+    print(json.dumps({"wall": wall, "cpu": cpu, "ok": check["ok"], "why": check.get("why")}),
+          flush=True)
+runner.close()
+"""
+
+
+class Warm:
+    """One tree's warm child process (see :data:`CHILD`)."""
+
+    def __init__(self, tree: Path, method: str, config: dict[str, Any], path: Path) -> None:
+        path.write_text(json.dumps(config))
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, method, str(path)], cwd=tree,
+                                     env=tree_env(tree), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.ask(None)
+
+    def ask(self, case: str | None) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if case is not None:
+            self.proc.stdin.write(case + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError("worker died: " + " | ".join(err.strip().splitlines()[-6:]))
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def by_run(ctx: Context) -> None:
+    """Per (method, dataset): one warm process per tree, opened once; then ``--rounds`` times per
+    case one run of A and one of B back to back (order alternating), so each paired ratio
+    compares runs milliseconds apart. The first run of each side per case is a warm-up."""
+    t_start = time.perf_counter()
+    for method in ctx.methods:
+        for d in ctx.datasets:
+            warm: dict[str, Warm] = {}
+            try:
+                for side in ("A", "B"):
+                    warm[side] = Warm(ctx.trees[side], method, ctx.config(side, method, d),
+                                      ctx.work / f"{side}-{method}-{d['name']}.warm.json")
+                for case in d["cases"]:
+                    key = f"{method} {d['name']}/{case['name']}"
+                    for side in ("A", "B"):  # warm-up, and the result checked
+                        got = warm[side].ask(case["name"])
+                        if not got["ok"]:
+                            ctx.problems.append(f"{side} {key}: wrong result ({got['why']})")
+                    for r in range(ctx.args.rounds):
+                        order = ("A", "B") if r % 2 == 0 else ("B", "A")
+                        res, srv_cpu = {}, {}
+                        for side in order:
+                            before = ctx.server_cpu(side)
+                            res[side] = warm[side].ask(case["name"])
+                            after = ctx.server_cpu(side)
+                            if before is not None and after is not None:
+                                srv_cpu[side] = after - before
+                        ctx.add(key, {s: g["wall"] for s, g in res.items()},
+                                {s: g["cpu"] for s, g in res.items()},
+                                srv_cpu if len(srv_cpu) == 2 else None)
+            except (RuntimeError, OSError, ValueError) as exc:
+                ctx.problems.append(f"{method} {d['name']}: {exc}")
+            finally:
+                for w in warm.values():
+                    w.close()
+            ctx.save(ctx.times, ctx.problems, ctx.args.rounds)
+            print(f"{method} {d['name']} done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+
+
 def bootstrap_median(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
     """A 95 % percentile-bootstrap interval of the median of ``ratios`` (deterministic seed)."""
     if len(ratios) < 2:
@@ -147,7 +338,9 @@ def bootstrap_median(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple
 
 
 def summarise(times_a: list[float], times_b: list[float], tolerance: float,
-              cpu_a: list[float] | None = None, cpu_b: list[float] | None = None) -> dict[str, Any]:
+              cpu_a: list[float] | None = None, cpu_b: list[float] | None = None,
+              server_cpu_a: list[float] | None = None,
+              server_cpu_b: list[float] | None = None) -> dict[str, Any]:
     """Paired ratios B/A of one case and what they say (the verdict is the wall-clock one's; the
     client's CPU seconds, blind to a server's work but not stretched by other load, beside it)."""
     ratios = [b / a for a, b in zip(times_a, times_b) if a > 0]
@@ -161,7 +354,12 @@ def summarise(times_a: list[float], times_b: list[float], tolerance: float,
             "min": min(ratios), "max": max(ratios), "ratios": ratios, "verdict": verdict,
             "a_median_s": statistics.median(times_a), "b_median_s": statistics.median(times_b),
             "a_times_s": times_a, "b_times_s": times_b,
-            "cpu_ratio_median": _cpu_ratio(cpu_a or [], cpu_b or [])}
+            "cpu_ratio_median": _cpu_ratio(cpu_a or [], cpu_b or []),
+            # the server's CPU seconds per run (--interleave run): 10 ms ticks, so only
+            # runs of many ticks say much
+            "server_cpu_ratio_median": _cpu_ratio(server_cpu_a or [], server_cpu_b or []),
+            "server_cpu_a_median_s": statistics.median(server_cpu_a) if server_cpu_a else None,
+            "server_cpu_b_median_s": statistics.median(server_cpu_b) if server_cpu_b else None}
 
 
 def _cpu_ratio(cpu_a: list[float], cpu_b: list[float]) -> float | None:
@@ -169,12 +367,14 @@ def _cpu_ratio(cpu_a: list[float], cpu_b: list[float]) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def print_table(summary: dict[str, dict[str, Any]], label_a: str, label_b: str, rounds: int) -> None:
-    print(f"\nB/A per case: median of {rounds} paired ratios (fresh process each side, "
+def print_table(summary: dict[str, dict[str, Any]], label_a: str, label_b: str, rounds: int,
+                mode: str = "process") -> None:
+    how = "fresh process each side" if mode == "process" else "runs of two warm processes"
+    print(f"\nB/A per case: median of {rounds} paired ratios ({how}, "
           f"A={label_a}, B={label_b}); 95 % bootstrap interval; min-max")
     print("| method | dataset/case | A median s | B median s | B/A | 95 % interval | min-max | "
-          "verdict | CPU B/A |")
-    print("|---|---|---:|---:|---:|---|---|---|---:|")
+          "verdict | client CPU B/A | server CPU B/A |")
+    print("|---|---|---:|---:|---:|---|---|---|---:|---:|")
     for key, s in summary.items():
         method, case = key.split(" ", 1)
         if "ratio_median" not in s:
@@ -183,7 +383,11 @@ def print_table(summary: dict[str, dict[str, Any]], label_a: str, label_b: str, 
         print(f"| {method} | {case} | {s['a_median_s']:.4f} | {s['b_median_s']:.4f} | "
               f"{s['ratio_median']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} | "
               f"{s['min']:.3f}-{s['max']:.3f} | {s['verdict']} | "
-              f"{s['cpu_ratio_median'] or float('nan'):.3f} |")
+              f"{_fmt(s['cpu_ratio_median'])} | {_fmt(s.get('server_cpu_ratio_median'))} |")
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -222,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(times: dict[str, dict[str, list[float]]], problems: list[str],
              rounds: int) -> dict[str, dict[str, Any]]:
-        summary = {k: summarise(v["A"], v["B"], args.tolerance, v["A_cpu"], v["B_cpu"])
-                   for k, v in times.items()}
+        summary = {k: summarise(v["A"], v["B"], args.tolerance, v["A_cpu"], v["B_cpu"],
+                                v["A_server_cpu"], v["B_server_cpu"]) for k, v in times.items()}
         record = {"started": started.isoformat(), "a": str(trees["A"]), "b": str(trees["B"]),
-                  "rounds": rounds, "runs": args.runs, "warmup": args.warmup, "store": store,
+                  "rounds": rounds, "interleave": args.interleave, "runs": args.runs,
+                  "warmup": args.warmup, "store": store,
                   "tolerance": args.tolerance, "quick": args.quick, "loadavg": os.getloadavg(),
                   "command": "python -m benchmarks.ab " + " ".join(sys.argv[1:] if argv is None
                                                                    else argv),
@@ -251,50 +456,16 @@ def main(argv: list[str] | None = None) -> int:
                 d["s3_url"] = svc.s3_url(Path(d["path"])) if svc.s3 else None
                 d["http_url"] = svc.http_url(Path(d["path"]))
                 d["remote_url"] = d["s3_url"] if store == "s3" else d["http_url"]
-            t_start = time.perf_counter()
-            for r in range(args.rounds):
-                order = ("A", "B") if r % 2 == 0 else ("B", "A")
-                for method in methods:
-                    for d in datasets:
-                        recs = {}
-                        for side in order:
-                            cfg = {"runs": args.runs, "store": store,
-                                   "warmup": 0 if method in REMOTE else args.warmup,
-                                   "oracle": str(work / "oracle.npz"), "s3": svc.s3,
-                                   "server_url": servers[side].url if side in servers else None,
-                                   "datasets": [d]}
-                            recs[side] = run_side(trees[side], method, cfg, work,
-                                                  f"{side}-{method}-{d['name']}",
-                                                  args.worker_timeout)
-                        for side, rec in recs.items():
-                            bad = rec.get("error") or rec["datasets"][d["name"]].get("error")
-                            if bad:
-                                problems.append(f"{side} {method} {d['name']} round {r + 1}: {bad}")
-                        if any("error" in rec or "error" in rec["datasets"][d["name"]]
-                               for rec in recs.values()):
-                            continue
-                        for case in d["cases"]:
-                            got = {s: rec["datasets"][d["name"]]["cases"][case["name"]]
-                                   for s, rec in recs.items()}
-                            key = f"{method} {d['name']}/{case['name']}"
-                            for side, c in got.items():
-                                if "error" in c or (c.get("check") and not c["check"]["ok"]):
-                                    why = c.get("error") or c["check"].get("why")
-                                    problems.append(f"{side} {key} round {r + 1}: {why}")
-                            if all("median_s" in c for c in got.values()):
-                                t = times.setdefault(key, {"A": [], "B": [], "A_cpu": [],
-                                                           "B_cpu": []})
-                                for side in "AB":
-                                    t[side].append(got[side]["median_s"])
-                                    t[side + "_cpu"].append(got[side].get("cpu_s") or 0.0)
-                save(times, problems, r + 1)  # an interrupted run keeps its finished rounds
-                print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f}s)",
-                      flush=True)
+            ctx = Context(trees, methods, datasets, work, store, svc.s3,
+                          {side: srv_.url for side, srv_ in servers.items()},
+                          {side: srv_.proc.pid for side, srv_ in servers.items()}, args, times,
+                          problems, save)
+            (by_run if args.interleave == "run" else by_process)(ctx)
         finally:
             for s in servers.values():
                 s.stop()
     summary = save(times, problems, args.rounds)
-    print_table(summary, str(trees["A"]), str(trees["B"]), args.rounds)
+    print_table(summary, str(trees["A"]), str(trees["B"]), args.rounds, args.interleave)
     for p in problems:
         print(f"PROBLEM: {p}")
     print(f"wrote {out}")
