@@ -73,3 +73,24 @@ def test_a_tiny_run_reports_paired_ratios_per_case(tmp_path: Path) -> None:
         assert s["ratios"] == pytest.approx([b / a for a, b in zip(s["a_times_s"], s["b_times_s"])])
         assert s["verdict"].startswith("too few rounds")
     assert "| ours_posix | plain/whole |" in r.stdout
+
+
+def test_interleaved_runs_of_two_warm_processes_give_paired_ratios(tmp_path: Path) -> None:
+    """--interleave run: one warm process per tree, single runs alternating; every pair counted,
+    each result checked against the oracle (a wrong one would be a problem, exit 1)."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--a", str(REPO), "--b", str(REPO),
+                        "--quick", "--interleave", "run", "--rounds", "5", "--datasets", "missing",
+                        "--cases", "whole,axis0", "--only", "ours_posix",
+                        "--results-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                       timeout=600, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [path] = tmp_path.glob("*-ab.json")
+    record = json.loads(path.read_text())
+    assert record["interleave"] == "run" and not record["problems"]
+    for case in ("whole", "axis0"):
+        s = record["summary"][f"ours_posix missing/{case}"]
+        assert len(s["ratios"]) == 5
+        assert s["verdict"] in ("same", "slower", "faster")  # enough rounds for a verdict
+        lo, hi = s["ci95"]
+        assert lo <= s["ratio_median"] <= hi
+        assert s["cpu_ratio_median"] > 0
