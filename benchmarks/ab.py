@@ -6,10 +6,13 @@ pairs the runs instead: for every (method, dataset) it runs A's worker and B's w
 each in a fresh process (``python -m benchmarks.worker`` from that tree, with that tree first on
 ``PYTHONPATH``), alternating which goes first round by round (A B, B A, A B, ...), over many short
 rounds. Each round gives one *paired* ratio per case, B's median time over A's, taken seconds
-apart, so load that lasts longer than a pair falls on both sides. Reported per case: the median
+apart, so load that lasts longer than a pair falls on both sides. ``--interleave run`` pairs
+closer still: one warm process per tree and dataset, opened once, then single runs of A and B
+alternating, milliseconds apart (the steadier on a busy machine). Reported per case: the median
 of the paired ratios, a bootstrap 95 % interval of that median and the min/max ratio. A case is
 ``slower`` when the whole interval lies above ``1 + --tolerance`` (default 5 %), ``faster`` when it
-lies below ``1 - tolerance``, otherwise ``same``.
+lies below ``1 - tolerance``, otherwise ``same``; beside it the ratio of the client's CPU seconds
+and (``--interleave run``) of the server process's, which other load does not stretch.
 
 Both trees read the same datasets (made once, read back into the page cache and locked there as
 in the main run, :mod:`benchmarks.pagecache`) and the same remote store (one nginx, or moto with
