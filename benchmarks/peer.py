@@ -35,6 +35,15 @@ def _installed_version(python: Path) -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+def test_cache_venv() -> Path:
+    """Where the tests keep their peer venv (tests/integration/test_peer_client.py)."""
+    import tempfile
+
+    tag = PEER_SPEC.replace("=", "").replace("*", "x").replace(".", "_")
+    return (Path(tempfile.gettempdir()) / "activestorage-test-cache"
+            / f"{tag}-py{sys.version_info[0]}{sys.version_info[1]}" / "venv")
+
+
 def ensure_venv(data_dir: Path, timeout: float = 900.0) -> tuple[Path, str]:
     """The peer venv's interpreter and the installed PyActiveStorage version (made if needed)."""
     return make_venv(data_dir / ".venv-peer", PEER_SPEC, timeout)

@@ -10,11 +10,17 @@ A deflated body is handed to the inflater a piece at a time as it arrives
 
 from __future__ import annotations
 
-import http.client
-from typing import Any, Callable, Iterator
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import StorageError
 from ..kernel import StoredPieces
+
+if TYPE_CHECKING:
+    import http.client
+
+# ``http.client`` (and the ``email`` package under it, ~10 ms) is not imported here: local files
+# read through this module too, and a response of it can only exist once an HTTP client loaded it
 
 
 class _Transient(StorageError):
@@ -45,9 +51,11 @@ def _socket_reader(raw: Any) -> http.client.HTTPResponse | None:
     """The ``http.client`` response under a urllib3 one (``requests``' ``resp.raw``, botocore's
     ``Body._raw_stream``) when its body arrives as sent (no Content-Encoding to undo) and none
     of it has been read yet; else None."""
+    client = sys.modules.get("http.client")  # not loaded: ``raw`` holds none of its responses
     fp = getattr(raw, "_fp", None)
     headers = getattr(raw, "headers", None)
-    if not isinstance(fp, http.client.HTTPResponse) or headers is None or fp.isclosed():
+    if client is None or not isinstance(fp, client.HTTPResponse) or headers is None \
+            or fp.isclosed():
         return None
     if headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
         return None
@@ -91,6 +99,8 @@ class _Body:
             piece = self._read(min(len(mv), BODY_PIECE))
             mv[:len(piece)] = piece
             return len(piece)
+        import http.client  # loaded already: self._fp is one of its responses
+
         try:
             return self._fp.readinto(mv)
         except (OSError, ValueError, http.client.HTTPException) as exc:
@@ -104,6 +114,8 @@ class _Body:
         if self._fp is None:
             self._read(1)
             return
+        import http.client  # loaded already: fp is one of its responses
+
         fp = self._fp
         if not fp.isclosed() and not self.readinto(memoryview(bytearray(1))) and fp.length:
             raise self._error(http.client.IncompleteRead(b"", fp.length))  # type: ignore[misc]

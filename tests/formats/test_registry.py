@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import subprocess
+import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -136,3 +138,33 @@ def test_manifest_listing_matches_the_readers_for_kerchunk_references(tmp_path):
     (cand,) = registry.ReferencesReader().list_variables(doc)
     assert (cand.name, cand.dimensions, cand.dtype) == ("v", ("x",), "int32")
     assert registry.default_variable(doc) == "v"
+
+
+def test_a_local_first_call_loads_no_plug_in_lookup_nor_http_client(tmp_path):
+    """A fresh process opening and reducing a local netCDF-4/HDF5 file (the first call a user
+    waits for) never imports importlib.metadata (plug-ins are looked up only for a dataset no
+    built-in reader reads: 20-40 ms) nor http.client with the email package (~10 ms)."""
+    import h5py
+
+    path = tmp_path / "v.nc"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=np.arange(24, dtype="f4").reshape(4, 6), chunks=(2, 3))
+    code = ("import sys\nfrom activestorage import Active\n"
+            f"a = Active({str(path)!r}, 'v')\nassert float(a.sum[...]) == 276.0\n"
+            "print(sorted(m for m in ('importlib.metadata', 'http.client', 'email.parser')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_plug_ins_are_still_asked_when_no_built_in_reader_knows_the_dataset(tmp_path, plugins):
+    """The lazy lookup still finds a plug-in for a file the built-ins do not read, and the error
+    for a file nobody reads names the plug-in's format too."""
+    path = tmp_path / "data.fake"
+    path.write_bytes(b"FAKE\0\0\0\0" + np.array([1.0, 2.0, 4.0, 8.0]).tobytes())
+    assert registry.detect_format(path.read_bytes(), str(path)) == "fake"
+    other = tmp_path / "data.bin"
+    other.write_bytes(b"NOPE" * 8)
+    with pytest.raises(FormatError, match="fake"):
+        open_variable(str(other), "v")
