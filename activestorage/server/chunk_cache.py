@@ -303,9 +303,11 @@ class ChunkCache:
         msg = auth[0].encode("utf-8") + b"\0" + auth[1].encode("utf-8")
         return hmac.new(self._hmac_key, msg, hashlib.sha256).hexdigest()
 
-    def key(self, target: Target, offset: int, size: int | None) -> str:
-        """The digest naming one range of one object for one caller."""
-        parts = (self.caller(target.auth), target.kind, target.url, target.version_id or "",
+    def key(self, target: Target, offset: int, size: int | None,
+            caller: str | None = None) -> str:
+        """The digest naming one range of one object for one caller (``caller``: its
+        :meth:`caller` tag, when already known)."""
+        parts = (caller or self.caller(target.auth), target.kind, target.url, target.version_id or "",
                  str(offset), "" if size is None else str(size))
         return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
@@ -357,7 +359,14 @@ class CacheSession:
         self.room = cache.request_bytes
         self._etag_of = etag_of
         self._heads: dict[Target, asyncio.Future[str | None]] = {}
+        self._callers: dict[tuple[str, str] | None, str] = {}
         self._disk = cache.disk is not None
+
+    def _key(self, target: Target, offset: int, size: int | None) -> str:
+        tag = self._callers.get(target.auth)
+        if tag is None:
+            tag = self._callers[target.auth] = self.cache.caller(target.auth)
+        return self.cache.key(target, offset, size, tag)
 
     async def _current(self, target: Target) -> str | None:
         """The object's ETag now, by one HEAD per object per request (shared by its ranges)."""
@@ -383,7 +392,7 @@ class CacheSession:
         c = self.cache
         if not c.enabled:
             return None
-        key = c.key(target, offset, size)
+        key = self._key(target, offset, size)
         anon = target.auth is None
         found = await self._blocking(c.get, key, anon)
         if found is None:
@@ -421,6 +430,6 @@ class CacheSession:
             return
         self.room -= len(data)
         entry = Entry(bytes(data), etag, c._clock())
-        if not await self._blocking(c.put, c.key(target, offset, size), target.auth is None,
+        if not await self._blocking(c.put, self._key(target, offset, size), target.auth is None,
                                     entry):
             c.metrics.refused.labels("too_large").inc()

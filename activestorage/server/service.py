@@ -267,8 +267,11 @@ class Service:
             hraws: list[Any] = [hits.get(i, b"") for i in range(len(items))]
             hit_idx = sorted(hits)
             hits.clear()
+            # cached items are reduced by all the kernel threads, in contiguous slices
+            k = max(1, min(self.settings.kernel_threads, len(hit_idx)))
+            cut = [len(hit_idx) * j // k for j in range(k + 1)]
             done = await asyncio.gather(
-                ready(hit_idx, hraws) if hit_idx else asyncio.sleep(0),
+                *(ready(hit_idx[cut[j]:cut[j + 1]], hraws) for j in range(k) if hit_idx),
                 self._fetch(items, jobs, ready, cache), return_exceptions=True)
             errors = [e for e in done if isinstance(e, BaseException)]
             if errors:
