@@ -374,11 +374,13 @@ class CacheSession:
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
             self._heads[target] = fut
+            etag = None
             try:
                 etag = strong_etag(await self._etag_of(target))
             except Exception:  # noqa: BLE001 - any failure: do not use the cache, GET instead
                 etag = None
-            fut.set_result(etag)
+            finally:  # cancelled too: the other ranges of the object must not wait forever
+                fut.set_result(etag)
         return await asyncio.shield(fut)
 
     async def _blocking(self, fn: Callable[..., object], *args: object) -> object:

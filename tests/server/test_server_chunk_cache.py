@@ -395,3 +395,65 @@ def test_a_chunk_repeated_in_a_batch_is_decoded_once(app_store, monkeypatch):
            for m in cbor2.loads(r.content)["results"]]
     want = [int(x[slice(*a), slice(*b)].sum()) for a, b in sels]
     assert got == want and len(calls) == 1 and store.gets == 1
+
+
+def test_v1_repeat_is_a_hit_and_a_cache_of_size_zero_is_off():
+    store = FakeStore()
+    store.objects["http://127.0.0.1:1/b/k"] = (X.tobytes(), '"v1"')
+    for size, gets in ((1 << 20, 1), (0, 2)):
+        app = create_app(Settings(chunk_cache_size=size))
+        app.state.server.upstream.read = store.read
+        app.state.server.upstream.etag = store.etag
+        store.gets = 0
+        with TestClient(app) as c:
+            for _ in range(2):
+                r = c.post("/v1/max/", json={"source": "http://127.0.0.1:1", "bucket": "b",
+                                             "object": "k", "dtype": "float64", "size": 800},
+                           auth=("u", "p"))
+                assert r.status_code == 200 and np.frombuffer(r.content, "<f8")[0] == 99
+            text = c.get("/metrics").text
+        assert store.gets == gets
+        hit_line = 'activestorage_chunk_cache_hits_total{tier="memory"} 1.0'
+        assert (hit_line in text) == (size > 0)
+
+
+SELECTION = st.tuples(st.integers(-9, 9), st.integers(-9, 9), st.sampled_from([-3, -1, 1, 2]))
+
+
+@hsettings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), SELECTION, SELECTION), min_size=1, max_size=8),
+       st.sampled_from(["sum", "min", "max", "count", "select"]))
+def test_batches_repeating_chunks_agree_with_numpy(picks, op):
+    """Items repeating chunks (decoded once, read once) give NumPy's answer for each item."""
+    store = FakeStore()
+    chunks = [(np.arange(64).reshape(8, 8) * (k + 1) - 7 * k).astype(">i4") for k in range(3)]
+    blob, spans = b"", []
+    for x in chunks:
+        z = zlib.compress(x.tobytes())
+        spans.append((len(blob), len(z)))
+        blob += z
+    store.objects[URL] = (blob, '"z"')
+    app = create_app(Settings())
+    app.state.server.upstream.read = store.read
+    app.state.server.upstream.etag = store.etag
+    reqs = [{"interface_type": "http", "url": URL, "dtype": "int32", "byte_order": "big",
+             "offset": spans[k][0], "size": spans[k][1], "shape": [8, 8],
+             "compression": {"id": "zlib"}, "selection": [list(a), list(b)]}
+            for k, a, b in picks]
+    with TestClient(app) as c:
+        for _ in range(2):  # cold, then from the cache
+            r = c.post(f"/v2/batch/{op}", json={"requests": reqs}, auth=("u", "p"))
+            assert r.status_code == 200, r.text
+            for (k, a, b), m in zip(picks, cbor2.loads(r.content)["results"]):
+                want = chunks[k][slice(*a), slice(*b)]
+                dt = ">i4" if m["byte_order"] == "big" else "<i4"
+                if op == "count":
+                    dt = dt[0] + "i8"
+                got = np.frombuffer(m["bytes"], dt)
+                if op == "select":
+                    assert np.array_equal(got.reshape(want.shape), want)
+                elif op == "count":
+                    assert got[0] == want.size
+                elif want.size:
+                    assert got[0] == getattr(np, op)(want.astype(np.int64)).astype(np.int32)
+    assert store.gets <= len({k for k, _, _ in picks})
