@@ -183,7 +183,8 @@ class Service:
                 return hit
         meta: dict[str, Any] = {}
         data = await self.upstream.read(item.target, item.req.offset, item.read_size,
-                                        max_bytes=item.max_raw, meta=meta)
+                                        max_bytes=item.max_raw,
+                                        **({"meta": meta} if cache is not None else {}))
         self.metrics.bytes_in.inc(len(data))
         self.metrics.upstream_requests.inc()
         if cache is not None:
@@ -222,26 +223,7 @@ class Service:
         combined here, in request order."""
         items, groups, folding = prepare_batch(body, op, auth, self.settings)
         cache = self.cache_session()
-        hits: dict[int, bytes] = {}
-        if cache is not None:
-            use = [i for i, it in enumerate(items) if not it.no_cache]
-            for i, hit in zip(use, await asyncio.gather(*(
-                    cache.get(items[i].target, items[i].req.offset, items[i].read_size)
-                    for i in use))):
-                if hit is not None:
-                    hits[i] = hit
-        # one read per distinct range: an item reading what an earlier one reads is its twin
-        first: dict[tuple[Any, ...], int] = {}
-        twins: dict[int, list[int]] = {}
-        todo = []
-        for i, it in enumerate(items):
-            if i in hits:
-                continue
-            j = first.setdefault((it.target, it.req.offset, it.read_size, it.no_cache), i)
-            if j == i:
-                todo.append(i)
-            else:
-                twins.setdefault(j, []).append(i)
+        hits, todo, twins = await self._reuse(items, cache)
         jobs = self._plan(items, todo)
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
         total = sum(size if size is not None else items[run[0]].max_raw
@@ -297,6 +279,33 @@ class Service:
             raise
         return Answer(out, "application/cbor", None, held)
 
+    @staticmethod
+    async def _reuse(items: list[Item], cache: CacheSession | None
+                     ) -> tuple[dict[int, bytes], list[int], dict[int, list[int]]]:
+        """What a batch need not read: (bytes of the items the chunk ``cache`` answers, the
+        items left to read, {item: its twins}); a twin reads the same range of the same object
+        as an earlier item, so it is read once and handed the same bytes."""
+        hits: dict[int, bytes] = {}
+        if cache is not None:
+            use = [i for i, it in enumerate(items) if not it.no_cache]
+            for i, hit in zip(use, await asyncio.gather(*(
+                    cache.get(items[i].target, items[i].req.offset, items[i].read_size)
+                    for i in use))):
+                if hit is not None:
+                    hits[i] = hit
+        first: dict[tuple[Any, ...], int] = {}
+        twins: dict[int, list[int]] = {}
+        todo = []
+        for i, it in enumerate(items):
+            if i in hits:
+                continue
+            j = first.setdefault((it.target, it.req.offset, it.read_size, it.no_cache), i)
+            if j == i:
+                todo.append(i)
+            else:
+                twins.setdefault(j, []).append(i)
+        return hits, todo, twins
+
     def _plan(self, items: list[Item], which: list[int] | None = None
               ) -> list[tuple[list[int], Target, int, int | None]]:
         """GETs to make for items ``which`` (all): (item indices, object, start, size); ranges of
@@ -344,7 +353,8 @@ class Service:
                 return
             meta: dict[str, Any] = {}
             try:
-                data = await self.upstream.read(target, start, size, max_bytes=size, meta=meta)
+                data = await self.upstream.read(target, start, size, max_bytes=size,
+                                                **({"meta": meta} if cache is not None else {}))
             except StorageError:
                 # Find the culprit (and spare its neighbours): retry the items one by one.
                 await each(run)
