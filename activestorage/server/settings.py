@@ -198,7 +198,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     a("--chunk-cache-disk-size", type=int, default=d.chunk_cache_disk_size, metavar="BYTES",
       help="bytes the --chunk-cache-dir tier may hold")
     a("--no-chunk-cache", action="store_true", default=False,
-      help="no chunk cache at all (same as --chunk-cache-size 0 without --chunk-cache-dir)")
+      help="no chunk cache at all (same as --chunk-cache-size 0 without --chunk-cache-dir; "
+           "default: the memory cache is on)")
     a("--s3-region", default=d.s3_region,
       help="region used to sign (SigV4) requests to S3")
     a("--tls-cert", default=d.tls_cert, metavar="PEM",
