@@ -192,3 +192,41 @@ def test_batched_active_mean_twice_through_the_server(server, moto_server, s3, t
     assert np.isclose(out[0], data.astype("f8").mean()) and out[1] == data.max()
     assert m1[GETS] - m0.get(GETS, 0) <= 6  # the first reduction's reads only
     assert m1[HITS] - m0.get(HITS, 0) == 6
+
+
+def test_disk_tier_survives_a_restart_for_anonymous_entries_only(servers_dir, nginx_server):
+    """Memory off, a directory on: hits come from disk; after a restart anonymous entries are
+    still served (revalidated), a caller's are gone (their keys died with the process)."""
+    from servers import NGINX_PASSWORD, NGINX_USER
+
+    root = nginx_server.extra["docroot"]
+    (root / "d.f8").write_bytes(X.tobytes())
+    (root / "private" / "d.f8").write_bytes(X.tobytes())
+    pub = {"interface_type": "http", "url": f"{nginx_server.url}/d.f8", "dtype": "float64",
+           "size": 8000}
+    priv = dict(pub, url=f"{nginx_server.url}/private/d.f8")
+    user = (NGINX_USER, NGINX_PASSWORD)
+    cache_dir = servers_dir / "chunk-cache-disk"
+    args = ("--chunk-cache-size", "0", "--chunk-cache-dir", str(cache_dir))
+    disk_hits = 'activestorage_chunk_cache_hits_total{tier="disk"}'
+    srv = start_active_server(servers_dir / "cache-disk-1", *args)
+    try:
+        for _ in range(2):
+            assert value(post(srv, "sum", pub, None)) == X.sum()
+            assert value(post(srv, "sum", priv, user)) == X.sum()
+        assert metrics(srv)[disk_hits] == 2
+        names = sorted(p.name[:2] for p in cache_dir.iterdir())
+        assert names == ["a-", "u-"]
+    finally:
+        srv.stop()
+    srv = start_active_server(servers_dir / "cache-disk-2", *args)
+    try:
+        assert sorted(p.name[:2] for p in cache_dir.iterdir()) == ["a-"]
+        assert value(post(srv, "sum", pub, None)) == X.sum()
+        assert value(post(srv, "sum", priv, user)) == X.sum()
+        m = metrics(srv)
+        assert m[disk_hits] == 1 and m[GETS] == 1
+        for p in cache_dir.iterdir():
+            assert NGINX_PASSWORD.encode() not in p.read_bytes()
+    finally:
+        srv.stop()
