@@ -38,7 +38,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -86,7 +86,8 @@ class CacheMetrics:
         self.refused = Counter("activestorage_chunk_cache_refused",
                                "ranges not added to the chunk cache", ["reason"], registry=r)
         self.revalidations = Counter("activestorage_chunk_cache_revalidations",
-                                     "HEADs sent to check cached objects", ["result"], registry=r)
+                                     "authorised HEADs sent to check cached objects", ["result"],
+                                     registry=r)
         self.bytes = Gauge("activestorage_chunk_cache_bytes", "bytes held by the chunk cache",
                            ["tier"], registry=r)
         self.entries = Gauge("activestorage_chunk_cache_entries", "entries in the chunk cache",
@@ -381,9 +382,12 @@ class CacheSession:
                 etag = None
             finally:  # cancelled too: the other ranges of the object must not wait forever
                 fut.set_result(etag)
+            self.cache.metrics.revalidations.labels("etag" if etag else "failed").inc()
         return await asyncio.shield(fut)
 
-    async def _blocking(self, fn: Callable[..., object], *args: object) -> object:
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``: here with memory only, in a worker thread when a disk tier may be
+        touched."""
         if not self._disk:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -391,31 +395,49 @@ class CacheSession:
     async def get(self, target: Target, offset: int, size: int | None) -> bytes | None:
         """The cached bytes of this range, when the caller may have them and they are current;
         None (a miss) otherwise."""
+        return (await self.get_many([(target, offset, size)]))[0]
+
+    async def get_many(self, ranges: Sequence[tuple[Target, int, int | None]]
+                       ) -> list[bytes | None]:
+        """:meth:`get` of each ``(target, offset, size)``, with one HEAD per object (a batch's
+        lookups in one pass: no task per range)."""
         c = self.cache
-        if not c.enabled:
-            return None
-        key = self._key(target, offset, size)
-        anon = target.auth is None
-        found = await self._blocking(c.get, key, anon)
-        if found is None:
-            c.metrics.misses.inc()
-            return None
-        entry, tier = found  # type: ignore[misc]
-        pin = strong_etag(target.etag) if target.etag else None
-        if target.etag and entry.etag != pin:
-            c.metrics.misses.inc()  # pinned to another version: the GET decides (409 or bytes)
-            return None
+        if not c.enabled or not ranges:
+            return [None] * len(ranges)
+        keys = [self._key(t, o, n) for t, o, n in ranges]
+        found = await self._blocking(
+            lambda: [c.get(k, t.auth is None) for k, (t, _o, _n) in zip(keys, ranges)])
+        for j, ((t, _o, _n), f) in enumerate(zip(ranges, found)):
+            if f is not None and t.etag and f[0].etag != strong_etag(t.etag):
+                found[j] = None  # pinned to another version: the GET decides (409 or bytes)
+        now: dict[Target, str | None] = {}
         if c.revalidate:
-            now = await self._current(target)
-            if now is None or now != entry.etag:
-                c.metrics.revalidations.labels("changed" if now else "failed").inc()
-                if now is not None:
-                    await self._blocking(c.discard, key, anon, "changed")
-                c.metrics.misses.inc()
-                return None
-            c.metrics.revalidations.labels("current").inc()
-        c.metrics.hits.labels(tier).inc()
-        return entry.data
+            now = dict.fromkeys(t for (t, _o, _n), f in zip(ranges, found) if f is not None)
+            now = dict(zip(now, await asyncio.gather(*(self._current(t) for t in now))))
+        out: list[bytes | None] = []
+        stale: list[tuple[str, bool]] = []
+        hits = {"memory": 0, "disk": 0}
+        for (t, _o, _n), key, f in zip(ranges, keys, found):
+            if f is None:
+                out.append(None)
+                continue
+            entry, tier = f
+            if c.revalidate and now[t] != entry.etag:
+                if now[t] is not None:  # the object changed: the entry is of no more use
+                    stale.append((key, t.auth is None))
+                out.append(None)
+                continue
+            hits[tier] += 1
+            out.append(entry.data)
+        if stale:
+            await self._blocking(lambda: [c.discard(k, anon, "changed") for k, anon in stale])
+        for tier, n in hits.items():
+            if n:
+                c.metrics.hits.labels(tier).inc(n)
+        misses = len(out) - sum(hits.values())
+        if misses:
+            c.metrics.misses.inc(misses)
+        return out
 
     async def put(self, target: Target, offset: int, size: int | None, data: bytes,
                   etag: str | None) -> None:

@@ -288,9 +288,8 @@ class Service:
         hits: dict[int, bytes] = {}
         if cache is not None:
             use = [i for i, it in enumerate(items) if not it.no_cache]
-            for i, hit in zip(use, await asyncio.gather(*(
-                    cache.get(items[i].target, items[i].req.offset, items[i].read_size)
-                    for i in use))):
+            for i, hit in zip(use, await cache.get_many(
+                    [(items[i].target, items[i].req.offset, items[i].read_size) for i in use])):
                 if hit is not None:
                     hits[i] = hit
         first: dict[tuple[Any, ...], int] = {}

@@ -215,8 +215,9 @@ def test_revalidation_one_head_per_object_changed_and_failed():
     assert metric(reg, "activestorage_chunk_cache_hits_total", tier="memory") == 11
     assert metric(reg, "activestorage_chunk_cache_evictions_total", tier="memory",
                   reason="changed") == 1
-    assert metric(reg, "activestorage_chunk_cache_revalidations_total", result="changed") == 1
+    assert metric(reg, "activestorage_chunk_cache_revalidations_total", result="etag") == 3
     assert metric(reg, "activestorage_chunk_cache_revalidations_total", result="failed") == 2
+    assert metric(reg, "activestorage_chunk_cache_misses_total") == 5
 
 
 def test_without_revalidation_entries_age_out_and_need_no_etag():
