@@ -106,6 +106,9 @@ class MemoryTier:
         self._clock = clock
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._lock = threading.Lock()
+        # read when scraped: nothing to update per entry
+        metrics.bytes.labels("memory").set_function(lambda: self.used)
+        metrics.entries.labels("memory").set_function(lambda: len(self._entries))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -133,7 +136,6 @@ class MemoryTier:
                 self._drop(next(iter(self._entries)), "size")
             self._entries[key] = entry
             self.used += n
-            self._gauges()
         return True
 
     def discard(self, key: str, reason: str) -> None:
@@ -145,11 +147,6 @@ class MemoryTier:
         e = self._entries.pop(key)
         self.used -= len(e.data)
         self._m.evictions.labels("memory", reason).inc()
-        self._gauges()
-
-    def _gauges(self) -> None:
-        self._m.bytes.labels("memory").set(self.used)
-        self._m.entries.labels("memory").set(len(self._entries))
 
 
 _MAGIC = b"ASC1"
@@ -179,6 +176,8 @@ class DiskTier:
         self._clock = clock
         self._lock = threading.Lock()
         self._index: OrderedDict[str, tuple[int, float]] = OrderedDict()  # name -> size, stored
+        metrics.bytes.labels("disk").set_function(lambda: self.used)
+        metrics.entries.labels("disk").set_function(lambda: len(self._index))
         self._scan()
 
     def _scan(self) -> None:
@@ -198,7 +197,6 @@ class DiskTier:
             self.used += size
         with self._lock:
             self._evict(0)
-            self._gauges()
 
     @staticmethod
     def name(key: str, anonymous: bool) -> str:
@@ -249,7 +247,6 @@ class DiskTier:
             self._evict(size)
             self._index[name] = (size, entry.stored)
             self.used += size
-            self._gauges()
         return True
 
     def discard(self, name: str, reason: str) -> None:
@@ -266,11 +263,6 @@ class DiskTier:
         self.used -= size
         (self.dir / name).unlink(missing_ok=True)
         self._m.evictions.labels("disk", reason).inc()
-        self._gauges()
-
-    def _gauges(self) -> None:
-        self._m.bytes.labels("disk").set(self.used)
-        self._m.entries.labels("disk").set(len(self._index))
 
 
 class ChunkCache:
@@ -327,16 +319,13 @@ class ChunkCache:
                 return e, "disk"
         return None
 
-    def put(self, key: str, anonymous: bool, entry: Entry) -> bool:
-        """Keep ``entry`` in every tier (blocking with a disk tier)."""
-        kept = False
-        if self.memory is not None:
-            kept = self.memory.put(key, entry)
-            if kept:
-                self.metrics.stored.labels("memory").inc(len(entry.data))
+    def put(self, key: str, anonymous: bool, entry: Entry) -> list[str]:
+        """Keep ``entry`` in every tier (blocking with a disk tier); the tiers that kept it."""
+        kept = []
+        if self.memory is not None and self.memory.put(key, entry):
+            kept.append("memory")
         if self.disk is not None and self.disk.put(DiskTier.name(key, anonymous), entry):
-            self.metrics.stored.labels("disk").inc(len(entry.data))
-            kept = True
+            kept.append("disk")
         return kept
 
     def discard(self, key: str, anonymous: bool, reason: str) -> None:
@@ -442,18 +431,40 @@ class CacheSession:
     async def put(self, target: Target, offset: int, size: int | None, data: bytes,
                   etag: str | None) -> None:
         """Offer the bytes a GET of this range brought (with the ETag the store sent)."""
+        await self.put_many(target, [(offset, size, data)], etag)
+
+    async def put_many(self, target: Target, ranges: Sequence[tuple[int, int | None, Any]],
+                       etag: str | None) -> None:
+        """Offer ``(offset, size, bytes)`` ranges of one object that one GET brought (with the
+        ETag the store sent): copied (a slice must not keep a whole coalesced read alive), as
+        far as the request's allowance goes."""
         c = self.cache
-        if not c.enabled:
+        if not c.enabled or not ranges:
             return
         etag = strong_etag(etag)
         if c.revalidate and etag is None:
-            c.metrics.refused.labels("no_etag").inc()
+            c.metrics.refused.labels("no_etag").inc(len(ranges))
             return
-        if len(data) > self.room:
-            c.metrics.refused.labels("request_bound").inc()
-            return
-        self.room -= len(data)
-        entry = Entry(bytes(data), etag, c._clock())
-        if not await self._blocking(c.put, self._key(target, offset, size), target.auth is None,
-                                    entry):
-            c.metrics.refused.labels("too_large").inc()
+        now, anon = c._clock(), target.auth is None
+        todo = []
+        for offset, size, data in ranges:
+            if len(data) > self.room:
+                c.metrics.refused.labels("request_bound").inc()
+                continue
+            self.room -= len(data)
+            todo.append((self._key(target, offset, size), data))
+
+        def store() -> None:
+            kept = {"memory": 0, "disk": 0}
+            refused = 0
+            for key, data in todo:
+                tiers = c.put(key, anon, Entry(bytes(data), etag, now))
+                for t in tiers:
+                    kept[t] += len(data)
+                refused += not tiers
+            for t, n in kept.items():
+                if n:
+                    c.metrics.stored.labels(t).inc(n)
+            if refused:
+                c.metrics.refused.labels("too_large").inc(refused)
+        await self._blocking(store)

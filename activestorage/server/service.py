@@ -364,9 +364,10 @@ class Service:
             for i in run:
                 o = items[i].req.offset - start
                 raws[i] = view[o:o + items[i].read_size]  # type: ignore[operator]
-                if cache is not None and not items[i].no_cache:
-                    await cache.put(items[i].target, items[i].req.offset, items[i].read_size,
-                                    raws[i], meta.get("etag"))
+            if cache is not None:
+                await cache.put_many(target, [(items[i].req.offset, items[i].read_size, raws[i])
+                                              for i in run if not items[i].no_cache],
+                                     meta.get("etag"))
             await ready(run, raws)
 
         results = await asyncio.gather(*(one(*j) for j in jobs), return_exceptions=True)
