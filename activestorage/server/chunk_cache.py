@@ -300,8 +300,8 @@ class ChunkCache:
             caller: str | None = None) -> str:
         """The digest naming one range of one object for one caller (``caller``: its
         :meth:`caller` tag, when already known)."""
-        parts = (caller or self.caller(target.auth), target.kind, target.url, target.version_id or "",
-                 str(offset), "" if size is None else str(size))
+        parts = (caller or self.caller(target.auth), target.kind, target.url,
+                 target.version_id or "", str(offset), "" if size is None else str(size))
         return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
     def get(self, key: str, anonymous: bool) -> tuple[Entry, str] | None:
@@ -368,7 +368,7 @@ class CacheSession:
             try:
                 etag = strong_etag(await self._etag_of(target))
             except Exception:  # noqa: BLE001 - any failure: do not use the cache, GET instead
-                etag = None
+                pass
             finally:  # cancelled too: the other ranges of the object must not wait forever
                 fut.set_result(etag)
             self.cache.metrics.revalidations.labels("etag" if etag else "failed").inc()
