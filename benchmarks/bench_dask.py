@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         urls = [f"s3://{BUCKET}/{q.name}" for q in paths]
         so = {"key": servers.S3_KEY, "secret": servers.S3_SECRET,
               "client_kwargs": {"endpoint_url": moto.url}}
-        s1 = servers.start_active_server(work / "s1")
-        s2 = servers.start_active_server(work / "s2")
+        s1 = servers.start_active_server(work / "s1", "--no-chunk-cache")  # time reads, not hits
+        s2 = servers.start_active_server(work / "s2", "--no-chunk-cache")
         procs += [s1, s2]
 
         def run(label: str, fn: Any, *a: Any) -> None:

@@ -79,7 +79,7 @@ def run(nfiles: int, repeat: int, backends: list[str], threads: int | None = Non
         try:
             if "server" in backends:
                 server = srv.start_active_server(tmpd / "server", "--no-access-log",
-                                                 "--log-level", "warning")
+                                                 "--log-level", "warning", "--no-chunk-cache")
             client = srv.s3_client(moto.url)
             client.create_bucket(Bucket=BUCKET)
             for p in paths:

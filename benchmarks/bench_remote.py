@@ -6,6 +6,11 @@ server reads from it. For each (dataset, method) it prints seconds, bytes receiv
 requests made, and checks the answer against NumPy. Targets: ``server`` moves < 1% of the bytes
 ``fetch`` moves; batched is >= 5x faster than per chunk on the 64 KiB dataset.
 
+Cached repeat (issue #22): a second server with its chunk cache on (sized to hold the variable)
+answers the batched mean twice; the second is answered from the cache (one authorised HEAD per
+object instead of the GETs). Target: the repeat <= 0.3x the first. The other rows use a server
+with ``--no-chunk-cache`` so they keep measuring reads.
+
     python benchmarks/bench_remote.py                 # 2 x ~400 MB variables in moto S3
     python benchmarks/bench_remote.py --quick         # 2 x ~40 MB variables
     python benchmarks/bench_remote.py --store http    # the same files served by nginx
@@ -80,7 +85,7 @@ def metadata_cost(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_method(label: str, url: str, storage_options: dict[str, Any], server_url: str,
-               threads: int, expected: float) -> dict[str, Any]:
+               threads: int, expected: float, no_cache: bool = False) -> dict[str, Any]:
     from activestorage import Active
     from activestorage.backends.fetch import FetchBackend
     from activestorage.backends.server import ServerBackend
@@ -89,7 +94,7 @@ def run_method(label: str, url: str, storage_options: dict[str, Any], server_url
         backend: Any = FetchBackend(storage_options, max_threads=threads)
     else:
         backend = ServerBackend(server_url, storage_options=storage_options, max_threads=threads,
-                                batch=(label == "server batched"))
+                                batch=(label == "server batched"), disable_chunk_cache=no_cache)
     with backend, Active(url, "v", storage_options=storage_options, backend=backend,
                          max_threads=threads) as a:
         t0 = time.perf_counter()
@@ -131,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     procs = []
     results: list[dict[str, Any]] = []
     try:
-        srv = servers.start_active_server(work / "active", "--max-batch", "1024")
+        srv = servers.start_active_server(work / "active", "--max-batch", "1024",
+                                          "--no-chunk-cache")
         procs.append(srv)
+        cache_bytes = str(2 << 30 if not args.quick else 256 << 20)
+        cached = servers.start_active_server(work / "active-cached", "--max-batch", "1024",
+                                             "--chunk-cache-size", cache_bytes,
+                                             "--chunk-cache-request-bytes", cache_bytes)
+        procs.append(cached)
         so: dict[str, Any] = {}
         if "s3" in stores:
             moto = servers.start_moto(work / "moto")
@@ -170,7 +181,23 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['bytes_received'] / 1e6:12.3f} {r['requests']:9d} "
                           f"{r['chunks']:7d}  {'ok' if r['ok'] else 'WRONG: ' + str(r['mean'])}",
                           flush=True)
-                fetch, per, batched = rows
+                # warm the cache server up without its cache (connections, threads), so "first"
+                # is a first reduction on a warm server: the same footing as the rows above
+                run_method("server batched", url, so, cached.url, args.threads, expected,
+                           no_cache=True)
+                for method in ("cache cold", "cached repeat"):
+                    r = run_method("server batched", url, so, cached.url, args.threads,
+                                   expected)
+                    r.update(dataset=desc, store=store, file_mb=size_mb, metadata=meta,
+                             method=method)
+                    rows.append(r)
+                    print(f"{name:22} {r['method']:16} {r['seconds']:9.2f} "
+                          f"{r['bytes_received'] / 1e6:12.3f} {r['requests']:9d} "
+                          f"{r['chunks']:7d}  {'ok' if r['ok'] else 'WRONG: ' + str(r['mean'])}",
+                          flush=True)
+                fetch, per, batched, cold, repeat = rows
+                print(f"  cached repeat / first (batched, cache on): "
+                      f"{repeat['seconds'] / cold['seconds']:.2f}x (target <= 0.3x)", flush=True)
                 print(f"  server/fetch bytes: {per['bytes_received'] / fetch['bytes_received']:.4%}"
                       f" (per-chunk), {batched['bytes_received'] / fetch['bytes_received']:.4%} "
                       f"(batched); batched speed-up over per-chunk: "

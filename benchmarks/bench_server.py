@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         web = start_nginx(work / "nginx", www)
         procs.append(web)
         srv = start_active_server(work / "server", "--workers", str(args.workers),
-                                  "--no-access-log", "--log-level", "warning")
+                                  "--no-access-log", "--log-level", "warning",
+                                  "--no-chunk-cache")  # the same object again and again: no hits
         procs.append(srv)
         s3 = s3_client(moto.url)
         s3.create_bucket(Bucket="bench")

@@ -69,8 +69,9 @@ def started(workdir: Path, files: list[Path], data_dir: Path, *, moto: bool, ser
             out.s3 = {"endpoint": m.url, "key": srv.S3_KEY, "secret": srv.S3_SECRET,
                       "bucket": BUCKET}
         if server:
+            # no chunk cache: repeated timings must measure reads, not cache hits
             s = srv.start_active_server(workdir / "server", "--no-access-log",
-                                        "--log-level", "warning")
+                                        "--log-level", "warning", "--no-chunk-cache")
             procs.append(s)
             out.server_url = s.url
         if nginx:

@@ -77,6 +77,8 @@ class _Common(BaseModel):
     filters: Optional[list[Filter]] = Field(None, description="filters: " + ", ".join(FILTER_IDS))
     missing: Optional[Missing] = Field(  # type: ignore[valid-type]
         None, description=", ".join(MISSING_KEYS) + " (several at once is an extension)")
+    option_disable_chunk_cache: Optional[bool] = Field(
+        None, description="neither read this range from the server's chunk cache nor add it")
 
 
 class V1Request(_Common):

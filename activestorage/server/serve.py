@@ -47,7 +47,9 @@ def run(settings: Settings) -> None:
         # Each worker process enforces its share of the process-wide limits.
         per = settings.replace(
             max_bytes_in_flight=max(1, settings.max_bytes_in_flight // settings.workers),
-            max_upstream_concurrency=max(1, settings.max_upstream_concurrency // settings.workers))
+            max_upstream_concurrency=max(1, settings.max_upstream_concurrency // settings.workers),
+            chunk_cache_size=settings.chunk_cache_size // settings.workers,
+            chunk_cache_disk_size=settings.chunk_cache_disk_size // settings.workers)
         os.environ["ACTIVESTORAGE_SERVER_SETTINGS"] = per.to_json()
         # one metrics view: the workers record into files in a directory of this server's own
         # (prometheus_client's multiprocess mode), which /metrics of any worker sums

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, NamedTuple
 
 import cbor2
@@ -22,9 +23,10 @@ from ..combine import Accumulator
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
                       UnsupportedError)
 from ..coalesce import reduce_run, runs
-from ..kernel import Partial, reduce_chunk, scratch_bytes
-from ..request import OPERATIONS, ChunkRequest
+from ..kernel import Partial, decode, reduce_chunk, scratch_bytes
+from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
 from ..stores.base import merge_spans
+from .chunk_cache import CacheSession, ChunkCache
 from .limits import ByteBudget
 from .metrics import Metrics
 from .responses import Part, cbor_head, cbor_map_parts
@@ -86,6 +88,18 @@ def _compute_v2(raw: bytes, item: Item) -> list[Part]:
     return cbor_map_parts(v2_map(compute(raw, item), item))
 
 
+def _decode_key(item: Item) -> tuple[Any, ...] | None:
+    """What makes two items' decoded arrays equal (same bytes of the same object, same codecs
+    and element layout), or None when decoding is free (no codecs, native order) or the size is
+    only known once read."""
+    r = item.req
+    if item.whole or not (r.compression is not None or r.filters
+                          or (r.byte_order != NATIVE_BYTE_ORDER and r.dtype.itemsize > 1)):
+        return None
+    return (item.target, r.offset, item.read_size, repr(r.compression), repr(r.filters),
+            r.dtype.str, r.byte_order, r.shape)
+
+
 def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
                    slots: list[int] | None,
                    base: tuple[memoryview, int] | None = None) -> list[Result | None]:
@@ -96,18 +110,34 @@ def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
     and the offset it starts at. When folding, runs of small uncompressed chunks stored back to
     back in it are reduced stacked, each group's chunks folded inside NumPy
     (:mod:`activestorage.coalesce`, as the in-process backends do): the group's partial comes
-    back for the first item of the run in it, None for the others."""
+    back for the first item of the run in it, None for the others. Items that decode the same
+    chunk (several selections or reductions of one chunk in a batch) decode it once: the others
+    reduce the decoded array, as uncompressed native-order bytes."""
     done: dict[int, Result | None] = {}
     wide = slots is not None
     if base is not None and slots is not None and len(idx) > 1 \
             and items[idx[0]].operation != "select":
         done = _stacked_results(idx, items, slots, *base)
     rest = [i for i in idx if i not in done]
-    decoded = scratch_bytes(items[i].req for i in rest)
-    scratch = np.empty(decoded, np.uint8) if decoded and len(rest) > 1 else None
-    for i in rest:
+    keys = [_decode_key(items[i]) for i in rest]
+    repeated = {k for k in keys if k is not None and keys.count(k) > 1}
+    decoded: dict[tuple[Any, ...], np.ndarray] = {}
+    size = scratch_bytes(items[i].req for i, k in zip(rest, keys) if k not in repeated)
+    scratch = np.empty(size, np.uint8) if size and len(rest) > 1 else None
+    for i, k in zip(rest, keys):
         try:
-            done[i] = compute(raws[i], items[i], wide=wide, scratch=scratch)
+            if k in repeated:
+                item = items[i]
+                if k not in decoded:
+                    try:
+                        decoded[k] = decode(raws[i], item.req)  # owned: not in the scratch
+                    except (DecodeError, UnsupportedError) as exc:
+                        raise type(exc)(f"{item.target.name}: {exc}") from exc
+                plain = replace(item, req=item.req._replace(
+                    compression=None, filters=(), byte_order=NATIVE_BYTE_ORDER))
+                done[i] = compute(decoded[k], plain, wide=wide)
+            else:
+                done[i] = compute(raws[i], items[i], wide=wide, scratch=scratch)
         except ActiveStorageError as exc:
             raise at_item(exc, i) from exc
     return [done[i] for i in idx]
@@ -200,12 +230,34 @@ class Service:
                                  addressing_style=settings.s3_addressing_style,
                                  ca_bundle=settings.upstream_ca_bundle)
         self.pool = ThreadPoolExecutor(settings.kernel_threads, thread_name_prefix="as-kernel")
+        self.cache = ChunkCache(max_bytes=settings.chunk_cache_size, ttl=settings.chunk_cache_ttl,
+                                request_bytes=settings.chunk_cache_request_bytes,
+                                revalidate=settings.chunk_cache_revalidate,
+                                disk_dir=settings.chunk_cache_dir,
+                                disk_bytes=settings.chunk_cache_disk_size,
+                                registry=self.metrics.registry)
 
-    async def fetch(self, item: Item) -> bytes:
+    def cache_session(self) -> CacheSession | None:
+        """One request's view of the chunk cache (None when the cache is off)."""
+        return self.cache.session(self.upstream.etag) if self.cache.enabled else None
+
+    async def fetch(self, item: Item, cache: CacheSession | None = None,
+                    lookup: bool = True) -> bytes:
+        """The item's raw bytes: from the chunk ``cache`` when it may answer (``lookup``), else
+        upstream (and then offered to the cache)."""
+        cache = None if item.no_cache else cache
+        if cache is not None and lookup:
+            hit = await cache.get(item.target, item.req.offset, item.read_size)
+            if hit is not None:
+                return hit
+        meta: dict[str, Any] = {}
         data = await self.upstream.read(item.target, item.req.offset, item.read_size,
-                                        max_bytes=item.max_raw)
+                                        max_bytes=item.max_raw,
+                                        **({"meta": meta} if cache is not None else {}))
         self.metrics.bytes_in.inc(len(data))
         self.metrics.upstream_requests.inc()
+        if cache is not None:
+            await cache.put(item.target, item.req.offset, item.read_size, data, meta.get("etag"))
         return data
 
     async def single(self, body: Any, op: str, api: str,
@@ -216,7 +268,7 @@ class Service:
         held = await self.budget.acquire(item.cost)
         try:
             self.metrics.in_flight.set(self.budget.used)
-            raw = await self.fetch(item)
+            raw = await self.fetch(item, self.cache_session())
             work = _compute_v1 if api == "v1" else _compute_v2
             if len(raw) <= INLINE_BYTES and (item.whole or item.req.nbytes <= INLINE_BYTES):
                 done: Any = work(raw, item)  # cheaper here than the hand-over to a thread
@@ -243,7 +295,9 @@ class Service:
         """A batch of v2 reductions (``op`` already checked); results sharing a ``fold`` id are
         combined here, in request order."""
         items, groups, folding = prepare_batch(body, op, auth, self.settings)
-        jobs = self._plan(items)
+        cache = self.cache_session()
+        hits, todo, twins = await self._reuse(items, cache)
+        jobs = self._plan(items, todo)
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
         total = sum(size if size is not None else items[run[0]].max_raw
                     for run, _t, _o, size in jobs) + sum(
@@ -260,6 +314,10 @@ class Service:
         async def ready(idx: list[int], raws: list[Any],
                         base: tuple[memoryview, int] | None = None) -> None:
             """Reduce items as soon as their GET is in: kernels overlap the other GETs."""
+            for i in list(idx):
+                for j in twins.get(i, ()):
+                    raws[j] = raws[i]
+                    idx.append(j)
             for i, res in zip(idx, await loop.run_in_executor(
                     self.pool, _compute_items, idx, raws, items, slots, base)):
                 computed[i] = res
@@ -268,7 +326,18 @@ class Service:
         held = await self.budget.acquire(total)
         try:
             self.metrics.in_flight.set(self.budget.used)
-            await self._fetch(items, jobs, ready)
+            hraws: list[Any] = [hits.get(i, b"") for i in range(len(items))]
+            hit_idx = sorted(hits)
+            hits.clear()
+            # cached items are reduced by all the kernel threads, in contiguous slices
+            k = max(1, min(self.settings.kernel_threads, len(hit_idx)))
+            cut = [len(hit_idx) * j // k for j in range(k + 1)]
+            done = await asyncio.gather(
+                *(ready(hit_idx[cut[j]:cut[j + 1]], hraws) for j in range(k) if hit_idx),
+                self._fetch(items, jobs, ready, cache), return_exceptions=True)
+            errors = [e for e in done if isinstance(e, BaseException)]
+            if errors:
+                raise min(errors, key=item_index)
             n = max(1, min(self.settings.kernel_threads, len(groups)))
             parts = await asyncio.gather(
                 *(loop.run_in_executor(self.pool, _encode_groups, groups[k::n], computed, items,
@@ -290,13 +359,42 @@ class Service:
             raise
         return Answer(out, "application/cbor", None, held)
 
-    def _plan(self, items: list[Item]) -> list[tuple[list[int], Target, int, int | None]]:
-        """GETs to make: (item indices, object, start, size); ranges of one object that are
-        adjacent or within ``coalesce_gap_bytes`` share one GET of at most ``coalesce_max_bytes``."""
+    @staticmethod
+    async def _reuse(items: list[Item], cache: CacheSession | None
+                     ) -> tuple[dict[int, bytes], list[int], dict[int, list[int]]]:
+        """What a batch need not read: (bytes of the items the chunk ``cache`` answers, the
+        items left to read, {item: its twins}); a twin reads the same range of the same object
+        as an earlier item, so it is read once and handed the same bytes."""
+        hits: dict[int, bytes] = {}
+        if cache is not None:
+            use = [i for i, it in enumerate(items) if not it.no_cache]
+            for i, hit in zip(use, await cache.get_many(
+                    [(items[i].target, items[i].req.offset, items[i].read_size) for i in use])):
+                if hit is not None:
+                    hits[i] = hit
+        first: dict[tuple[Any, ...], int] = {}
+        twins: dict[int, list[int]] = {}
+        todo = []
+        for i, it in enumerate(items):
+            if i in hits:
+                continue
+            j = first.setdefault((it.target, it.req.offset, it.read_size, it.no_cache), i)
+            if j == i:
+                todo.append(i)
+            else:
+                twins.setdefault(j, []).append(i)
+        return hits, todo, twins
+
+    def _plan(self, items: list[Item], which: list[int] | None = None
+              ) -> list[tuple[list[int], Target, int, int | None]]:
+        """GETs to make for items ``which`` (all): (item indices, object, start, size); ranges of
+        one object that are adjacent or within ``coalesce_gap_bytes`` share one GET of at most
+        ``coalesce_max_bytes``."""
         s = self.settings
         jobs: list[tuple[list[int], Target, int, int | None]] = []
         small: list[int] = []
-        for i, it in enumerate(items):
+        for i in range(len(items)) if which is None else which:
+            it = items[i]
             if it.read_size is None or it.read_size >= s.coalesce_below_bytes:
                 # large ranges gain nothing from sharing a GET, and alone each is reduced as
                 # soon as it arrives instead of waiting for its neighbours
@@ -313,16 +411,18 @@ class Service:
         return jobs
 
     async def _fetch(self, items: list[Item], jobs: list[tuple[list[int], Target, int, int | None]],
-                     ready: Callable[..., Awaitable[None]]) -> None:
+                     ready: Callable[..., Awaitable[None]],
+                     cache: CacheSession | None = None) -> None:
         """Run the planned GETs concurrently (bounded by the upstream semaphore), handing each
         one's items to ``ready`` (with the bytes per item, and a shared GET's body and start
-        offset) as soon as it is in."""
+        offset) as soon as it is in; what was read is offered to the chunk ``cache`` (looked up
+        before planning)."""
         raws: list[Any] = [b""] * len(items)
 
         async def each(run: list[int]) -> None:
             for i in sorted(run):
                 try:
-                    raws[i] = await self.fetch(items[i])
+                    raws[i] = await self.fetch(items[i], cache, lookup=False)
                 except ActiveStorageError as exc:
                     raise at_item(exc, i) from exc
                 await ready([i], raws)
@@ -331,8 +431,10 @@ class Service:
             if size is None or len(run) == 1:
                 await each(run)
                 return
+            meta: dict[str, Any] = {}
             try:
-                data = await self.upstream.read(target, start, size, max_bytes=size)
+                data = await self.upstream.read(target, start, size, max_bytes=size,
+                                                **({"meta": meta} if cache is not None else {}))
             except StorageError:
                 # Find the culprit (and spare its neighbours): retry the items one by one.
                 await each(run)
@@ -343,6 +445,10 @@ class Service:
             for i in run:
                 o = items[i].req.offset - start
                 raws[i] = view[o:o + items[i].read_size]  # type: ignore[operator]
+            if cache is not None:
+                await cache.put_many(target, [(items[i].req.offset, items[i].read_size, raws[i])
+                                              for i in run if not items[i].no_cache],
+                                     meta.get("etag"))
             await ready(run, raws, (view, start))
 
         results = await asyncio.gather(*(one(*j) for j in jobs), return_exceptions=True)

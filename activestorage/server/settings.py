@@ -64,6 +64,19 @@ class Settings(BaseSettings):
     coalesce_max_bytes: int = 16 << 20
     #: ranges this large are always fetched alone.
     coalesce_below_bytes: int = 1 << 20
+    #: memory for the chunk cache of raw upstream ranges, bytes (0: no memory cache).
+    chunk_cache_size: int = 256 << 20
+    #: seconds a cached range may be served (memory and disk).
+    chunk_cache_ttl: float = 3600.0
+    #: most bytes one request may add to the chunk cache.
+    chunk_cache_request_bytes: int = 128 << 20
+    #: check each cached object once per request with a HEAD under the caller's credentials
+    #: (ETag must be unchanged); off: serve entries until they are chunk_cache_ttl old.
+    chunk_cache_revalidate: bool = True
+    #: directory of the optional disk tier of the chunk cache (None: memory only).
+    chunk_cache_dir: str | None = None
+    #: bytes the disk tier may hold.
+    chunk_cache_disk_size: int = 4 << 30
     #: region used for SigV4 signing of S3 requests.
     s3_region: str = "us-east-1"
     #: how S3 objects are addressed upstream: ``path`` (``host/bucket/key``, what every
@@ -176,6 +189,23 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
       help="total seconds for one upstream read, connecting included, before a 504")
     a("--max-batch", type=int, default=d.max_batch,
       help="most chunk requests in one /v2/batch request")
+    a("--chunk-cache-size", type=int, default=d.chunk_cache_size, metavar="BYTES",
+      help="memory for the cache of raw upstream chunks (per server; shared out among "
+           "--workers); 0 turns the memory cache off")
+    a("--chunk-cache-ttl", type=float, default=d.chunk_cache_ttl, metavar="SECONDS",
+      help="age after which a cached chunk is never served")
+    a("--chunk-cache-request-bytes", type=int, default=d.chunk_cache_request_bytes,
+      metavar="BYTES", help="most bytes one request may add to the chunk cache")
+    a("--no-chunk-cache-revalidate", action="store_true", default=not d.chunk_cache_revalidate,
+      help="serve cached chunks without the per-request HEAD (caller's credentials, ETag check); "
+           "entries are then only bounded by --chunk-cache-ttl (default: revalidate)")
+    a("--chunk-cache-dir", default=d.chunk_cache_dir, metavar="DIR",
+      help="also keep cached chunks in this directory (default: memory only)")
+    a("--chunk-cache-disk-size", type=int, default=d.chunk_cache_disk_size, metavar="BYTES",
+      help="bytes the --chunk-cache-dir tier may hold")
+    a("--no-chunk-cache", action="store_true", default=False,
+      help="no chunk cache at all (same as --chunk-cache-size 0 without --chunk-cache-dir; "
+           "default: the memory cache is on)")
     a("--s3-region", default=d.s3_region,
       help="region used to sign (SigV4) requests to S3")
     a("--s3-addressing-style", default=d.s3_addressing_style, choices=["path", "virtual"],
@@ -220,6 +250,12 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         max_header_bytes=int(ns.max_header_bytes), write_timeout=float(ns.write_timeout),
         upstream_connect_timeout=float(ns.upstream_connect_timeout),
         upstream_read_timeout=float(ns.upstream_read_timeout), max_batch=int(ns.max_batch),
+        chunk_cache_size=0 if ns.no_chunk_cache else max(0, int(ns.chunk_cache_size)),
+        chunk_cache_ttl=float(ns.chunk_cache_ttl),
+        chunk_cache_request_bytes=max(0, int(ns.chunk_cache_request_bytes)),
+        chunk_cache_revalidate=not ns.no_chunk_cache_revalidate,
+        chunk_cache_dir=None if ns.no_chunk_cache else (ns.chunk_cache_dir or None),
+        chunk_cache_disk_size=max(0, int(ns.chunk_cache_disk_size)),
         s3_region=ns.s3_region, s3_addressing_style=ns.s3_addressing_style,
         upstream_ca_bundle=ns.upstream_ca_bundle or None,
         tls_cert=ns.tls_cert or None, tls_key=ns.tls_key or None,

@@ -123,6 +123,9 @@ def counters(server: "Service") -> dict[str, Any]:
         "bytes_saved": upstream - sent,
         "saving": (1 - sent / upstream) if upstream else None,
         "bytes_in_flight": total("activestorage_bytes_in_flight"),
+        "chunk_cache": {"hits": total("activestorage_chunk_cache_hits_total"),
+                        "misses": total("activestorage_chunk_cache_misses_total"),
+                        "bytes": total("activestorage_chunk_cache_bytes")},
     }
 
 

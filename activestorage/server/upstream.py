@@ -17,7 +17,7 @@ import base64
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
@@ -187,37 +187,48 @@ class Upstream:
                                      not_found=400, refused=(RefusedAddress,),
                                      ssl=_ssl_context(ca_bundle))
 
-    def _headers(self, target: Target, url: str, rng: str | None) -> dict[str, str]:
+    def _headers(self, target: Target, url: str, rng: str | None,
+                 method: str = "GET") -> dict[str, str]:
         headers = AsyncHTTPStore.headers(rng, target.etag)
         if target.auth is None:
             return headers
         if target.kind == "s3":
-            return sign_s3(url, headers, target.auth, self._region)
+            return sign_s3(url, headers, target.auth, self._region, method)
         token = base64.b64encode(":".join(target.auth).encode()).decode()
         headers["Authorization"] = f"Basic {token}"
         return headers
 
-    async def read(self, target: Target, offset: int, size: int | None, *,
-                   max_bytes: int) -> bytes:
-        """``size`` bytes at ``offset`` (to the end when None, at most ``max_bytes``).
-
-        The answer is verified before its body is read: a ranged read must come back 206 with
-        exactly the ``Content-Range`` asked for (or 200 with exactly the whole object, when the
-        whole object was asked for); anything else is a 502 naming the store. At most the
-        requested size (plus one byte, to detect an overlong body) is ever read."""
+    def _url(self, target: Target) -> str:
         url = encode_url(target.url)  # what is signed is what is sent
         if target.kind == "s3" and self._virtual:
             url = virtual_hosted(url)
             self.allow.check_url(url)  # the bucket's host name is the one dialled
         if target.kind == "s3" and target.version_id:
             url += ("&" if "?" in url else "?") + "versionId=" + quote(target.version_id, safe="")
+        return url
+
+    @staticmethod
+    def _ident(target: Target) -> str:
+        if target.auth is None:
+            return ""
+        # key clients by a hash, never keep a secret as a dict key
+        return hashlib.sha256("\0".join(target.auth).encode()).hexdigest()[:24]
+
+    async def read(self, target: Target, offset: int, size: int | None, *,
+                   max_bytes: int, meta: dict[str, Any] | None = None) -> bytes:
+        """``size`` bytes at ``offset`` (to the end when None, at most ``max_bytes``).
+
+        The answer is verified before its body is read: a ranged read must come back 206 with
+        exactly the ``Content-Range`` asked for (or 200 with exactly the whole object, when the
+        whole object was asked for); anything else is a 502 naming the store. At most the
+        requested size (plus one byte, to detect an overlong body) is ever read. ``meta``, when
+        given, receives the answer's ``"etag"``."""
+        url = self._url(target)
         if size is not None:
             rng = f"bytes={offset}-{offset + size - 1}"
         else:
             rng = f"bytes={offset}-" if offset else None
-        ident = ""
-        if target.auth is not None:  # key clients by a hash, never keep a secret as a dict key
-            ident = hashlib.sha256("\0".join(target.auth).encode()).hexdigest()[:24]
+        ident = self._ident(target)
         try:
             parsed = parse_url(url)
         except ValueError as exc:
@@ -227,7 +238,21 @@ class Upstream:
         return await self._store.read_range(
             parsed, offset, size, max_bytes=max_bytes, name=target.name, store=target.store,
             headers=self._headers(target, url, rng), etag=target.etag, ident=ident,
-            s3=target.kind == "s3")
+            s3=target.kind == "s3", meta=meta)
+
+    async def etag(self, target: Target) -> str | None:
+        """The object's current ETag, from a HEAD with the caller's credentials (the store
+        authorises it as it would the GET); None when the HEAD failed or the store sent none
+        (see :mod:`.chunk_cache`: the cache is then not used and a GET reports the error)."""
+        url = self._url(target)
+        try:
+            parsed = parse_url(url)
+        except ValueError:
+            return None
+        headers = self._headers(replace(target, etag=None), url, None, "HEAD")
+        status, etag = await self._store.head_etag(parsed, headers=headers, store=target.store,
+                                                   ident=self._ident(target))
+        return etag if status == 200 else None
 
     async def aclose(self) -> None:
         await self._store.aclose()

@@ -26,7 +26,7 @@ from .upstream import Target, canonical_url, check_allowed, s3_url
 
 #: the request options this server understands (listed by ``GET /capabilities``)
 OPTIONS = ("option_wide_sum", "option_shape_as_bytes", "option_count_as_bytes", "etag",
-           "version_id", "missing_multiple")
+           "version_id", "missing_multiple", "option_disable_chunk_cache")
 
 
 
@@ -45,6 +45,8 @@ class Item:
     count_as_bytes: bool = False
     #: neither shape nor size was given: the shape is 1-D of all the elements read
     whole: bool = False
+    #: ``option_disable_chunk_cache``: neither read from nor add to the chunk cache
+    no_cache: bool = False
 
     @property
     def cost(self) -> int:
@@ -173,6 +175,7 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
         max_raw = min(settings.max_bytes_in_flight // 4, 64 << 20)
         return Item(req=probe._replace(size=None), target=target, operation=operation,
                     read_size=None, max_raw=max_raw, whole=True,
+                    no_cache=_flag(body, "option_disable_chunk_cache"),
                     wide_sum=_flag(body, "option_wide_sum"),
                     shape_as_bytes=_flag(body, "option_shape_as_bytes") and api != "v1",
                     count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")
@@ -185,6 +188,7 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
         read_size = None
     max_raw = req.nbytes + req.nbytes // 8 + (64 << 10)
     return Item(req=req, target=target, operation=operation, read_size=read_size, max_raw=max_raw,
+                no_cache=_flag(body, "option_disable_chunk_cache"),
                 wide_sum=_flag(body, "option_wide_sum"),
                 shape_as_bytes=_flag(body, "option_shape_as_bytes") and api != "v1",
                 count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")

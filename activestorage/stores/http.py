@@ -225,9 +225,11 @@ class AsyncHTTPStore:
 
     async def read_range(self, url: Any, offset: int, size: int | None, *, max_bytes: int,
                          name: str, store: str, headers: dict[str, str], etag: str | None = None,
-                         ident: str = "", s3: bool = False) -> bytes:
+                         ident: str = "", s3: bool = False,
+                         meta: dict[str, Any] | None = None) -> bytes:
         """``size`` bytes at ``offset`` of ``url`` (to the end when None, at most ``max_bytes``),
         with ``headers`` as built by :meth:`headers` (and signed); ``name``/``store`` for errors.
+        ``meta``, when given, receives the answer's ``"etag"`` (None when the store sent none).
 
         A ranged read must come back 206 with exactly the ``Content-Range`` asked for (or 200
         with exactly the whole object, when the whole object was asked for); anything else is a
@@ -251,6 +253,8 @@ class AsyncHTTPStore:
                         raise changed(name, [f"ETag {resp.headers.get('etag')} != {etag}"],
                                       store=store)
                     _check_range(name, store, resp, offset, size)
+                    if meta is not None:
+                        meta["etag"] = resp.headers.get("etag")
                     data = await _read_bounded(resp, limit + 1)
                     total = _total_size(resp)
         except asyncio.TimeoutError:
@@ -278,6 +282,20 @@ class AsyncHTTPStore:
             raise StorageError(f"short read from store {store}: got {len(data)} of "
                                f"{size} bytes of {name}", status=502, store=store)
         return data
+
+    async def head_etag(self, url: Any, *, headers: dict[str, str], store: str,
+                        ident: str = "") -> tuple[int, str | None]:
+        """(HTTP status, ETag) of a HEAD of ``url`` with ``headers`` (signed for HEAD): a cheap
+        authorised look at an object, for the server's chunk cache. Transport failures and
+        timeouts are a status of 0; the caller then falls back to a GET, whose errors are the
+        ones reported."""
+        try:
+            async with self._sem:
+                async with self._client(store, ident).head(url, headers=headers,
+                                                           allow_redirects=False) as resp:
+                    return resp.status, resp.headers.get("etag")
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return 0, None
 
     async def aclose(self) -> None:
         clients = list(self._clients.values())

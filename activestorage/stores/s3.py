@@ -37,15 +37,16 @@ def s3_error(exc: Any, url: str) -> StorageError:
                         causes=[f"{code}: {msg}"])
 
 
-def sign_s3(url: str, headers: dict[str, str], auth: tuple[str, str], region: str) -> dict[str, str]:
-    """``headers`` with a SigV4 signature of a GET of ``url`` (as it will be sent) for the
-    access key and secret ``auth``: how the server's async reads reach S3 with the caller's
-    credentials."""
+def sign_s3(url: str, headers: dict[str, str], auth: tuple[str, str], region: str,
+            method: str = "GET") -> dict[str, str]:
+    """``headers`` with a SigV4 signature of a GET (or ``method``) of ``url`` (as it will be
+    sent) for the access key and secret ``auth``: how the server's async reads reach S3 with the
+    caller's credentials."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    req = AWSRequest(method="GET", url=url, headers=headers)
+    req = AWSRequest(method=method, url=url, headers=headers)
     S3SigV4Auth(Credentials(*auth), "s3", region).add_auth(req)
     return dict(req.headers.items())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from typing import Any
@@ -63,8 +64,18 @@ def _healed(request):
 
 @pytest.fixture(scope="module")
 def fault_server(rel_dir):
-    """Our server with short upstream timeouts, so stalls turn into 504s quickly."""
+    """Our server with short upstream timeouts, so stalls turn into 504s quickly; no chunk cache,
+    so every request reads the faulty store (the cache has its own test below)."""
     proc = start_active_server(rel_dir / "fault-server", "--upstream-read-timeout", "1.5",
+                               "--upstream-connect-timeout", "1.5", "--no-chunk-cache")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def cached_fault_server(rel_dir):
+    """The same with the chunk cache on (its default)."""
+    proc = start_active_server(rel_dir / "cached-fault-server", "--upstream-read-timeout", "1.5",
                                "--upstream-connect-timeout", "1.5")
     yield proc
     proc.stop()
@@ -165,6 +176,44 @@ def test_random_faults_never_give_wrong_numbers(proxies, store, fault_server):
             assert r.status_code in (502, 504), r.content[:300]
             seen["fault"] += 1
     assert seen["ok"] > 40 and seen["fault"] > 15, seen
+
+
+def test_random_faults_with_the_chunk_cache_never_give_wrong_numbers(proxies, store,
+                                                                     cached_fault_server):
+    """Repeated ranges (so some are answered from the cache, after the authorised HEAD) while a
+    third of the store's answers (HEADs included) are broken: every answer is a correct 200 or a
+    502/504; a broken HEAD only means the range is read again."""
+    proxy = proxies["http"]
+    big = store.arrays["big.bin"]
+    rng = random.Random(9)
+    faults = ["reset", "truncate", "long_length", "short_length", "status500", "status503",
+              "garbage"]
+    ranges = [(rng.randrange(0, big.size - n), n) for n in (1000, 4096, 65536, 1 << 19)]
+    seen = {"ok": 0, "fault": 0}
+    for i in range(60):
+        start, n = rng.choice(ranges)
+        body = {"interface_type": "http", "url": f"{proxy.url}/big.bin", "dtype": "int16",
+                "shape": [n], "offset": start * 2, "size": n * 2}
+        op = rng.choice(["sum", "max", "min", "count"])
+        if rng.random() < 0.35:
+            _inject(proxy, rng.choice(faults), 1)
+        r = _post(cached_fault_server, body, op=op)
+        proxy.heal()
+        if r.status_code == 200:
+            m = cbor2.loads(r.content)
+            got = np.frombuffer(m["bytes"], m["dtype"])[0]
+            part = big[start:start + n]
+            want = {"sum": part.sum(dtype=np.int64).astype(np.int16), "max": part.max(),
+                    "min": part.min(), "count": n}[op]
+            assert got == want, (i, op, got, want)
+            seen["ok"] += 1
+        else:
+            assert r.status_code in (502, 504), r.content[:300]
+            seen["fault"] += 1
+    assert seen["ok"] > 40, seen
+    hits = re.search(r'activestorage_chunk_cache_hits_total\{tier="memory"\} (\S+)',
+                     requests.get(cached_fault_server.url + "/metrics", timeout=10).text)
+    assert hits is not None and float(hits.group(1)) > 10, seen
 
 
 def test_batch_under_store_faults_is_exact_or_502(proxies, store, fault_server):

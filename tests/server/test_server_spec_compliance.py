@@ -28,7 +28,7 @@ STORE: dict[str, bytes] = {}
 SEEN: list[Any] = []
 
 
-async def fake_read(target, offset, size, *, max_bytes):
+async def fake_read(target, offset, size, *, max_bytes, meta=None):
     """The in-memory store: objects by the exact (canonical) URL the server reads."""
     SEEN.append(target)
     data = STORE.get(target.url)
