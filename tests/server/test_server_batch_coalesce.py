@@ -21,7 +21,7 @@ STORE: dict[str, bytes] = {}
 GETS: list[tuple[str, int, int | None]] = []
 
 
-async def counting_read(target, offset, size, *, max_bytes):
+async def counting_read(target, offset, size, *, max_bytes, meta=None):
     GETS.append((target.url, offset, size))
     data = STORE.get(target.url)
     if data is None:
