@@ -11,26 +11,26 @@ written them or the client has gone.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, NamedTuple
 
 import cbor2
 import numpy as np
 
-from .. import __version__
+from .. import __version__, weights_wire
 from ..combine import Accumulator
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
                       UnsupportedError)
 from ..kernel import Partial, reduce_chunk, scratch_bytes
-from ..request import OPERATIONS
 from ..stores.base import merge_spans
 from .limits import ByteBudget
 from .metrics import Metrics
 from .responses import Part, cbor_head, cbor_map_parts
 from .settings import Settings
 from .upstream import Target, Upstream
-from .wire import (CBOR_NULL, OPTIONS, Item, Result, at_item, item_index, prepare, prepare_batch,
-                   v1_parts, v2_map)
+from .wire import (CBOR_NULL, OPTIONS, Item, Result, at_item, extensions, item_index, prepare,
+                   prepare_batch, served_operations, v1_parts, v2_map)
 
 
 class Answer(NamedTuple):
@@ -57,12 +57,29 @@ def compute(raw: bytes, item: Item, wide: bool = False,
     if item.operation == "select":
         return Result(np.asarray(p.values, order="C"), np.asarray(int(p.counts.sum())), True)
     axes = set(item.req.reduce_axes)
-    shape = tuple(n for i, n in enumerate(p.values.shape) if i not in axes)
-    values = p.values.reshape(shape)
+    nd = len(item.req.shape)
+    # the reduced shape; the extension's partials keep their trailing axis (moments: 4 values)
+    shape = tuple(n for i, n in enumerate(p.values.shape[:nd]) if i not in axes)
+    values = p.values.reshape(shape + p.values.shape[nd:])
     if item.operation == "sum" and not (item.wide_sum or wide) and values.dtype != item.req.dtype:
         with np.errstate(over="ignore", invalid="ignore"):
             values = values.astype(item.req.dtype)  # the spec's result dtype (wraps like NumPy)
     return Result(np.asarray(values, order="C"), p.counts.reshape(shape), False)
+
+
+def weigh(item: Item, raw: Any) -> Item:
+    """``item`` with the N-D weights of its ``array`` reference, read into ``raw``, decoded,
+    selected and checked (:func:`activestorage.weights_wire.resolve_array`)."""
+    w = item.weights_item
+    if w is None:
+        return item
+    w = w.sized(len(raw))
+    try:
+        block = reduce_chunk(raw, w.req, "select").values
+    except (DecodeError, UnsupportedError) as exc:
+        raise type(exc)(f"weights.array: {w.target.name}: {exc}") from exc
+    weights = weights_wire.resolve_array(block, item.req.shape, item.req.selection)
+    return replace(item, req=item.req._replace(weights=weights), weights_item=None)
 
 
 def _compute_v1(raw: bytes, item: Item) -> tuple[memoryview, dict[str, str]]:
@@ -146,6 +163,8 @@ class Service:
         held = await self.budget.acquire(item.cost)
         try:
             self.metrics.in_flight.set(self.budget.used)
+            if item.weights_item is not None:
+                item = (await self._weigh([item]))[0]
             raw = await self.fetch(item)
             if api == "v1":
                 body_v1, headers = await loop.run_in_executor(self.pool, _compute_v1, raw, item)
@@ -187,6 +206,8 @@ class Service:
         held = await self.budget.acquire(total)
         try:
             self.metrics.in_flight.set(self.budget.used)
+            if any(it.weights_item is not None for it in items):
+                items[:] = await self._weigh(items)
             await self._fetch(items, jobs, ready)
             n = max(1, min(self.settings.kernel_threads, len(groups)))
             parts = await asyncio.gather(
@@ -208,6 +229,27 @@ class Service:
             self.release(held)
             raise
         return Answer(out, "application/cbor", None, held)
+
+    async def _weigh(self, items: list[Item]) -> list[Item]:
+        """The items with their ``array`` weights references read and resolved (concurrently;
+        an error names its batch item when there are several)."""
+        loop = asyncio.get_running_loop()
+
+        async def one(i: int, it: Item) -> Item:
+            if it.weights_item is None:
+                return it
+            try:
+                raw = await self.fetch(it.weights_item)
+                return await loop.run_in_executor(self.pool, weigh, it, raw)
+            except ActiveStorageError as exc:
+                raise (at_item(exc, i) if len(items) > 1 else exc) from exc
+
+        done = await asyncio.gather(*(one(i, it) for i, it in enumerate(items)),
+                                    return_exceptions=True)
+        errors = [d for d in done if isinstance(d, BaseException)]
+        if errors:
+            raise min(errors, key=item_index)
+        return done  # type: ignore[return-value]
 
     def _plan(self, items: list[Item]) -> list[tuple[list[int], Target, int, int | None]]:
         """GETs to make: (item indices, object, start, size); ranges of one object that are
@@ -269,12 +311,17 @@ class Service:
             raise min(errors, key=item_index)
 
     def capabilities(self) -> dict[str, Any]:
-        return {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
+        caps = {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
                 "batch": True, "max_batch": self.settings.max_batch, "fold": True,
-                "operations": list(OPERATIONS), "options": list(OPTIONS),
+                "operations": list(served_operations(self.settings, "v2")),
+                "options": list(OPTIONS),
                 # results of order-F requests come in Fortran order, as the spec says (older
                 # versions of this server sent C order: clients check this before reading F)
                 "result_order": "request"}
+        ext = extensions(self.settings)
+        if ext:  # what the moments extension serves (clients ask before sending moments)
+            caps["extensions"] = {"moments": ext}
+        return caps
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     upstream_read_timeout: float = 30.0
     #: most items in one /v2/batch request.
     max_batch: int = 1024
+    #: serve our documented extension: the moments and minmax operations and weights (off: the
+    #: Reductionist operations only, as a reference server; clients then compute those themselves)
+    moments_extension: bool = True
     #: ranges of one object closer than this are fetched with one GET in a batch.
     coalesce_gap_bytes: int = 64 << 10
     #: a coalesced GET is never larger than this.
@@ -170,6 +173,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
       help="total seconds for one upstream read, connecting included, before a 504")
     a("--max-batch", type=int, default=d.max_batch,
       help="most chunk requests in one /v2/batch request")
+    a("--no-moments-extension", action="store_true", default=not d.moments_extension,
+      help="do not serve the moments/minmax operations and weights (our extension); clients "
+           "then compute them from fetched bytes (ACTIVESTORAGE_MOMENTS_EXTENSION=0 too)")
     a("--s3-region", default=d.s3_region,
       help="region used to sign (SigV4) requests to S3")
     a("--tls-cert", default=d.tls_cert, metavar="PEM",
@@ -205,5 +211,6 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         max_header_bytes=int(ns.max_header_bytes), write_timeout=float(ns.write_timeout),
         upstream_connect_timeout=float(ns.upstream_connect_timeout),
         upstream_read_timeout=float(ns.upstream_read_timeout), max_batch=int(ns.max_batch),
+        moments_extension=not ns.no_moments_extension,
         s3_region=ns.s3_region, tls_cert=ns.tls_cert or None, tls_key=ns.tls_key or None,
         log_level=ns.log_level, access_log=not ns.no_access_log)
