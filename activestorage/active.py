@@ -76,10 +76,23 @@ class CallStats:
     metadata_bytes: int = 0
     metadata_requests: int = 0
     backend: str = ""
+    #: chunks a server backend reduced in this process, from fetched bytes, because its server
+    #: lacks the operation (a Reductionist without our moments extension: var, weighted means ...)
+    chunks_in_client: int = 0
 
     @property
     def bytes_saved(self) -> int:
         return max(self.bytes_without_active - self.bytes_received, 0)
+
+    @property
+    def ran_on(self) -> str:
+        """Where the chunks were reduced: ``"client"`` (this process: posix, fetch, or a
+        server backend falling back), ``"server"``, or ``"server+client"`` (some of each)."""
+        if not self.backend.startswith("server"):
+            return "client"
+        if self.chunks_in_client == 0:
+            return "server"
+        return "client" if self.chunks_in_client >= self.chunks_touched else "server+client"
 
 
 def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | None,
@@ -438,7 +451,8 @@ class Active:
             bytes_without_active=touched_bytes, requests=after.requests - before.requests,
             seconds=time.perf_counter() - t0, metadata_seconds=self._metadata_seconds,
             metadata_bytes=var.metadata_bytes, metadata_requests=var.metadata_requests,
-            backend=self._backend.name)
+            backend=self._backend.name,
+            chunks_in_client=after.client_chunks - before.client_chunks)
         return result
 
     def _execute(self, plan: Plan, kop: str, kernel_axes: tuple[int, ...], acc: Accumulator,

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, NamedTuple
 import cbor2
 import numpy as np
 
-from .. import __version__, weights_wire
+from .. import __version__, wire_extension
 from ..combine import Accumulator
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
                       UnsupportedError)
@@ -69,7 +69,7 @@ def compute(raw: bytes, item: Item, wide: bool = False,
 
 def weigh(item: Item, raw: Any) -> Item:
     """``item`` with the N-D weights of its ``array`` reference, read into ``raw``, decoded,
-    selected and checked (:func:`activestorage.weights_wire.resolve_array`)."""
+    selected and checked (:func:`activestorage.wire_extension.resolve_array`)."""
     w = item.weights_item
     if w is None:
         return item
@@ -78,7 +78,7 @@ def weigh(item: Item, raw: Any) -> Item:
         block = reduce_chunk(raw, w.req, "select").values
     except (DecodeError, UnsupportedError) as exc:
         raise type(exc)(f"weights.array: {w.target.name}: {exc}") from exc
-    weights = weights_wire.resolve_array(block, item.req.shape, item.req.selection)
+    weights = wire_extension.resolve_array(block, item.req.shape, item.req.selection)
     return replace(item, req=item.req._replace(weights=weights), weights_item=None)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import cbor2
 import numpy as np
 
-from .. import weights_wire
+from .. import wire_extension
 from ..errors import ActiveStorageError, RequestValidationError, StorageError
 from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
 from .limits import LimitError
@@ -33,9 +33,8 @@ OPTIONS = ("option_wide_sum", "option_shape_as_bytes", "option_count_as_bytes", 
 #: operations (``moments``, ``minmax``) is our extension, served on v2 and batch only
 REFERENCE_OPERATIONS = ("count", "min", "max", "sum", "select")
 EXTENSION_OPERATIONS = tuple(op for op in OPERATIONS if op not in REFERENCE_OPERATIONS)
-#: values per result element of the extension's partials: moments (sw, mean, m2, sw2), minmax
-#: (min, max); their results have this trailing axis
-RESULT_WIDTH = {"moments": 4, "minmax": 2}
+#: values per result element of the extension's partials (their trailing axis)
+RESULT_WIDTH = wire_extension.RESULT_WIDTH
 
 
 def served_operations(settings: Settings, api: str) -> tuple[str, ...]:
@@ -50,7 +49,7 @@ def extensions(settings: Settings) -> dict[str, Any]:
     """What ``GET /capabilities`` says of the moments extension (empty when it is off)."""
     if not settings.moments_extension or not EXTENSION_OPERATIONS:
         return {}
-    return {"operations": list(EXTENSION_OPERATIONS), "weights": list(weights_wire.FORMS),
+    return {"operations": list(EXTENSION_OPERATIONS), "weights": list(wire_extension.FORMS),
             "api": ["v2", "batch"]}
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +209,9 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
     req = ChunkRequest.from_wire(body, max_elements=settings.max_bytes_in_flight)
     weights_item = None
     if settings.moments_extension:  # otherwise an unknown field, ignored as the spec says
-        weights = weights_wire.parse(body.get("weights"), operation, req.shape, req.selection,
+        weights = wire_extension.parse(body.get("weights"), operation, req.shape, req.selection,
                                      target.kind)
-        if isinstance(weights, weights_wire.WeightsRef):
+        if isinstance(weights, wire_extension.WeightsRef):
             weights_item = _weights_item(weights, auth, settings)
             weights = None
         if weights is not None:
@@ -231,7 +230,7 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
                 weights_item=weights_item)
 
 
-def _weights_item(ref: weights_wire.WeightsRef, auth: tuple[str, str] | None,
+def _weights_item(ref: wire_extension.WeightsRef, auth: tuple[str, str] | None,
                   settings: Settings) -> Item:
     """The ``select`` item reading an ``array`` weights reference: validated like a v2 body
     (allow-list, limits; the same credentials), errors naming ``weights.array.<field>``."""

@@ -1,4 +1,10 @@
-"""Weights on the wire: the ``weights`` field of a ``moments`` request (our v2 API extension).
+"""Our v2 API extension on the wire: the ``moments``/``minmax`` results and the ``weights`` field.
+
+Both sides read this module: the server (:mod:`activestorage.server.wire`) to validate requests
+and shape answers, our client (:mod:`activestorage.backends.server`) to write requests and check
+answers. ``moments`` answers float64 of the reduced shape + ``[4]`` (``sw, mean, m2, sw2`` per
+element, see :mod:`activestorage.kernel`), ``minmax`` the data dtype of the reduced shape + ``[2]``
+(``min, max``); counts as for ``sum``, one per element of the reduced shape.
 
 A weighted ``moments`` request carries, for its one chunk, the weights the kernel applies to the
 chunk's *selected* elements (see :class:`~activestorage.request.ChunkRequest` ``weights``). Three
@@ -31,8 +37,12 @@ import numpy as np
 
 from .errors import RequestValidationError
 
-__all__ = ["WeightsRef", "Weights", "parse", "encode", "check_values", "resolve_array",
-           "FORMS", "broadcastable"]
+__all__ = ["OPERATIONS", "RESULT_WIDTH", "WeightsRef", "Weights", "parse", "encode",
+           "check_values", "resolve_array", "FORMS", "broadcastable"]
+
+#: the extension's operations, with the values per result element (their trailing axis)
+RESULT_WIDTH = {"moments": 4, "minmax": 2}
+OPERATIONS = tuple(RESULT_WIDTH)
 
 #: the forms of the ``weights`` field, as ``GET /capabilities`` lists them
 FORMS = ("axes", "values", "array")
