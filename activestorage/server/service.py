@@ -119,7 +119,8 @@ def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item
         for i in group:
             res = results[i]
             if acc is None:
-                acc = Accumulator(items[i].operation, res.values.shape, items[i].req.dtype)
+                # the extension's values have a trailing axis of fields the accumulator adds
+                acc = Accumulator(items[i].operation, res.counts.shape, items[i].req.dtype)
             elif res.values.shape != acc.values.shape:
                 raise at_item(RequestValidationError(
                     "fold", f"requests {first} and {i} share a fold id but their results have "
@@ -242,7 +243,9 @@ class Service:
                 raw = await self.fetch(it.weights_item)
                 return await loop.run_in_executor(self.pool, weigh, it, raw)
             except ActiveStorageError as exc:
-                raise (at_item(exc, i) if len(items) > 1 else exc) from exc
+                if len(items) == 1:
+                    raise
+                raise at_item(exc, i) from exc
 
         done = await asyncio.gather(*(one(i, it) for i, it in enumerate(items)),
                                     return_exceptions=True)

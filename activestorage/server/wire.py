@@ -240,6 +240,9 @@ def _weights_item(ref: wire_extension.WeightsRef, auth: tuple[str, str] | None,
         return prepare(ref.body, "select", "v2", auth, settings)
     except RequestValidationError as exc:
         raise RequestValidationError(f"weights.array.{exc.field}", exc.message) from None
+    except StorageError as exc:  # e.g. the 403 of a host not on the allow-list
+        raise type(exc)(f"weights.array.url: {exc}", status=exc.status, store=exc.store,
+                        causes=exc.causes) from None
 
 
 def prepare_batch(body: Any, operation: str, auth: tuple[str, str] | None,
