@@ -30,7 +30,7 @@ from . import memory, operations
 from .backends.base import Backend
 from .backends.factory import is_remote, make_backend, server_urls
 from .combine import Accumulator, finish, fold
-from .errors import (AxisError, InvalidArgumentError, OperationNotAvailableError,
+from .errors import (AxisError, InvalidArgumentError,
                      SelectionError, ServerError, StorageError, UnsupportedError)
 from .formats import open_variable
 from .formats.base import Variable
@@ -460,12 +460,6 @@ class Active:
             w = resolve_weights(weights, var_shape=var.shape, var_attrs=var.attrs,
                                 var_dims=var.dimensions, sel=sel, axis=axis, where=where,
                                 read=self._read_other)
-        if operations.get(kop).fields and self._backend.name.startswith("server"):
-            # S (#21 server) replaces this with the v2 extension and a client-side fallback
-            raise OperationNotAvailableError(
-                f"{where}{operation}{' with weights' if w is not None else ''} needs the "
-                f"{kop!r} partial, which the reduction server backend does not send yet: use "
-                "backend='posix' (local files) or backend='fetch' (remote) to compute it here")
 
         out_shape = tuple(1 if ax in kernel_axes else n for ax, n in enumerate(sel.shape))
         plan = Plan(sel, var.chunk_shape)

@@ -513,15 +513,3 @@ def test_moments_components_are_documented_names(tmp_path):
         np.testing.assert_allclose(wc["sw"], 15.0)
         np.testing.assert_allclose(wc["sw2"], 55.0)
         assert set(a.range(components=True)[...]) == {"min", "max", "n"}
-
-
-def test_server_backend_refuses_moments_clearly(tmp_path):
-    from activestorage import OperationNotAvailableError
-    from activestorage.backends.server import ServerBackend
-
-    path = write_nc(tmp_path / "s.nc", np.arange(6, dtype=np.float64), chunks=[3])
-    with ServerBackend("http://127.0.0.1:9", max_threads=1) as backend:
-        with Active(str(path), "v", backend=backend) as a:
-            for call in (a.var, a.range, a.mean(weights=np.ones(6))):
-                with pytest.raises(OperationNotAvailableError, match="backend='posix'"):
-                    call[...]
