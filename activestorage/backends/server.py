@@ -41,6 +41,8 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
+#: a server's request body limit when its capabilities do not say (our server's default)
+DEFAULT_MAX_BODY = 1 << 20
 #: (connect, read) timeout in seconds for every call to the server.
 DEFAULT_TIMEOUT = (5.0, 120.0)
 #: client-side bound on the declared decoded bytes of one batch (the server bounds it too).
@@ -275,6 +277,15 @@ def request_body(req: ChunkRequest, operation: str, routing: Mapping[str, Any], 
     if weights is not None:
         body["weights"] = wire_extension.encode(weights, binary)
     return body
+
+
+def weights_nbytes(weights: Any) -> int:
+    """Bytes a request's weights take in a CBOR body (float64 each)."""
+    if weights is None:
+        return 0
+    if isinstance(weights, Mapping):
+        return 8 * sum(int(np.size(w)) for w in weights.values() if w is not None)
+    return 8 * int(np.size(weights))
 
 
 def _selected_shape(req: ChunkRequest) -> tuple[int, ...]:
@@ -578,23 +589,39 @@ class ServerBackend(Backend):
         return "F"
 
     # ------------------------------------------------------- the moments extension
+    def _extension(self) -> Mapping[str, Any] | None:
+        """What the server's capabilities say of our moments extension (None: it lacks it)."""
+        if self.api_version != 2:
+            return None
+        ext = (self.capabilities().get("extensions") or {}).get("moments")
+        return ext if isinstance(ext, Mapping) else None
+
     def serves(self, operation: str, requests: Sequence[ChunkRequest] = ()) -> bool:
-        """Whether the server computes ``operation`` (for ``requests``, weighted or not): every
+        """Whether the server computes ``operation`` (for all of ``requests``): every
         Reductionist operation, and our extension's (``moments``, ``minmax``, weights) where
         ``GET /capabilities`` lists them (v2 only)."""
+        return not any(self._in_client(operation, requests or (None,)))
+
+    def _in_client(self, operation: str,
+                   requests: Sequence[ChunkRequest | None]) -> list[bool]:
+        """Which of ``requests`` this process reduces itself: all of them when the server
+        lacks ``operation``; a weighted one whose form of weights the server does not take, or
+        whose weights would not fit in half the server's body limit (float64 bytes)."""
         if operation not in wire_extension.OPERATIONS:
-            return True
-        if self.api_version != 2:
-            return False
-        ext = (self.capabilities().get("extensions") or {}).get("moments")
-        if not isinstance(ext, Mapping) or operation not in (ext.get("operations") or ()):
-            return False
+            return [False] * len(requests)
+        ext = self._extension()
+        if ext is None or operation not in (ext.get("operations") or ()):
+            return [True] * len(requests)
         forms = ext.get("weights") or ()
+        limit = ext.get("max_body_bytes")
+        budget = (limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_BODY) // 2
+        out = []
         for r in requests:
             w = getattr(r, "weights", None)
-            if w is not None and ("axes" if isinstance(w, Mapping) else "values") not in forms:
-                return False
-        return True
+            out.append(w is not None and (
+                ("axes" if isinstance(w, Mapping) else "values") not in forms
+                or weights_nbytes(w) > budget))
+        return out
 
     def _client_side(self, operation: str, nchunks: int) -> Backend:
         """The in-process backend (fetch, over the same stores) that reduces ``operation`` here
@@ -630,12 +657,19 @@ class ServerBackend(Backend):
         if not self.serves(operation, (request,)):
             return self._client_side(operation, 1).reduce_chunk(request, operation)
         routing = self._routing(request)
+        weighted = getattr(request, "weights", None) is not None
         body = request_body(request, operation, routing, wide_sum=self.wide_sum,
-                            disable_chunk_cache=self.disable_chunk_cache)
+                            disable_chunk_cache=self.disable_chunk_cache, binary=weighted)
         url = f"{self.url}/v{self.api_version}/{operation}/"
+        if weighted:  # weights as float64 bytes (our server, which reads CBOR bodies)
+            import cbor2
+
+            data, ctype = cbor2.dumps(body), "application/cbor"
+        else:
+            data, ctype = json.dumps(body).encode(), "application/json"
         resp = post_with_retries(
-            self.session, url, data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"}, timeout=self.timeout,
+            self.session, url, data=data,
+            headers={"content-type": ctype}, timeout=self.timeout,
             retries=self.retries, backoff=self.backoff, on_attempt=self._on_attempt,
             auth=self._auth[self._auth_kind(request)])
         try:
@@ -653,7 +687,13 @@ class ServerBackend(Backend):
     def _split(self, requests: Sequence[ChunkRequest]) -> list[range]:
         n = len(requests)
         total = sum(r.nbytes for r in requests)
+        # weights travel in the body: keep each batch's under half the server's body limit
+        wbytes = sum(weights_nbytes(getattr(r, "weights", None)) for r in requests)
+        ext = self._extension() if wbytes else None
+        limit = (ext or {}).get("max_body_bytes")
+        body_budget = (limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_BODY) // 2
         parts = max(math.ceil(n / self.max_batch), math.ceil(total / self.max_batch_bytes),
+                    math.ceil(wbytes / body_budget),
                     min(self.max_threads, n // MIN_SPLIT_BATCH), 1)
         size = math.ceil(n / parts)
         return [range(i, min(i + size, n)) for i in range(0, n, size)]
@@ -718,7 +758,7 @@ class ServerBackend(Backend):
 
     def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
                         slots: Sequence[Hashable]) -> list[Partial | None]:
-        if requests and not self.serves(operation, requests):
+        if requests and all(self._in_client(operation, requests)):  # folded here, then
             return self._client_side(operation, len(requests)).reduce_and_fold(
                 requests, operation, slots)
         if operation == "select" or not self.folds:
@@ -730,9 +770,22 @@ class ServerBackend(Backend):
                 fold: list[int] | None) -> list[Partial | None]:
         if not requests:
             return []
-        if not self.serves(operation, requests):
+        here = self._in_client(operation, requests)
+        if all(here):
             return list(self._client_side(operation, len(requests)).reduce_chunks(
                 requests, operation))
+        if any(here):  # some chunks' weights cannot go to the server: those are reduced here
+            mine = [i for i, h in enumerate(here) if h]
+            theirs = [i for i, h in enumerate(here) if not h]
+            out: list[Partial | None] = [None] * len(requests)
+            local = self._client_side(operation, len(mine)).reduce_chunks(
+                [requests[i] for i in mine], operation)
+            remote = self._reduce([requests[i] for i in theirs], operation,
+                                  None if fold is None else [fold[i] for i in theirs])
+            for idx, parts in ((mine, local), (theirs, remote)):
+                for i, p in zip(idx, parts):
+                    out[i] = p
+            return out
         if len(requests) > 1 and self.batching:
             by_kind: dict[str, list[int]] = {}
             for i, r in enumerate(requests):

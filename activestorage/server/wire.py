@@ -50,7 +50,9 @@ def extensions(settings: Settings) -> dict[str, Any]:
     if not settings.moments_extension or not EXTENSION_OPERATIONS:
         return {}
     return {"operations": list(EXTENSION_OPERATIONS), "weights": list(wire_extension.FORMS),
-            "api": ["v2", "batch"]}
+            "api": ["v2", "batch"],
+            # weights travel in the body: clients keep them well under this
+            "max_body_bytes": settings.max_body_bytes}
 
 @dataclass(frozen=True, slots=True)
 class Item:
