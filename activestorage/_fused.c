@@ -27,6 +27,10 @@
  *   missing one counted into `miss` (int64). Returns the number of missing elements, so a caller
  *   whose data has none knows every count without reading `miss`.
  *
+ * deviations(array, mean, values, nan, vmin, vmax) -> (sum_d, sum_d2, count)
+ *   Sums of x - mean and (x - mean)**2 in double over the elements not missing (the second pass
+ *   of the kernel's two-pass moments); four chains per sum in a fixed order.
+ *
  * The GIL is released while the loops run.
  */
 #define PY_SSIZE_T_CLEAN
@@ -955,6 +959,198 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------ deviations from a given mean */
+
+/* Sums of (x - mean) and (x - mean)^2 in double over the elements of one row that are not
+ * missing, and their count: the second pass of the kernel's two-pass moments. Four independent
+ * chains per sum (element k in chain k % 4), added in a fixed order at the end of the call. */
+typedef struct {
+    double d[4], d2[4];
+    Py_ssize_t good;
+} devacc_t;
+
+#if HAVE_SSE2
+/* dev_f32 on a contiguous row with missing data: 4 elements per step, the missing-data tests
+ * as vector compares (an unused value is NaN, which equals nothing; unused bounds are infinite),
+ * missing lanes zeroed; lanes 0-3 are the chains k % 4 of the scalar code. */
+static Py_ssize_t dev_f32_sse2(const float *x, Py_ssize_t n, const spec_t *s, double mean,
+                               double *d, double *q, Py_ssize_t *good) {
+    const float qnan = __builtin_nanf("");
+    const __m128 v0 = _mm_set1_ps(s->nvalues > 0 ? (float)s->fval[0] : qnan);
+    const __m128 v1 = _mm_set1_ps(s->nvalues > 1 ? (float)s->fval[1] : qnan);
+    const __m128 lo = _mm_set1_ps(s->has_min ? (float)s->fmin : -__builtin_inff());
+    const __m128 hi = _mm_set1_ps(s->has_max ? (float)s->fmax : __builtin_inff());
+    const __m128 nanm = _mm_castsi128_ps(_mm_set1_epi32(s->nan ? -1 : 0));
+    const __m128d mv = _mm_set1_pd(mean);
+    __m128d dl = _mm_setzero_pd(), dh = _mm_setzero_pd(), ql = _mm_setzero_pd(),
+            qh = _mm_setzero_pd();
+    Py_ssize_t k = 0, bad = 0;
+    for (; k + 4 <= n; k += 4) {
+        __m128 v = _mm_loadu_ps(x + k);
+        __m128 m = _mm_or_ps(_mm_or_ps(_mm_cmpeq_ps(v, v0), _mm_cmpeq_ps(v, v1)),
+                             _mm_or_ps(_mm_and_ps(nanm, _mm_cmpunord_ps(v, v)),
+                                       _mm_or_ps(_mm_cmplt_ps(v, lo), _mm_cmpgt_ps(v, hi))));
+        bad += POP4[_mm_movemask_ps(m)];
+        __m128i mi = _mm_castps_si128(m);
+        __m128d a = _mm_sub_pd(_mm_cvtps_pd(v), mv);
+        __m128d b = _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), mv);
+        a = _mm_andnot_pd(_mm_castsi128_pd(_mm_unpacklo_epi32(mi, mi)), a);
+        b = _mm_andnot_pd(_mm_castsi128_pd(_mm_unpackhi_epi32(mi, mi)), b);
+        dl = _mm_add_pd(dl, a);
+        dh = _mm_add_pd(dh, b);
+        ql = _mm_add_pd(ql, _mm_mul_pd(a, a));
+        qh = _mm_add_pd(qh, _mm_mul_pd(b, b));
+    }
+    double t[2];
+    _mm_storeu_pd(t, dl); d[0] += t[0]; d[1] += t[1];
+    _mm_storeu_pd(t, dh); d[2] += t[0]; d[3] += t[1];
+    _mm_storeu_pd(t, ql); q[0] += t[0]; q[1] += t[1];
+    _mm_storeu_pd(t, qh); q[2] += t[0]; q[3] += t[1];
+    *good += k - bad;
+    return k;
+}
+#endif
+
+#define DEV_ROW(NAME, T, TEST, FV, LO, HI, FAST, EXACT)                                                              \
+    static void NAME(const char *p, Py_ssize_t n, Py_ssize_t stride, const spec_t *s,         \
+                     int any_missing, double mean, devacc_t *acc) {                           \
+        double d0 = 0, d1 = 0, d2 = 0, d3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0;                \
+        Py_ssize_t good = 0, k = 0;                                                           \
+        if (FAST) {                                                                           \
+            double dd[4] = {0, 0, 0, 0}, qq[4] = {0, 0, 0, 0};                                \
+            k = dev_f32_sse2((const float *)p, n, s, mean, dd, qq, &good);                    \
+            d0 = dd[0]; d1 = dd[1]; d2 = dd[2]; d3 = dd[3];                                   \
+            q0 = qq[0]; q1 = qq[1]; q2 = qq[2]; q3 = qq[3];                                   \
+        } else if (!any_missing && stride == (Py_ssize_t)sizeof(T)) {                         \
+            const T *x = (const T *)p;                                                        \
+            for (; k + 4 <= n; k += 4) {                                                      \
+                double a = (double)x[k] - mean, b = (double)x[k + 1] - mean;                  \
+                double c = (double)x[k + 2] - mean, e = (double)x[k + 3] - mean;              \
+                d0 += a; d1 += b; d2 += c; d3 += e;                                           \
+                q0 += a * a; q1 += b * b; q2 += c * c; q3 += e * e;                           \
+            }                                                                                 \
+            good = k;                                                                         \
+        } else if (stride == (Py_ssize_t)sizeof(T) && s->nvalues <= 2 && (EXACT)) {                     \
+            /* branch-free: unused values never match (NaN for floats, a flag for integers) */ \
+            const T *x = (const T *)p;                                                        \
+            const int n0 = s->nvalues > 0, n1 = s->nvalues > 1, nanf = s->nan;                \
+            const int hmin = s->has_min, hmax = s->has_max;                                   \
+            const T v0 = (T)(FV(0)), v1 = (T)(FV(1)), lo = (T)(LO), hi = (T)(HI);              \
+            for (; k + 4 <= n; k += 4) {                                                      \
+                double dv[4];                                                                 \
+                for (int j = 0; j < 4; j++) {                                                 \
+                    T v = x[k + j];                                                           \
+                    int bad = (n0 & (v == v0)) | (n1 & (v == v1)) | (nanf & (v != v)) |       \
+                              (hmin & (v < lo)) | (hmax & (v > hi));                          \
+                    dv[j] = bad ? 0.0 : (double)v - mean;                                     \
+                    good += !bad;                                                             \
+                }                                                                             \
+                d0 += dv[0]; d1 += dv[1]; d2 += dv[2]; d3 += dv[3];                           \
+                q0 += dv[0] * dv[0]; q1 += dv[1] * dv[1];                                     \
+                q2 += dv[2] * dv[2]; q3 += dv[3] * dv[3];                                     \
+            }                                                                                 \
+        }                                                                                     \
+        for (; k < n; k++) { /* the tail, in chain k % 4 as above */                          \
+            T v = *(const T *)(p + k * stride);                                               \
+            if (any_missing && (TEST)) continue;                                              \
+            double dv = (double)v - mean;                                                     \
+            switch (k & 3) {                                                                  \
+            case 0: d0 += dv; q0 += dv * dv; break;                                           \
+            case 1: d1 += dv; q1 += dv * dv; break;                                           \
+            case 2: d2 += dv; q2 += dv * dv; break;                                           \
+            default: d3 += dv; q3 += dv * dv; break;                                          \
+            }                                                                                 \
+            good++;                                                                           \
+        }                                                                                     \
+        acc->d[0] += d0; acc->d[1] += d1; acc->d[2] += d2; acc->d[3] += d3;                   \
+        acc->d2[0] += q0; acc->d2[1] += q1; acc->d2[2] += q2; acc->d2[3] += q3;               \
+        acc->good += good;                                                                    \
+    }
+
+/* FV(j): missing value j (only read where it exists), LO/HI: the valid bounds (where set) */
+#define FV_F(j) s->fval[j]
+#define FV_I(j) s->ival[j]
+#define FV_U(j) s->uval[j]
+/* whether the spec's numbers are float32 values (as the kernel passes them), so comparing in
+ * float32 (the SSE2 code) is comparing in double (the scalar code) */
+static int f32_exact(const spec_t *s) {
+    for (int j = 0; j < s->nvalues; j++)
+        if ((double)(float)s->fval[j] != s->fval[j] && s->fval[j] == s->fval[j]) return 0;
+    return (!s->has_min || (double)(float)s->fmin == s->fmin) &&
+           (!s->has_max || (double)(float)s->fmax == s->fmax);
+}
+
+#if HAVE_SSE2
+#define F32_FAST (stride == 4 && s->nvalues <= 2 && simd_level >= 1 && f32_exact(s))
+#else
+#define F32_FAST 0
+#endif
+DEV_ROW(dev_f32, float, bad_double((double)v, s), FV_F, s->fmin, s->fmax, F32_FAST, f32_exact(s))
+DEV_ROW(dev_f64, double, bad_double(v, s), FV_F, s->fmin, s->fmax, 0, 1)
+DEV_ROW(dev_i8, int8_t, bad_int(v, s), FV_I, s->imin, s->imax, 0, 1)
+DEV_ROW(dev_i16, int16_t, bad_int(v, s), FV_I, s->imin, s->imax, 0, 1)
+DEV_ROW(dev_i32, int32_t, bad_int(v, s), FV_I, s->imin, s->imax, 0, 1)
+DEV_ROW(dev_i64, int64_t, bad_int(v, s), FV_I, s->imin, s->imax, 0, 1)
+DEV_ROW(dev_u8, uint8_t, bad_uint(v, s), FV_U, s->umin, s->umax, 0, 1)
+DEV_ROW(dev_u16, uint16_t, bad_uint(v, s), FV_U, s->umin, s->umax, 0, 1)
+DEV_ROW(dev_u32, uint32_t, bad_uint(v, s), FV_U, s->umin, s->umax, 0, 1)
+DEV_ROW(dev_u64, uint64_t, bad_uint(v, s), FV_U, s->umin, s->umax, 0, 1)
+
+typedef void (*dev_row_t)(const char *, Py_ssize_t, Py_ssize_t, const spec_t *, int, double,
+                          devacc_t *);
+
+static dev_row_t dev_row_for(const type_t *t) {
+    Py_ssize_t w = t->itemsize;
+    switch (t->kind) {
+    case K_F32: return dev_f32;
+    case K_F64: return dev_f64;
+    case K_INT: return w == 1 ? dev_i8 : w == 2 ? dev_i16 : w == 4 ? dev_i32 : dev_i64;
+    case K_UINT: return w == 1 ? dev_u8 : w == 2 ? dev_u16 : w == 4 ? dev_u32 : dev_u64;
+    }
+    return NULL;
+}
+
+static PyObject *fused_deviations(PyObject *self, PyObject *args) {
+    PyObject *obj, *values, *vmin, *vmax;
+    double mean;
+    int nan;
+    if (!PyArg_ParseTuple(args, "OdOpOO", &obj, &mean, &values, &nan, &vmin, &vmax))
+        return NULL;
+    Py_buffer view;
+    type_t t;
+    if (get_array(obj, &view, &t) < 0) return NULL;
+    PyObject *result = NULL;
+    spec_t s;
+    if (parse_spec(&t, values, nan, vmin, vmax, &s) < 0) goto done;
+    Py_ssize_t shape[MAX_DIMS], strides[MAX_DIMS], total = 1;
+    for (int d = 0; d < view.ndim; d++) total *= view.shape[d];
+    int nd = simplify(&view, 0, view.ndim, shape, strides);
+    devacc_t acc;
+    memset(&acc, 0, sizeof(acc));
+    dev_row_t row = dev_row_for(&t);
+    int any = s.nvalues > 0 || s.nan || s.has_min || s.has_max;
+    if (total > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        Py_ssize_t idx[MAX_DIMS];
+        memset(idx, 0, sizeof(idx));
+        Py_ssize_t n = shape[nd - 1], stride = strides[nd - 1];
+        for (;;) {
+            const char *p = (const char *)view.buf;
+            for (int d = 0; d < nd - 1; d++) p += idx[d] * strides[d];
+            row(p, n, stride, &s, any, mean, &acc);
+            int d = nd - 2;
+            while (d >= 0 && ++idx[d] == shape[d]) idx[d--] = 0;
+            if (d < 0) break;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_BuildValue("(ddn)", (acc.d[0] + acc.d[1]) + (acc.d[2] + acc.d[3]),
+                           (acc.d2[0] + acc.d2[1]) + (acc.d2[2] + acc.d2[3]), acc.good);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyObject *fused_simd(PyObject *self, PyObject *args) {
     int level = -1;
     if (!PyArg_ParseTuple(args, "|i", &level)) return NULL;
@@ -980,6 +1176,9 @@ static PyMethodDef methods[] = {
      "reduce_leading(array, nreduced, out, miss, want_sum, values, nan, vmin, vmax) -> missing: "
      "add the elements that are not missing along the first nreduced axes into out (C order, "
      "the data's float type or 8-byte integers), count the missing ones into miss (int64)."},
+    {"deviations", fused_deviations, METH_VARARGS,
+     "deviations(array, mean, values, nan, vmin, vmax) -> (sum_d, sum_d2, count): sums of "
+     "x - mean and (x - mean)**2 in double over the elements that are not missing."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -436,11 +436,10 @@ class Active:
             takes = ", ".join(n for n, o in operations.OPERATIONS.items()
                               if o.weighted and o.method)
             raise InvalidArgumentError(f"{where}weights apply to {takes}, not {operation}")
-        if orthogonal.has_lists(key) and (weights is not None or op.partial != op.name
-                                          and operations.get(op.partial).fields):
-            raise UnsupportedError(f"{where}{operation}{' with weights' if weights is not None else ''}"
-                                   " over list (orthogonal) indices is not supported yet; select "
-                                   "with slices, or reduce each list run separately")
+        if orthogonal.has_lists(key) and weights is not None:
+            raise UnsupportedError(f"{where}{operation} with weights over list (orthogonal) "
+                                   "indices is not supported yet; select with slices, or reduce "
+                                   "each list run separately")
         if orthogonal.has_lists(key):
             full = orthogonal.expand(key, var.shape, where)
             if operation == "select":
@@ -448,7 +447,7 @@ class Active:
                     full, lambda k: self._reduce("select", k, None, False, False))
             return orthogonal.reduce(
                 full, operation, axis, components, keepdims,
-                lambda k: self._reduce(operation, k, axis, True, True), where)
+                lambda k: self._reduce(operation, k, axis, True, True), where, ddof)
         sel = normalize_key(key, var.shape, where)
         select = op.finish == "select"
         red_axes = () if select else _reduce_axes(axis, sel, where)

@@ -96,3 +96,17 @@ def sum_count_along(x: np.ndarray, axis: tuple[int, ...], values: tuple[Any, ...
     except (TypeError, ValueError, BufferError):
         return None
     return sums, (miss if bad else None)
+
+
+def deviations(x: np.ndarray, mean: float, values: tuple[Any, ...] = (), nan: bool = False,
+               vmin: Any = None, vmax: Any = None) -> tuple[float, float, int] | None:
+    """``(Σ(x - mean), Σ(x - mean)**2, count)`` in float64 over the elements of ``x`` that are
+    not missing (missing as in :func:`sum_count`), in one pass: the second pass of the kernel's
+    two-pass moments of a whole chunk. None when the fast path does not apply."""
+    spec = _spec(x, values, nan, vmin, vmax)
+    if spec is None or not hasattr(_c, "deviations"):
+        return None
+    try:
+        return _c.deviations(x, float(mean), *spec)
+    except (TypeError, ValueError, BufferError):
+        return None

@@ -631,6 +631,11 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
              else _axis_partial(x, operation, axis, m))
         if p is not None:
             return p
+    elif operation == "moments" and weights is None:
+        p = (_full_moments(x, m) if len(axis) == x.ndim
+             else _trailing_moments(x, axis, m) if axis else None)
+        if p is not None:
+            return p
     bad = None
     if m is not None:
         # one read-only pass usually shows nothing is missing: no mask to build and test
@@ -732,7 +737,7 @@ def _check_weights(w: np.ndarray, what: str) -> None:
 
 #: elements per block of the moments passes: float64 temporaries of this size stay in cache
 #: and are reused, where whole-chunk ones would be fresh memory faulted in for every chunk
-_BLOCK = 1 << 15
+_BLOCK = 1 << 16
 
 
 def _blocks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
@@ -783,12 +788,19 @@ def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
         sw2 = sw
     else:
         sw, s, sw2 = zeros(), zeros(), zeros()
+        if valid is None:  # the weights' sums from the (small, broadcast) weights alone
+            w = np.asarray(w, _F8).reshape((1,) * (x.ndim - np.ndim(w)) + np.shape(w))
+            own = tuple(i for i in axis if w.shape[i] > 1)
+            times = math.prod(x.shape[i] for i in axis if w.shape[i] == 1)
+            sw[...] = np.add.reduce(w, axis=own, keepdims=True) * times
+            sw2[...] = np.add.reduce(w * w, axis=own, keepdims=True) * times
         for bi, oi in zip(blocks, outs):
             wb = weights_of(bi)
-            sw[oi] += np.add.reduce(wb, axis=axis, keepdims=True)
+            if valid is not None:
+                sw[oi] += np.add.reduce(wb, axis=axis, keepdims=True)
+                sw2[oi] += np.add.reduce(np.square(wb), axis=axis, keepdims=True)
             s[oi] += np.add.reduce(np.multiply(wb, x[bi], dtype=_F8), axis=axis, keepdims=True,
                                    where=where_of(bi))  # where: NaN*0 is NaN
-            sw2[oi] += np.add.reduce(np.square(wb), axis=axis, keepdims=True)
     mean = np.divide(s, sw, out=zeros(), where=sw > 0)
     # the corrected two-pass algorithm (Chan, Golub & LeVeque): the deviations' own sum
     # removes what rounding left in the first pass's mean, from m2 and from the mean
@@ -810,6 +822,56 @@ def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
     out[..., 2] = m2
     out[..., 3] = sw2
     return out
+
+
+def _full_moments(x: np.ndarray, m: _Mask | None) -> Partial | None:
+    """Unweighted moments of every element of ``x`` in two compiled passes and no mask (None:
+    no fast path): the masked sum and count, then the deviations from their mean."""
+    if x.dtype.kind != "f" and x.dtype.itemsize == 8:
+        return None  # 64-bit integer sums wrap in the compiled pass; NumPy's float64 does not
+    spec = _spec_of(m)
+    got = fused.sum_count(x, *spec, want_sum=True)
+    if got is None:
+        return None
+    total, n = got
+    out_shape = (1,) * x.ndim
+    mean = float(total) / n if n else 0.0
+    dev = fused.deviations(x, mean, *spec) if n else (0.0, 0.0, 0)
+    if dev is None:
+        return None
+    c, m2, _ = dev
+    if n:  # the corrected two-pass algorithm, as _moments
+        shift = c / n
+        mean += shift
+        m2 = max(m2 - c * shift, 0.0)
+    values = np.array([float(n), mean, m2, float(n)]).reshape(out_shape + (4,))
+    return Partial(values, _filled(out_shape, n, _INT64))
+
+
+#: most output cells :func:`_trailing_moments` reduces one by one (beyond, NumPy's passes win)
+_MAX_CELLS = 1024
+
+
+def _trailing_moments(x: np.ndarray, axis: tuple[int, ...], m: _Mask | None) -> Partial | None:
+    """Unweighted moments along the trailing axes (a per-time-step statistic of a
+    (time, lat, lon) chunk): :func:`_full_moments` of each cell's block (None: no fast path)."""
+    k = x.ndim - len(axis)
+    if axis != tuple(range(k, x.ndim)) or not fused.COMPILED:
+        return None
+    kept = x.shape[:k]
+    if math.prod(kept) > _MAX_CELLS:
+        return None
+    out_shape = kept + (1,) * len(axis)
+    values = np.empty(out_shape + (4,), _F8)
+    counts = np.empty(out_shape, _INT64)
+    tail = (0,) * len(axis)
+    for idx in np.ndindex(*kept):
+        p = _full_moments(x[idx], m)
+        if p is None:
+            return None
+        values[idx + tail] = p.values.reshape(4)
+        counts[idx + tail] = p.counts.reshape(())
+    return Partial(values, counts)
 
 
 def _minmax(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,

@@ -124,11 +124,12 @@ def select(full: list[Any], read: Callable[[tuple[Any, ...]], Any]) -> Any:
 
 
 def reduce(full: list[Any], operation: str, axis: Any, components: bool, keepdims: bool,
-           reduce_box: Callable[[tuple[Any, ...]], dict[str, Any]], where: str = "") -> Any:
+           reduce_box: Callable[[tuple[Any, ...]], dict[str, Any]], where: str = "",
+           ddof: Any = None) -> Any:
     """A reduction over a selection with list indices, from per-box components.
 
     ``reduce_box(key)`` must return the components dict (keepdims shape) of ``operation`` over
-    ``axis`` for a key of slices and integers.
+    ``axis`` for a key of slices and integers. ``ddof``: of var/std.
     """
     pos = result_axes(full)
     red = set(reduced_positions(axis, len(pos), where))
@@ -154,6 +155,8 @@ def reduce(full: list[Any], operation: str, axis: Any, components: bool, keepdim
 
     got = build(())
     op = operations.get(operation)
+    if operations.get(op.partial).fields:  # var, std, range, rms, sum_of_squares
+        return _reduce_fields(got, op, red, pos, lists, components, keepdims, ddof)
     value_key = op.component
     n = np.asarray(got["n"])
     values = got[value_key]
@@ -175,6 +178,45 @@ def reduce(full: list[Any], operation: str, axis: Any, components: bool, keepdim
     if values.ndim == 0:
         return np.ma.masked if np.ma.getmaskarray(values).item() else np.ma.getdata(values)[()]
     return values
+
+
+def _reduce_fields(got: dict[str, Any], op: operations.Operation, red: set[int],
+                   pos: list[int], lists: list[int], components: bool, keepdims: bool,
+                   ddof: Any) -> Any:
+    """:func:`reduce` for the operations combining moments/minmax components: the boxes'
+    components folded along the reduced list axes (Chan's formula; min/max over n > 0), then
+    finished by :func:`activestorage.combine.finish`."""
+    from .combine import Accumulator, finish, fold_moments
+
+    kind = op.partial
+    names = operations.get(kind).fields
+    n = np.asarray(got["n"])
+    v = np.stack([np.asarray(np.ma.getdata(got[f])) for f in names], -1)
+    fold_at = tuple(pos.index(ax) for ax in lists if pos.index(ax) in red)
+    if kind == "moments":
+        v = np.where((n > 0)[..., None], v, 0.0)
+    if fold_at:
+        if kind == "moments":
+            moved = np.moveaxis(v, fold_at, tuple(range(len(fold_at))))
+            k = int(np.prod(moved.shape[:len(fold_at)]))
+            v = np.expand_dims(fold_moments(moved.reshape((k,) + moved.shape[len(fold_at):])),
+                               fold_at)
+        else:
+            empty = np.broadcast_to((n == 0)[..., None], v.shape)
+            lo = np.ma.MaskedArray(v[..., 0], mask=empty[..., 0]).min(axis=fold_at, keepdims=True)
+            hi = np.ma.MaskedArray(v[..., 1], mask=empty[..., 1]).max(axis=fold_at, keepdims=True)
+            v = np.stack([np.ma.getdata(lo), np.ma.getdata(hi)], -1)
+        n = n.sum(axis=fold_at, keepdims=True)
+    acc = Accumulator(kind, n.shape, v.dtype)
+    acc._values, acc._counts = v, n
+    out = finish(acc, op.name, components=components, ddof=0 if ddof is None else ddof)
+    if components:
+        return out
+    if not keepdims:
+        out = out.reshape(tuple(m for i, m in enumerate(out.shape) if i not in red))
+    if out.ndim == 0:
+        return np.ma.masked if np.ma.getmaskarray(out).item() else np.ma.getdata(out)[()]
+    return out
 
 
 #: masked folds of the table's combining ufuncs (counts and sums add)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from activestorage import (Active, ActiveStorageError, FormatError, InvalidArgumentError,
-                           SelectionError, VariableNotFoundError)
+                           SelectionError, UnsupportedError, VariableNotFoundError)
 
 from helpers import DTYPES, OPS, SHARED, assert_same, datasets, oracle, write_nc
 
@@ -513,3 +513,31 @@ def test_moments_components_are_documented_names(tmp_path):
         np.testing.assert_allclose(wc["sw"], 15.0)
         np.testing.assert_allclose(wc["sw2"], 55.0)
         assert set(a.range(components=True)[...]) == {"min", "max", "n"}
+
+
+@pytest.mark.parametrize("key,axis", [
+    ((slice(None), [0, 1, 5, 7], slice(None)), None),
+    ((slice(None), [0, 1, 5, 7], slice(None)), 1),
+    ((slice(None), [0, 1, 5, 7], slice(None)), (0, 2)),
+    (([3, 0, 4], slice(1, None, 2), [2, 3, 0]), (0, 2)),
+])
+def test_moments_over_list_indices(tmp_path, key, axis):
+    """Orthogonal (list) indices: the boxes' moments/minmax components fold along reduced list
+    axes and finish as one selection would."""
+    rng = np.random.default_rng(4)
+    data = (rng.standard_normal((5, 8, 6)) * 10 + 100).astype(np.float32)
+    data[rng.random(data.shape) < 0.15] = -1
+    path = write_nc(tmp_path / "o.nc", data, chunks=[2, 3, 4], fill_value=np.float32(-1))
+    with netCDF4.Dataset(path) as ds:
+        x = ds["v"][...]
+    xk = x
+    for ax, k in enumerate(key):  # orthogonal selection, axis by axis
+        xk = xk[(slice(None),) * ax + (k,)]
+    with Active(str(path), "v") as a:
+        for op in MOMENT_OPS:
+            kw = {"ddof": 1} if op in ("var", "std") else {}
+            got = getattr(a, op)(axis=axis, **kw)[key]
+            assert_moments(got, moments_oracle(xk, op, axis, ddof=kw.get("ddof", 0)), op,
+                           x.dtype)
+        with pytest.raises(UnsupportedError, match="weights over list"):
+            a.mean(weights=np.ones(6))[key]

@@ -333,3 +333,50 @@ def test_sums_along_axes_match_the_oracle(case):
     assert np.all(np.abs(sums[finite] - exact[finite]) <= tol[finite] + 1e-300)
     np.testing.assert_array_equal(sums[~finite & ~np.isnan(exact)],
                                   exact[~finite & ~np.isnan(exact)])
+
+
+# ------------------------------------------------------- deviations from a mean (#21 moments)
+
+@needs_c
+@PROPS
+@given(arrays(), st.floats(-1e3, 1e3))
+def test_deviations_match_numpy(case, mean):
+    """Σ(x - mean), Σ(x - mean)² and the count over the elements not missing, any dtype, view
+    and missing spec, against NumPy in float64 over the oracle's mask."""
+    x, values, nan, vmin, vmax = case
+    got = fused.deviations(x, mean, values, nan, vmin, vmax)
+    assert got is not None
+    good = ~mask_of(x, values, nan, vmin, vmax)
+    d = x[good].astype(np.float64) - mean
+    assert got[2] == good.sum()
+    with np.errstate(all="ignore"):
+        want = (d.sum(), (d * d).sum())
+        scale = (np.abs(d).sum(), (d * d).sum())
+    for g, w, s in zip(got[:2], want, scale):
+        if not np.isfinite(w):
+            assert not np.isfinite(g) or abs(g) > 1e300
+            continue
+        assert abs(g - w) <= 1e-12 * s + 1e-300, (g, w)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int16"])
+@pytest.mark.parametrize("n", [5, 13, 1031])
+def test_deviations_are_the_same_bits_at_every_simd_level(dtype, n):
+    x = np.random.default_rng(n).normal(280, 20, (7, n)).astype(dtype)
+    x[::3, ::5] = -999
+    if dtype != "int16":
+        x[1, ::7] = np.nan
+    x[2, ::11] = 330 if dtype == "int16" else 1e20
+    for spec in SPECS:
+        if dtype == "int16":
+            spec = {k: v for k, v in spec.items() if k != "nan"}
+            spec["values"] = tuple(v for v in spec.get("values", ()) if abs(v) < 2**15)
+        kw = _spec(dtype, spec)
+        ref = fused.deviations(x, 281.5, **kw)
+        for level in LEVELS:
+            with simd_at_most(level):
+                np.testing.assert_array_equal(fused.deviations(x, 281.5, **kw), ref)
+                np.testing.assert_allclose(  # rows apart or merged: other chains, same sums
+                    fused.deviations(x[:, 1:], 281.5, **kw),
+                    fused.deviations(np.ascontiguousarray(x[:, 1:]), 281.5, **kw), rtol=1e-12)

@@ -994,12 +994,19 @@ def moment_cases(draw):
                 order=draw(st.sampled_from(["C", "F"])), codec=draw(codecs(dtype.itemsize)))
 
 
+@pytest.mark.parametrize("compiled", PATHS)
 @PROPS
 @given(moment_cases(), st.data())
-def test_moments_partial_matches_definitions(case, data):
+def test_moments_partial_matches_definitions(compiled, case, data):
     """``moments`` through reduce_chunk (every dtype, byte order, layout, codec, strided
     selection, axis set, fill value / valid_min / NaN fill) with unit, separable and N-D
-    weights over the selected region: (sw, mean, m2, sw2) as defined, counts as ``count``."""
+    weights over the selected region: (sw, mean, m2, sw2) as defined, counts as ``count``;
+    with the compiled two-pass path for whole chunks and without."""
+    with kernel_path(compiled):
+        _moments_partial_matches_definitions(case, data)
+
+
+def _moments_partial_matches_definitions(case, data):
     compression, filters = case["codec"]
     raw = encode(case["data"], case["byte_order"], case["order"], compression, filters)
     missing = missing_from_attrs(case["attrs"], case["dtype"], False)
@@ -1049,11 +1056,13 @@ def test_minmax_partial_is_min_and_max(case):
         check(Partial(np.ascontiguousarray(p.values[..., k]), p.counts), x, mask, axis, op)
 
 
-def test_moments_keep_every_digit_of_float32_offsets():
+@pytest.mark.parametrize("compiled", PATHS)
+def test_moments_keep_every_digit_of_float32_offsets(compiled):
     """float32 1e6 + noise: the naive sum of squares loses every digit; the two-pass partial
-    keeps var to 1e-12 of float64 NumPy's."""
+    keeps var to 1e-12 of float64 NumPy's (compiled and NumPy paths)."""
     x = (1e6 + np.random.default_rng(5).standard_normal((256, 512))).astype(np.float32)
-    p = reduce_array(x, "moments", (0, 1))
+    with kernel_path(compiled):
+        p = reduce_array(x, "moments", (0, 1))
     sw, mean, m2, sw2 = p.values.reshape(4)
     x64 = x.astype(np.float64)
     assert sw == sw2 == x.size

@@ -237,3 +237,24 @@ def test_a_replaced_entry_changes_every_reader(with_prod, monkeypatch):
     monkeypatch.setitem(with_prod, "max", swapped)
     p = reduce_array(np.array([3.0, 1.0, 2.0]), "max", (0,))
     assert p.values.item() == 1.0
+
+
+def test_moments_and_minmax_entries_are_consistent():
+    """#21: the multi-field partials are kernel-only entries; the operations built on them name
+    them, weights map to moments, ddof is var/std's only."""
+    for name, op in OPERATIONS.items():
+        if op.fields:
+            assert not op.method and op.partial == name and op.wire == name
+        if op.weighted is not None:
+            assert OPERATIONS[op.weighted].fields == operations.MOMENTS_FIELDS
+        assert op.ddof == (name in ("var", "std"))
+    assert {n for n, o in OPERATIONS.items() if o.weighted} == {"mean", "sum", "var", "std"}
+    assert {n for n, o in OPERATIONS.items() if o.partial == "moments" and o.method} == \
+        {"var", "std", "rms", "sum_of_squares"}
+    assert OPERATIONS["range"].partial == "minmax"
+    dt = np.dtype("f4")
+    assert OPERATIONS["var"].accumulator_dtype(dt) == np.float64
+    assert OPERATIONS["minmax"].accumulator_dtype(np.dtype("i2")) == np.dtype("i2")
+    x = np.ma.MaskedArray([1.0, 2.0, 4.0], mask=[0, 0, 1])
+    assert OPERATIONS["rms"].numpy(x) == pytest.approx(np.sqrt(2.5))
+    assert OPERATIONS["sum_of_squares"].numpy(x) == 5.0
