@@ -165,7 +165,8 @@ def parse(v: Any, operation: str, shape: tuple[int, ...],
                     field, f"{len(w)} weights for axis {a}, whose selection has {sel[a]} "
                            "elements in this chunk")
             out[a] = w
-        return out
+        # nothing selected: no element has a weight (validated, then dropped)
+        return out if math.prod(sel) else None
     if form == "values":
         if not isinstance(spec, Mapping):
             raise RequestValidationError("weights.values", 'must be an object {"shape", "data"}')
@@ -184,7 +185,7 @@ def parse(v: Any, operation: str, shape: tuple[int, ...],
         if w.size != n:
             raise RequestValidationError("weights.values.data",
                                          f"{w.size} weights for shape {list(wshape)} ({n})")
-        return w.reshape(wshape)
+        return w.reshape(wshape) if math.prod(sel) else None
     # an array reference: numeric fields checked by the server (with its limits), here the shape
     if not isinstance(spec, Mapping):
         raise RequestValidationError("weights.array", "must be an object describing a byte "
@@ -200,9 +201,10 @@ def parse(v: Any, operation: str, shape: tuple[int, ...],
 
 
 def resolve_array(values: np.ndarray, shape: tuple[int, ...],
-                  selection: tuple[tuple[int, int, int], ...] | None) -> np.ndarray:
+                  selection: tuple[tuple[int, int, int], ...] | None) -> np.ndarray | None:
     """The selected block of an ``array`` reference, as float64 weights for the data chunk of
-    ``shape``/``selection`` (checked: broadcastable, finite, >= 0)."""
+    ``shape``/``selection`` (checked: broadcastable, finite, >= 0; None when nothing of the
+    data is selected)."""
     sel = selected_shape(shape, selection)
     if not broadcastable(values.shape, sel):
         raise RequestValidationError(
@@ -210,7 +212,7 @@ def resolve_array(values: np.ndarray, shape: tuple[int, ...],
                              f"broadcast to the data's selected region {list(sel)}")
     w = np.asarray(values, dtype=np.float64)
     check_values(w, "weights.array")
-    return w
+    return w if math.prod(sel) else None
 
 
 def encode(weights: Any, binary: bool) -> dict[str, Any] | None:

@@ -126,3 +126,13 @@ def test_broadcastable_follows_numpy(shape, to, ok):
     except ValueError:
         numpy_ok = False
     assert numpy_ok is ok
+
+
+def test_weights_of_an_empty_selection_are_checked_then_dropped():
+    empty = ((0, 4, 1), (0, 0, 1), (0, 6, 1))
+    assert wx.parse({"axes": {"1": []}}, "moments", SHAPE, empty) is None
+    assert wx.parse({"values": {"shape": [1, 1, 6], "data": [1.0] * 6}}, "moments", SHAPE,
+                    empty) is None
+    assert wx.resolve_array(np.ones((1, 6)), SHAPE, empty) is None
+    with pytest.raises(RequestValidationError, match=">= 0"):
+        wx.parse({"axes": {"0": [1.0, 1.0, 1.0, -1.0]}}, "moments", SHAPE, empty)
