@@ -11,8 +11,8 @@ written them or the client has gone.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, NamedTuple
 
 import cbor2

@@ -54,6 +54,7 @@ def extensions(settings: Settings) -> dict[str, Any]:
             # weights travel in the body: clients keep them well under this
             "max_body_bytes": settings.max_body_bytes}
 
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """One validated chunk reduction: what to read, how to reduce, what it may cost."""
@@ -196,7 +197,7 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
         raise RequestValidationError("body", "request body must be a JSON object")
     target = _target(body, api, auth, settings.allow_upstream)
     if body.get("shape") is None and body.get("size") is None and body.get("compression") is None:
-        if body.get("weights") is not None and settings.moments_extension:
+        if body.get("weights") is not None and settings.moments_extension and api != "v1":
             raise RequestValidationError("weights", "need the data's shape")
         # The spec's defaults: read to the end of the object, 1-D of all its elements. Validate
         # the rest with a one-element size; the shape is set once the bytes are in (Item.sized).
@@ -210,7 +211,7 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
                     count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")
     req = ChunkRequest.from_wire(body, max_elements=settings.max_bytes_in_flight)
     weights_item = None
-    if settings.moments_extension:  # otherwise an unknown field, ignored as the spec says
+    if settings.moments_extension and api != "v1":  # else an unknown field, ignored (spec)
         weights = wire_extension.parse(body.get("weights"), operation, req.shape, req.selection,
                                      target.kind)
         if isinstance(weights, wire_extension.WeightsRef):

@@ -353,3 +353,12 @@ def test_weights_without_a_shape_are_refused(client):
     b = {"interface_type": "s3", "url": put("flat.bin", X), "dtype": "float64",
          "weights": {"axes": {"0": [1.0] * 24}}}
     assert error_of(client.post("/v2/moments", json=b), 400).startswith("weights")
+
+
+def test_v1_ignores_a_weights_field(client):
+    put("v1w.bin", np.arange(4, dtype=np.int32))
+    b = {"source": "http://127.0.0.1:9000", "bucket": "bucket", "object": "v1w.bin",
+         "dtype": "int32", "weights": {"axes": {"0": [1, 2]}}}
+    r = client.post("/v1/sum/", json=b)
+    assert r.status_code == 200, r.text
+    assert np.frombuffer(r.content, "<i4").tolist() == [6]
