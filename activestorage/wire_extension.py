@@ -37,12 +37,14 @@ import numpy as np
 
 from .errors import RequestValidationError
 
-__all__ = ["OPERATIONS", "RESULT_WIDTH", "WeightsRef", "Weights", "parse", "encode",
+__all__ = ["OPERATIONS", "REFERENCE_OPERATIONS", "RESULT_WIDTH", "WeightsRef", "Weights", "parse", "encode",
            "check_values", "resolve_array", "FORMS", "broadcastable"]
 
 #: the extension's operations, with the values per result element (their trailing axis)
 RESULT_WIDTH = {"moments": 4, "minmax": 2}
 OPERATIONS = tuple(RESULT_WIDTH)
+#: the operations the Reductionist API itself defines (v1 serves only these)
+REFERENCE_OPERATIONS = ("count", "min", "max", "sum", "select")
 
 #: the forms of the ``weights`` field, as ``GET /capabilities`` lists them
 FORMS = ("axes", "values", "array")

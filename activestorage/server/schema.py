@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..request import COMPRESSION_IDS, FILTER_IDS, MISSING_KEYS, OPERATIONS, WIRE_DTYPES
+from ..wire_extension import REFERENCE_OPERATIONS
 
 Dtype = Literal[WIRE_DTYPES]  # type: ignore[valid-type]
 CompressionId = Literal[COMPRESSION_IDS]  # type: ignore[valid-type]
@@ -201,10 +202,12 @@ def reduction_paths() -> dict[str, Any]:
               "batch": body_doc(batch_schema(), cbor=True)}
     paths: dict[str, Any] = {}
     for route in ROUTES:
+        # v1 is the reference API; v2 and batch also serve the moments extension (when on)
+        ops = REFERENCE_OPERATIONS if route.api == "v1" else OPERATIONS
         op_id = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "")
         paths[route.path] = {"post": {
             "summary": route.summary,
-            "description": f"{route.description}\n\noperation: {', '.join(OPERATIONS)}",
+            "description": f"{route.description}\n\noperation: {', '.join(ops)}",
             "operationId": f"{op_id}_post",
             "parameters": [{"name": "operation", "in": "path", "required": True,
                             "schema": {"type": "string", "title": "Operation"}}],

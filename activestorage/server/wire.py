@@ -31,7 +31,7 @@ OPTIONS = ("option_wide_sum", "option_shape_as_bytes", "option_count_as_bytes", 
 
 #: the operations the Reductionist API defines; any other wire operation of the table of
 #: operations (``moments``, ``minmax``) is our extension, served on v2 and batch only
-REFERENCE_OPERATIONS = ("count", "min", "max", "sum", "select")
+REFERENCE_OPERATIONS = wire_extension.REFERENCE_OPERATIONS
 EXTENSION_OPERATIONS = tuple(op for op in OPERATIONS if op not in REFERENCE_OPERATIONS)
 #: values per result element of the extension's partials (their trailing axis)
 RESULT_WIDTH = wire_extension.RESULT_WIDTH

@@ -362,3 +362,16 @@ def test_v1_ignores_a_weights_field(client):
     r = client.post("/v1/sum/", json=b)
     assert r.status_code == 200, r.text
     assert np.frombuffer(r.content, "<i4").tolist() == [6]
+
+
+def test_openapi_describes_the_extension(client):
+    doc = client.get("/openapi.json").json()
+    v2 = doc["paths"]["/v2/{operation}"]["post"]
+    assert "moments" in v2["description"] and "minmax" in v2["description"]
+    props = v2["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    weights = props["weights"]
+    text = str(weights)
+    for word in ("axes", "values", "array", "url"):
+        assert word in text
+    v1 = doc["paths"]["/v1/{operation}/"]["post"]["requestBody"]["content"]
+    assert "weights" not in v1["application/json"]["schema"]["properties"]
