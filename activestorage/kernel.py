@@ -6,7 +6,11 @@ decompress with a hard bound on the output size, unfilter; deflate is streamed s
 caller's scratch buffer, unshuffling on the way), interpret dtype and byte order, reshape in C or
 F order, select, find missing elements, reduce along the requested axes keeping dimensions. Sums
 and counts take the one-pass path of :mod:`activestorage.fused` where it is built and applies
-(missing test and addition in a single read of the data), NumPy otherwise.
+(missing test and addition in a single read of the data), NumPy otherwise. The ``moments``
+partial (``(sw, mean, m2, sw2)`` per output element, optionally weighted) is computed in two
+passes in float64 (the mean, then the squared deviations from it, corrected by their own sum):
+compiled for unweighted whole blocks, NumPy in cache-sized blocks otherwise; ``minmax`` is
+``(min, max)`` side by side.
 
 Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
 corrupt, truncated or oversized data is a :class:`DecodeError`, never a codec's own exception and
@@ -626,13 +630,15 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
     axis = tuple(axis)
     _check_axis(axis, x.ndim)
     m = _resolved(missing, x.dtype)
+    # every kept axis of length 1 (one time step of a (1, lat, lon) chunk): a whole reduction
+    whole = len(axis) == x.ndim or all(n == 1 for i, n in enumerate(x.shape) if i not in axis)
     if operation in ("sum", "count"):
-        p = (_full_partial(x, operation, m, (1,) * x.ndim) if len(axis) == x.ndim
+        p = (_full_partial(x, operation, m, (1,) * x.ndim) if whole
              else _axis_partial(x, operation, axis, m))
         if p is not None:
             return p
     elif operation == "moments" and weights is None:
-        p = (_full_moments(x, m) if len(axis) == x.ndim
+        p = (_full_moments(x, m) if whole
              else _trailing_moments(x, axis, m) if axis else None)
         if p is not None:
             return p
