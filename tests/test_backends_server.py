@@ -648,7 +648,7 @@ def _backend_with(caps, **kw):
     return b
 
 
-def _req(weights=None):
+def _wreq(weights=None):
     return make_request("float64", (4, 6), url="s3://b/k", size=192)._replace(weights=weights)
 
 
@@ -661,7 +661,7 @@ def _req(weights=None):
 ])
 def test_moments_go_to_the_server_only_when_it_says_so(caps, api, want):
     with _backend_with(caps, api_version=api) as b:
-        assert b._in_client("moments", [_req()]) == [want]
+        assert b._in_client("moments", [_wreq()]) == [want]
         assert b.serves("moments") is not want
         assert b.serves("sum") and b.serves("select")  # the Reductionist's, always
 
@@ -670,10 +670,10 @@ def test_weights_the_server_cannot_take_are_reduced_here():
     sep, nd = {1: np.ones(6)}, np.ones((4, 6))
     big = {1: np.ones(6), 0: np.ones(4)}
     with _backend_with({"extensions": {"moments": {**EXT, "weights": ["axes"]}}}) as b:
-        assert b._in_client("moments", [_req(sep), _req(nd), _req()]) == [False, True, False]
+        assert b._in_client("moments", [_wreq(sep), _wreq(nd), _wreq()]) == [False, True, False]
     # weights over half the body limit (4096 / 2 bytes = 256 float64) stay here
     with _backend_with({"extensions": {"moments": {**EXT, "max_body_bytes": 128}}}) as b:
-        assert b._in_client("moments", [_req(sep), _req(nd), _req(big)]) == [False, True, True]
+        assert b._in_client("moments", [_wreq(sep), _wreq(nd), _wreq(big)]) == [False, True, True]
 
 
 def test_mixed_chunks_are_split_between_server_and_client(monkeypatch):
@@ -695,7 +695,7 @@ def test_mixed_chunks_are_split_between_server_and_client(monkeypatch):
             return Partial(np.full((1, 1, 4), 2.0), np.ones((1, 1), np.int64))
 
         monkeypatch.setattr(b, "reduce_chunk", remote)
-        reqs = [_req({1: np.ones(6)}), _req(np.ones((4, 6))), _req()]
+        reqs = [_wreq({1: np.ones(6)}), _wreq(np.ones((4, 6))), _wreq()]
         out = b.reduce_chunks(reqs, "moments")
         assert [float(p.values.flat[0]) for p in out] == [2.0, 1.0, 2.0]
         assert calls == {"local": 1, "remote": 2}
@@ -715,11 +715,11 @@ def test_fallback_is_logged_once_per_server(caplog):
 def test_weighted_request_bodies():
     from activestorage.backends.server import request_body, weights_nbytes
 
-    r = _req({1: np.arange(6.0)})
+    r = _wreq({1: np.arange(6.0)})
     body = request_body(r, "moments", {"interface_type": "s3", "url": "http://h/b/k"})
     assert body["weights"] == {"axes": {"1": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}}
     binary = request_body(r, "moments", {}, binary=True)["weights"]["axes"]["1"]
     assert np.frombuffer(binary, "<f8").tolist() == list(range(6))
-    assert "weights" not in request_body(_req(), "moments", {})
+    assert "weights" not in request_body(_wreq(), "moments", {})
     assert weights_nbytes({1: np.ones(6), 0: None}) == 48 and weights_nbytes(np.ones((2, 3))) == 48
     assert weights_nbytes(None) == 0
