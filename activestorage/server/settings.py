@@ -174,8 +174,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     a("--max-batch", type=int, default=d.max_batch,
       help="most chunk requests in one /v2/batch request")
     a("--no-moments-extension", action="store_true", default=not d.moments_extension,
-      help="do not serve the moments/minmax operations and weights (our extension); clients "
-           "then compute them from fetched bytes (ACTIVESTORAGE_MOMENTS_EXTENSION=0 too)")
+      help="do not serve the moments/minmax operations and weights (our extension; clients "
+           "then compute them from fetched bytes) (default: served; "
+           "ACTIVESTORAGE_MOMENTS_EXTENSION=0 also turns it off)")
     a("--s3-region", default=d.s3_region,
       help="region used to sign (SigV4) requests to S3")
     a("--tls-cert", default=d.tls_cert, metavar="PEM",

@@ -375,3 +375,12 @@ def test_openapi_describes_the_extension(client):
         assert word in text
     v1 = doc["paths"]["/v1/{operation}/"]["post"]["requestBody"]["content"]
     assert "weights" not in v1["application/json"]["schema"]["properties"]
+
+
+def test_the_switch_from_flags_and_environment():
+    from activestorage.server.settings import parse_args
+
+    assert parse_args([], environ={}).moments_extension is True
+    assert parse_args(["--no-moments-extension"], environ={}).moments_extension is False
+    assert parse_args([], environ={"ACTIVESTORAGE_MOMENTS_EXTENSION": "0"}
+                      ).moments_extension is False
