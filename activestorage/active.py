@@ -30,7 +30,7 @@ from . import memory, operations
 from .backends.base import Backend
 from .backends.factory import is_remote, make_backend, server_urls
 from .combine import Accumulator, finish, fold
-from .errors import (AxisError, InvalidArgumentError, OperationNotAvailableError,
+from .errors import (AxisError, InvalidArgumentError,
                      SelectionError, ServerError, StorageError, UnsupportedError)
 from .formats import open_variable
 from .formats.base import Variable
@@ -79,10 +79,23 @@ class CallStats:
     metadata_bytes: int = 0
     metadata_requests: int = 0
     backend: str = ""
+    #: chunks a server backend reduced in this process, from fetched bytes, because its server
+    #: lacks the operation (a Reductionist without our moments extension: var, weighted means ...)
+    chunks_in_client: int = 0
 
     @property
     def bytes_saved(self) -> int:
         return max(self.bytes_without_active - self.bytes_received, 0)
+
+    @property
+    def ran_on(self) -> str:
+        """Where the chunks were reduced: ``"client"`` (this process: posix, fetch, or a
+        server backend falling back), ``"server"``, or ``"server+client"`` (some of each)."""
+        if not self.backend.startswith("server"):
+            return "client"
+        if self.chunks_in_client == 0:
+            return "server"
+        return "client" if self.chunks_in_client >= self.chunks_touched else "server+client"
 
 
 def _choose_backend(backend: Any, url: str, storage_options: dict[str, Any] | None,
@@ -446,12 +459,6 @@ class Active:
             w = resolve_weights(weights, var_shape=var.shape, var_attrs=var.attrs,
                                 var_dims=var.dimensions, sel=sel, axis=axis, where=where,
                                 read=self._read_other)
-        if operations.get(kop).fields and self._backend.name.startswith("server"):
-            # S (#21 server) replaces this with the v2 extension and a client-side fallback
-            raise OperationNotAvailableError(
-                f"{where}{operation}{' with weights' if w is not None else ''} needs the "
-                f"{kop!r} partial, which the reduction server backend does not send yet: use "
-                "backend='posix' (local files) or backend='fetch' (remote) to compute it here")
 
         out_shape = tuple(1 if ax in kernel_axes else n for ax, n in enumerate(sel.shape))
         plan = Plan(sel, var.chunk_shape)
@@ -474,7 +481,8 @@ class Active:
             bytes_without_active=touched_bytes, requests=after.requests - before.requests,
             seconds=time.perf_counter() - t0, metadata_seconds=self._metadata_seconds,
             metadata_bytes=var.metadata_bytes, metadata_requests=var.metadata_requests,
-            backend=self._backend.name)
+            backend=self._backend.name,
+            chunks_in_client=after.client_chunks - before.client_chunks)
         return result
 
     def _read_other(self, name: str) -> tuple[np.ndarray, tuple[str, ...]]:

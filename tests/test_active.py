@@ -515,18 +515,6 @@ def test_moments_components_are_documented_names(tmp_path):
         assert set(a.range(components=True)[...]) == {"min", "max", "n"}
 
 
-def test_server_backend_refuses_moments_clearly(tmp_path):
-    from activestorage import OperationNotAvailableError
-    from activestorage.backends.server import ServerBackend
-
-    path = write_nc(tmp_path / "s.nc", np.arange(6, dtype=np.float64), chunks=[3])
-    with ServerBackend("http://127.0.0.1:9", max_threads=1) as backend:
-        with Active(str(path), "v", backend=backend) as a:
-            for call in (a.var, a.range, a.mean(weights=np.ones(6))):
-                with pytest.raises(OperationNotAvailableError, match="backend='posix'"):
-                    call[...]
-
-
 @pytest.mark.parametrize("key,axis", [
     ((slice(None), [0, 1, 5, 7], slice(None)), None),
     ((slice(None), [0, 1, 5, 7], slice(None)), 1),

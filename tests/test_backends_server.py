@@ -634,3 +634,92 @@ def test_option_disable_chunk_cache_is_sent_when_asked():
     assert "option_disable_chunk_cache" not in request_body(req, "sum", routing)
     assert request_body(req, "sum", routing, disable_chunk_cache=True)[
         "option_disable_chunk_cache"] is True
+
+
+# ----------------------------------------------------------- the moments extension's decisions
+
+EXT = {"operations": ["moments", "minmax"], "weights": ["axes", "values", "array"],
+       "api": ["v2", "batch"], "max_body_bytes": 4096}
+
+
+def _backend_with(caps, **kw):
+    b = ServerBackend("http://ext.test", env={}, **kw)
+    b._caps = caps  # as if GET /capabilities had answered this
+    return b
+
+
+def _wreq(weights=None):
+    return make_request("float64", (4, 6), url="s3://b/k", size=192)._replace(weights=weights)
+
+
+@pytest.mark.parametrize("caps, api, want", [
+    ({"extensions": {"moments": EXT}}, 2, False),
+    ({}, 2, True),  # a reference Reductionist: no capabilities
+    ({"batch": True, "operations": ["count", "min", "max", "sum", "select"]}, 2, True),
+    ({"extensions": {"moments": {**EXT, "operations": ["minmax"]}}}, 2, True),
+    ({"extensions": {"moments": EXT}}, 1, True),  # v1 has no extension
+])
+def test_moments_go_to_the_server_only_when_it_says_so(caps, api, want):
+    with _backend_with(caps, api_version=api) as b:
+        assert b._in_client("moments", [_wreq()]) == [want]
+        assert b.serves("moments") is not want
+        assert b.serves("sum") and b.serves("select")  # the Reductionist's, always
+
+
+def test_weights_the_server_cannot_take_are_reduced_here():
+    sep, nd = {1: np.ones(6)}, np.ones((4, 6))
+    big = {1: np.ones(6), 0: np.ones(4)}
+    with _backend_with({"extensions": {"moments": {**EXT, "weights": ["axes"]}}}) as b:
+        assert b._in_client("moments", [_wreq(sep), _wreq(nd), _wreq()]) == [False, True, False]
+    # weights over half the body limit (4096 / 2 bytes = 256 float64) stay here
+    with _backend_with({"extensions": {"moments": {**EXT, "max_body_bytes": 128}}}) as b:
+        assert b._in_client("moments", [_wreq(sep), _wreq(nd), _wreq(big)]) == [False, True, True]
+
+
+def test_mixed_chunks_are_split_between_server_and_client(monkeypatch):
+    from activestorage.kernel import Partial
+
+    calls = {}
+
+    class Local:
+        def reduce_chunks(self, reqs, op):
+            calls["local"] = len(reqs)
+            return [Partial(np.full((1, 1, 4), 1.0), np.ones((1, 1), np.int64))] * len(reqs)
+
+    with _backend_with({"extensions": {"moments": {**EXT, "max_body_bytes": 128}}},
+                       batch=False) as b:
+        monkeypatch.setattr(b, "_client_side", lambda op, n: Local())
+
+        def remote(r, op):
+            calls["remote"] = calls.get("remote", 0) + 1
+            return Partial(np.full((1, 1, 4), 2.0), np.ones((1, 1), np.int64))
+
+        monkeypatch.setattr(b, "reduce_chunk", remote)
+        reqs = [_wreq({1: np.ones(6)}), _wreq(np.ones((4, 6))), _wreq()]
+        out = b.reduce_chunks(reqs, "moments")
+        assert [float(p.values.flat[0]) for p in out] == [2.0, 1.0, 2.0]
+        assert calls == {"local": 1, "remote": 2}
+
+
+def test_fallback_is_logged_once_per_server(caplog):
+    from activestorage.backends import server as sb
+
+    sb._FALLBACK_LOGGED.discard(("http://once.test", 2))
+    with caplog.at_level("WARNING", logger="activestorage.backends.server"):
+        for op in ("moments", "minmax", "moments"):
+            sb._log_fallback_once("http://once.test", op, 2)
+    lines = [r.getMessage() for r in caplog.records if "once.test" in r.getMessage()]
+    assert len(lines) == 1 and "cannot compute moments" in lines[0]
+
+
+def test_weighted_request_bodies():
+    from activestorage.backends.server import request_body, weights_nbytes
+
+    r = _wreq({1: np.arange(6.0)})
+    body = request_body(r, "moments", {"interface_type": "s3", "url": "http://h/b/k"})
+    assert body["weights"] == {"axes": {"1": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}}
+    binary = request_body(r, "moments", {}, binary=True)["weights"]["axes"]["1"]
+    assert np.frombuffer(binary, "<f8").tolist() == list(range(6))
+    assert "weights" not in request_body(_wreq(), "moments", {})
+    assert weights_nbytes({1: np.ones(6), 0: None}) == 48 and weights_nbytes(np.ones((2, 3))) == 48
+    assert weights_nbytes(None) == 0

@@ -22,11 +22,13 @@ from ..request import ChunkRequest
 @dataclass
 class BackendStats:
     """Work done, summed over calls: bytes read from storage, bytes received by this process,
-    requests made to storage or a server."""
+    requests made to storage or a server; ``client_chunks``: chunks a server backend reduced in
+    this process because its server lacks the operation (our moments extension)."""
 
     bytes_read: int = 0
     bytes_received: int = 0
     requests: int = 0
+    client_chunks: int = 0
 
     def add(self, other: "BackendStats") -> None:
         for f in fields(self):
@@ -67,12 +69,14 @@ class Backend(ABC):
         """Work done so far, summed over calls (callers copy it to measure one call)."""
         return self._stats
 
-    def _account(self, bytes_read: int = 0, bytes_received: int = 0, requests: int = 0) -> None:
+    def _account(self, bytes_read: int = 0, bytes_received: int = 0, requests: int = 0,
+                 client_chunks: int = 0) -> None:
         with self._stats_lock:
             stats = self._stats
             stats.bytes_read += bytes_read
             stats.bytes_received += bytes_received
             stats.requests += requests
+            stats.client_chunks += client_chunks
 
     def fold_block(self, chunk_nbytes: int) -> int:
         """Chunks in one fold block, for chunks of ``chunk_nbytes`` decoded bytes (a function of

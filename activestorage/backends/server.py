@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 
+from .. import wire_extension
 from ..errors import ServerError, UnsupportedError
 from ..kernel import Partial, missing_mask, sum_dtype
 from ..operations import OPERATIONS
@@ -40,6 +41,8 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
+#: a server's request body limit when its capabilities do not say (our server's default)
+DEFAULT_MAX_BODY = 1 << 20
 #: (connect, read) timeout in seconds for every call to the server.
 DEFAULT_TIMEOUT = (5.0, 120.0)
 #: client-side bound on the declared decoded bytes of one batch (the server bounds it too).
@@ -259,16 +262,30 @@ def routing_fields(url: str, api_version: int, s3_endpoint_url: str | None,
 
 
 def request_body(req: ChunkRequest, operation: str, routing: Mapping[str, Any], *,
-                 wide_sum: bool = True, disable_chunk_cache: bool = False) -> dict[str, Any]:
+                 wide_sum: bool = True, disable_chunk_cache: bool = False,
+                 binary: bool = False) -> dict[str, Any]:
     """One chunk's request body: routing + the wire model (+ option_wide_sum for integer sums,
-    + option_disable_chunk_cache when asked)."""
+    + option_disable_chunk_cache when asked, + the chunk's weights: our extension, float64 bytes
+    when ``binary``, i.e. for a CBOR body)."""
     body = dict(routing)
     body.update(req.to_wire())
     if operation == "sum" and wide_sum and req.dtype.kind in "iu":
         body["option_wide_sum"] = True
     if disable_chunk_cache:
         body["option_disable_chunk_cache"] = True
+    weights = getattr(req, "weights", None)
+    if weights is not None:
+        body["weights"] = wire_extension.encode(weights, binary)
     return body
+
+
+def weights_nbytes(weights: Any) -> int:
+    """Bytes a request's weights take in a CBOR body (float64 each)."""
+    if weights is None:
+        return 0
+    if isinstance(weights, Mapping):
+        return 8 * sum(int(np.size(w)) for w in weights.values() if w is not None)
+    return 8 * int(np.size(weights))
 
 
 def _selected_shape(req: ChunkRequest) -> tuple[int, ...]:
@@ -278,18 +295,23 @@ def _selected_shape(req: ChunkRequest) -> tuple[int, ...]:
 
 
 def result_shapes(req: ChunkRequest, operation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(shape the server returns, keepdims shape of the kernel Partial)."""
+    """(shape the server returns, keepdims shape of the kernel Partial); the extension's
+    ``moments``/``minmax`` have a trailing axis of their values per element."""
     sel = _selected_shape(req)
     if operation == "select":
         return sel, sel
     axes = set(req.reduce_axes)
-    return (tuple(n for i, n in enumerate(sel) if i not in axes),
-            tuple(1 if i in axes else n for i, n in enumerate(sel)))
+    width = wire_extension.RESULT_WIDTH.get(operation)
+    tail = (width,) if width else ()
+    return (tuple(n for i, n in enumerate(sel) if i not in axes) + tail,
+            tuple(1 if i in axes else n for i, n in enumerate(sel)) + tail)
 
 
 def _expected_dtypes(req: ChunkRequest, operation: str, folded: bool) -> tuple[np.dtype, ...]:
     if operation == "count":
         return (np.dtype(np.int64),)
+    if operation == "moments":
+        return (np.dtype(np.float64),)
     if operation == "sum":
         wide = (np.dtype(np.float64),) if folded and req.dtype.kind == "f" else ()
         return (np.dtype(sum_dtype(req.dtype)), req.dtype) + wide
@@ -347,13 +369,16 @@ def to_partial(values_bytes: Any, dtype: Any, byte_order: Any, shape: Any, count
         elif len(total) == n and n != 1:
             counts = total.reshape(keep_shape)
         return Partial(values, counts)
+    # one count per result element (the extension's values have a trailing axis: not counted)
+    count_shape = keep_shape[:-1] if operation in wire_extension.RESULT_WIDTH else keep_shape
+    nc = math.prod(count_shape)
     counts = _as_counts(count, url)
-    if len(counts) != n:
-        raise _malformed(url, f"{len(counts)} counts for {n} result values")
-    if n > 1 and counts.min() == counts.max():  # nothing missing: one number, as the kernel's
-        return Partial(values, np.broadcast_to(counts[:1].reshape((1,) * len(keep_shape)),
-                                               keep_shape))
-    return Partial(values, counts.reshape(keep_shape))
+    if len(counts) != nc:
+        raise _malformed(url, f"{len(counts)} counts for {nc} result elements")
+    if nc > 1 and counts.min() == counts.max():  # nothing missing: one number, as the kernel's
+        return Partial(values, np.broadcast_to(counts[:1].reshape((1,) * len(count_shape)),
+                                               count_shape))
+    return Partial(values, counts.reshape(count_shape))
 
 
 def _as_counts(count: Any, url: str) -> np.ndarray:
@@ -487,6 +512,8 @@ class ServerBackend(Backend):
         self._caps_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._storage_options = storage_options
+        self._local: Backend | None = None  # reduces what the server cannot (see .serves)
         opts = resolve_s3_options(storage_options, env)
         self.s3_endpoint_url = (s3_endpoint_url or s3_endpoint(opts)).rstrip("/")
         # Basic auth per store kind: the S3 key/secret go only with S3 requests (the server
@@ -561,6 +588,58 @@ class ServerBackend(Backend):
             return "C"
         return "F"
 
+    # ------------------------------------------------------- the moments extension
+    def _extension(self) -> Mapping[str, Any] | None:
+        """What the server's capabilities say of our moments extension (None: it lacks it)."""
+        if self.api_version != 2:
+            return None
+        ext = (self.capabilities().get("extensions") or {}).get("moments")
+        return ext if isinstance(ext, Mapping) else None
+
+    def serves(self, operation: str, requests: Sequence[ChunkRequest] = ()) -> bool:
+        """Whether the server computes ``operation`` (for all of ``requests``): every
+        Reductionist operation, and our extension's (``moments``, ``minmax``, weights) where
+        ``GET /capabilities`` lists them (v2 only)."""
+        return not any(self._in_client(operation, requests or (None,)))
+
+    def _in_client(self, operation: str,
+                   requests: Sequence[ChunkRequest | None]) -> list[bool]:
+        """Which of ``requests`` this process reduces itself: all of them when the server
+        lacks ``operation``; a weighted one whose form of weights the server does not take, or
+        whose weights would not fit in half the server's body limit (float64 bytes)."""
+        if operation not in wire_extension.OPERATIONS:
+            return [False] * len(requests)
+        ext = self._extension()
+        if ext is None or operation not in (ext.get("operations") or ()):
+            return [True] * len(requests)
+        forms = ext.get("weights") or ()
+        limit = ext.get("max_body_bytes")
+        budget = (limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_BODY) // 2
+        out = []
+        for r in requests:
+            w = getattr(r, "weights", None)
+            out.append(w is not None and (
+                ("axes" if isinstance(w, Mapping) else "values") not in forms
+                or weights_nbytes(w) > budget))
+        return out
+
+    def _client_side(self, operation: str, nchunks: int) -> Backend:
+        """The in-process backend (fetch, over the same stores) that reduces ``operation`` here
+        because the server cannot: its work counts in this backend's stats, with the chunks in
+        ``client_chunks``; the first time for a server, one log line says so."""
+        with self._pool_lock:
+            if self._local is None:
+                from .fetch import FetchBackend
+
+                local = FetchBackend(self._storage_options, max_threads=self.max_threads,
+                                     retries=self.retries, env=self._env)
+                # one account: bytes and requests of the fallback show in this backend's stats
+                local._stats, local._stats_lock = self._stats, self._stats_lock
+                self._local = local
+        _log_fallback_once(self.url, operation, self.api_version)
+        self._account(client_chunks=nchunks)
+        return self._local
+
     # ------------------------------------------------------------------ one chunk
     def _routing(self, req: ChunkRequest) -> dict[str, Any]:
         if req.url is None:
@@ -575,13 +654,22 @@ class ServerBackend(Backend):
         return "s3" if routing.get("interface_type", "s3") == "s3" else "http"
 
     def reduce_chunk(self, request: ChunkRequest, operation: str) -> Partial:
+        if not self.serves(operation, (request,)):
+            return self._client_side(operation, 1).reduce_chunk(request, operation)
         routing = self._routing(request)
+        weighted = getattr(request, "weights", None) is not None
         body = request_body(request, operation, routing, wide_sum=self.wide_sum,
-                            disable_chunk_cache=self.disable_chunk_cache)
+                            disable_chunk_cache=self.disable_chunk_cache, binary=weighted)
         url = f"{self.url}/v{self.api_version}/{operation}/"
+        if weighted:  # weights as float64 bytes (our server, which reads CBOR bodies)
+            import cbor2
+
+            data, ctype = cbor2.dumps(body), "application/cbor"
+        else:
+            data, ctype = json.dumps(body).encode(), "application/json"
         resp = post_with_retries(
-            self.session, url, data=json.dumps(body).encode(),
-            headers={"content-type": "application/json"}, timeout=self.timeout,
+            self.session, url, data=data,
+            headers={"content-type": ctype}, timeout=self.timeout,
             retries=self.retries, backoff=self.backoff, on_attempt=self._on_attempt,
             auth=self._auth[self._auth_kind(request)])
         try:
@@ -599,7 +687,13 @@ class ServerBackend(Backend):
     def _split(self, requests: Sequence[ChunkRequest]) -> list[range]:
         n = len(requests)
         total = sum(r.nbytes for r in requests)
+        # weights travel in the body: keep each batch's under half the server's body limit
+        wbytes = sum(weights_nbytes(getattr(r, "weights", None)) for r in requests)
+        ext = self._extension() if wbytes else None
+        limit = (ext or {}).get("max_body_bytes")
+        body_budget = (limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_BODY) // 2
         parts = max(math.ceil(n / self.max_batch), math.ceil(total / self.max_batch_bytes),
+                    math.ceil(wbytes / body_budget),
                     min(self.max_threads, n // MIN_SPLIT_BATCH), 1)
         size = math.ceil(n / parts)
         return [range(i, min(i + size, n)) for i in range(0, n, size)]
@@ -611,7 +705,8 @@ class ServerBackend(Backend):
         import cbor2
 
         items = [request_body(r, operation, self._routing(r), wide_sum=self.wide_sum,
-                              disable_chunk_cache=self.disable_chunk_cache) for r in requests]
+                              disable_chunk_cache=self.disable_chunk_cache, binary=True)
+                 for r in requests]
         body: dict[str, Any] = {"requests": items}
         if fold is not None:
             body["fold"] = list(fold)
@@ -663,6 +758,9 @@ class ServerBackend(Backend):
 
     def reduce_and_fold(self, requests: Sequence[ChunkRequest], operation: str,
                         slots: Sequence[Hashable]) -> list[Partial | None]:
+        if requests and all(self._in_client(operation, requests)):  # folded here, then
+            return self._client_side(operation, len(requests)).reduce_and_fold(
+                requests, operation, slots)
         if operation == "select" or not self.folds:
             return list(self.reduce_chunks(requests, operation))
         ids: dict[Hashable, int] = {}
@@ -672,6 +770,22 @@ class ServerBackend(Backend):
                 fold: list[int] | None) -> list[Partial | None]:
         if not requests:
             return []
+        here = self._in_client(operation, requests)
+        if all(here):
+            return list(self._client_side(operation, len(requests)).reduce_chunks(
+                requests, operation))
+        if any(here):  # some chunks' weights cannot go to the server: those are reduced here
+            mine = [i for i, h in enumerate(here) if h]
+            theirs = [i for i, h in enumerate(here) if not h]
+            out: list[Partial | None] = [None] * len(requests)
+            local = self._client_side(operation, len(mine)).reduce_chunks(
+                [requests[i] for i in mine], operation)
+            remote = self._reduce([requests[i] for i in theirs], operation,
+                                  None if fold is None else [fold[i] for i in theirs])
+            for idx, parts in ((mine, local), (theirs, remote)):
+                for i, p in zip(idx, parts):
+                    out[i] = p
+            return out
         if len(requests) > 1 and self.batching:
             by_kind: dict[str, list[int]] = {}
             for i, r in enumerate(requests):
@@ -711,9 +825,30 @@ class ServerBackend(Backend):
     def close(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
+            local, self._local = self._local, None
         if pool is not None:
             pool.shutdown(wait=True)
+        if local is not None:
+            local.close()
         self.session.close()
+
+
+_FALLBACK_LOGGED: set[tuple[str, int]] = set()
+_FALLBACK_LOCK = threading.Lock()
+
+
+def _log_fallback_once(url: str, operation: str, api_version: int) -> None:
+    """One log line per server (and API version) for the whole process: the server lacks our
+    moments extension, so its operations run here, on bytes this process fetches."""
+    with _FALLBACK_LOCK:
+        if (url, api_version) in _FALLBACK_LOGGED:
+            return
+        _FALLBACK_LOGGED.add((url, api_version))
+    why = ("the v1 API has no extension" if api_version != 2
+           else "its GET /capabilities does not list our moments extension")
+    log.warning("reduction server %s cannot compute %s (%s): computing such reductions (var, "
+                "std, range, rms, sum_of_squares, weighted means) in this process from fetched "
+                "chunk bytes; Active.stats.chunks_in_client counts them", url, operation, why)
 
 
 class _NoBatch(Exception):

@@ -22,6 +22,8 @@ from fastapi_offline import FastAPIOffline
 from starlette.responses import HTMLResponse
 
 from ..operations import WIRE_OPERATIONS
+from .settings import Settings
+from .wire import extensions
 
 #: ``extra_paths`` of :func:`offline_app`: the OpenAPI paths of routes FastAPI does not describe
 PathsFactory = Callable[[], dict[str, Any]]
@@ -206,8 +208,9 @@ GET_EXAMPLES: dict[str, tuple[str, Any]] = {
     "/healthz": ("application/json", {"status": "ok", "version": "0.1.0"}),
     "/capabilities": ("application/json", {
         "name": "activestorage", "version": "0.1.0", "api": ["v1", "v2"], "batch": True,
-        "max_batch": 1024, "fold": True, "operations": ["count", "min", "max", "sum", "select"],
-        "options": ["option_wide_sum"]}),
+        "max_batch": 1024, "fold": True, "operations": list(WIRE_OPERATIONS),
+        "options": ["option_wide_sum"], "result_order": "request",
+        "extensions": {"moments": extensions(Settings())}}),
     "/metrics": ("text/plain", "# HELP activestorage_requests_total HTTP requests served\n"
                                "activestorage_requests_total{api=\"v2\",operation=\"sum\","
                                "status=\"200\"} 42.0\n"),

@@ -40,7 +40,7 @@ from .service import Answer, Service
 from .settings import Settings
 from .status import install as install_status_page
 from .upstream import parse_basic_auth
-from .wire import decode_body
+from .wire import decode_body, served_operations
 
 log = logging.getLogger("activestorage.server")
 access_log = logging.getLogger("activestorage.server.access")
@@ -82,10 +82,11 @@ def _causes(exc: BaseException) -> list[str]:
     return causes
 
 
-def check_operation(operation: str) -> str:
-    if operation not in OPERATIONS:
+def check_operation(operation: str, served: Sequence[str] = OPERATIONS) -> str:
+    """``operation`` if this route serves it, else a 404 listing those it does."""
+    if operation not in served:
         raise StarletteHTTPException(
-            404, f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
+            404, f"unknown operation {operation!r}; expected one of {', '.join(served)}")
     return operation
 
 
@@ -325,9 +326,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _reduction(server: Service, api: str) -> Callable[[Request], Awaitable[Response]]:
     """The Starlette endpoint of one reduction API (``v1``, ``v2`` or ``batch``)."""
     settings = server.settings
+    served = served_operations(settings, api)
 
     async def endpoint(request: Request) -> Response:
-        op = check_operation(request.path_params["operation"])
+        op = check_operation(request.path_params["operation"], served)
         auth = parse_basic_auth(request.headers.get("authorization"))
         body = decode_body(await read_body(request, settings),
                            request.headers.get("content-type", ""))

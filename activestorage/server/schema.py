@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..request import COMPRESSION_IDS, FILTER_IDS, MISSING_KEYS, OPERATIONS, WIRE_DTYPES
+from ..wire_extension import REFERENCE_OPERATIONS
 
 Dtype = Literal[WIRE_DTYPES]  # type: ignore[valid-type]
 CompressionId = Literal[COMPRESSION_IDS]  # type: ignore[valid-type]
@@ -60,7 +61,7 @@ Missing = create_model(  # type: ignore[call-overload]
        for k in MISSING_KEYS})
 
 
-class _Common(BaseModel):
+class _Layout(BaseModel):
     dtype: Dtype = Field(description="element type of the stored data")  # type: ignore[valid-type]
     byte_order: Optional[Literal["little", "big"]] = Field(None, description="default: native")
     offset: Optional[int] = Field(None, ge=0, description="byte offset in the object (default 0)")
@@ -71,10 +72,13 @@ class _Common(BaseModel):
         None, description="one [start, end, stride] per dimension: exactly Python's "
                           "slice(start, end, stride); ends past the axis are clamped; only "
                           "stride 0 is refused")
-    axis: Optional[Union[int, list[int]]] = Field(None, description="axes to reduce (default all)")
     compression: Optional[Compression] = Field(
         None, description="codec: " + ", ".join(COMPRESSION_IDS))
     filters: Optional[list[Filter]] = Field(None, description="filters: " + ", ".join(FILTER_IDS))
+
+
+class _Common(_Layout):
+    axis: Optional[Union[int, list[int]]] = Field(None, description="axes to reduce (default all)")
     missing: Optional[Missing] = Field(  # type: ignore[valid-type]
         None, description=", ".join(MISSING_KEYS) + " (several at once is an extension)")
     option_disable_chunk_cache: Optional[bool] = Field(
@@ -87,6 +91,35 @@ class V1Request(_Common):
     source: str = Field(description="S3 endpoint URL, e.g. http://127.0.0.1:9000")
     bucket: str
     object: str
+
+
+class WeightsArray(_Layout):
+    """N-D weights read by the server from their own byte range (like the data; no axis or
+    missing): its selected block is broadcast against the data's selected region."""
+
+    interface_type: Optional[Literal["s3", "http", "https"]] = Field(
+        None, description="default: the data's")
+    url: str = Field(description="the weights' object URL (the data's allow-list and "
+                                 "credentials apply)")
+
+
+class WeightsValues(BaseModel):
+    """N-D weights sent inline, broadcast against the data's selected region."""
+
+    shape: list[int]
+    data: Union[list[Number], bytes] = Field(
+        description="C order; numbers, or little-endian float64 bytes in CBOR")
+
+
+class Weights(BaseModel):
+    """Extension, moments only: exactly one of axes, values, array. Weights must be finite and
+    >= 0; missing elements drop their weight."""
+
+    axes: Optional[dict[str, Optional[Union[list[Number], bytes]]]] = Field(
+        None, description='separable: {"<axis>": weights over this chunk\'s selected elements '
+                          'of that axis (numbers, or little-endian float64 bytes in CBOR)}')
+    values: Optional[WeightsValues] = None
+    array: Optional[WeightsArray] = None
 
 
 class V2Request(_Common):
@@ -102,6 +135,8 @@ class V2Request(_Common):
         None, description="extension: sum in int64/uint64 instead of the request dtype")
     etag: Optional[str] = Field(None, description="extension: object must have this ETag (409)")
     version_id: Optional[str] = Field(None, description="extension: read this S3 version")
+    weights: Optional[Weights] = Field(
+        None, description="extension, moments only: weights of this chunk's selected elements")
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -169,10 +204,12 @@ def reduction_paths() -> dict[str, Any]:
               "batch": body_doc(batch_schema(), cbor=True)}
     paths: dict[str, Any] = {}
     for route in ROUTES:
+        # v1 is the reference API; v2 and batch also serve the moments extension (when on)
+        ops = REFERENCE_OPERATIONS if route.api == "v1" else OPERATIONS
         op_id = route.path.strip("/").replace("/", "_").replace("{", "").replace("}", "")
         paths[route.path] = {"post": {
             "summary": route.summary,
-            "description": f"{route.description}\n\noperation: {', '.join(OPERATIONS)}",
+            "description": f"{route.description}\n\noperation: {', '.join(ops)}",
             "operationId": f"{op_id}_post",
             "parameters": [{"name": "operation", "in": "path", "required": True,
                             "schema": {"type": "string", "title": "Operation"}}],

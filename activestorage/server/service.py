@@ -18,13 +18,13 @@ from typing import Any, Awaitable, Callable, NamedTuple
 import cbor2
 import numpy as np
 
-from .. import __version__
+from .. import __version__, wire_extension
 from ..combine import Accumulator
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
                       UnsupportedError)
 from ..coalesce import reduce_run, runs
 from ..kernel import Partial, decode, reduce_chunk, scratch_bytes
-from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
+from ..request import NATIVE_BYTE_ORDER, ChunkRequest
 from ..stores.base import merge_spans
 from .chunk_cache import CacheSession, ChunkCache
 from .limits import ByteBudget
@@ -32,8 +32,8 @@ from .metrics import Metrics
 from .responses import Part, cbor_head, cbor_map_parts
 from .settings import Settings
 from .upstream import Target, Upstream
-from .wire import (CBOR_NULL, OPTIONS, Item, Result, at_item, item_index, prepare, prepare_batch,
-                   v1_parts, v2_map)
+from .wire import (CBOR_NULL, OPTIONS, Item, Result, at_item, extensions, item_index, prepare,
+                   prepare_batch, served_operations, v1_parts, v2_map)
 
 
 #: a single request whose stored and decoded bytes are both at most this is reduced on the event
@@ -72,12 +72,29 @@ def _result(p: Partial, item: Item, wide: bool) -> Result:
     if item.operation == "select":
         return Result(np.asarray(p.values, order="C"), np.asarray(int(p.counts.sum())), True)
     axes = set(item.req.reduce_axes)
-    shape = tuple(n for i, n in enumerate(p.values.shape) if i not in axes)
-    values = p.values.reshape(shape)
+    nd = len(item.req.shape)
+    # the reduced shape; the extension's partials keep their trailing axis (moments: 4 values)
+    shape = tuple(n for i, n in enumerate(p.values.shape[:nd]) if i not in axes)
+    values = p.values.reshape(shape + p.values.shape[nd:])
     if item.operation == "sum" and not (item.wide_sum or wide) and values.dtype != item.req.dtype:
         with np.errstate(over="ignore", invalid="ignore"):
             values = values.astype(item.req.dtype)  # the spec's result dtype (wraps like NumPy)
     return Result(np.asarray(values, order="C"), p.counts.reshape(shape), False)
+
+
+def weigh(item: Item, raw: Any) -> Item:
+    """``item`` with the N-D weights of its ``array`` reference, read into ``raw``, decoded,
+    selected and checked (:func:`activestorage.wire_extension.resolve_array`)."""
+    w = item.weights_item
+    if w is None:
+        return item
+    w = w.sized(len(raw))
+    try:
+        block = reduce_chunk(raw, w.req, "select").values
+    except (DecodeError, UnsupportedError) as exc:
+        raise type(exc)(f"weights.array: {w.target.name}: {exc}") from exc
+    weights = wire_extension.resolve_array(block, item.req.shape, item.req.selection)
+    return replace(item, req=item.req._replace(weights=weights), weights_item=None)
 
 
 def _compute_v1(raw: bytes, item: Item) -> tuple[memoryview, dict[str, str]]:
@@ -200,7 +217,8 @@ def _encode_groups(groups: list[list[int]], results: list[Any], items: list[Item
             if res is None:  # folded into another item's result where it was computed
                 continue
             if acc is None:
-                acc = Accumulator(items[i].operation, res.values.shape, items[i].req.dtype)
+                # the extension's values have a trailing axis of fields the accumulator adds
+                acc = Accumulator(items[i].operation, res.counts.shape, items[i].req.dtype)
             elif res.values.shape != acc.values.shape:
                 raise at_item(RequestValidationError(
                     "fold", f"requests {first} and {i} share a fold id but their results have "
@@ -268,6 +286,8 @@ class Service:
         held = await self.budget.acquire(item.cost)
         try:
             self.metrics.in_flight.set(self.budget.used)
+            if item.weights_item is not None:
+                item = (await self._weigh([item]))[0]
             raw = await self.fetch(item, self.cache_session())
             work = _compute_v1 if api == "v1" else _compute_v2
             if len(raw) <= INLINE_BYTES and (item.whole or item.req.nbytes <= INLINE_BYTES):
@@ -326,6 +346,8 @@ class Service:
         held = await self.budget.acquire(total)
         try:
             self.metrics.in_flight.set(self.budget.used)
+            if any(it.weights_item is not None for it in items):
+                items[:] = await self._weigh(items)
             hraws: list[Any] = [hits.get(i, b"") for i in range(len(items))]
             hit_idx = sorted(hits)
             hits.clear()
@@ -358,6 +380,29 @@ class Service:
             self.release(held)
             raise
         return Answer(out, "application/cbor", None, held)
+
+    async def _weigh(self, items: list[Item]) -> list[Item]:
+        """The items with their ``array`` weights references read and resolved (concurrently;
+        an error names its batch item when there are several)."""
+        loop = asyncio.get_running_loop()
+
+        async def one(i: int, it: Item) -> Item:
+            if it.weights_item is None:
+                return it
+            try:
+                raw = await self.fetch(it.weights_item)
+                return await loop.run_in_executor(self.pool, weigh, it, raw)
+            except ActiveStorageError as exc:
+                if len(items) == 1:
+                    raise
+                raise at_item(exc, i) from exc
+
+        done = await asyncio.gather(*(one(i, it) for i, it in enumerate(items)),
+                                    return_exceptions=True)
+        errors = [d for d in done if isinstance(d, BaseException)]
+        if errors:
+            raise min(errors, key=item_index)
+        return done  # type: ignore[return-value]
 
     @staticmethod
     async def _reuse(items: list[Item], cache: CacheSession | None
@@ -457,12 +502,17 @@ class Service:
             raise min(errors, key=item_index)
 
     def capabilities(self) -> dict[str, Any]:
-        return {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
+        caps = {"name": "activestorage", "version": __version__, "api": ["v1", "v2"],
                 "batch": True, "max_batch": self.settings.max_batch, "fold": True,
-                "operations": list(OPERATIONS), "options": list(OPTIONS),
+                "operations": list(served_operations(self.settings, "v2")),
+                "options": list(OPTIONS),
                 # results of order-F requests come in Fortran order, as the spec says (older
                 # versions of this server sent C order: clients check this before reading F)
                 "result_order": "request"}
+        ext = extensions(self.settings)
+        if ext:  # what the moments extension serves (clients ask before sending moments)
+            caps["extensions"] = {"moments": ext}
+        return caps
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     upstream_read_timeout: float = 30.0
     #: most items in one /v2/batch request.
     max_batch: int = 1024
+    #: serve our documented extension: the moments and minmax operations and weights (off: the
+    #: Reductionist operations only, as a reference server; clients then compute those themselves)
+    moments_extension: bool = True
     #: ranges of one object closer than this are fetched with one GET in a batch.
     coalesce_gap_bytes: int = 64 << 10
     #: a coalesced GET is never larger than this.
@@ -206,6 +209,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     a("--no-chunk-cache", action="store_true", default=False,
       help="no chunk cache at all (same as --chunk-cache-size 0 without --chunk-cache-dir; "
            "default: the memory cache is on)")
+    a("--no-moments-extension", action="store_true", default=not d.moments_extension,
+      help="do not serve the moments/minmax operations and weights (our extension; clients "
+           "then compute them from fetched bytes) (default: served; "
+           "ACTIVESTORAGE_MOMENTS_EXTENSION=0 also turns it off)")
     a("--s3-region", default=d.s3_region,
       help="region used to sign (SigV4) requests to S3")
     a("--s3-addressing-style", default=d.s3_addressing_style, choices=["path", "virtual"],
@@ -250,6 +257,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         max_header_bytes=int(ns.max_header_bytes), write_timeout=float(ns.write_timeout),
         upstream_connect_timeout=float(ns.upstream_connect_timeout),
         upstream_read_timeout=float(ns.upstream_read_timeout), max_batch=int(ns.max_batch),
+        moments_extension=not ns.no_moments_extension,
         chunk_cache_size=0 if ns.no_chunk_cache else max(0, int(ns.chunk_cache_size)),
         chunk_cache_ttl=float(ns.chunk_cache_ttl),
         chunk_cache_request_bytes=max(0, int(ns.chunk_cache_request_bytes)),

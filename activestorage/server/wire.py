@@ -18,8 +18,9 @@ from typing import Any, Sequence
 import cbor2
 import numpy as np
 
+from .. import wire_extension
 from ..errors import ActiveStorageError, RequestValidationError, StorageError
-from ..request import NATIVE_BYTE_ORDER, ChunkRequest
+from ..request import NATIVE_BYTE_ORDER, OPERATIONS, ChunkRequest
 from .limits import LimitError
 from .settings import Settings
 from .upstream import Target, canonical_url, check_allowed, s3_url
@@ -28,7 +29,30 @@ from .upstream import Target, canonical_url, check_allowed, s3_url
 OPTIONS = ("option_wide_sum", "option_shape_as_bytes", "option_count_as_bytes", "etag",
            "version_id", "missing_multiple", "option_disable_chunk_cache")
 
+#: the operations the Reductionist API defines; any other wire operation of the table of
+#: operations (``moments``, ``minmax``) is our extension, served on v2 and batch only
+REFERENCE_OPERATIONS = wire_extension.REFERENCE_OPERATIONS
+EXTENSION_OPERATIONS = tuple(op for op in OPERATIONS if op not in REFERENCE_OPERATIONS)
+#: values per result element of the extension's partials (their trailing axis)
+RESULT_WIDTH = wire_extension.RESULT_WIDTH
 
+
+def served_operations(settings: Settings, api: str) -> tuple[str, ...]:
+    """The operations a route of ``api`` serves: the reference ones, plus (on v2 and batch,
+    unless switched off) the extension's."""
+    if api == "v1" or not settings.moments_extension:
+        return REFERENCE_OPERATIONS
+    return OPERATIONS
+
+
+def extensions(settings: Settings) -> dict[str, Any]:
+    """What ``GET /capabilities`` says of the moments extension (empty when it is off)."""
+    if not settings.moments_extension or not EXTENSION_OPERATIONS:
+        return {}
+    return {"operations": list(EXTENSION_OPERATIONS), "weights": list(wire_extension.FORMS),
+            "api": ["v2", "batch"],
+            # weights travel in the body: clients keep them well under this
+            "max_body_bytes": settings.max_body_bytes}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +71,16 @@ class Item:
     whole: bool = False
     #: ``option_disable_chunk_cache``: neither read from nor add to the chunk cache
     no_cache: bool = False
+    #: N-D weights the server reads from their own byte range (a ``select`` item), or None
+    weights_item: "Item | None" = None
 
     @property
     def cost(self) -> int:
         """Bytes this item may hold until its answer is written: the raw range, the decoded
-        array and the result (see :func:`result_bytes`)."""
+        array and the result (see :func:`result_bytes`), and its weights' range and arrays."""
         raw = self.read_size if self.read_size is not None else self.max_raw
-        return raw + self.beyond_raw
+        w = self.weights_item
+        return raw + self.beyond_raw + (0 if w is None else w.cost + 8 * w.req.nbytes)
 
     @property
     def beyond_raw(self) -> int:
@@ -93,7 +120,11 @@ def result_bytes(req: ChunkRequest, operation: str) -> int:
         return math.prod(shape) * req.dtype.itemsize + 4096
     axes = set(req.reduce_axes)
     kept = math.prod(n for i, n in enumerate(shape) if i not in axes)
-    return kept * RESULT_BYTES_PER_ELEMENT + 4096
+    width = RESULT_WIDTH.get(operation, 1)
+    # the weights (float64, at most one per selected element) and the kernel's float64 work
+    # arrays of a moments reduction
+    extra = 3 * 8 * math.prod(shape) if operation == "moments" else 0
+    return kept * (RESULT_BYTES_PER_ELEMENT + 8 * (width - 1)) + extra + 4096
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
@@ -168,6 +199,8 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
         raise RequestValidationError("body", "request body must be a JSON object")
     target = _target(body, api, auth, settings.allow_upstream)
     if body.get("shape") is None and body.get("size") is None and body.get("compression") is None:
+        if body.get("weights") is not None and settings.moments_extension and api != "v1":
+            raise RequestValidationError("weights", "need the data's shape")
         # The spec's defaults: read to the end of the object, 1-D of all its elements. Validate
         # the rest with a one-element size; the shape is set once the bytes are in (Item.sized).
         probe = ChunkRequest.from_wire({**body, "size": _itemsize(body)},
@@ -180,6 +213,15 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
                     shape_as_bytes=_flag(body, "option_shape_as_bytes") and api != "v1",
                     count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")
     req = ChunkRequest.from_wire(body, max_elements=settings.max_bytes_in_flight)
+    weights_item = None
+    if settings.moments_extension and api != "v1":  # else an unknown field, ignored (spec)
+        weights = wire_extension.parse(body.get("weights"), operation, req.shape, req.selection,
+                                     target.kind)
+        if isinstance(weights, wire_extension.WeightsRef):
+            weights_item = _weights_item(weights, auth, settings)
+            weights = None
+        if weights is not None:
+            req = req._replace(weights=weights)
     if req.size is not None:
         read_size: int | None = req.size
     elif req.compression is None:  # the exact range: the array plus any Fletcher-32 checksums
@@ -191,7 +233,23 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
                 no_cache=_flag(body, "option_disable_chunk_cache"),
                 wide_sum=_flag(body, "option_wide_sum"),
                 shape_as_bytes=_flag(body, "option_shape_as_bytes") and api != "v1",
-                count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1")
+                count_as_bytes=_flag(body, "option_count_as_bytes") and api != "v1",
+                weights_item=weights_item)
+
+
+def _weights_item(ref: wire_extension.WeightsRef, auth: tuple[str, str] | None,
+                  settings: Settings) -> Item:
+    """The ``select`` item reading an ``array`` weights reference: validated like a v2 body
+    (allow-list, limits; the same credentials), errors naming ``weights.array.<field>``."""
+    try:
+        if ref.body.get("shape") is None:
+            raise RequestValidationError("shape", "is required for weights")
+        return prepare(ref.body, "select", "v2", auth, settings)
+    except RequestValidationError as exc:
+        raise RequestValidationError(f"weights.array.{exc.field}", exc.message) from None
+    except StorageError as exc:  # e.g. the 403 of a host not on the allow-list
+        raise type(exc)(f"weights.array.url: {exc}", status=exc.status, store=exc.store,
+                        causes=exc.causes) from None
 
 
 def prepare_batch(body: Any, operation: str, auth: tuple[str, str] | None,

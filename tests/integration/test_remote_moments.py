@@ -8,10 +8,10 @@ import netCDF4
 import numpy as np
 import pytest
 
-from activestorage import Active, OperationNotAvailableError
+from activestorage import Active
 
 from helpers import MOMENT_OPS, assert_moments, moments_oracle
-from test_remote_backends import (files, make_backend, moto, nginx, s3_files, server,  # noqa: F401
+from test_remote_backends import (files, make_backend, moto, nginx, s3_files,  # noqa: F401
                                   storage_options, workdir)
 
 pytestmark = pytest.mark.integration
@@ -46,13 +46,3 @@ def test_moments_and_weights_through_fetch(bname, files, s3_files, nginx, moto):
                 got = a.std(axis=(0, 2), weights=nd, ddof=1)[::2]
                 assert_moments(got, moments_oracle(x[::2], "std", (0, 2), weights=nd, ddof=1),
                                "std", x.dtype)
-
-
-def test_server_backend_says_moments_are_not_available(files, s3_files, server, moto):  # noqa: F811
-    path, var = files["floats.nc"]
-    with make_backend("server", {}, moto, server) as backend:
-        with Active(s3_files["floats.nc"], var, storage_options=storage_options(moto),
-                    backend=backend) as a:
-            with pytest.raises(OperationNotAvailableError, match="var"):
-                a.var[...]
-            assert a.mean[...] is not None  # the other operations still go to the server
