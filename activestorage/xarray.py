@@ -652,7 +652,8 @@ class ActiveWeighted:
         self.weights = weights
 
     def __repr__(self) -> str:
-        return f"ActiveWeighted with weights along dimensions: {', '.join(map(str, self.weights.dims))}"
+        dims = ", ".join(map(str, self.weights.dims))
+        return f"ActiveWeighted with weights along dimensions: {dims}"
 
     def _reduce(self, op: str, dim: Any, skipna: bool | None, keep_attrs: bool | None,
                 fallback: bool | None) -> xr.DataArray:
