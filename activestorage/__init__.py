@@ -2,7 +2,7 @@
 
 from .errors import (ActiveStorageError, AxisError, DecodeError, FormatError,
                      InvalidArgumentError, MissingDependencyError, ObjectChangedError,
-                     RequestValidationError, SelectionError, ServerError, StorageError,
+                     OperationNotAvailableError, RequestValidationError, SelectionError, ServerError, StorageError,
                      UnsupportedError, VariableNotFoundError)
 
 __version__ = "0.1.0"
@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Active", "ActiveStorageError", "AxisError", "DecodeError", "FormatError",
     "InvalidArgumentError", "MissingDependencyError", "ObjectChangedError",
-    "RequestValidationError", "SelectionError", "ServerError", "StorageError",
+    "OperationNotAvailableError", "RequestValidationError", "SelectionError", "ServerError", "StorageError",
     "UnsupportedError", "VariableNotFoundError", "__version__",
 ]
 

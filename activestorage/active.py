@@ -4,6 +4,8 @@
 >>> a.mean[0:12, :, 10:20]            # one number
 >>> a.mean(axis=0)[0:12]              # reduce along axis 0 of the selection only
 >>> a.sum(components=True)[...]       # {"sum": ..., "n": ...} for Dask/cf-python combining
+>>> a.var(axis=0, ddof=1)[...]        # second moments: var, std, rms, sum_of_squares; range
+>>> a.mean(axis=(1, 2), weights={1: coslat})[...]   # weighted (also "area": cell_measures)
 >>> a[0, :2]                          # plain selection, masked where missing
 >>> a.stats                           # what the last call touched, read and moved
 
@@ -28,8 +30,8 @@ from . import memory, operations
 from .backends.base import Backend
 from .backends.factory import is_remote, make_backend, server_urls
 from .combine import Accumulator, finish, fold
-from .errors import (AxisError, InvalidArgumentError, SelectionError,
-                     ServerError, StorageError, UnsupportedError)
+from .errors import (AxisError, InvalidArgumentError, OperationNotAvailableError,
+                     SelectionError, ServerError, StorageError, UnsupportedError)
 from .formats import open_variable
 from .formats.base import Variable
 from .formats.objects import locate
@@ -40,6 +42,7 @@ from .kernel import Partial, reduce_array
 from .plan import ChunkTask, Plan, Selection, normalize_key
 from .progress import progress
 from .request import ChunkRequest
+from .weights import Weights, resolve as resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +192,7 @@ class Active:
         dataset, storage_options = locate(
             dataset, storage_options, None if interface_type is _UNSET else interface_type)
         self.storage_options = storage_options
+        self._dataset = dataset  # for weights read from another variable of it
         self.interface_type = None if interface_type is _UNSET else interface_type
         self.active_storage_url = active_storage_url
         self.option_disable_chunk_cache = bool(option_disable_chunk_cache is not _UNSET
@@ -390,19 +394,40 @@ class Active:
     max: "Reduction"
     sum: "Reduction"
     count: "Reduction"
+    var: "Reduction"
+    std: "Reduction"
+    range: "Reduction"
+    rms: "Reduction"
+    sum_of_squares: "Reduction"
 
     # ------------------------------------------------------------------- engine
     def _threads(self, ntasks: int) -> int:
         return max(1, min(self.max_threads or self._backend.default_threads, ntasks))
 
     def _reduce(self, operation: str, key: Any, axis: Any, components: bool,
-                keepdims: bool) -> Any:
+                keepdims: bool, ddof: Any = None, weights: Any = None) -> Any:
         op = operations.OPERATIONS.get(operation)
         if op is None or not (op.method or op.finish == "select"):
             raise InvalidArgumentError(f"unknown method {operation!r}; use one of {', '.join(METHODS)}")
         var = self._variable
         t0 = time.perf_counter()
         where = f"{var.source}: variable {var.name!r}: "
+        if ddof is not None:
+            if not op.ddof:
+                takes = ", ".join(n for n, o in operations.OPERATIONS.items() if o.ddof)
+                raise InvalidArgumentError(f"{where}ddof applies to {takes}, not {operation}")
+            if isinstance(ddof, bool) or not isinstance(ddof, (int, float, np.integer,
+                                                               np.floating)) or ddof < 0:
+                raise InvalidArgumentError(f"{where}ddof must be a number >= 0; got {ddof!r}")
+        if weights is not None and op.weighted is None:
+            takes = ", ".join(n for n, o in operations.OPERATIONS.items()
+                              if o.weighted and o.method)
+            raise InvalidArgumentError(f"{where}weights apply to {takes}, not {operation}")
+        if orthogonal.has_lists(key) and (weights is not None or op.partial != op.name
+                                          and operations.get(op.partial).fields):
+            raise UnsupportedError(f"{where}{operation}{' with weights' if weights is not None else ''}"
+                                   " over list (orthogonal) indices is not supported yet; select "
+                                   "with slices, or reduce each list run separately")
         if orthogonal.has_lists(key):
             full = orthogonal.expand(key, var.shape, where)
             if operation == "select":
@@ -416,6 +441,18 @@ class Active:
         red_axes = () if select else _reduce_axes(axis, sel, where)
         kernel_axes = () if select else tuple(sorted(set(red_axes) | set(sel.dropped)))
         kop = op.for_scale(var.scale_factor)  # the partial the chunks give
+        w: Weights | None = None
+        if weights is not None:
+            kop = op.weighted  # type: ignore[assignment]
+            w = resolve_weights(weights, var_shape=var.shape, var_attrs=var.attrs,
+                                var_dims=var.dimensions, sel=sel, axis=axis, where=where,
+                                read=self._read_other)
+        if operations.get(kop).fields and self._backend.name.startswith("server"):
+            # S (#21 server) replaces this with the v2 extension and a client-side fallback
+            raise OperationNotAvailableError(
+                f"{where}{operation}{' with weights' if w is not None else ''} needs the "
+                f"{kop!r} partial, which the reduction server backend does not send yet: use "
+                "backend='posix' (local files) or backend='fetch' (remote) to compute it here")
 
         out_shape = tuple(1 if ax in kernel_axes else n for ax, n in enumerate(sel.shape))
         plan = Plan(sel, var.chunk_shape)
@@ -424,11 +461,11 @@ class Active:
         touched_bytes, unallocated = _stored(var, plan)
         if len(plan):
             self._execute(plan, kop, kernel_axes, acc, full=not select and all(
-                n == 1 for n in out_shape) and len(kernel_axes) == var.ndim)
+                n == 1 for n in out_shape) and len(kernel_axes) == var.ndim, weights=w)
             if not select and self._backend.folds and acc.nbytes >= memory.RELEASE_MIN_BYTES:
                 memory.release_free_memory()  # the per-chunk partials' blocks (see memory.py)
         result = finish(acc, operation, scale=var.scale_factor, offset=var.add_offset,
-                        components=components)
+                        components=components, ddof=0 if ddof is None else ddof)
         result = _shape_result(result, sel, red_axes, keepdims or components, select)
         after = self._backend.stats
         self._stats = CallStats(
@@ -441,8 +478,14 @@ class Active:
             backend=self._backend.name)
         return result
 
+    def _read_other(self, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Another variable of this dataset, whole, and its dimension names (for weights)."""
+        with Active(self._dataset, name, storage_options=self.storage_options,
+                    backend=self._backend, progress=False) as other:
+            return other[...], other.variable.dimensions
+
     def _execute(self, plan: Plan, kop: str, kernel_axes: tuple[int, ...], acc: Accumulator,
-                 full: bool) -> None:
+                 full: bool, weights: Weights | None = None) -> None:
         var = self._variable
         ntasks = len(plan)
         # A folding backend gets fixed blocks of tasks (a function of the chunk size only), so
@@ -459,13 +502,13 @@ class Active:
         bar = progress(ntasks, f"{kop} {var.name}", self.progress)
         try:
             self._run_batches(plan, nbatches, block, threads, kop, kernel_axes, acc, full, folds,
-                              bar)
+                              bar, weights)
         finally:
             bar.close()
 
     def _run_batches(self, plan: Plan, nbatches: int, block: int, threads: int, kop: str,
                      kernel_axes: tuple[int, ...], acc: Accumulator, full: bool, folds: bool,
-                     bar: Any) -> None:
+                     bar: Any, weights: Weights | None = None) -> None:
         """Reduce ``plan``'s tasks in batches; each batch makes its own tasks and layout, so
         memory follows the batches in flight, not the number of chunks."""
         var = self._variable
@@ -493,9 +536,12 @@ class Active:
                     t = tasks[i]
                     req = var.request_for(t.coords, selection=None if t.whole else t.selection,
                                           axis=kernel_axes)
+                    tw = None if weights is None else weights.for_task(t, var.chunk_shape)
                     if req is None:
-                        partials[i] = _fill_partial(var, t, kop, kernel_axes)
+                        partials[i] = _fill_partial(var, t, kop, kernel_axes, tw)
                     else:
+                        if tw is not None:
+                            req = req._replace(weights=tw)
                         reqs.append(req)
                         where.append(i)
                 if not reqs:
@@ -574,16 +620,26 @@ class Reduction:
     """``Active.mean`` and friends: index it to reduce, or call it to set axis/keepdims/components."""
 
     def __init__(self, active: Active, operation: str, axis: Any = "default",
-                 keepdims: bool | None = None, components: bool | None = None) -> None:
+                 keepdims: bool | None = None, components: bool | None = None,
+                 ddof: Any = None, weights: Any = None) -> None:
         self._active = active
         self._operation = operation
         self._axis = axis
         self._keepdims = keepdims
         self._components = components
+        self._ddof = ddof
+        self._weights = weights
 
     def __call__(self, axis: Any = "default", *, keepdims: bool | None = None,
-                 components: bool | None = None) -> "Reduction":
-        return Reduction(self._active, self._operation, axis, keepdims, components)
+                 components: bool | None = None, ddof: Any = None,
+                 weights: Any = None) -> "Reduction":
+        """``ddof``: delta degrees of freedom of ``var``/``std`` (NumPy's; default 0).
+        ``weights``: of ``mean``/``sum``/``var``/``std``: ``{axis: 1-D or None}``, a tuple
+        with one entry per reduced axis, an array broadcastable to the variable, or the name
+        of another variable (``"area"``: the one the variable's ``cell_measures`` names);
+        missing elements drop their weight, as ``np.ma.average`` does."""
+        return Reduction(self._active, self._operation, axis, keepdims, components, ddof,
+                         weights)
 
     def __getitem__(self, key: Any) -> Any:
         a = self._active
@@ -592,7 +648,8 @@ class Reduction:
         if keepdims is None:
             keepdims = a._peer if a.keepdims is None else a.keepdims
         components = a.components if self._components is None else self._components
-        return a._reduce(self._operation, key, axis, components, keepdims)
+        return a._reduce(self._operation, key, axis, components, keepdims, self._ddof,
+                         self._weights)
 
     def __repr__(self) -> str:
         return f"<{self._operation} of {self._active!r}; index it, e.g. [...]>"
@@ -639,12 +696,13 @@ def _stored(var: Variable, plan: Plan) -> tuple[int, int]:
     return touched, unallocated
 
 
-def _fill_partial(var: Variable, t: ChunkTask, kop: str, axes: tuple[int, ...]) -> Partial:
+def _fill_partial(var: Variable, t: ChunkTask, kop: str, axes: tuple[int, ...],
+                  weights: Any = None) -> Partial:
     """A never-written chunk reads as the fill value."""
     shape = tuple(len(range(a, b, c)) for a, b, c in t.selection)
     fill = 0 if var.fill_value is None else var.fill_value
     x = np.full(shape, fill, dtype=var.dtype)
-    return reduce_array(x, kop, axes, None if var.missing.is_empty() else var.missing)
+    return reduce_array(x, kop, axes, None if var.missing.is_empty() else var.missing, weights)
 
 
 def _shape_result(result: Any, sel: Selection, red_axes: Sequence[int], keepdims: bool,

@@ -45,6 +45,8 @@ def runs(requests: Sequence[ChunkRequest], max_bytes: int = MAX_RUN_BYTES) -> li
     plain: dict[Any, bool] = {}  # by what _plain looks at: requests of one variable share it
 
     def is_plain(q: ChunkRequest) -> bool:
+        if q.weights is not None:  # weights are per chunk: such chunks are reduced one by one
+            return False
         key = (q.size, q.shape, q.dtype, q.compression is None, not q.filters)
         ok = plain.get(key)
         if ok is None:

@@ -27,6 +27,11 @@ class UnsupportedError(ActiveStorageError, NotImplementedError):
     """A dtype, codec, filter or layout this library cannot reduce."""
 
 
+class OperationNotAvailableError(UnsupportedError):
+    """An operation the chosen backend cannot compute (e.g. ``var`` on a reduction server
+    without the moments extension)."""
+
+
 class DecodeError(ActiveStorageError):
     """A chunk's bytes could not be decoded: corrupt data, checksum mismatch, wrong size."""
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import fused
 from . import operations as _operations
-from .errors import DecodeError, RequestValidationError, UnsupportedError
+from .errors import DecodeError, InvalidArgumentError, RequestValidationError, UnsupportedError
 from .request import NATIVE_BYTE_ORDER, ChunkRequest, Missing, as_dtype_value
 
 __all__ = ["Partial", "StoredPieces", "decode", "streams", "reduce_chunk", "reduce_array",
@@ -608,16 +608,21 @@ def _check_axis(axis: tuple[int, ...], ndim: int) -> None:
 
 
 def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
-                 missing: Missing | None = None) -> Partial:
+                 missing: Missing | None = None, weights: Any = None) -> Partial:
     """Reduce an already decoded and selected array (the part of the kernel with no bytes).
 
     ``axis`` lists the (non-negative) axes reduced; missing elements (see :func:`missing_mask`) are
-    left out of every result and of the counts.
+    left out of every result and of the counts. ``weights`` (``moments`` only; see
+    :attr:`ChunkRequest.weights <activestorage.request.ChunkRequest.weights>`) are over ``x``;
+    a missing element's weight is dropped, as ``np.ma.average`` does.
     """
     op = _operations.OPERATIONS.get(operation)
     if op is None or op.partial != operation:
         raise RequestValidationError("operation", f"unknown operation {operation!r}; expected "
                                      f"one of {', '.join(_operations.WIRE_OPERATIONS)}")
+    if weights is not None and operation != "moments":
+        raise RequestValidationError("weights", f"operation {operation!r} takes no weights "
+                                     "(only moments does)")
     axis = tuple(axis)
     _check_axis(axis, x.ndim)
     m = _resolved(missing, x.dtype)
@@ -653,6 +658,11 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
 
     if operation == "count":
         return Partial(np.array(counts), counts)
+    if operation == "moments":
+        return Partial(_moments(x, axis, valid, _weights_over(x.shape, weights), out_shape),
+                       counts)
+    if operation == "minmax":
+        return Partial(_minmax(x, axis, valid, out_shape), counts)
     if operation == "sum":
         acc = sum_dtype(x.dtype)
         if valid is None:
@@ -673,6 +683,149 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
         v = ufunc.reduce(x, axis=axis, keepdims=True, initial=op.initial(x.dtype), dtype=adt,
                          where=True if valid is None else valid)
     return Partial(np.asarray(v, dtype=adt).reshape(out_shape), counts)
+
+
+_F8 = np.dtype(np.float64)
+
+
+def _weights_over(shape: tuple[int, ...], weights: Any) -> np.ndarray | None:
+    """``weights`` (separable dict or N-D array) as one float64 array broadcastable to
+    ``shape``, checked: right lengths, finite and not negative. None: unit weights."""
+    if weights is None:
+        return None
+    ndim = len(shape)
+    if isinstance(weights, Mapping):
+        w: np.ndarray | None = None
+        for ax, wa in weights.items():
+            if wa is None:
+                continue
+            ax = int(ax)
+            if not 0 <= ax < ndim:
+                raise RequestValidationError("weights", f"axis {ax} is not an axis of a "
+                                             f"{ndim}-d chunk")
+            wa = np.asarray(wa, _F8)
+            if wa.shape != (shape[ax],):
+                raise RequestValidationError(
+                    "weights", f"axis {ax} has {shape[ax]} selected elements but its weights "
+                    f"have shape {list(wa.shape)}")
+            _check_weights(wa, f"axis {ax}")
+            wa = wa.reshape(tuple(shape[ax] if i == ax else 1 for i in range(ndim)))
+            w = wa if w is None else w * wa
+        return w
+    w = np.asarray(weights, _F8)
+    try:
+        ok = w.ndim <= ndim and np.broadcast_shapes(w.shape, shape) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise RequestValidationError("weights", f"shape {list(w.shape)} does not broadcast to "
+                                     f"the selected region's shape {list(shape)}")
+    _check_weights(w, "N-D")
+    return w
+
+
+def _check_weights(w: np.ndarray, what: str) -> None:
+    if w.size and not (np.isfinite(w).all() and w.min() >= 0):
+        raise InvalidArgumentError(f"weights ({what}) must be finite and not negative; "
+                                   f"got {w[~(np.isfinite(w) & (w >= 0))].flat[0]!r}")
+
+
+#: elements per block of the moments passes: float64 temporaries of this size stay in cache
+#: and are reused, where whole-chunk ones would be fresh memory faulted in for every chunk
+_BLOCK = 1 << 15
+
+
+def _blocks(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """``shape`` cut into blocks of about :data:`_BLOCK` elements (index tuples of slices)."""
+    ndim = len(shape)
+    inner = 1
+    for b in range(ndim - 1, -1, -1):
+        if inner * shape[b] > _BLOCK:
+            step = max(1, _BLOCK // inner)
+            tail = (slice(None),) * (ndim - b - 1)
+            return [tuple(slice(k, k + 1) for k in outer) + (slice(a, a + step),) + tail
+                    for outer in np.ndindex(*shape[:b]) for a in range(0, shape[b], step)]
+        inner *= shape[b]
+    return [(slice(None),) * ndim]
+
+
+def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
+             w: np.ndarray | None, out_shape: tuple[int, ...]) -> np.ndarray:
+    """Per output element ``(sw, mean, m2, sw2)`` over ``axis`` in float64, two passes: the
+    (weighted) mean first, then the (weighted) squared deviations from it, which keeps every
+    digit the one-pass sum of squares loses. Missing elements have weight 0; where nothing has
+    weight every field is 0. Block by block (see :data:`_BLOCK`): with the mean fixed, the
+    second pass's sums simply add up over blocks."""
+    blocks = _blocks(x.shape)
+    reduced = set(axis)
+    outs = [tuple(slice(0, 1) if i in reduced else b for i, b in enumerate(bi)) for bi in blocks]
+    wfull = None if w is None else np.broadcast_to(w, x.shape)
+
+    def weights_of(bi: tuple[slice, ...]) -> np.ndarray:
+        wb = wfull[bi]  # type: ignore[index]
+        return wb if valid is None else np.where(valid[bi], wb, 0.0)
+
+    def where_of(bi: tuple[slice, ...]) -> Any:
+        return True if valid is None else valid[bi]
+
+    zeros = functools.partial(np.zeros, out_shape, _F8)
+    if w is None:
+        if valid is None:
+            sw = np.full(out_shape, math.prod(x.shape[i] for i in axis), _F8)
+        else:
+            sw = np.add.reduce(valid, axis=axis, dtype=_F8, keepdims=True)
+        got = _fused(x, None, True) if valid is None and len(axis) == x.ndim else None
+        if got is not None:  # one compiled pass, accumulated in float64
+            s = np.full(out_shape, got[0], _F8)
+        else:
+            s = np.add.reduce(x, axis=axis, dtype=_F8, keepdims=True,
+                              where=True if valid is None else valid)
+        sw2 = sw
+    else:
+        sw, s, sw2 = zeros(), zeros(), zeros()
+        for bi, oi in zip(blocks, outs):
+            wb = weights_of(bi)
+            sw[oi] += np.add.reduce(wb, axis=axis, keepdims=True)
+            s[oi] += np.add.reduce(np.multiply(wb, x[bi], dtype=_F8), axis=axis, keepdims=True,
+                                   where=where_of(bi))  # where: NaN*0 is NaN
+            sw2[oi] += np.add.reduce(np.square(wb), axis=axis, keepdims=True)
+    mean = np.divide(s, sw, out=zeros(), where=sw > 0)
+    # the corrected two-pass algorithm (Chan, Golub & LeVeque): the deviations' own sum
+    # removes what rounding left in the first pass's mean, from m2 and from the mean
+    c, m2 = zeros(), zeros()
+    for bi, oi in zip(blocks, outs):
+        d = np.subtract(x[bi], mean[oi], dtype=_F8)
+        wd = d if w is None else np.multiply(d, weights_of(bi))
+        where = where_of(bi)
+        c[oi] += np.add.reduce(wd, axis=axis, keepdims=True, where=where)
+        np.multiply(d, wd, out=d)
+        m2[oi] += np.add.reduce(d, axis=axis, keepdims=True, where=where)
+    shift = np.divide(c, sw, out=zeros(), where=sw > 0)
+    mean += shift
+    m2 -= c * shift
+    np.maximum(m2, 0.0, out=m2)  # the correction never makes a sum of squares negative
+    out = np.empty(out_shape + (4,), _F8)
+    out[..., 0] = sw
+    out[..., 1] = mean
+    out[..., 2] = m2
+    out[..., 3] = sw2
+    return out
+
+
+def _minmax(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
+            out_shape: tuple[int, ...]) -> np.ndarray:
+    """Per output element ``(min, max)`` over ``axis`` in ``x``'s dtype (undefined where nothing
+    is present: the dtype's far bounds)."""
+    out = np.empty(out_shape + (2,), x.dtype)
+    for k, ufunc in enumerate((np.minimum, np.maximum)):
+        if valid is None and x.size:
+            v = ufunc.reduce(x, axis=axis, keepdims=True)
+        else:
+            v = ufunc.reduce(x, axis=axis, keepdims=True,
+                             initial=_operations.initial(ufunc, x.dtype),
+                             where=True if valid is None else valid)
+        out[..., k] = v
+    return out
 
 
 def _uniform_counts(shape: tuple[int, ...], n: int) -> np.ndarray:
@@ -739,7 +892,7 @@ def reduce_chunk(raw: Any, req: ChunkRequest, operation: str,
     sl = req.selection_slices()
     if sl is not None:
         x = x[sl]
-    return reduce_array(x, operation, req.reduce_axes, req.missing)
+    return reduce_array(x, operation, req.reduce_axes, req.missing, req.weights)
 
 
 def _full(axis: tuple[int, ...]) -> bool:

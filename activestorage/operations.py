@@ -24,15 +24,23 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["Operation", "OPERATIONS", "METHODS", "WIRE_OPERATIONS", "get", "accumulator_dtype",
-           "initial"]
+__all__ = ["Operation", "OPERATIONS", "METHODS", "WIRE_OPERATIONS", "MOMENTS_FIELDS",
+           "MINMAX_FIELDS", "get", "accumulator_dtype", "initial"]
 
 _INT64 = np.dtype(np.int64)
 _UINT64 = np.dtype(np.uint64)
 _FLOAT64 = np.dtype(np.float64)
 
-#: how combined values become the answer (see :func:`activestorage.combine.finish`)
-FINISHES = ("select", "count", "total", "mean", "value")
+#: how combined values become the answer (see :func:`activestorage.combine.finish`); the last
+#: six finish moments (``var`` ...) or minmax (``range``) partials, ``"partial"`` gives a kernel
+#: partial's combined values as they are
+FINISHES = ("select", "count", "total", "mean", "value", "var", "std", "rms", "sum_of_squares",
+            "range", "partial")
+
+#: the fields of a ``moments`` partial's last axis, in order (see :mod:`activestorage.kernel`)
+MOMENTS_FIELDS = ("sw", "mean", "m2", "sw2")
+#: the fields of a ``minmax`` partial's last axis
+MINMAX_FIELDS = ("min", "max")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +64,14 @@ class Operation:
     (unpacking reverses the order: the min of the physical values is the max of the packed).
     ``numpy``: the NumPy (masked-array) function giving the same answer: the test oracle, and
     PyActiveStorage's callable ``active.method``.
-    ``method``: an ``Active`` method, CLI ``--op`` and Dask operation (``select`` is not).
+    ``method``: an ``Active`` method, CLI ``--op`` and Dask operation (``select`` and the
+    kernel partials ``moments``/``minmax`` are not).
+    ``fields``: for a partial whose values carry several numbers per element (``moments``:
+    :data:`MOMENTS_FIELDS`, ``minmax``: :data:`MINMAX_FIELDS`), their names: the values then
+    have one more, last, axis of that length. Empty for one number per element.
+    ``weighted``: the partial this operation combines when the user gives weights (``mean``,
+    ``sum``, ``var``, ``std``: ``moments``); None when weights are refused.
+    ``ddof``: whether the operation takes ``ddof`` (``var``, ``std``).
     """
 
     name: str
@@ -68,6 +83,9 @@ class Operation:
     numpy: Callable[..., Any] | None
     mirror: str | None = None
     method: bool = True
+    fields: tuple[str, ...] = ()
+    weighted: str | None = None
+    ddof: bool = False
 
     def __post_init__(self) -> None:
         if self.finish not in FINISHES:
@@ -89,7 +107,8 @@ class Operation:
     def accumulator_dtype(self, dtype: np.dtype) -> np.dtype:
         """What values of ``dtype`` are combined in: for sums (any ufunc with an identity)
         float64 for floats (at least as accurate as NumPy's pairwise float32 sum) and NumPy's
-        integer sum dtype (int64/uint64); int64 counts; ``dtype`` itself otherwise."""
+        integer sum dtype (int64/uint64); int64 counts; float64 moments; ``dtype`` itself
+        otherwise (min, max, minmax)."""
         return accumulator_dtype(self, dtype)
 
 
@@ -112,6 +131,8 @@ def accumulator_dtype(op: Operation, dtype: np.dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if op.finish == "count":
         return _INT64
+    if op.partial == "moments":
+        return _FLOAT64
     if op.ufunc is not None and op.ufunc.identity is not None:  # sums, products: widen
         kind = dtype.kind
         if kind == "f":
@@ -123,6 +144,18 @@ def accumulator_dtype(op: Operation, dtype: np.dtype) -> np.dtype:
     return dtype
 
 
+def _rms(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """Root mean square of the unmasked elements (NumPy has no function for it)."""
+    x = np.ma.asarray(x, np.float64)
+    return np.ma.sqrt(np.ma.mean(x * x, axis=axis, keepdims=keepdims))
+
+
+def _sum_of_squares(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """Sum of the squares of the unmasked elements, in float64."""
+    x = np.ma.asarray(x, np.float64)
+    return np.ma.sum(x * x, axis=axis, keepdims=keepdims)
+
+
 def _table(*ops: Operation) -> Mapping[str, Operation]:
     return MappingProxyType({op.name: op for op in ops})
 
@@ -130,17 +163,34 @@ def _table(*ops: Operation) -> Mapping[str, Operation]:
 #: every operation by name; a read-only view (copy it to extend, as the tests do)
 OPERATIONS: Mapping[str, Operation] = _table(
     Operation("mean", partial="sum", wire=None, ufunc=np.add, finish="mean", component="sum",
-              numpy=np.ma.mean),
+              numpy=np.ma.mean, weighted="moments"),
     Operation("min", partial="min", wire="min", ufunc=np.minimum, finish="value",
               component="min", numpy=np.ma.min, mirror="max"),
     Operation("max", partial="max", wire="max", ufunc=np.maximum, finish="value",
               component="max", numpy=np.ma.max, mirror="min"),
     Operation("sum", partial="sum", wire="sum", ufunc=np.add, finish="total", component="sum",
-              numpy=np.ma.sum),
+              numpy=np.ma.sum, weighted="moments"),
     Operation("count", partial="count", wire="count", ufunc=None, finish="count",
               component="count", numpy=np.ma.count),
     Operation("select", partial="select", wire="select", ufunc=None, finish="select",
               component=None, numpy=None, method=False),
+    # second moments and ranges (#21): combined from the two kernel partials below
+    Operation("var", partial="moments", wire=None, ufunc=None, finish="var",
+              component="moments", numpy=np.ma.var, weighted="moments", ddof=True),
+    Operation("std", partial="moments", wire=None, ufunc=None, finish="std",
+              component="moments", numpy=np.ma.std, weighted="moments", ddof=True),
+    Operation("range", partial="minmax", wire=None, ufunc=None, finish="range",
+              component="minmax", numpy=np.ma.ptp),
+    Operation("rms", partial="moments", wire=None, ufunc=None, finish="rms",
+              component="moments", numpy=_rms),
+    Operation("sum_of_squares", partial="moments", wire=None, ufunc=None,
+              finish="sum_of_squares", component="moments",
+              numpy=_sum_of_squares),
+    # kernel partials only (like select): per element (sw, mean, m2, sw2) and (min, max)
+    Operation("moments", partial="moments", wire="moments", ufunc=None, finish="partial",
+              component="moments", numpy=None, method=False, fields=MOMENTS_FIELDS),
+    Operation("minmax", partial="minmax", wire="minmax", ufunc=None, finish="partial",
+              component="minmax", numpy=None, method=False, fields=MINMAX_FIELDS),
 )
 
 #: the user-facing reductions (Active methods, CLI ``--op`` choices, Dask operations), in order

@@ -153,6 +153,11 @@ class ChunkRequest(NamedTuple):
     #: extension: pin the object to this ETag / version id (ignored by other servers).
     etag: str | None = None
     version_id: str | None = None
+    #: weights of a ``moments`` reduction over the chunk's SELECTED region (None: unit weights):
+    #: ``{axis: 1-D float64 array}`` (separable; one weight per selected element of that axis,
+    #: an axis left out has unit weights) or one float64 array broadcastable to the selected
+    #: region (N-D). In-process only here; the wire form is the server extension's.
+    weights: Any = None
 
     # ------------------------------------------------------------------ derived
     @property

@@ -923,3 +923,179 @@ def test_only_deflate_with_or_without_shuffle_streams():
                                     filters=({"id": "fletcher32", "outer": True},)))
     assert not streams(make_request(f4, (4,), compression={"id": "zlib"},
                                     filters=({"id": "shuffle", "element_size": 4},) * 2))
+
+
+# ------------------------------------------------------------- moments and minmax (#21)
+
+def moments_oracle(x: np.ndarray, mask: np.ndarray, axis: tuple[int, ...], w) -> np.ndarray:
+    """(sw, mean, m2, sw2) per output cell in float64, straight from the definitions: missing
+    elements have weight 0, empty cells are all 0."""
+    xf = np.where(mask, 0.0, x.astype(np.float64))
+    wf = np.ones(x.shape) if w is None else np.broadcast_to(w, x.shape)
+    we = np.where(mask, 0.0, wf)
+    sw = we.sum(axis=axis, keepdims=True)
+    mean = np.where(sw > 0, (we * xf).sum(axis=axis, keepdims=True) / np.where(sw > 0, sw, 1), 0)
+    m2 = (we * (xf - mean) ** 2).sum(axis=axis, keepdims=True)
+    return np.stack([sw, mean, m2, (we * we).sum(axis=axis, keepdims=True)], axis=-1)
+
+
+def bounded(dtype: np.dtype):
+    """Data values whose squares and sums stay well inside float64 (the moments cases)."""
+    if dtype.kind == "f":
+        return st.floats(-1e6, 1e6, width=dtype.itemsize * 8).map(dtype.type)
+    info = np.iinfo(dtype)
+    return st.integers(max(int(info.min), -10**6), min(int(info.max), 10**6)).map(dtype.type)
+
+
+@st.composite
+def weights_for(draw, shape: tuple[int, ...]):
+    """None, separable ``{axis: 1-D}`` (some axes None or left out) or an N-D array with some
+    length-1 (broadcast) dimensions; weights in [0, 10], zeros included."""
+    kind = draw(st.sampled_from(["none", "separable", "nd"]))
+    w8 = st.floats(0, 10).map(float)
+    if kind == "none":
+        return None, None
+    if kind == "separable":
+        out, full = {}, np.ones(shape)
+        for ax in draw(st.sets(st.integers(0, len(shape) - 1))):
+            if draw(st.integers(0, 4)) == 0:
+                out[ax] = None
+                continue
+            v = np.array(draw(st.lists(w8, min_size=shape[ax], max_size=shape[ax])), np.float64)
+            out[ax] = v
+            full = full * v.reshape(tuple(shape[ax] if i == ax else 1 for i in range(len(shape))))
+        return out, full
+    wshape = tuple(n if draw(st.booleans()) else 1 for n in shape)
+    lead = draw(st.integers(0, len(shape)))  # fewer leading dimensions broadcast too
+    wshape = wshape[lead:] if draw(st.booleans()) else wshape
+    w = draw(hnp.arrays(np.float64, wshape, elements=w8))
+    return w, np.broadcast_to(w, shape)
+
+
+@st.composite
+def moment_cases(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+    data = draw(hnp.arrays(dtype, shape, elements=bounded(dtype)))
+    attrs: dict = {}
+    if draw(st.booleans()):  # a fill value that the data hits
+        attrs["_FillValue"] = data.flat[draw(st.integers(0, data.size - 1))]
+    if draw(st.integers(0, 3)) == 0:
+        attrs["valid_min"] = draw(bounded(dtype))
+    if dtype.kind == "f" and draw(st.integers(0, 3)) == 0:  # NaN fill: NaN*0 must not leak
+        attrs["_FillValue"] = dtype.type(np.nan)
+        data = data.copy()
+        data.flat[draw(st.integers(0, data.size - 1))] = np.nan
+    sel = None if draw(st.booleans()) else tuple(draw(slices_for(n)) for n in shape)
+    axis = draw(st.one_of(st.none(), st.sets(st.integers(0, len(shape) - 1))))
+    return dict(dtype=dtype, shape=shape, attrs=attrs, default_fill=False, data=data, sel=sel,
+                axis=None if axis is None else tuple(sorted(axis)),
+                byte_order=draw(st.sampled_from(["little", "big"])),
+                order=draw(st.sampled_from(["C", "F"])), codec=draw(codecs(dtype.itemsize)))
+
+
+@PROPS
+@given(moment_cases(), st.data())
+def test_moments_partial_matches_definitions(case, data):
+    """``moments`` through reduce_chunk (every dtype, byte order, layout, codec, strided
+    selection, axis set, fill value / valid_min / NaN fill) with unit, separable and N-D
+    weights over the selected region: (sw, mean, m2, sw2) as defined, counts as ``count``."""
+    compression, filters = case["codec"]
+    raw = encode(case["data"], case["byte_order"], case["order"], compression, filters)
+    missing = missing_from_attrs(case["attrs"], case["dtype"], False)
+    x, mask, axis = selected(case)
+    weights, full = data.draw(weights_for(x.shape))
+    sel = None if case["sel"] is None else tuple(
+        slice(*s).indices(n) for s, n in zip(case["sel"], case["shape"]))
+    req = make_request(case["dtype"], case["shape"], byte_order=case["byte_order"],
+                       order=case["order"], selection=sel, axis=case["axis"],
+                       compression=None if compression is None else {"id": compression},
+                       filters=filters, missing=missing, size=len(raw), weights=weights)
+    note(f"x={x!r}\nmask={mask!r}\nweights={weights!r}")
+    p = reduce_chunk(raw, req, "moments")
+    want = moments_oracle(x, mask, axis, full)
+    counts = (~mask).sum(axis=axis, keepdims=True)
+    assert p.values.dtype == np.float64 and p.values.shape == counts.shape + (4,)
+    np.testing.assert_array_equal(p.counts, counts)
+    scale = float(np.abs(np.where(mask, 0, x.astype(np.float64))).max(initial=0)) + 1
+    sw_scale = want[..., 0].max(initial=0) + 1
+    np.testing.assert_allclose(p.values[..., 0], want[..., 0], rtol=1e-12, atol=1e-9 * sw_scale)
+    np.testing.assert_allclose(p.values[..., 3], want[..., 3], rtol=1e-12, atol=1e-9 * sw_scale)
+    np.testing.assert_allclose(p.values[..., 1], want[..., 1], rtol=1e-9, atol=1e-9 * scale)
+    np.testing.assert_allclose(p.values[..., 2], want[..., 2], rtol=1e-7,
+                               atol=1e-9 * scale * scale * sw_scale)
+    empty = counts == 0
+    assert not p.values[empty].any()  # the contract: empty cells are all zeros
+
+
+@PROPS
+@given(cases())
+def test_minmax_partial_is_min_and_max(case):
+    """``minmax`` over the same cases as the other operations (NaN, infinities, extremes):
+    exactly the ``min`` and ``max`` partials side by side, in the data's dtype."""
+    compression, filters = case["codec"]
+    raw = encode(case["data"], case["byte_order"], case["order"], compression, filters)
+    missing = missing_from_attrs(case["attrs"], case["dtype"], case["default_fill"])
+    sel = None if case["sel"] is None else tuple(
+        slice(*s).indices(n) for s, n in zip(case["sel"], case["shape"]))
+    req = make_request(case["dtype"], case["shape"], byte_order=case["byte_order"],
+                       order=case["order"], selection=sel, axis=case["axis"],
+                       compression=None if compression is None else {"id": compression},
+                       filters=filters, missing=missing, size=len(raw))
+    p = reduce_chunk(raw, req, "minmax")
+    x, mask, axis = selected(case)
+    assert p.values.dtype == case["dtype"] and p.values.shape[-1] == 2
+    for k, op in enumerate(("min", "max")):
+        check(Partial(np.ascontiguousarray(p.values[..., k]), p.counts), x, mask, axis, op)
+
+
+def test_moments_keep_every_digit_of_float32_offsets():
+    """float32 1e6 + noise: the naive sum of squares loses every digit; the two-pass partial
+    keeps var to 1e-12 of float64 NumPy's."""
+    x = (1e6 + np.random.default_rng(5).standard_normal((256, 512))).astype(np.float32)
+    p = reduce_array(x, "moments", (0, 1))
+    sw, mean, m2, sw2 = p.values.reshape(4)
+    x64 = x.astype(np.float64)
+    assert sw == sw2 == x.size
+    np.testing.assert_allclose(m2 / sw, np.var(x64), rtol=1e-12)
+    with np.errstate(all="ignore"):  # the naive sums in the data's float32
+        naive = (np.sum(x * x) - np.sum(x) ** 2 / np.float32(x.size)) / np.float32(x.size)
+    assert not abs(naive - np.var(x64)) < 0.5 * np.var(x64)  # the case really is hard
+
+
+def test_weights_are_checked():
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(RequestValidationError, match="axis 1 has 3 selected elements") as e:
+        reduce_array(x, "moments", (1,), weights={1: np.ones(4)})
+    assert e.value.field == "weights"
+    with pytest.raises(RequestValidationError, match=r"does not broadcast .*\[2, 3\]"):
+        reduce_array(x, "moments", (1,), weights=np.ones((3, 2)))
+    with pytest.raises(RequestValidationError, match="not an axis"):
+        reduce_array(x, "moments", (1,), weights={2: np.ones(3)})
+    from activestorage.errors import InvalidArgumentError
+    for bad in (-1.0, np.nan, np.inf):
+        with pytest.raises(InvalidArgumentError, match="finite and not negative"):
+            reduce_array(x, "moments", (1,), weights={0: np.array([1.0, bad])})
+    with pytest.raises(RequestValidationError, match="takes no weights") as e:
+        reduce_array(x, "sum", (1,), weights={0: np.ones(2)})
+    assert e.value.field == "weights"
+
+
+@pytest.mark.parametrize("axis", [(0, 1, 2), (0,), (1,), (2,), (1, 2), (0, 2)])
+@pytest.mark.parametrize("weighted", [None, "separable", "nd"])
+def test_moments_of_chunks_larger_than_a_block(axis, weighted):
+    """Chunks cut into several blocks (along a middle axis, and within the last) give the
+    definitions' answer, with NaN-missing elements and weights."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 70, 400)) * 50 + 300).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    w = {"separable": {1: rng.random(70), 2: rng.random(400)},
+         "nd": rng.random((70, 1))}.get(weighted)
+    full = None if w is None else (np.outer(w[1], w[2]) if isinstance(w, dict) else w)
+    p = reduce_array(x, "moments", axis, Missing(values=(np.nan,)), w)
+    want = moments_oracle(x, np.isnan(x), axis, full)
+    np.testing.assert_allclose(p.values, want, rtol=1e-9, atol=1e-9)  # atol: m2 of one element
+    y = rng.standard_normal(100_000)  # one long axis, cut within it
+    p = reduce_array(y, "moments", (0,), None, {0: np.abs(y)})
+    np.testing.assert_allclose(p.values, moments_oracle(y, np.zeros(y.shape, bool), (0,),
+                                                        np.abs(y)), rtol=1e-9)

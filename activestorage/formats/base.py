@@ -22,7 +22,7 @@ __all__ = ["Locator", "Variable"]
 #: builds a ChunkRequest from a tuple of all its fields in order, skipping the named tuple's
 #: Python-level ``__new__`` (half the cost of a request); request_for passes every field
 _new_request = tuple.__new__
-assert len(ChunkRequest._fields) == 14, "request_for builds ChunkRequest with 14 fields"
+assert len(ChunkRequest._fields) == 15, "request_for builds ChunkRequest with 15 fields"
 
 
 @dataclass(slots=True)
@@ -119,7 +119,7 @@ class Variable:
                     self.byte_order, self.order, selection, axis, self.compression,
                     filters if type(filters) is tuple else tuple(filters),
                     None if self.missing.is_empty() else self.missing, chunks.etag,
-                    chunks.version_id))
+                    chunks.version_id, None))
         loc = chunks.get(coords)
         if loc is None:
             return None
@@ -131,4 +131,4 @@ class Variable:
             self.dtype, self.chunk_shape, loc.offset, loc.size, loc.url, self.byte_order,
             self.order, selection, axis, compression,
             filters if type(filters) is tuple else tuple(filters),
-            None if self.missing.is_empty() else self.missing, loc.etag, loc.version_id))
+            None if self.missing.is_empty() else self.missing, loc.etag, loc.version_id, None))
