@@ -45,37 +45,30 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = ["CF_METHODS", "active_operation", "to_cf", "cf_chunk"]
+__all__ = ["CF_METHODS", "active_operation", "to_cf", "cf_chunk", "variable_weights"]
 
 #: cf-python's collapse methods -> the Active operation whose components give its chunk
-#: dictionary (weighted or not). Unweighted mean/sum/min/max/sample size use the plain
-#: operations; everything with weights or second moments reads the moments.
+#: dictionary (weighted or not). Sums, means, rms and variances all come from the moments
+#: (``a.var(components=True)``: float64 sum of weights, mean and m2), as cf's own chunk
+#: functions sum in float64 (``a.mean(components=True)``'s sums have the data's dtype).
 CF_METHODS: Mapping[str, str] = {
     "sample_size": "count", "max": "max", "min": "min", "range": "range",
-    "mid_range": "range", "sum": "sum", "mean": "mean", "rms": "var", "var": "var",
+    "mid_range": "range", "sum": "var", "mean": "var", "rms": "var", "var": "var",
     "sd": "var", "sum_of_weights": "var", "sum_of_weights2": "var",
 }
 
 _MOMENTS = ("sw", "mean", "m2", "sw2")
 
 
-def active_operation(method: str, weighted: bool = False) -> str:
-    """The Active operation to ask for components for cf-python's collapse ``method``.
-
-    Weighted sums and means need the moments (sum of weights, weighted mean); the moments
-    operation is ``var`` (its components hold all of them).
-    """
+def active_operation(method: str) -> str:
+    """The Active operation to ask for components for cf-python's collapse ``method``
+    (weighted or not: weights do not change which)."""
     try:
-        op = CF_METHODS[method]
+        return CF_METHODS[method]
     except KeyError:
         raise InvalidArgumentError(
             f"cf-python method {method!r} has no activestorage components; known: "
             f"{', '.join(sorted(CF_METHODS))}") from None
-    if weighted and op in ("sum", "mean"):
-        return "var"
-    if weighted and op in ("count", "min", "max", "range"):
-        return op  # weights do not change these
-    return op
 
 
 def _mask_empty(value: Any, n: np.ndarray) -> Any:
@@ -119,26 +112,35 @@ def to_cf(method: str, components: Mapping[str, Any], *, weighted: bool = False,
         _need(components, ("max", "min"), method)
         return {"N": N, "max": _mask_empty(components["max"], n),
                 "min": _mask_empty(components["min"], n)}
-    if not weighted and method in ("sum", "mean") and "sum" in components:
-        total = _mask_empty(np.asarray(np.ma.getdata(components["sum"]), np.float64), n)
+    if method in ("sum", "mean", "sum_of_weights") and "mean" not in components:
+        # a.mean/a.sum components: {"sum", "n"}, weighted also "sw" and "sw2"
+        _need(components, ("sum",) + (("sw",) if weighted else ()), method)
+        wsum = _mask_empty(np.asarray(np.ma.getdata(components["sum"]), np.float64), n)
+        V1 = _mask_empty(np.asarray(np.ma.getdata(components["sw"]), np.float64), n) \
+            if weighted else N
         if method == "sum":
-            return {"N": N, "sum": total}
-        return {"N": N, "sum": total, "V1": N, "weighted": False}
+            return {"N": N, "sum": wsum}
+        if method == "sum_of_weights":
+            return {"N": N, "sum": V1}
+        return {"N": N, "sum": wsum, "V1": V1, "weighted": weighted}
 
-    _need(components, _MOMENTS, method)
-    sw, mean, m2, sw2 = (np.asarray(np.ma.getdata(components[k]), dtype=np.float64)
-                         for k in _MOMENTS)
+    need = _MOMENTS if method not in ("sum", "mean", "sum_of_weights") else _MOMENTS[:2]
+    _need(components, need, method)
+    sw, mean = (np.asarray(np.ma.getdata(components[k]), dtype=np.float64)
+                for k in ("sw", "mean"))
     V1 = _mask_empty(sw, n) if weighted else N
     wsum = _mask_empty(mean * sw, n)
-    squares = _mask_empty(m2 + sw * mean * mean, n)
     if method == "sum":
         return {"N": N, "sum": wsum}
     if method == "mean":
         return {"N": N, "sum": wsum, "V1": V1, "weighted": weighted}
-    if method == "rms":
-        return {"N": N, "sum": squares, "V1": V1, "weighted": weighted}
     if method == "sum_of_weights":
         return {"N": N, "sum": V1}
+    m2, sw2 = (np.asarray(np.ma.getdata(components[k]), dtype=np.float64)
+               for k in ("m2", "sw2"))
+    squares = _mask_empty(m2 + sw * mean * mean, n)
+    if method == "rms":
+        return {"N": N, "sum": squares, "V1": V1, "weighted": weighted}
     if method == "sum_of_weights2":
         return {"N": N, "sum": _mask_empty(sw2, n) if weighted else N}
     # var, sd
@@ -148,19 +150,72 @@ def to_cf(method: str, components: Mapping[str, Any], *, weighted: bool = False,
 
 
 def cf_chunk(method: str, active: Any, index: Any, *, weights: Any = None,
-             ddof: float | None = None) -> dict[str, Any]:
+             ddof: float | None = None, max_weights_bytes: int = 256 * 2**20) -> dict[str, Any]:
     """Reduce ``active[index]`` for cf-python's collapse ``method`` and return cf's chunk
     dictionary: what cf-python's ``active_chunk_function`` needs, for any method here.
 
-    ``active``: an :class:`~activestorage.active.Active` (its ``axis`` says what collapses).
-    ``weights``: the chunk's weights (any form ``Active`` accepts: an N-D array broadcastable to
-    the selection, per-axis 1-D arrays); None for an unweighted collapse.
+    ``active``: an :class:`~activestorage.active.Active` (its ``axis`` says what collapses);
+    ``index``: ints and slices. ``weights``: the chunk's weights as cf-python has them (an
+    array of the selection's shape, or broadcastable to it), or any form ``Active`` accepts
+    (per-axis 1-D arrays, an array broadcastable to the whole variable); None: unweighted.
     """
-    op = active_operation(method, weighted=weights is not None)
+    op = active_operation(method)
     kwargs: dict[str, Any] = {"axis": active.axis, "components": True}
-    if weights is not None and op not in ("count", "min", "max", "range"):
-        kwargs["weights"] = weights
-    if op == "var" and ddof is not None:
-        kwargs["ddof"] = ddof
+    if weights is not None and op == "var":
+        kwargs["weights"] = variable_weights(weights, index, tuple(active.shape),
+                                             max_weights_bytes)
     components = getattr(active, op)(**kwargs)[index]
     return to_cf(method, components, weighted=weights is not None, ddof=ddof)
+
+
+def variable_weights(weights: Any, index: Any, shape: tuple[int, ...],
+                     max_bytes: int = 256 * 2**20) -> Any:
+    """Weights over a selection (cf-python's per-chunk form) as weights over the variable
+    (``Active``'s N-D form); other forms are returned unchanged.
+
+    Axes along which the weights do not vary collapse to length 1 (cf broadcasts area weights
+    over time, for instance); the others become as long as the variable's axis, with the
+    weights at the selected positions (the rest is never read). Refuses (InvalidArgumentError)
+    to build more than ``max_bytes``.
+    """
+    if weights is None or isinstance(weights, (str, Mapping, tuple, list)):
+        return weights
+    w = np.asarray(np.ma.filled(weights, 0) if np.ma.isMA(weights) else weights, np.float64)
+    key = index if isinstance(index, tuple) else (index,)
+    if any(k is Ellipsis for k in key):
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
+    key = key + (slice(None),) * (len(shape) - len(key))
+    if not all(isinstance(k, (slice, int, np.integer)) for k in key):
+        raise InvalidArgumentError("cf_chunk: weights over a selection need an index of ints "
+                                   f"and slices; got {index!r}")
+    positions = [range(*k.indices(n)) if isinstance(k, slice) else int(k) % n
+                 for k, n in zip(key, shape)]
+    kept = [ax for ax, p in enumerate(positions) if isinstance(p, range)]
+    sel_shape = tuple(len(positions[ax]) for ax in kept)
+    try:
+        np.broadcast_shapes(w.shape, sel_shape)
+        fits = w.ndim <= len(sel_shape) and np.broadcast_shapes(w.shape, sel_shape) == sel_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        return weights  # not over the selection: Active's forms (it checks them)
+    w = w.reshape((1,) * (len(sel_shape) - w.ndim) + w.shape)
+    for j in range(w.ndim):  # axes along which nothing varies: length 1
+        if w.shape[j] > 1 and np.all(w == w.take([0], axis=j)):
+            w = w.take([0], axis=j)
+    full_shape = [1] * len(shape)
+    where: list[Any] = [np.zeros(1, dtype=np.intp)] * len(shape)
+    for j, ax in enumerate(kept):
+        if w.shape[j] > 1:
+            full_shape[ax] = shape[ax]
+            where[ax] = np.asarray(positions[ax], dtype=np.intp)
+    nbytes = 8 * int(np.prod(full_shape))
+    if nbytes > max_bytes:
+        raise InvalidArgumentError(
+            f"cf_chunk: these weights vary along every selected axis; as weights over the "
+            f"variable they would take {nbytes} bytes (limit {max_bytes}): give per-axis 1-D "
+            "weights ({axis: 1-D}) or raise max_weights_bytes")
+    full = np.ones(full_shape, dtype=np.float64)
+    full[np.ix_(*where)] = w.reshape([len(x) for x in where])
+    return full

@@ -585,22 +585,22 @@ class ActiveAccessor:
             kw["weights"] = weights
         weighted = weights is not None
         if origin.chunked:
+            from functools import partial
+
+            import dask.array
+
             from . import dask as ad
 
             source = ad.Source(origin.dataset, origin.ncvar, **self._active_kwargs(origin))
             regions = ad.regions(source, chunks="auto")[origin.full_key()]
-            comp = ad.reduce(regions, "var", **kw)
             self._record(None)  # a lazy result: nothing has moved yet
-            import dask.array
-
-            def finish(*parts: Any) -> np.ndarray:
-                return _finish_moments(op, dict(zip(_MOMENTS, parts)), dropped, size, skipna,
-                                       ddof, weighted, dtype)
-
-            arrays = [comp[k] for k in _MOMENTS]
-            meta = np.empty((0,) * (arrays[0].ndim - len(dropped)), dtype)
-            return dask.array.map_blocks(finish, *arrays, dtype=dtype, meta=meta,
-                                         drop_axis=list(dropped))
+            finish = partial(_moments_aggregate, op=op, size=size, skipna=skipna, ddof=ddof,
+                             weighted=weighted, dtype=dtype)
+            reduced = dask.array.reduction(
+                regions, partial(_moments_chunk, weights=weights), finish, axis=stored,
+                keepdims=True, dtype=dtype, combine=_moments_combine, concatenate=False,
+                meta=np.empty((0,) * regions.ndim, dtype), name=f"active-{op}-moments")
+            return reduced.squeeze(axis=dropped) if dropped else reduced
         from .active import Active
 
         with Active(origin.dataset, origin.ncvar, progress=False,
@@ -768,6 +768,52 @@ def _active_weights(da: xr.DataArray, origin: Origin, weights: _Weights) -> Any:
     if len(axes) == 1:
         return {axes[0]: full.reshape(-1)}
     return full
+
+
+def _moments_chunk(block: Any, axis: tuple[int, ...] | None = None, keepdims: bool = True, *,
+                   weights: Any = None, **_: Any) -> dict[str, np.ndarray]:
+    """A Dask task: one region's moments, reduced where the data lives, as one float64 array
+    ``(n, sw, mean, m2, sw2)`` on a last axis (keepdims shape before it)."""
+    from . import dask as ad
+
+    a = ad.active_for(block.source)
+    kw: dict[str, Any] = {"axis": axis, "components": True}
+    if weights is not None:
+        kw["weights"] = weights
+    comp = a.var(**kw)[block.key]
+    kshape = tuple(1 if i in (axis or ()) else n for i, n in enumerate(block.shape))
+    fields = [np.asarray(np.ma.getdata(comp[k]), np.float64).reshape(kshape)
+              for k in ("n", "sw", "mean", "m2", "sw2")]
+    return {"m": np.stack(fields, axis=-1)}
+
+
+def _moments_combine(parts: Any, axis: Any = None, keepdims: bool = True,
+                     **_: Any) -> dict[str, np.ndarray]:
+    """Dask's combine: merge regions' moments (counts add; Chan's formula for the rest)."""
+    from .combine import merge_moments
+
+    flat: list[np.ndarray] = []
+    stack = [parts]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            flat.append(item["m"])
+        else:
+            stack.extend(reversed(item))
+    out = flat[0].copy()
+    for m in flat[1:]:
+        out[..., 0] += m[..., 0]
+        merge_moments(out[..., 1:], m[..., 1:], out=out[..., 1:])
+    return {"m": out}
+
+
+def _moments_aggregate(parts: Any, axis: Any = None, keepdims: bool = True, *, op: str,
+                       size: int, skipna: bool, ddof: int, weighted: bool, dtype: np.dtype,
+                       **_: Any) -> np.ndarray:
+    """Dask's aggregate: merged moments -> xarray's answer (keepdims shape)."""
+    m = _moments_combine(parts)["m"]
+    comp = {k: m[..., i] for i, k in enumerate(("n", "sw", "mean", "m2", "sw2"))}
+    return _finish_moments(op, comp, (), size, skipna, ddof, weighted, dtype)
 
 
 def _finish_moments(op: str, comp: Mapping[str, Any], axes: tuple[int, ...], size: int,

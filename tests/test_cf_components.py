@@ -61,10 +61,9 @@ def finish(method: str, d: dict) -> np.ma.MaskedArray:
             f = V1 / (V1 * V1 - d["V2"])
         var = f * (d["part"] - d["sum"] * d["sum"] / V1)
         return np.ma.sqrt(var) if method == "sd" else var
-    if method == "range":
-        return d["max"] - d["min"]
-    if method == "mid_range":
-        return (d["max"] + d["min"]) / 2
+    if method in ("range", "mid_range"):
+        hi, lo = np.ma.asarray(d["max"], np.float64), np.ma.asarray(d["min"], np.float64)
+        return hi - lo if method == "range" else (hi + lo) / 2
     if method == "sample_size":
         return d["N"]
     return d[{"max": "max", "min": "min"}.get(method, "sum")]
@@ -135,15 +134,27 @@ def test_cf_dictionaries_finish_like_numpy(dataset, data):
         assert d["weighted"] is (kind != "none")
 
 
-def test_unweighted_mean_uses_the_sum_components_and_masks_empty_cells(dataset):
+def test_mean_and_sum_components_are_accepted_and_empty_cells_masked(dataset):
+    """``a.mean``/``a.sum`` components (the data's dtype) give the same dictionaries as the
+    moments, to float32 rounding; cells with nothing valid are masked."""
+    w = np.linspace(0.5, 1.5, SHAPE[2])
     with Active(str(dataset), "v", axis=(2,)) as a:
-        comp = a.mean(components=True)[...]
-    d = to_cf("mean", comp)
-    assert set(d) == {"N", "sum", "V1", "weighted"} and d["weighted"] is False
-    assert d["V1"] is d["N"]
-    assert d["sum"].mask[1, 2, 0] and d["N"].mask[1, 2, 0]  # the row with nothing valid
-    assert active_operation("mean") == "mean" and active_operation("mean", True) == "var"
-    assert active_operation("rms") == "var" and active_operation("range") == "range"
+        plain = a.mean(components=True)[...]
+        weighted = a.mean(components=True, weights={2: w})[...]
+        moments = a.var(components=True)[...]
+        wmoments = a.var(components=True, weights={2: w})[...]
+    for comp, mom, wtd in ((plain, moments, False), (weighted, wmoments, True)):
+        d, ref = to_cf("mean", comp, weighted=wtd), to_cf("mean", mom, weighted=wtd)
+        assert set(d) == set(ref) == {"N", "sum", "V1", "weighted"} and d["weighted"] is wtd
+        for k in ("N", "sum", "V1"):
+            np.testing.assert_array_equal(d[k].mask, ref[k].mask)
+            np.testing.assert_allclose(d[k].compressed(), ref[k].compressed(), rtol=1e-6)
+        assert d["sum"].mask[1, 2, 0] and d["N"].mask[1, 2, 0]  # the row with nothing valid
+        assert not d["N"].mask[0, 0, 0]
+    d = to_cf("mean", plain)
+    assert d["V1"] is d["N"]  # unweighted: cf's V1 is the sample size
+    assert active_operation("mean") == "var" and active_operation("sample_size") == "count"
+    assert active_operation("rms") == "var" and active_operation("mid_range") == "range"
 
 
 def test_errors_name_what_is_missing():

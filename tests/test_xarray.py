@@ -31,9 +31,12 @@ def open_pair(path, **kw):
     return xr.open_dataset(path, **kw), xr.open_dataset(path, **kw).load()
 
 
-def check(got: xr.DataArray, want: xr.DataArray, op: str, dims=("?",)) -> None:
-    """Same values, dims, coordinates and dtype; attrs as xarray's plus CF cell_methods."""
-    xr.testing.assert_allclose(got.drop_attrs(), want.drop_attrs(), rtol=2e-5)
+def check(got: xr.DataArray, want: xr.DataArray, op: str, dims=("?",),
+          values: xr.DataArray | None = None) -> None:
+    """Same values (as ``values`` if given), dims, coordinates and dtype; attrs as xarray's
+    plus CF cell_methods."""
+    xr.testing.assert_allclose(got.drop_attrs(), (want if values is None else values
+                                                  ).drop_attrs(), rtol=2e-5)
     assert got.dtype == want.dtype, (op, got.dtype, want.dtype)
     assert got.name == want.name
     extra = {k: v for k, v in got.attrs.items() if k != "cell_methods"}
@@ -45,7 +48,15 @@ def check(got: xr.DataArray, want: xr.DataArray, op: str, dims=("?",)) -> None:
 def reduce_both(lazy: xr.DataArray, loaded: xr.DataArray, op: str, dim, **kw) -> None:
     got = getattr(lazy.active, op)(dim, **kw)
     want = getattr(loaded, op)(dim, **kw)
-    check(got, want, op, ax._dims(lazy, dim))
+    check(got, want, op, ax._dims(lazy, dim), exact(loaded, op, dim, **kw))
+
+
+def exact(loaded: xr.DataArray, op: str, dim, **kw) -> xr.DataArray | None:
+    """xarray's var/std of float32 data accumulate in float32 (a constant field's variance is
+    1.5e-5, not 0); ours merges float64 moments: their values are xarray's on float64 data."""
+    if op not in ("var", "std") or loaded.dtype != np.float32:
+        return None
+    return getattr(loaded.astype("f8"), op)(dim, **kw).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +168,11 @@ def test_random_slices_and_dims_match_xarray(data):
             step = data.draw(st.none() | st.integers(-7, 7).filter(bool))
             key[name] = slice(start, stop, step)
     a, b = lazy.tas.isel(key), loaded.tas.isel(key)
+    # xarray (2026.9) sizes a lazy isel(slice(-n - 1, None, -1)) wrongly: the data claims n
+    # elements, its coordinate 0 (range() gives 0); such a DataArray cannot even drop a variable
+    expected = {d: len(range(n)[k]) for (d, n), k in zip(lazy.tas.sizes.items(), key.values())
+                if isinstance(k, slice)}
+    assume(dict(a.sizes) == expected)
     dims = data.draw(st.lists(st.sampled_from(a.dims), unique=True) if a.dims else st.just([]))
     op = data.draw(st.sampled_from(OPS))
     skipna = data.draw(st.sampled_from([None, True, False]))
@@ -236,7 +252,7 @@ def test_dask_backed_arrays_give_lazy_equal_results(op):
             got = getattr(c.active, op)(dim)
             assert got.chunks is not None  # lazy, like xarray's own result on Dask arrays
             computed = got.compute()
-            check(computed, getattr(b, op)(dim), op)
+            check(computed, getattr(b, op)(dim), op, values=exact(b, op, dim))
             xr.testing.assert_allclose(computed, getattr(p.active, op)(dim), rtol=1e-6)
 
 
@@ -422,7 +438,7 @@ def test_dask_backed_var_and_weighted_are_lazy_and_equal():
         for dim in (("lat", "lon"), "time"):
             got = c.active.var(dim, ddof=1)
             assert got.chunks is not None
-            check(got.compute(), b.var(dim, ddof=1), "var")
+            check(got.compute(), b.var(dim, ddof=1), "var", values=exact(b, "var", dim, ddof=1))
             got = c.active.weighted(w).mean(dim)
             assert got.chunks is not None
             xr.testing.assert_allclose(got.compute().drop_attrs(),
