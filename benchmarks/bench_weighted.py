@@ -134,6 +134,10 @@ def run(path: Path, repeat: int) -> dict[str, dict[str, Any]]:
     want = oracle(path)
     with h5py.File(path, "r") as f:
         loaded = f[data.VAR][...]
+    from activestorage import Active
+
+    with Active(str(path), data.VAR, progress=False) as a:  # imports and first-call costs
+        a.count[0:1]
     out: dict[str, dict[str, Any]] = {}
     for name, (fn, key) in METHODS.items():
         best = float("inf")
@@ -141,7 +145,9 @@ def run(path: Path, repeat: int) -> dict[str, dict[str, Any]]:
             t0 = time.perf_counter()
             values, extra = fn(path, loaded)
             best = min(best, extra.pop("seconds", time.perf_counter() - t0))
-        agree = bool(np.allclose(values, want[key], rtol=1e-6, atol=0, equal_nan=True))
+        # xarray's weighted mean of float32 data sums in float32 (~1e-6 off); ours in float64
+        rtol = 2e-5 if name == "xarray" else 1e-9
+        agree = bool(np.allclose(values, want[key], rtol=rtol, atol=0, equal_nan=True))
         out[name] = {"seconds": best, "agrees": agree, **extra}
     return out
 
