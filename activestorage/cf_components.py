@@ -14,7 +14,7 @@ cf method           cf chunk dictionary                   from our components
 ``max``, ``min``    ``N``, ``max`` / ``min``              ``n``, ``max`` / ``min``
 ``range``,          ``N``, ``max``, ``min``               ``n``, ``max``, ``min`` (``a.range``)
 ``mid_range``
-``sum``             ``N``, ``sum`` (weighted sum)         ``n``, ``sum``; weighted: ``sw*mean``
+``sum``             ``N``, ``sum`` (weighted sum)         ``n``, ``sum = sw*mean``
 ``mean``            ``N``, ``sum``, ``V1``, ``weighted``  ``V1`` = ``sw`` (``n`` unweighted)
 ``rms``             ``N``, ``sum`` (of ``w*x**2``),       ``sum`` = ``m2 + sw*mean**2``
                     ``V1``, ``weighted``
@@ -25,8 +25,10 @@ cf method           cf chunk dictionary                   from our components
 ==================  ====================================  ====================================
 
 The moments (``n``, ``sw``, ``mean``, ``m2``, ``sw2``: count, sum of weights, weighted mean, sum of
-weighted squared deviations, sum of squared weights) come from ``a.var(components=True)`` (or
-``a.std``, ``a.rms``, ``a.sum_of_squares``, and weighted ``a.mean``/``a.sum`` with ``weights=``).
+weighted squared deviations, sum of squared weights) come from ``a.var(components=True)`` (with
+``weights=`` for a weighted collapse), in float64 like cf's chunk sums. ``a.mean``/``a.sum``
+components (``{"sum", "n"}``, weighted ``{"sum", "sw", "sw2", "n"}``) are accepted for ``sum``,
+``mean`` and ``sum_of_weights`` too (their sums have the data's dtype).
 cf's ``part`` is ``V1 * (var0 + mean**2)``, i.e. the weighted sum of squares; its aggregate
 subtracts ``sum**2 / V1`` again, so cf-python's variance is as accurate as its own chunk
 functions make it (our ``m2`` is merged with Chan's pairwise formula and loses nothing before
