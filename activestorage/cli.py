@@ -24,6 +24,7 @@ from . import __version__
 from .argparsing import OneLineErrorParser, UsageError, human_bytes
 from .errors import SelectionError
 from .operations import METHODS
+from . import operations
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,27 @@ def parse_axis(text: str | None) -> tuple[int, ...] | None:
     if len(set(axes)) != len(axes):
         raise UsageError(f"--axis: {text!r} repeats an axis")
     return axes
+
+
+def parse_weights(text: str | None, active: Any) -> Any:
+    """``--weights``: ``NAME`` (a variable of the dataset, or a ``cell_measures`` key such as
+    ``area``) or ``coslat:LAT`` (the cosine of coordinate variable ``LAT``, in degrees, along
+    the data variable's dimension of that name). None: no weights."""
+    if text is None:
+        return None
+    if not text.startswith("coslat:"):
+        return text
+    name = text.split(":", 1)[1]
+    dims = tuple(active.variable.dimensions)
+    if name not in dims:
+        raise UsageError(f"--weights {text}: variable {active.ncvar!r} has no dimension "
+                         f"{name!r} (its dimensions: {', '.join(dims) or 'unnamed'})")
+    lat, _ = active._read_other(name)
+    w = np.clip(np.cos(np.deg2rad(np.ma.filled(np.ma.asarray(lat, np.float64), np.nan))), 0, None)
+    if not np.isfinite(w).all():
+        raise UsageError(f"--weights {text}: {name!r} has missing values")
+    ax = dims.index(name)
+    return w.reshape(tuple(-1 if i == ax else 1 for i in range(len(dims))))
 
 
 def parse_storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -189,9 +211,22 @@ def _open_active(args: argparse.Namespace, variable: str) -> Any:
 def cmd_reduce(args: argparse.Namespace) -> int:
     sel = parse_selection(args.sel)
     axis = parse_axis(args.axis)
+    op = operations.get(args.op)
+    if args.ddof is not None and not op.ddof:
+        raise UsageError(f"--ddof applies to var and std, not {args.op}")
+    if args.weights is not None and op.weighted is None:
+        raise UsageError(f"--weights applies to mean, sum, var and std, not {args.op}")
     with _open_active(args, args.variable) as active:
         method = getattr(active, args.op)
-        result = (method(axis=axis) if axis is not None else method)[sel]
+        kwargs: dict[str, Any] = {}
+        if axis is not None:
+            kwargs["axis"] = axis
+        if args.ddof is not None:
+            kwargs["ddof"] = args.ddof
+        weights = parse_weights(args.weights, active)
+        if weights is not None:
+            kwargs["weights"] = weights
+        result = (method(**kwargs) if kwargs else method)[sel]
         stats = stats_dict(active.stats)
     if args.json:
         arr = np.ma.asarray(result)
@@ -425,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NumPy-style selection, comma-separated per axis, e.g. '0:12,:,10:20' "
                         "or '-1,...' (default: everything)")
     p.add_argument("--axis", metavar="AXES", help="reduce over these axes only, e.g. '0' or '1,2'")
+    p.add_argument("--ddof", type=int, metavar="N",
+                   help="delta degrees of freedom of var/std (default 0; 1: the sample variance)")
+    p.add_argument("--weights", metavar="W",
+                   help="weights of mean/sum/var/std: a variable of the dataset, a cell_measures "
+                        "key such as 'area', or 'coslat:LAT' (cosine of the latitude coordinate "
+                        "LAT, in degrees)")
     p.add_argument("--server", metavar="URL", help="reduction server URL (active storage)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="parallel chunk tasks")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -359,9 +359,12 @@ def fold_components(parts: Sequence[Mapping[str, np.ndarray]],
     """Combine same-shaped ``{"v": values, "n": counts}`` components (what ``Active`` returns
     with ``components=True``, as plain arrays), in order, the way :class:`Accumulator` combines
     chunk partials: counts add, and values where ``n == 0`` play no part. Sums come back in
-    their accumulator dtype (float64 for floats); :mod:`activestorage.dask` folds with this."""
+    their accumulator dtype (float64 for floats); :mod:`activestorage.dask` folds with this.
+    For ``"moments"``/``"minmax"`` ``v`` has the fields as a last axis (zeros where ``n == 0``
+    for moments)."""
     first = np.asarray(parts[0]["v"])
-    acc = Accumulator(operation, first.shape, first.dtype)
+    fields = len(operations.get(operation).fields)  # moments/minmax: a last axis of fields
+    acc = Accumulator(operation, first.shape[:-1] if fields else first.shape, first.dtype)
     add_values = acc._op.ufunc is np.add
     for p in parts:
         pv, pc = np.asarray(p["v"]), np.asarray(p["n"])

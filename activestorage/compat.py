@@ -21,9 +21,11 @@ from .request import Missing, make_request
 
 log = logging.getLogger(__name__)
 
-#: NumPy functions PyActiveStorage passes as ``method``, by their ``__name__``
+#: NumPy functions PyActiveStorage passes as ``method``, by their ``__name__`` (its one-number
+#: partials only: a peer could not combine moments/minmax partials)
 _METHOD_NAMES = {"amin": "min", "amax": "max",
-                 **{name: op.partial for name, op in OPERATIONS.items() if op.method}}
+                 **{name: op.partial for name, op in OPERATIONS.items()
+                    if op.method and not OPERATIONS[op.partial].fields}}
 
 
 def method_name(method: Any) -> str | None:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import operations
-from .combine import fold_components
+from .combine import Accumulator, finish, fold_components
 from .errors import ActiveStorageError, SelectionError, UnsupportedError
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 OPS = operations.METHODS
 #: what each operation's components are called (besides "n")
 COMPONENT = {name: operations.get(name).component for name in OPS}
+
+
+def _fields_kind(op: str, weighted: bool) -> str | None:
+    """``"moments"``/``"minmax"`` when ``op``'s components are those of a kernel partial with
+    several fields (var, std, range, rms, sum_of_squares, weighted mean/sum); None otherwise."""
+    o = operations.get(op)
+    kind = o.weighted if weighted else o.partial
+    return kind if kind is not None and operations.get(kind).fields else None
 
 
 # ------------------------------------------------------------------------------ sources
@@ -266,11 +274,27 @@ class Region:
         x = active_for(self.source)[self.key]
         return np.ma.asarray(x)
 
-    def components(self, op: str, axis: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
-        """This region's components for ``op`` over ``axis`` (keepdims), computed actively."""
+    def components(self, op: str, axis: tuple[int, ...] | None = None,
+                   weights: Any = None) -> dict[str, np.ndarray]:
+        """This region's components for ``op`` over ``axis`` (keepdims), computed actively.
+        For the moments/minmax operations ``v`` carries the fields as a last axis."""
         a = active_for(self.source)
-        comp = getattr(a, op)(axis=axis, components=True)[self.key]
-        return _plain(comp, op, self.shape, axis)
+        kind = _fields_kind(op, weights is not None)
+        if kind is None:
+            comp = getattr(a, op)(axis=axis, components=True)[self.key]
+            return _plain(comp, op, self.shape, axis)
+        # var's components are the whole moments partial (a weighted mean's keep only sums)
+        how = a.var if kind == "moments" else a.range
+        kw = {} if weights is None else {"weights": weights}
+        comp = how(axis=axis, components=True, **kw)[self.key]
+        names = operations.get(kind).fields
+        axes = range(len(self.shape)) if axis is None else axis
+        kshape = tuple(1 if i in axes else n for i, n in enumerate(self.shape))
+        n = np.asarray(comp["n"], dtype=np.int64).reshape(kshape)
+        v = np.stack([np.asarray(np.ma.getdata(comp[f])).reshape(kshape) for f in names], -1)
+        if kind == "moments":  # empty cells all zeros, as the kernel makes them
+            v = np.where((n > 0)[..., None], v, 0.0)
+        return {"v": v, "n": n}
 
     def __repr__(self) -> str:
         return f"Region({self.source!r}, {self.key})"
@@ -393,15 +417,24 @@ def _flatten(parts: Any) -> list[dict[str, np.ndarray]]:
     return [p for sub in parts for p in _flatten(sub)]
 
 
-def combine_components(parts: Iterable[Mapping[str, np.ndarray]], op: str) -> dict[str, np.ndarray]:
-    """Fold same-shaped ``{"v", "n"}`` components: sums and counts add, min/max over n > 0
-    (:func:`activestorage.combine.fold_components`, the combining ``Active`` does)."""
-    return fold_components(list(parts), op)
+def combine_components(parts: Iterable[Mapping[str, np.ndarray]], op: str,
+                       weighted: bool = False) -> dict[str, np.ndarray]:
+    """Fold same-shaped ``{"v", "n"}`` components: sums and counts add, min/max over n > 0,
+    moments by Chan's formula (:func:`activestorage.combine.fold_components`, the combining
+    ``Active`` does)."""
+    return fold_components(list(parts), _fields_kind(op, weighted) or op)
 
 
-def result_dtype(op: str, dtype: Any) -> np.dtype:
-    """NumPy's result dtype for ``op`` over unpacked values of ``dtype``."""
+def result_dtype(op: str, dtype: Any, weighted: bool = False) -> np.dtype:
+    """NumPy's result dtype for ``op`` over unpacked values of ``dtype`` (float64 for the
+    moments operations; a range of integers in int64/uint64)."""
     dtype = np.dtype(dtype)
+    kind = _fields_kind(op, weighted)
+    if kind == "moments":
+        return np.dtype(np.float64)
+    if kind == "minmax":
+        return np.dtype(dtype if dtype.kind == "f" else np.uint64 if dtype.kind == "u"
+                        else np.int64)
     if op == "count":
         return np.dtype(np.int64)
     if op == "mean":
@@ -412,11 +445,17 @@ def result_dtype(op: str, dtype: Any) -> np.dtype:
 
 
 def finalize(comp: Mapping[str, np.ndarray], op: str, axis: tuple[int, ...],
-             keepdims: bool, dtype: Any) -> Any:
+             keepdims: bool, dtype: Any, *, weighted: bool = False, ddof: Any = None) -> Any:
     """Combined components -> the answer, masked where no value contributed."""
     v, n = comp["v"], comp["n"]
     empty = n == 0
-    if op == "count":
+    kind = _fields_kind(op, weighted)
+    if kind is not None:  # the combining's own finish, on already unpacked components
+        acc = Accumulator(kind, n.shape, v.dtype)
+        acc._values, acc._counts = np.asarray(v), np.asarray(n)
+        out = finish(acc, op, ddof=0 if ddof is None else ddof)
+        out = np.ma.MaskedArray(np.ma.getdata(out).astype(dtype), mask=np.ma.getmaskarray(out))
+    elif op == "count":
         out = np.ma.MaskedArray(n.astype(np.int64), mask=np.zeros(n.shape, bool))
     else:
         if op == "mean":
@@ -433,18 +472,19 @@ def finalize(comp: Mapping[str, np.ndarray], op: str, axis: tuple[int, ...],
 
 
 def _chunk(block: Any, axis: tuple[int, ...] | None = None, keepdims: bool = True, *, op: str,
-           **_: Any) -> dict[str, np.ndarray]:
-    return _region(block).components(op, axis)
+           weights: Any = None, **_: Any) -> dict[str, np.ndarray]:
+    return _region(block).components(op, axis, weights)
 
 
 def _combine(parts: Any, axis: Any = None, keepdims: bool = True, *, op: str,
-             **_: Any) -> dict[str, np.ndarray]:
-    return combine_components(_flatten(parts), op)
+             weighted: bool = False, **_: Any) -> dict[str, np.ndarray]:
+    return combine_components(_flatten(parts), op, weighted)
 
 
 def _aggregate(parts: Any, axis: Any = None, keepdims: bool = False, *, op: str, dtype: Any,
-               **_: Any) -> Any:
-    return finalize(combine_components(_flatten(parts), op), op, tuple(axis), keepdims, dtype)
+               weighted: bool = False, ddof: Any = None, **_: Any) -> Any:
+    return finalize(combine_components(_flatten(parts), op, weighted), op, tuple(axis),
+                    keepdims, dtype, weighted=weighted, ddof=ddof)
 
 
 def _normalize_axis(axis: Any, ndim: int) -> tuple[int, ...]:
@@ -464,30 +504,46 @@ def _normalize_axis(axis: Any, ndim: int) -> tuple[int, ...]:
 
 
 def reduce(x: Any, op: str, axis: Any = None, keepdims: bool = False, *, ncvar: str | None = None,
-           split_every: Any = None, chunks: Any = "storage", **options: Any) -> Any:
-    """A lazy Dask array: ``op`` (mean/min/max/sum/count) of ``x`` over ``axis``, actively.
+           split_every: Any = None, chunks: Any = "storage", ddof: Any = None,
+           weights: Any = None, **options: Any) -> Any:
+    """A lazy Dask array: ``op`` (mean/min/max/sum/count, var/std/range/rms/sum_of_squares) of
+    ``x`` over ``axis``, actively.
 
     ``x``: a :func:`regions` array (sliced or concatenated as you like), or anything
     :func:`regions` accepts (a path/URL with ``ncvar``, a :class:`Source`, an open Active).
     Every task reduces the storage chunks of its block through the backend; only components move.
+    ``ddof``: of var/std. ``weights`` (mean/sum/var/std): as ``Active``'s, over the whole
+    variable each block is cut from (``{axis: 1-D over the variable's axis}`` or an array
+    broadcastable to the variable; every block of a concatenation gets the same).
     """
     import dask.array as da
 
     if op not in OPS:
         raise ActiveStorageError(f"unknown operation {op!r}; use one of {', '.join(OPS)}")
+    o = operations.get(op)
+    if ddof is not None and not o.ddof:
+        raise ActiveStorageError(f"ddof applies to var and std, not {op}")
+    if weights is not None and o.weighted is None:
+        raise ActiveStorageError(f"weights apply to mean, sum, var and std, not {op}")
+    if weights is not None and not isinstance(weights, (dict, str, np.ndarray)):
+        raise ActiveStorageError("dask weights must be a dict {axis: 1-D over the variable's "
+                                 "axis}, an array broadcastable to the variable or a variable "
+                                 "name")
+    weighted = weights is not None
     if not isinstance(x, da.Array):
         x = regions(x, ncvar, chunks=chunks, **options)
     elif options or ncvar is not None:
         raise ActiveStorageError("options apply when reduce() opens the dataset; a regions "
                                  "array already carries them")
     axes = _normalize_axis(axis, x.ndim)
-    dtype = result_dtype(op, x.dtype)
+    dtype = result_dtype(op, x.dtype, weighted)
     meta = np.ma.masked_array(np.empty((0,) * (x.ndim if keepdims else x.ndim - len(axes)),
                                        dtype=dtype))
-    return da.reduction(x, partial(_chunk, op=op), partial(_aggregate, op=op, dtype=dtype),
+    return da.reduction(x, partial(_chunk, op=op, weights=weights),
+                        partial(_aggregate, op=op, dtype=dtype, weighted=weighted, ddof=ddof),
                         axis=axes, keepdims=keepdims, dtype=dtype, split_every=split_every,
-                        combine=partial(_combine, op=op), concatenate=False, meta=meta,
-                        name=f"active-{op}")
+                        combine=partial(_combine, op=op, weighted=weighted), concatenate=False,
+                        meta=meta, name=f"active-{op}")
 
 
 def mean(x: Any, axis: Any = None, keepdims: bool = False, **kw: Any) -> Any:
@@ -513,6 +569,16 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False, **kw: Any) -> Any:  # 
 def count(x: Any, axis: Any = None, keepdims: bool = False, **kw: Any) -> Any:
     """Active count of non-missing values (see :func:`reduce`)."""
     return reduce(x, "count", axis, keepdims, **kw)
+
+
+def var(x: Any, axis: Any = None, keepdims: bool = False, **kw: Any) -> Any:
+    """Active variance (``ddof=``, ``weights=``; see :func:`reduce`)."""
+    return reduce(x, "var", axis, keepdims, **kw)
+
+
+def std(x: Any, axis: Any = None, keepdims: bool = False, **kw: Any) -> Any:
+    """Active standard deviation (``ddof=``, ``weights=``; see :func:`reduce`)."""
+    return reduce(x, "std", axis, keepdims, **kw)
 
 
 # ------------------------------------------------------------------------------ progress
@@ -621,4 +687,4 @@ def _watch_distributed(client: Any, futures: Sequence[Any], bar: Any) -> Any:
 # min, max and sum are left out of __all__: a star import must not shadow the builtins.
 __all__ = ["Region", "Source", "ProgressCallback", "active_for", "clear_cache",
            "combine_components", "compute", "count", "finalize", "mean", "reduce", "regions",
-           "result_dtype", "to_dask"]
+           "result_dtype", "std", "to_dask", "var"]

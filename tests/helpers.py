@@ -133,3 +133,78 @@ def kernel_path(compiled: bool) -> Iterator[None]:
         yield
     finally:
         fused._c = saved
+
+
+# ------------------------------------------------------------- moments oracle (#21)
+
+MOMENT_OPS = ["var", "std", "range", "rms", "sum_of_squares"]
+
+
+def moments_oracle(x, op: str, axis=None, keepdims: bool = False, weights=None, ddof=0):
+    """numpy.ma's answer for the #21 operations in float64: ``np.ma.average`` for (weighted)
+    means, ``np.ma.var``/``np.ma.std`` where they are defined (unit weights, ``n > ddof``);
+    ``var = m2 / (sw - ddof*sw2/sw)``, NaN where that is not positive; masked where no element
+    is present (for means, variances and rms also where the weights sum to 0). ``weights``:
+    an array broadcastable to ``x`` (None: unit weights); ``range`` is ``max - min``."""
+    x = np.ma.asarray(x)
+    if x.ndim == 0:  # a selection of one element (every axis indexed by an integer)
+        w1 = None if weights is None else np.reshape(weights, (1,))
+        return moments_oracle(x.reshape(1), op, None, False, w1, ddof)
+    xf = np.ma.asarray(x, np.float64)
+    ax = tuple(range(x.ndim)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    n = np.ma.count(x, axis=ax, keepdims=True)
+    if op == "range" and x.size == 0:
+        out = np.ma.masked_all(n.shape)
+    elif op == "range":
+        lo = np.ma.min(xf, axis=ax, keepdims=True)
+        r = np.ma.max(xf, axis=ax, keepdims=True) - lo
+        out = np.ma.MaskedArray(np.ma.getdata(r), mask=n == 0)
+    else:
+        w = np.ones(x.shape) if weights is None else np.broadcast_to(weights, x.shape)
+        mask = np.ma.getmaskarray(x)
+        we = np.where(mask, 0.0, w)
+        sw = we.sum(axis=ax, keepdims=True)
+        sw2 = (we * we).sum(axis=ax, keepdims=True)
+        data = np.where(mask, 0.0, np.ma.getdata(xf))
+        with np.errstate(all="ignore"):
+            mean = np.where(sw > 0, (we * data).sum(axis=ax, keepdims=True) / sw, 0.0)
+            if weights is not None and (sw > 0).all() and x.size:  # the documented oracle
+                np.testing.assert_allclose(
+                    mean, np.ma.getdata(np.ma.average(xf, axis=ax, weights=w, keepdims=True)),
+                    rtol=1e-9, atol=1e-9 * (np.abs(data).max() + 1))
+            m2 = (we * (data - mean) ** 2).sum(axis=ax, keepdims=True)
+            denom = sw - ddof * np.where(sw > 0, sw2 / np.where(sw > 0, sw, 1), 0)
+            var = np.where(denom > 0, m2 / np.where(denom > 0, denom, 1), np.nan)
+            value = {"mean": mean, "sum": mean * sw, "var": var, "std": np.sqrt(var),
+                     "rms": np.sqrt(np.where(sw > 0, m2 / np.where(sw > 0, sw, 1), 0) + mean ** 2),
+                     "sum_of_squares": m2 + sw * mean ** 2}[op]
+        no_weight = (sw <= 0) & (op in ("mean", "var", "std", "rms"))
+        out = np.ma.MaskedArray(value, mask=(n == 0) | no_weight)
+        if weights is None and op in ("var", "std") and x.size:
+            ref = getattr(np.ma, op)(xf, axis=ax, ddof=ddof, keepdims=True)
+            ok = ~np.ma.getmaskarray(out) & (n > ddof)
+            np.testing.assert_allclose(np.ma.getdata(out)[ok], np.ma.getdata(ref)[ok],
+                                       rtol=1e-9, atol=1e-12)
+    if not keepdims:
+        out = out.reshape(tuple(s for i, s in enumerate(out.shape) if i not in ax))
+        if out.ndim == 0:
+            return np.ma.masked if out.mask.item() else out.data[()]
+    return out
+
+
+def assert_moments(got, want, op: str, dtype) -> None:
+    """``got`` (Active's) equals ``want`` (:func:`moments_oracle`): masks, NaNs, values."""
+    got_m = np.ma.getmaskarray(np.ma.asarray(got))
+    want_m = np.ma.getmaskarray(np.ma.asarray(want))
+    assert np.shape(got) == np.shape(want), (np.shape(got), np.shape(want))
+    np.testing.assert_array_equal(got_m, want_m)
+    g = np.ma.getdata(np.ma.asarray(got))[~got_m].astype(np.float64)
+    w = np.ma.getdata(np.ma.asarray(want))[~want_m].astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+    ok = ~np.isnan(w)
+    if op == "range" and np.dtype(dtype).kind in "iu":
+        np.testing.assert_array_equal(g[ok], w[ok])
+    else:
+        scale = np.abs(w[ok]).max(initial=0)
+        np.testing.assert_allclose(g[ok], w[ok], rtol=1e-7 if op == "range" else 1e-9,
+                                   atol=1e-9 * scale + 1e-12)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from activestorage import Active, ActiveStorageError, FormatError, SelectionError, VariableNotFoundError
+from activestorage import (Active, ActiveStorageError, FormatError, InvalidArgumentError,
+                           SelectionError, VariableNotFoundError)
 
 from helpers import DTYPES, OPS, SHARED, assert_same, datasets, oracle, write_nc
 
@@ -340,3 +341,187 @@ def test_call_memory_does_not_grow_with_the_number_of_chunks(tmp_path):
         np.testing.assert_allclose(mean, data.astype("f8").mean(), rtol=1e-6)
         np.testing.assert_array_equal(axis, data[5:n - 3].max(axis=0))
     assert peaks[1] < 1.5 * peaks[0], f"traced peaks {peaks} for 10,000 and 40,000 chunks"
+
+
+# ------------------------------------------------------- moments, ranges, weights (#21)
+
+from helpers import MOMENT_OPS, assert_moments, moments_oracle  # noqa: E402
+
+
+@st.composite
+def user_weights(draw, var_shape, key, x_ndim, axis):
+    """Weights in a form Active takes, and the same as an array over the variable."""
+    kind = draw(st.sampled_from(["dict", "dict-selected", "tuple", "nd"]))
+    w8 = st.floats(0.0, 4.0).map(float)
+    from activestorage.plan import normalize_key
+    sel = normalize_key(key, var_shape)
+    res = sel.result_axes
+    if kind == "nd" or not x_ndim:
+        wshape = tuple(n if draw(st.booleans()) else 1 for n in var_shape)
+        w = np.array(draw(st.lists(w8, min_size=int(np.prod(wshape)),
+                                   max_size=int(np.prod(wshape))))).reshape(wshape)
+        return w, w
+    axes = list(range(x_ndim)) if axis is None else list(axis)
+    full = np.ones(var_shape)
+    form: dict = {}
+    for ua in axes:
+        va = res[ua]
+        n = var_shape[va]
+        if draw(st.integers(0, 4)) == 0:
+            form[ua] = None
+            continue
+        wv = np.array(draw(st.lists(w8, min_size=n, max_size=n)))
+        if kind == "dict-selected":  # over the selected elements, in the selection's order
+            idx = np.arange(n)[key[va] if va < len(key) and isinstance(key[va], slice)
+                               else slice(None)]
+            form[ua] = wv[idx]
+            mask = np.zeros(n)
+            mask[idx] = 1
+            wv = wv * mask  # unselected positions play no part anyway
+        else:
+            form[ua] = wv
+        full = full * wv.reshape(tuple(n if i == va else 1 for i in range(len(var_shape))))
+    if kind == "tuple" and axis is not None:
+        return tuple(form.get(ua) for ua in axis), full
+    return form, full
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[
+    HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(spec=datasets(), data=st.data())
+def test_moments_and_weights_match_numpy_ma(tmp_path_factory, spec, data):
+    """var/std/range/rms/sum_of_squares and weighted mean/sum/var/std: every dtype, layout,
+    chunking, missing kind, strided and negative-step selection, axes, keepdims, ddof 0/1 and
+    separable / N-D weights, against numpy.ma on netCDF4-python's masked read."""
+    path = tmp_path_factory.mktemp("nc") / "x.nc"
+    layout = spec["layout"]
+    write_nc(path, spec["data"], chunks=spec["chunks"], zlib="zlib" in layout,
+             shuffle="shuffle" in layout, fletcher32="fletcher32" in layout,
+             endian=spec["endian"], attrs=spec["attrs"], fill_value=spec["fill"])
+    with netCDF4.Dataset(path) as ds:
+        full = ds["v"][...]
+    key = tuple(k if not isinstance(k, int) or data.draw(st.booleans()) else slice(k, k + 1 or None)
+                for k in data.draw(keys(full.shape)))
+    x = full[key]
+    nd = np.ndim(x)
+    axis = None
+    if nd and data.draw(st.booleans()):
+        axis = tuple(sorted(data.draw(st.sets(st.integers(0, nd - 1), min_size=1))))
+    op = data.draw(st.sampled_from(MOMENT_OPS + ["mean", "sum"]))
+    kw: dict = {}
+    wx = None
+    if op in ("var", "std"):
+        kw["ddof"] = data.draw(st.sampled_from([0, 1]))
+    if op in ("mean", "sum", "var", "std") and (op in ("mean", "sum") or data.draw(st.booleans())):
+        form, wfull = data.draw(user_weights(full.shape, key, nd, axis))
+        kw["weights"] = form
+        wx = np.broadcast_to(wfull, full.shape)[key]
+    keepdims = data.draw(st.booleans())
+    threads = data.draw(st.sampled_from([1, 2, 3]))
+    with Active(str(path), "v", max_threads=threads) as a:
+        got = getattr(a, op)(axis=axis, keepdims=keepdims, **kw)[key]
+    want = moments_oracle(x, op, axis, keepdims, wx, kw.get("ddof", 0))
+    assert_moments(got, want, op, spec["data"].dtype)
+
+
+@pytest.mark.parametrize("scale,offset", [(0.5, 10.0), (-2.0, None), (None, 3.0)])
+def test_moments_of_packed_data(tmp_path, scale, offset):
+    path = tmp_path / "p.nc"
+    rng = np.random.default_rng(1)
+    raw = rng.integers(-1000, 1000, (6, 8)).astype(np.int16)
+    raw[0, :3] = -1
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("t", 6)
+        ds.createDimension("y", 8)
+        v = ds.createVariable("v", "i2", ("t", "y"), chunksizes=(4, 3), fill_value=-1)
+        v.set_auto_maskandscale(False)
+        if scale is not None:
+            v.scale_factor = scale
+        if offset is not None:
+            v.add_offset = offset
+        v[...] = raw
+    with netCDF4.Dataset(path) as ds:
+        x = ds["v"][...]
+    w = {1: np.linspace(0.5, 2, 8)}
+    wx = np.broadcast_to(w[1], x.shape)
+    with Active(str(path), "v") as a:
+        for op in MOMENT_OPS:
+            assert_moments(a.__getattribute__(op)[...], moments_oracle(x, op), op, x.dtype)
+            assert_moments(getattr(a, op)(axis=0)[1:], moments_oracle(x[1:], op, 0), op, x.dtype)
+        for op in ("mean", "sum", "var", "std"):
+            assert_moments(getattr(a, op)(axis=1, weights=w)[...],
+                           moments_oracle(x, op, 1, weights=wx), op, x.dtype)
+
+
+def test_weights_from_a_cell_measures_variable_and_errors(tmp_path):
+    path = tmp_path / "w.nc"
+    rng = np.random.default_rng(2)
+    data = (280 + 10 * rng.standard_normal((5, 4, 6))).astype(np.float32)
+    area = rng.random((4, 6)) + 0.1
+    with netCDF4.Dataset(path, "w") as ds:
+        for name, n in zip(("time", "lat", "lon"), data.shape):
+            ds.createDimension(name, n)
+        v = ds.createVariable("tas", "f4", ("time", "lat", "lon"), chunksizes=(2, 3, 4),
+                              fill_value=1e20)
+        v.cell_measures = "area: areacella"
+        v[...] = data
+        v[0, 0, 0] = np.ma.masked
+        ds.createVariable("areacella", "f8", ("lat", "lon"))[...] = area
+        ds.createVariable("wt", "f8", ("time",))[...] = np.arange(1.0, 6.0)
+    with netCDF4.Dataset(path) as ds:
+        x = ds["tas"][...]
+    with Active(str(path), "tas") as a:
+        want = moments_oracle(x, "mean", (1, 2), weights=area)
+        assert_moments(a.mean(axis=(1, 2), weights="area")[...], want, "mean", x.dtype)
+        assert_moments(a.mean(axis=(1, 2), weights="areacella")[...], want, "mean", x.dtype)
+        tw = np.arange(1.0, 6.0)[:, None, None]  # aligned by dimension name, not trailing
+        assert_moments(a.var(axis=0, weights="wt", ddof=1)[...],
+                       moments_oracle(x, "var", 0, weights=tw, ddof=1), "var", x.dtype)
+        with pytest.raises(InvalidArgumentError, match="no such variable.*cell_measures"):
+            a.mean(weights="volume")[...]
+        with pytest.raises(InvalidArgumentError, match=r"axis 1 have length 5, but that axis has "
+                                                       r"4 elements \(2 selected\)"):
+            a.mean(axis=1, weights={1: np.ones(5)})[:, 1:3]
+        with pytest.raises(InvalidArgumentError, match="do not broadcast"):
+            a.sum(weights=np.ones((3, 6)))[...]
+        with pytest.raises(InvalidArgumentError, match="finite and not negative"):
+            a.mean(axis=2, weights={2: -np.ones(6)})[...]
+        with pytest.raises(InvalidArgumentError, match="one entry per reduced axis"):
+            a.mean(axis=(1, 2), weights=(np.ones(4),))[...]
+        for op in ("min", "max", "count", "range", "rms"):
+            with pytest.raises(InvalidArgumentError, match=f"weights apply to .*not {op}"):
+                getattr(a, op)(weights="area")[...]
+        for op in ("mean", "sum", "min", "range", "rms"):
+            with pytest.raises(InvalidArgumentError, match=f"ddof applies to var, std, not {op}"):
+                getattr(a, op)(ddof=1)[...]
+        with pytest.raises(InvalidArgumentError, match="ddof must be a number"):
+            a.var(ddof=-1)[...]
+
+
+def test_moments_components_are_documented_names(tmp_path):
+    path = write_nc(tmp_path / "c.nc", np.arange(24, dtype=np.float64).reshape(4, 6),
+                    chunks=[2, 3])
+    with Active(str(path), "v") as a:
+        comp = a.var(axis=0, components=True)[...]
+        assert set(comp) == {"n", "sw", "mean", "m2", "sw2"}
+        assert comp["mean"].shape == (1, 6)
+        np.testing.assert_allclose(comp["m2"] / comp["n"], np.var(a[...], axis=0,
+                                                                  keepdims=True))
+        wc = a.mean(axis=1, components=True, weights={1: np.arange(6.0)})[...]
+        assert set(wc) == {"sum", "sw", "sw2", "n"}
+        np.testing.assert_allclose(wc["sum"][:, 0], a[...] @ np.arange(6.0))
+        np.testing.assert_allclose(wc["sw"], 15.0)
+        np.testing.assert_allclose(wc["sw2"], 55.0)
+        assert set(a.range(components=True)[...]) == {"min", "max", "n"}
+
+
+def test_server_backend_refuses_moments_clearly(tmp_path):
+    from activestorage import OperationNotAvailableError
+    from activestorage.backends.server import ServerBackend
+
+    path = write_nc(tmp_path / "s.nc", np.arange(6, dtype=np.float64), chunks=[3])
+    with ServerBackend("http://127.0.0.1:9", max_threads=1) as backend:
+        with Active(str(path), "v", backend=backend) as a:
+            for call in (a.var, a.range, a.mean(weights=np.ones(6))):
+                with pytest.raises(OperationNotAvailableError, match="backend='posix'"):
+                    call[...]

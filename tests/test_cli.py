@@ -579,3 +579,37 @@ def test_info_and_reduce_zarr(tmp_path):
     r = run("reduce", str(store), "a", "--op", "max", "--sel", "1:5,2:7", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["result"] == x[1:5, 2:7].max()
+
+
+# ------------------------------------------------------- #21: --op var/std/..., --ddof, --weights
+
+@pytest.mark.parametrize("op,extra", [
+    ("var", ["--ddof", "1"]), ("std", []), ("range", []), ("rms", []), ("sum_of_squares", []),
+    ("mean", ["--weights", "coslat:lat"]), ("var", ["--weights", "coslat:lat", "--ddof", "1"])])
+def test_reduce_second_moments_and_weights(sample, capsys, op, extra):
+    from helpers import assert_moments, moments_oracle
+
+    sel = (slice(2, 9, 3), slice(10, 170), slice(None, None, -5))
+    args = ["reduce", str(sample), "tos", "--op", op, "--sel", "2:9:3,10:170,::-5",
+            "--axis", "1,2", "--json", *extra]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    data = oracle(sample, "tos", sel)
+    with netCDF4.Dataset(sample) as ds:
+        lat = ds["lat"][10:170].astype(np.float64)
+    w = (np.broadcast_to(np.cos(np.deg2rad(lat))[None, :, None], data.shape)
+         if "--weights" in extra else None)
+    ddof = int(extra[extra.index("--ddof") + 1]) if "--ddof" in extra else 0
+    want = moments_oracle(data, op, (1, 2), weights=w, ddof=ddof)
+    got = np.ma.masked_invalid(np.array(out["result"], dtype=np.float64))
+    assert_moments(got, want, op, np.float32)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--op", "mean", "--ddof", "1"], "--ddof applies to var and std, not mean"),
+    (["--op", "min", "--weights", "area"], "--weights applies to mean, sum, var and std"),
+    (["--op", "mean", "--weights", "coslat:latitude"], "has no dimension 'latitude'"),
+])
+def test_reduce_moments_usage_errors(sample, capsys, args, needle):
+    assert main(["reduce", str(sample), "tos", *args]) == 2
+    assert needle in capsys.readouterr().err

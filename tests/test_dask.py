@@ -379,3 +379,52 @@ def test_docs_components_example_runs(multifile):
     paths, x = multifile
     got = ns["time_mean"](paths[1], "v", step=3).compute()
     assert_same(got, oracle(x[5:12], "mean", 0), "f4", "mean")
+
+
+# ------------------------------------------------------- moments, ranges, weights (#21)
+
+from helpers import MOMENT_OPS, assert_moments, moments_oracle  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(spec=datasets(), data=st.data())
+def test_moments_reduce_matches_oracle(tmp_path_factory, spec, data):
+    """var/std/range/rms/sum_of_squares over regions (any blocks, slices, split_every): the
+    blocks' moments components merged by Chan's formula give numpy.ma's answer."""
+    path = tmp_path_factory.mktemp("nc") / "x.nc"
+    full = write_spec(path, spec)
+    r = ad.regions(str(path), "v", chunks=data.draw(st.sampled_from(["storage", 2])))
+    key = data.draw(block_keys(full.shape))
+    x, rk = full[key], r[key]
+    op = data.draw(st.sampled_from(MOMENT_OPS))
+    nd = np.ndim(x)
+    axis = None
+    if nd and data.draw(st.booleans()):
+        axis = tuple(sorted(data.draw(st.sets(st.integers(0, nd - 1), min_size=1))))
+    kw = {"ddof": data.draw(st.sampled_from([0, 1]))} if op in ("var", "std") else {}
+    lazy = ad.reduce(rk, op, axis, False, split_every=data.draw(st.sampled_from([None, 2])),
+                     **kw)
+    got = lazy.compute()
+    want = moments_oracle(x, op, axis, False, None, kw.get("ddof", 0))
+    assert lazy.shape == np.shape(want)
+    assert_moments(got, want, op, spec["data"].dtype)
+
+
+def test_weighted_mean_and_var_over_multifile_blocks(multifile):
+    paths, full = multifile
+    r = da.concatenate([ad.regions(p, "v") for p in paths], axis=0)
+    w = {1: np.linspace(0.2, 1.0, 6)}
+    wx = np.broadcast_to(w[1][:, None], full.shape)
+    for op in ("mean", "sum", "var", "std"):
+        got = ad.reduce(r, op, (1, 2), weights=w, **({"ddof": 1} if op in ("var", "std")
+                                                     else {})).compute()
+        want = moments_oracle(full, op, (1, 2), weights=wx,
+                              ddof=1 if op in ("var", "std") else 0)
+        assert_moments(got, want, op, full.dtype)
+    got = ad.var(r, axis=0, ddof=1).compute()
+    assert_moments(got, moments_oracle(full, "var", 0, ddof=1), "var", full.dtype)
+    with pytest.raises(ActiveStorageError, match="ddof applies"):
+        ad.reduce(r, "mean", ddof=1)
+    with pytest.raises(ActiveStorageError, match="weights apply"):
+        ad.reduce(r, "range", weights=w)

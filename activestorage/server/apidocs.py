@@ -21,6 +21,8 @@ from fastapi.openapi.docs import get_redoc_html
 from fastapi_offline import FastAPIOffline
 from starlette.responses import HTMLResponse
 
+from ..operations import WIRE_OPERATIONS
+
 #: ``extra_paths`` of :func:`offline_app`: the OpenAPI paths of routes FastAPI does not describe
 PathsFactory = Callable[[], dict[str, Any]]
 
@@ -107,7 +109,7 @@ REDUCTION_ERRORS: dict[int, tuple[str, str, list[str]]] = {
           ["Access Denied"]),
     403: ("The upstream host is not on this server's allow-list (--allow-upstream).", _ALLOW, []),
     404: ("Unknown path or operation.",
-          "unknown operation 'mean'; expected one of count, min, max, sum, select", []),
+          f"unknown operation 'mean'; expected one of {', '.join(WIRE_OPERATIONS)}", []),
     408: ("The client did not send the request body within --client-timeout.",
           "request body not received within 10.0 s (--client-timeout)", []),
     409: ("The object changed: its ETag or version is not the one the request pinned "

@@ -79,7 +79,7 @@ def test_wants_html_follows_the_weights(q_html, q_json):
 def test_snapshot_describes_the_server(client):
     s = status(client)
     assert s["api"] == ["v1", "v2"] and s["extensions"] == {"batch": True, "fold": True}
-    assert s["operations"] == ["count", "min", "max", "sum", "select"]
+    assert s["operations"] == ["count", "min", "max", "sum", "select", "minmax", "moments"]
     assert "zlib" in s["codecs"]["compression"] and "shuffle" in s["codecs"]["filters"]
     assert s["allow_upstream"] == ["127.0.0.1", "localhost", "::1"]
     assert s["limits"]["max_body_bytes"] == Settings().max_body_bytes
