@@ -744,7 +744,9 @@ def _same_dataset_variable(da: xr.DataArray, weights: xr.DataArray) -> str | Non
         return None
     whole = all(not isinstance(i, int) and np.array_equal(i, np.arange(len(i)))
                 for i in w.index)
-    return w.ncvar if whole and len(w.index) == weights.ndim else None
+    # Active lays a weights variable out along the data's axes by dimension name, in order
+    ordered = list(weights.dims) == [dim for dim in da.dims if dim in weights.dims]
+    return w.ncvar if whole and ordered and len(w.index) == weights.ndim else None
 
 
 def _active_weights(da: xr.DataArray, origin: Origin, weights: _Weights) -> Any:

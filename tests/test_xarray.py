@@ -426,6 +426,10 @@ def test_weights_variable_of_the_same_file_is_read_where_the_data_is():
                         wloaded=loaded.gw)
         reduce_weighted(lazy.TREFHT.isel(lat=slice(1, 3)), loaded.TREFHT.isel(lat=slice(1, 3)),
                         lazy.gw, op, "lat", wloaded=loaded.gw)
+    assert ax._same_dataset_variable(lazy.TREFHT, lazy.gw) == "gw"
+    ax.find_origin(lazy.gw)  # still lazy: sent by name, never loaded here
+    assert ax._same_dataset_variable(lazy.TREFHT, lazy.gw.isel(lat=slice(1, 3))) is None
+    assert ax._same_dataset_variable(lazy.TREFHT, loaded.gw) is None
 
 
 @pytest.mark.filterwarnings("ignore:The specified chunks separate")
