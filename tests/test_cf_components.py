@@ -1,7 +1,7 @@
 """activestorage.cf_components: cf-python's chunk dictionaries from Active's components, finished
 with the formulas of cf-python's documented aggregate functions, against NumPy in float64.
 
-(tests/integration/test_cf_components.py compares them with cf-python's own functions.)
+(tests/integration/test_cf_python_components.py compares them with cf-python's own functions.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run in cf-python's venv by test_cf_components.py: activestorage.cf_components against
+"""Run in cf-python's venv by test_cf_python_components.py: activestorage.cf_components against
 cf-python's own collapse chunk functions (cf.data.collapse.dask_collapse).
 
 argv[1] is a JSON object: ``path`` (a netCDF file), ``variables``, ``cases`` (how many random
