@@ -16,6 +16,10 @@ the DataArray xarray's own reduction would return (dims, coordinates, attributes
 CF ``cell_methods`` appended. On Dask-backed arrays (``chunks=`` on open) the result is lazy and
 its graph comes from :mod:`activestorage.dask`.
 
+``var``/``std`` (with ``ddof``) and ``da.active.weighted(w).mean/sum/var/std/sum_of_weights`` are
+computed from one moments reduction (count, sum of weights, weighted mean, sum of weighted squared
+deviations per result element), finished here as xarray defines each answer.
+
 Arrays whose values are not in the file any more (loaded, computed, transposed, indexed with
 arbitrary integer lists) raise :class:`NotActiveError`; ``fallback=True`` uses xarray's own
 reduction for them instead.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
@@ -36,25 +41,26 @@ from .errors import ActiveStorageError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ActiveAccessor", "DimensionError", "NotActiveError", "OperationNotAvailableError",
-           "OPERATIONS", "PLANNED_OPERATIONS"]
+__all__ = ["ActiveAccessor", "ActiveWeighted", "DimensionError", "NotActiveError", "OPERATIONS",
+           "WEIGHTED_OPERATIONS"]
 
 #: operations the accessor computes actively -> the CF cell_methods method name (None: not a
 #: CF cell method; count changes the quantity, so no cell_methods entry is added for it)
 OPERATIONS: dict[str, str | None] = {"mean": "mean", "min": "minimum", "max": "maximum",
-                                     "sum": "sum", "count": None}
-#: operations that arrive with the weighted/moment reductions (issue 21); adding one is an entry
-#: in OPERATIONS once Active has it
-PLANNED_OPERATIONS = ("var", "std", "weighted")
+                                     "sum": "sum", "count": None, "var": "variance",
+                                     "std": "standard_deviation"}
+#: ``da.active.weighted(w).<op>``: the operations of xarray's ``DataArrayWeighted`` computed
+#: actively (all from one moments reduction) -> the CF cell_methods method name
+WEIGHTED_OPERATIONS: dict[str, str | None] = {"mean": "mean", "sum": "sum", "var": "variance",
+                                              "std": "standard_deviation",
+                                              "sum_of_weights": None}
+#: the operations computed from the moments partial (count, sum of weights, mean, m2)
+_MOMENT_OPERATIONS = ("var", "std")
 
 
 class NotActiveError(UnsupportedError):
     """The DataArray's values cannot be reduced where they live (they are in memory, computed, or
     indexed in a way Active cannot express); ``fallback=True`` reduces them with xarray instead."""
-
-
-class OperationNotAvailableError(UnsupportedError):
-    """The operation is planned (weighted and moment reductions) but not in this version."""
 
 
 class DimensionError(ActiveStorageError, ValueError):
@@ -76,10 +82,22 @@ class Origin:
     storage_options: dict[str, Any] | None
     index: tuple[int | np.ndarray, ...]
     chunked: bool = False
+    stored_shape: tuple[int, ...] = ()
 
     def key(self) -> tuple[int | slice, ...]:
         """The index as ints and slices, for Active (raises NotActiveError if it is no slice)."""
         return tuple(_as_slice(i, ax) for ax, i in enumerate(self.index))
+
+    def full_key(self) -> tuple[slice, ...]:
+        """The index as slices only (an int as a length-1 slice): every stored axis is kept,
+        so axis numbers are the stored variable's."""
+        return tuple(slice(i, i + 1) if isinstance(i, int) else k
+                     for i, k in zip(self.index, self.key()))
+
+    @property
+    def kept_axes(self) -> tuple[int, ...]:
+        """The stored axes the DataArray still has (those not indexed away by a scalar)."""
+        return tuple(ax for ax, i in enumerate(self.index) if not isinstance(i, int))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -224,7 +242,7 @@ def find_origin(da: xr.DataArray) -> Origin:
     else:
         backend, index = _unwrap(data)
     dataset, ncvar, so = _backend_source(backend)
-    origin = Origin(dataset, ncvar, so, index, chunked)
+    origin = Origin(dataset, ncvar, so, index, chunked, tuple(backend.shape))
     if origin.shape != tuple(da.shape):
         raise NotActiveError(f"the DataArray's shape {da.shape} does not match the selection "
                              f"{origin.shape} found behind it; pass fallback=True")
@@ -356,9 +374,10 @@ def _dims(da: xr.DataArray, dim: Any) -> tuple[Hashable, ...]:
     return tuple(d for d in da.dims if d in items)
 
 
-def _cell_methods(attrs: Mapping[str, Any], dims: Sequence[Hashable], op: str) -> dict[str, Any]:
+def _cell_methods(attrs: Mapping[str, Any], dims: Sequence[Hashable], op: str,
+                  weighted: bool = False) -> dict[str, Any]:
     """``attrs`` with ``"dim1: dim2: method"`` appended to ``cell_methods`` (CF section 7.3)."""
-    method = OPERATIONS.get(op)
+    method = (WEIGHTED_OPERATIONS if weighted else OPERATIONS).get(op)
     out = dict(attrs)
     if method is None or not dims:
         return out
@@ -369,21 +388,28 @@ def _cell_methods(attrs: Mapping[str, Any], dims: Sequence[Hashable], op: str) -
 
 
 def _template(da: xr.DataArray, op: str, dims: tuple[Hashable, ...],
-              kwargs: Mapping[str, Any]) -> xr.DataArray:
+              kwargs: Mapping[str, Any], weights: xr.DataArray | None = None) -> xr.DataArray:
     """xarray's own reduction of a one-element stand-in with ``da``'s dims, dtype and attrs:
     it says which attributes survive and the result dtype, whatever xarray version this is."""
     stand_in = xr.DataArray(np.ones((1,) * da.ndim, dtype=da.dtype), dims=da.dims,
                             attrs=da.attrs, name=da.name)
-    return getattr(stand_in, op)(dim=list(dims), **kwargs)
+    with warnings.catch_warnings():  # a one-element var with ddof=1 warns about its dof
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if weights is not None:
+            w = xr.DataArray(np.ones((1,) * weights.ndim, dtype=weights.dtype), dims=weights.dims)
+            return getattr(stand_in.weighted(w), op)(dim=list(dims), **kwargs)
+        return getattr(stand_in, op)(dim=list(dims), **kwargs)
 
 
 def _rebuild(da: xr.DataArray, values: Any, dims: tuple[Hashable, ...],
-             template: xr.DataArray, op: str, keep_attrs: bool) -> xr.DataArray:
+             template: xr.DataArray, op: str, keep_attrs: bool,
+             weighted: bool = False) -> xr.DataArray:
     """The DataArray xarray's reduction would return, holding ``values``."""
     reduced = set(dims)
     drop = [k for k, c in da.coords.items() if reduced & set(c.dims)]
     coords = da.drop_vars(drop).coords
-    attrs = _cell_methods(template.attrs, dims, op) if keep_attrs else dict(template.attrs)
+    attrs = (_cell_methods(template.attrs, dims, op, weighted) if keep_attrs
+             else dict(template.attrs))
     kept = [d for d in da.dims if d not in reduced]
     return xr.DataArray(values, dims=kept, coords=coords, name=da.name, attrs=attrs)
 
@@ -454,17 +480,21 @@ class ActiveAccessor:
         """Number of non-missing values over ``dim``, like ``DataArray.count``."""
         return self._reduce("count", dim, None, keep_attrs, fallback)
 
-    def var(self, *args: Any, **kwargs: Any) -> xr.DataArray:
-        """Not yet: variance arrives with the moment reductions."""
-        raise _planned("var")
+    def var(self, dim: Any = None, *, skipna: bool | None = None, ddof: int = 0,
+            keep_attrs: bool | None = None, fallback: bool | None = None) -> xr.DataArray:
+        """Variance over ``dim`` with ``ddof`` delta degrees of freedom, like ``DataArray.var``
+        (NaN where fewer than ``ddof + 1`` values are valid)."""
+        return self._reduce("var", dim, skipna, keep_attrs, fallback, ddof=ddof)
 
-    def std(self, *args: Any, **kwargs: Any) -> xr.DataArray:
-        """Not yet: standard deviation arrives with the moment reductions."""
-        raise _planned("std")
+    def std(self, dim: Any = None, *, skipna: bool | None = None, ddof: int = 0,
+            keep_attrs: bool | None = None, fallback: bool | None = None) -> xr.DataArray:
+        """Standard deviation over ``dim``, like ``DataArray.std``."""
+        return self._reduce("std", dim, skipna, keep_attrs, fallback, ddof=ddof)
 
-    def weighted(self, weights: Any) -> Any:
-        """Not yet: weighted reductions arrive with the weighted operations."""
-        raise _planned("weighted")
+    def weighted(self, weights: xr.DataArray) -> "ActiveWeighted":
+        """Weighted reductions, like ``DataArray.weighted(weights)``: ``weights`` is a
+        DataArray over some of this array's dimensions (cos(lat), a cell-area variable)."""
+        return ActiveWeighted(self, weights)
 
     # ----------------------------------------------------------------------- machinery
     def _record(self, stats: Any) -> None:
@@ -473,17 +503,22 @@ class ActiveAccessor:
             self._parent._record(stats)
 
     def _reduce(self, op: str, dim: Any, skipna: bool | None, keep_attrs: bool | None,
-                fallback: bool | None, min_count: int | None = None) -> xr.DataArray:
+                fallback: bool | None, min_count: int | None = None, ddof: int = 0,
+                weights: xr.DataArray | None = None) -> xr.DataArray:
         da = self._da
+        weighted = weights is not None
         dims = _dims(da, dim)
         fallback = self._options.fallback if fallback is None else fallback
         xkw: dict[str, Any] = {"keep_attrs": keep_attrs}
-        if op != "count":
+        if op not in ("count", "sum_of_weights"):
             xkw["skipna"] = skipna
         if min_count is not None:
             xkw["min_count"] = min_count
-        template = _template(da, op, dims, xkw)
+        if op in _MOMENT_OPERATIONS and not weighted:
+            xkw["ddof"] = ddof
+        template = _template(da, op, dims, xkw, weights)
         keep = bool(template.attrs) if keep_attrs is None else keep_attrs
+        aligned = _align_weights(da, weights) if weighted else None
         try:
             origin = find_origin(da)
             _check_decoding(da)
@@ -492,15 +527,20 @@ class ActiveAccessor:
                 raise
             log.info("activestorage: reducing %s with xarray (fallback): %s", da.name, exc)
             self._record(None)
-            out = getattr(da, op)(dim=list(dims), **xkw)
-            return out.assign_attrs(_cell_methods(out.attrs, dims, op)) if keep else out
+            source = da.weighted(weights) if weighted else da
+            out = getattr(source, op)(dim=list(dims), **xkw)
+            return (out.assign_attrs(_cell_methods(out.attrs, dims, op, weighted)) if keep
+                    else out)
         axes = tuple(da.dims.index(d) for d in dims)
         skip = True if skipna is None else bool(skipna)
-        if origin.chunked:
+        if weighted or op in _MOMENT_OPERATIONS:
+            w = None if aligned is None else _active_weights(da, origin, aligned)
+            values = self._moment_values(origin, op, axes, skip, ddof, w, template.dtype)
+        elif origin.chunked:
             values = self._dask_values(origin, op, axes, skip, min_count, template.dtype)
         else:
             values = self._values(origin, op, axes, skip, min_count, template.dtype)
-        out = _rebuild(da, values, dims, template, op, keep)
+        out = _rebuild(da, values, dims, template, op, keep, weighted)
         out.active.last_stats = self.last_stats  # also readable from the result
         return out
 
@@ -530,6 +570,45 @@ class ActiveAccessor:
         size = math.prod(origin.shape[ax] for ax in axes)
         return _finish(op, v, n, size, skipna, min_count, dtype)
 
+    def _moment_values(self, origin: Origin, op: str, axes: tuple[int, ...], skipna: bool,
+                       ddof: int, weights: Any, dtype: np.dtype) -> Any:
+        """var/std, and the weighted operations, from one moments reduction (its components:
+        count, sum of weights, weighted mean, sum of weighted squared deviations). The
+        selection keeps every stored axis (:meth:`Origin.full_key`), so axes and weights are
+        numbered as the stored variable's; the scalar-indexed axes are squeezed at the end."""
+        size = math.prod(origin.shape[ax] for ax in axes)
+        stored = tuple(origin.kept_axes[ax] for ax in axes)
+        dropped = tuple(sorted(set(stored) | {ax for ax, i in enumerate(origin.index)
+                                              if isinstance(i, int)}))
+        kw: dict[str, Any] = {"axis": stored, "components": True}
+        if weights is not None:
+            kw["weights"] = weights
+        weighted = weights is not None
+        if origin.chunked:
+            from functools import partial
+
+            import dask.array
+
+            from . import dask as ad
+
+            source = ad.Source(origin.dataset, origin.ncvar, **self._active_kwargs(origin))
+            regions = ad.regions(source, chunks="auto")[origin.full_key()]
+            self._record(None)  # a lazy result: nothing has moved yet
+            finish = partial(_moments_aggregate, op=op, size=size, skipna=skipna, ddof=ddof,
+                             weighted=weighted, dtype=dtype)
+            reduced = dask.array.reduction(
+                regions, partial(_moments_chunk, weights=weights), finish, axis=stored,
+                keepdims=True, dtype=dtype, combine=_moments_combine, concatenate=False,
+                meta=np.empty((0,) * regions.ndim, dtype), name=f"active-{op}-moments")
+            return reduced.squeeze(axis=dropped) if dropped else reduced
+        from .active import Active
+
+        with Active(origin.dataset, origin.ncvar, progress=False,
+                    **self._active_kwargs(origin)) as a:
+            comp = a.var(**kw)[origin.full_key()]
+            self._record(a.stats)
+        return _finish_moments(op, comp, dropped, size, skipna, ddof, weighted, dtype)
+
     def _dask_values(self, origin: Origin, op: str, axes: tuple[int, ...], skipna: bool,
                      min_count: int | None, dtype: np.dtype) -> Any:
         from . import dask as ad
@@ -555,6 +634,215 @@ class ActiveAccessor:
         args = (value,) if n is None else (value, n)
         return dask.array.map_blocks(finish, *args, dtype=dtype, meta=np.empty((0,) * value.ndim,
                                                                                dtype))
+
+
+class ActiveWeighted:
+    """``da.active.weighted(w)``: xarray's ``DataArrayWeighted`` reductions computed where the
+    data lives. Missing values drop their weight (as in xarray and ``np.ma.average``); the
+    weights must not be missing themselves. Weights whose dimensions are the data's are sent
+    with each chunk request (cos(lat): one weight per latitude); a weights DataArray opened
+    from the same dataset as the data (a cell-area variable) is read where the data is.
+    """
+
+    def __init__(self, accessor: ActiveAccessor, weights: xr.DataArray) -> None:
+        if not isinstance(weights, xr.DataArray):
+            raise TypeError(f"weights must be a DataArray (as for DataArray.weighted), not "
+                            f"{type(weights).__name__}")
+        self._accessor = accessor
+        self.weights = weights
+
+    def __repr__(self) -> str:
+        dims = ", ".join(map(str, self.weights.dims))
+        return f"ActiveWeighted with weights along dimensions: {dims}"
+
+    def _reduce(self, op: str, dim: Any, skipna: bool | None, keep_attrs: bool | None,
+                fallback: bool | None) -> xr.DataArray:
+        return self._accessor._reduce(op, dim, skipna, keep_attrs, fallback,
+                                      weights=self.weights)
+
+    def mean(self, dim: Any = None, *, skipna: bool | None = None,
+             keep_attrs: bool | None = None, fallback: bool | None = None) -> xr.DataArray:
+        """Weighted mean over ``dim``, like ``da.weighted(w).mean(dim)``."""
+        return self._reduce("mean", dim, skipna, keep_attrs, fallback)
+
+    def sum(self, dim: Any = None, *, skipna: bool | None = None,
+            keep_attrs: bool | None = None, fallback: bool | None = None) -> xr.DataArray:
+        """Weighted sum over ``dim``, like ``da.weighted(w).sum(dim)`` (0 where all missing)."""
+        return self._reduce("sum", dim, skipna, keep_attrs, fallback)
+
+    def var(self, dim: Any = None, *, skipna: bool | None = None,
+            keep_attrs: bool | None = None, fallback: bool | None = None) -> xr.DataArray:
+        """Weighted variance over ``dim`` (sum of weighted squared deviations over the sum of
+        weights, as xarray defines it: no ``ddof``), like ``da.weighted(w).var(dim)``."""
+        return self._reduce("var", dim, skipna, keep_attrs, fallback)
+
+    def std(self, dim: Any = None, *, skipna: bool | None = None,
+            keep_attrs: bool | None = None, fallback: bool | None = None) -> xr.DataArray:
+        """Weighted standard deviation, like ``da.weighted(w).std(dim)``."""
+        return self._reduce("std", dim, skipna, keep_attrs, fallback)
+
+    def sum_of_weights(self, dim: Any = None, *, keep_attrs: bool | None = None,
+                       fallback: bool | None = None) -> xr.DataArray:
+        """Sum of the weights of the non-missing values (NaN where that is 0), like
+        ``da.weighted(w).sum_of_weights(dim)``."""
+        return self._reduce("sum_of_weights", dim, None, keep_attrs, fallback)
+
+
+#: the moments components of Active (``a.var(components=True)``), in the order used here
+_MOMENTS = ("n", "sw", "mean", "m2")
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """Weights over a DataArray's selection: ``values`` (dims a subset of the data's, in its
+    order, each as long as the data's), or ``ncvar``, a variable of the data's own dataset
+    that the reduction reads where the data is (then ``values`` is None)."""
+
+    values: xr.DataArray | None
+    ncvar: str | None = None
+
+
+def _align_weights(da: xr.DataArray, weights: xr.DataArray) -> _Weights:
+    """``weights`` checked and aligned to ``da``'s selection, as ``DataArray.weighted`` aligns
+    them (by coordinate labels where the weights have them, else by position)."""
+    if not isinstance(weights, xr.DataArray):
+        raise TypeError(f"weights must be a DataArray, not {type(weights).__name__}")
+    extra = [d for d in weights.dims if d not in da.dims]
+    if extra:
+        raise DimensionError(f"the weights have dimensions {extra} that the data "
+                             f"{tuple(da.dims)} does not have")
+    named = _same_dataset_variable(da, weights)  # before anything loads the weights' values
+    w = weights
+    for d in w.dims:
+        if d in w.indexes and d in da.indexes:
+            try:
+                w = w.sel({d: da.indexes[d]})
+            except KeyError:
+                raise ValueError(f"the weights' {d!r} coordinate does not cover the data's; "
+                                 "select the weights like the data") from None
+        elif w.sizes[d] != da.sizes[d]:
+            raise ValueError(f"the weights have {w.sizes[d]} values along {d!r}, the data "
+                             f"{da.sizes[d]}")
+    if named is not None:
+        return _Weights(None, named)
+    w = w.transpose(*[d for d in da.dims if d in w.dims]).load()
+    if bool(w.isnull().any()):
+        raise ValueError("`weights` cannot contain missing values (as in DataArray.weighted); "
+                         "replace them, e.g. with weights.fillna(0)")
+    return _Weights(w)
+
+
+def _same_dataset_variable(da: xr.DataArray, weights: xr.DataArray) -> str | None:
+    """The name of ``weights``' variable when it is a whole, lazily opened variable of the
+    dataset ``da`` comes from (a cell-area or Gaussian-weights variable): the reduction then
+    reads it next to the data, from the same store."""
+    try:
+        w, d = find_origin(weights), find_origin(da)
+    except ActiveStorageError:
+        return None
+    if (w.dataset, w.storage_options) != (d.dataset, d.storage_options) or w.chunked:
+        return None
+    whole = all(not isinstance(i, int) and np.array_equal(i, np.arange(len(i)))
+                for i in w.index)
+    # Active lays a weights variable out along the data's axes by dimension name, in order
+    ordered = list(weights.dims) == [dim for dim in da.dims if dim in weights.dims]
+    return w.ncvar if whole and ordered and len(w.index) == weights.ndim else None
+
+
+def _active_weights(da: xr.DataArray, origin: Origin, weights: _Weights) -> Any:
+    """Aligned weights in the form Active takes them, over the stored variable's axes (the
+    moments reductions select with :meth:`Origin.full_key`, which keeps every axis): a
+    variable name; for weights along one dimension one 1-D array over that whole stored axis
+    (separable: each chunk request carries its slice); else an array broadcastable to the
+    stored variable. Positions outside the selection get weight 1 (they are never read)."""
+    if weights.ncvar is not None:
+        return weights.ncvar
+    w = weights.values
+    assert w is not None
+    ndim = len(origin.index)
+    axes = [origin.kept_axes[da.dims.index(d)] for d in w.dims]
+    shape = [origin.stored_shape[ax] if ax in axes else 1 for ax in range(ndim)]
+    full = np.ones(shape, dtype=np.float64)
+    where = [np.asarray(origin.index[ax]) if ax in axes else np.zeros(1, dtype=int)
+             for ax in range(ndim)]
+    full[np.ix_(*where)] = np.asarray(w.values, dtype=np.float64).reshape(
+        [len(x) for x in where])
+    if len(axes) == 1:
+        return {axes[0]: full.reshape(-1)}
+    return full
+
+
+def _moments_chunk(block: Any, axis: tuple[int, ...] | None = None, keepdims: bool = True, *,
+                   weights: Any = None, **_: Any) -> dict[str, np.ndarray]:
+    """A Dask task: one region's moments, reduced where the data lives, as one float64 array
+    ``(n, sw, mean, m2, sw2)`` on a last axis (keepdims shape before it)."""
+    from . import dask as ad
+
+    a = ad.active_for(block.source)
+    kw: dict[str, Any] = {"axis": axis, "components": True}
+    if weights is not None:
+        kw["weights"] = weights
+    comp = a.var(**kw)[block.key]
+    kshape = tuple(1 if i in (axis or ()) else n for i, n in enumerate(block.shape))
+    fields = [np.asarray(np.ma.getdata(comp[k]), np.float64).reshape(kshape)
+              for k in ("n", "sw", "mean", "m2", "sw2")]
+    return {"m": np.stack(fields, axis=-1)}
+
+
+def _moments_combine(parts: Any, axis: Any = None, keepdims: bool = True,
+                     **_: Any) -> dict[str, np.ndarray]:
+    """Dask's combine: merge regions' moments (counts add; Chan's formula for the rest)."""
+    from .combine import merge_moments
+
+    flat: list[np.ndarray] = []
+    stack = [parts]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            flat.append(item["m"])
+        else:
+            stack.extend(reversed(item))
+    out = flat[0].copy()
+    for m in flat[1:]:
+        out[..., 0] += m[..., 0]
+        merge_moments(out[..., 1:], m[..., 1:], out=out[..., 1:])
+    return {"m": out}
+
+
+def _moments_aggregate(parts: Any, axis: Any = None, keepdims: bool = True, *, op: str,
+                       size: int, skipna: bool, ddof: int, weighted: bool, dtype: np.dtype,
+                       **_: Any) -> np.ndarray:
+    """Dask's aggregate: merged moments -> xarray's answer (keepdims shape)."""
+    m = _moments_combine(parts)["m"]
+    comp = {k: m[..., i] for i, k in enumerate(("n", "sw", "mean", "m2", "sw2"))}
+    return _finish_moments(op, comp, (), size, skipna, ddof, weighted, dtype)
+
+
+def _finish_moments(op: str, comp: Mapping[str, Any], axes: tuple[int, ...], size: int,
+                    skipna: bool, ddof: int, weighted: bool, dtype: np.dtype) -> np.ndarray:
+    """Moments components (keepdims shape; ``axes`` squeezed away) -> xarray's answer for
+    ``op``: weighted as xarray weighs (the variance is ``m2 / sum of weights``), unweighted
+    with ``ddof`` as ``DataArray.var`` (NaN where ``n - ddof <= 0``)."""
+    n, sw, mean, m2 = (np.asarray(np.ma.getdata(comp[k]), dtype=np.int64 if k == "n"
+                                  else np.float64) for k in _MOMENTS)
+    if axes:
+        n, sw, mean, m2 = (np.squeeze(x, axis=axes) for x in (n, sw, mean, m2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if op == "sum_of_weights":
+            v = np.where(sw != 0, sw, np.nan)
+        elif op == "sum":
+            v = np.where(n > 0, mean * sw, 0.0)
+        elif op == "mean":
+            v = np.where(sw != 0, mean, np.nan)
+        else:  # var, std
+            denom = sw if weighted else n - ddof
+            valid = denom != 0 if weighted else denom > 0
+            v = np.where(valid, m2 / np.where(valid, denom, 1), np.nan)
+            if op == "std":
+                v = np.sqrt(v)
+    if not skipna and op != "sum_of_weights":
+        v = np.where(n < size, np.nan, v)
+    return np.asarray(v).astype(dtype if dtype.kind in "fc" else np.float64)
 
 
 def _finish(op: str, v: np.ndarray, n: np.ndarray, size: int, skipna: bool,
@@ -610,11 +898,3 @@ def _check_decoding(da: xr.DataArray) -> None:
             f"{da.name} has {', '.join(ranged)}: Active masks values outside it (as netCDF4 "
             "does) but xarray does not, so the answers would differ; pass fallback=True for "
             "xarray's answer")
-
-
-def _planned(op: str) -> OperationNotAvailableError:
-    what = "weighted reductions" if op == "weighted" else "the moment reductions (var, std)"
-    xarray_call = "da.weighted(w).mean(dim)" if op == "weighted" else f"da.{op}(dim)"
-    return OperationNotAvailableError(
-        f"da.active.{op} needs {what}, which are not in this version of activestorage; use "
-        f"xarray's {xarray_call} (it moves all the data) until they arrive")

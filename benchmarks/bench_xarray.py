@@ -12,6 +12,11 @@ Every timing includes opening the dataset; the best of ``--repeat`` runs is kept
 checked against method 1. Prints seconds, the ratio to plain xarray (xarray seconds / method
 seconds: above 1 is faster) and what the active methods read, side by side.
 
+``--remote`` also puts the files in moto's S3 server on loopback and times, on the S3 URLs,
+``xarray`` (``xr.open_dataset(url, storage_options=...)``: every byte comes to the client),
+``active server`` (``.active(active_storage_url=<our server>).mean(...)``) and ``active fetch``
+(the reduction in this process from fetched bytes), with the bytes each moved to the client.
+
     python benchmarks/bench_xarray.py --quick        # 21 MB files, a smoke run
     python benchmarks/bench_xarray.py                # the 415 MB files
     python benchmarks/bench_xarray.py --json out.json --repeat 5
@@ -97,6 +102,47 @@ def run(path: Path, repeat: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_remote(paths: list[Path], data_dir: Path, repeat: int) -> dict[str, dict[str, Any]]:
+    """The global mean of each file in moto S3: xarray, our server and fetch; bytes moved."""
+    import tempfile
+
+    import xarray as xr
+
+    import activestorage.xarray  # noqa: F401
+    from benchmarks import services
+
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-xarray-") as tmp, services.started(
+            Path(tmp), paths, data_dir, moto=True, server=True, nginx=False) as sv:
+        so = {"key": sv.s3["key"], "secret": sv.s3["secret"],
+              "client_kwargs": {"endpoint_url": sv.s3["endpoint"], "region_name": "us-east-1"}}
+        for path in paths:
+            url = sv.s3_url(path)
+            reference = None
+            for label in ("xarray", "active server", "active fetch"):
+                best, extra, values = float("inf"), {}, None
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    with xr.open_dataset(url, engine="h5netcdf", storage_options=so) as ds:
+                        if label == "xarray":
+                            values = ds.tas.mean(DIMS).values
+                            extra = {"bytes_received": path.stat().st_size}  # (at least)
+                        else:
+                            kw = ({"active_storage_url": sv.server_url} if label ==
+                                  "active server" else {"backend": "fetch"})
+                            got = ds.tas.active(**kw).mean(DIMS)
+                            values, st = got.values, got.active.last_stats
+                            extra = {"bytes_received": st.bytes_received,
+                                     "bytes_without_active": st.bytes_without_active,
+                                     "requests": st.requests}
+                    best = min(best, time.perf_counter() - t0)
+                if reference is None:
+                    reference = values
+                agree = bool(np.allclose(values, reference, rtol=1e-5, equal_nan=True))
+                out[f"{path.stem} {label}"] = {"seconds": best, "agrees": agree, **extra}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the 21 MB files instead of 415 MB")
@@ -104,16 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=data.DEFAULT_DIR,
                    help="where the benchmark files are (written there if absent)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--remote", action="store_true",
+                   help="also from moto S3: xarray vs .active through our server and fetch")
     args = p.parse_args(argv)
     results: dict[str, Any] = {"quick": args.quick, "repeat": args.repeat, "files": {}}
     failed = False
     header = f"{'file':<8} {'method':<12} {'seconds':>9} {'x xarray':>9} {'read MB':>8} " \
              f"{'to client':>10}  agrees"
     print(header)
+    paths = []
     for spec in data.specs(args.quick):
         if spec.name not in ("plain", "zlib"):
             continue
         path = data.ensure(spec, args.data_dir)
+        paths.append(path)
         got = run(path, args.repeat)
         results["files"][spec.name] = {"path": str(path), "methods": got}
         base = got["xarray"]["seconds"]
@@ -122,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
             sent = f"{r['bytes_received']:>10d}" if "bytes_received" in r else f"{'-':>10}"
             print(f"{spec.name:<8} {name:<12} {r['seconds']:9.3f} {base / r['seconds']:9.2f} "
                   f"{read} {sent}  {'yes' if r['agrees'] else 'NO'}")
+            failed |= not r["agrees"]
+    if args.remote:
+        remote = run_remote(paths, args.data_dir, args.repeat)
+        results["remote"] = remote
+        print(f"\n{'S3 (moto)':<28} {'seconds':>9} {'to client':>12}  agrees")
+        for name, r in remote.items():
+            print(f"{name:<28} {r['seconds']:9.3f} {r['bytes_received']:12d}  "
+                  f"{'yes' if r['agrees'] else 'NO'}")
             failed |= not r["agrees"]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
