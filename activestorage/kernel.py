@@ -796,7 +796,7 @@ def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
         sw, s, sw2 = zeros(), zeros(), zeros()
         if valid is None:  # the weights' sums from the (small, broadcast) weights alone
             w = np.asarray(w, _F8).reshape((1,) * (x.ndim - np.ndim(w)) + np.shape(w))
-            own = tuple(i for i in axis if w.shape[i] > 1)
+            own = tuple(i for i in axis if w.shape[i] != 1)  # an empty axis is its own too
             times = math.prod(x.shape[i] for i in axis if w.shape[i] == 1)
             sw[...] = np.add.reduce(w, axis=own, keepdims=True) * times
             sw2[...] = np.add.reduce(w * w, axis=own, keepdims=True) * times
