@@ -60,7 +60,8 @@ def test_two_workers_show_one_metrics_view(tmp_path, nginx_server):
     (root / "workers.bin").write_bytes(np.arange(1000, dtype="<f8").tobytes())
     body = {"interface_type": "http", "url": f"{nginx_server.url}/workers.bin",
             "dtype": "float64", "offset": 0, "size": 8000, "shape": [1000]}
-    srv = start_active_server(tmp_path / "srv", "--workers", "2", "--no-access-log")
+    srv = start_active_server(tmp_path / "srv", "--workers", "2", "--no-access-log",
+                              "--no-chunk-cache")  # every request reads upstream
     try:
         kids = _workers(srv, 2)
         assert len(kids) == 2
