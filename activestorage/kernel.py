@@ -9,7 +9,8 @@ and counts take the one-pass path of :mod:`activestorage.fused` where it is buil
 (missing test and addition in a single read of the data), NumPy otherwise. The ``moments``
 partial (``(sw, mean, m2, sw2)`` per output element, optionally weighted) is computed in two
 passes in float64 (the mean, then the squared deviations from it, corrected by their own sum):
-compiled for unweighted whole blocks, NumPy in cache-sized blocks otherwise; ``minmax`` is
+compiled for unweighted whole blocks (usually as one pass around a sampled shift, see
+:func:`_full_moments`), NumPy in cache-sized blocks otherwise; ``minmax`` is
 ``(min, max)`` side by side.
 
 Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
@@ -830,17 +831,59 @@ def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
     return out
 
 
+#: elements (about) of the spread sample whose mean is the shift of :func:`_full_moments`
+_SHIFT_SAMPLE = 256
+#: largest Σd²/m2 (d = x - shift) :func:`_full_moments` accepts from its one pass: the error of
+#: m2 = Σd² - (Σd)²/n is at most about 3·γ·Σd² (γ: the relative error of the float64 sums), so
+#: at most 3·γ·4 of m2, against about γ for a pass around the exact mean
+_MAX_CONDITION = 4.0
+
+
+def _shift_of(x: np.ndarray, spec: tuple[Any, ...]) -> float:
+    """A cheap estimate of the mean of the elements of ``x`` not missing: the mean of a
+    strided sample of about :data:`_SHIFT_SAMPLE` of them, spread over every axis (so a trend
+    along any axis is seen), read in place. 0 when the sample has nothing."""
+    per = max(2, math.ceil(_SHIFT_SAMPLE ** (1 / x.ndim)))
+    sample = x[tuple(slice(None, None, max(1, n // per)) for n in x.shape)]
+    got = fused.sum_count(sample, *spec, want_sum=True)
+    if got is None or not got[1]:
+        return 0.0
+    shift = float(got[0]) / got[1]
+    return shift if math.isfinite(shift) else 0.0
+
+
 def _full_moments(x: np.ndarray, m: _Mask | None) -> Partial | None:
-    """Unweighted moments of every element of ``x`` in two compiled passes and no mask (None:
-    no fast path): the masked sum and count, then the deviations from their mean."""
+    """Unweighted moments of every element of ``x`` in compiled passes and no mask (None: no
+    fast path).
+
+    Usually one pass: Σd and Σd² of d = x - K in float64, K the mean of a small spread sample
+    (:func:`_shift_of`), and m2 = Σd² - (Σd)²/n. That is the corrected two-pass formula with K
+    in place of the computed mean; it keeps every digit while K is close to the mean compared
+    with the spread (Σd²/m2 = 1 + n(mean - K)²/m2 small; a sample of present elements is part
+    of the data, so the ratio stays below 1 + n/samples however the data lie). When it exceeds
+    :data:`_MAX_CONDITION` (adversarial data: a sample far from the mean, or a constant chunk
+    whose m2 is all rounding), or anything is not finite, the two exact passes run instead:
+    the masked sum and count, then the deviations from their mean."""
     if x.dtype.kind != "f" and x.dtype.itemsize == 8:
         return None  # 64-bit integer sums wrap in the compiled pass; NumPy's float64 does not
     spec = _spec_of(m)
+    out_shape = (1,) * x.ndim
+    if x.size:
+        shift = _shift_of(x, spec)
+        dev = fused.deviations(x, shift, *spec)
+        if dev is None:
+            return None
+        c, q, n = dev
+        if not n:
+            return Partial(np.zeros(out_shape + (4,)), _filled(out_shape, 0, _INT64))
+        m2 = q - c * (c / n)
+        if math.isfinite(q) and math.isfinite(c) and q <= _MAX_CONDITION * m2 or q == 0.0:
+            values = np.array([float(n), shift + c / n, max(m2, 0.0), float(n)])
+            return Partial(values.reshape(out_shape + (4,)), _filled(out_shape, n, _INT64))
     got = fused.sum_count(x, *spec, want_sum=True)
     if got is None:
         return None
     total, n = got
-    out_shape = (1,) * x.ndim
     mean = float(total) / n if n else 0.0
     dev = fused.deviations(x, mean, *spec) if n else (0.0, 0.0, 0)
     if dev is None:
