@@ -1118,6 +1118,34 @@ def test_one_pass_moments_keep_every_digit(x):
     np.testing.assert_allclose(m2 / sw, np.var(good), rtol=1e-9, atol=tiny ** 2)
 
 
+@PROPS
+@given(st.lists(st.sampled_from([0.0, 1.0, 1e3, 1e6, -3e7]), min_size=1, max_size=6),
+       st.sampled_from([1e-3, 1.0, 1e3]), st.integers(0, 2**32 - 1),
+       st.tuples(st.integers(1, 30), st.integers(1, 30)))
+def test_per_cell_moments_keep_every_digit(offsets, scale, seed, cell):
+    """Moments along the trailing axes (one cell per leading index, each around the previous
+    cell's mean): cells with far apart means, missing elements and empty cells still match
+    np.var in float64 to rtol 1e-9, cell by cell."""
+    rng = np.random.default_rng(seed)
+    x = np.array(offsets).reshape(-1, 1, 1) + scale * rng.standard_normal((len(offsets),) + cell)
+    x = x.astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = -999.0
+    if len(offsets) > 2:
+        x[1] = -999.0
+    with kernel_path(True):
+        p = reduce_array(x, "moments", (1, 2), Missing(values=(-999.0,)))
+    for i in range(len(offsets)):
+        good = x[i][x[i] != -999.0].astype(np.float64)
+        sw, mean, m2, _ = p.values[i].reshape(4)
+        assert sw == good.size == p.counts[i].reshape(())
+        if not good.size:
+            assert not p.values[i].any()
+            continue
+        tiny = 1e-12 * float(np.abs(good).max())
+        np.testing.assert_allclose(mean, good.mean(), rtol=1e-9, atol=tiny)
+        np.testing.assert_allclose(m2 / sw, np.var(good), rtol=1e-9, atol=tiny ** 2)
+
+
 def test_one_pass_moments_fall_back_when_the_shift_is_far(monkeypatch):
     """The guard matters: every sampled element missing leaves the shift at 0, far from a mean
     of 1e7; accepting the one pass regardless loses the digits, with the guard the second,
