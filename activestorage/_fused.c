@@ -29,7 +29,7 @@
  *
  * deviations(array, mean, values, nan, vmin, vmax) -> (sum_d, sum_d2, count)
  *   Sums of x - mean and (x - mean)**2 in double over the elements not missing (the second pass
- *   of the kernel's two-pass moments); four chains per sum in a fixed order.
+ *   of the kernel's two-pass moments); sixteen chains per sum in a fixed order.
  *
  * The GIL is released while the loops run.
  */
@@ -962,108 +962,210 @@ done:
 /* ------------------------------------------------------------ deviations from a given mean */
 
 /* Sums of (x - mean) and (x - mean)^2 in double over the elements of one row that are not
- * missing, and their count: the second pass of the kernel's two-pass moments. Four independent
- * chains per sum (element k in chain k % 4), added in a fixed order at the end of the call. */
+ * missing, and their count: the moments pass of the kernel. DCH independent chains per sum
+ * (element k of a row in chain k % DCH), added in a fixed order at the end of the call. Sixteen
+ * chains keep the adds from waiting on each other (four made the pass latency-bound: about a
+ * quarter of the speed of the sum pass), and every code path keeps the same order, so the same
+ * bits at every SIMD level. */
+#define DCH 16
 typedef struct {
-    double d[4], d2[4];
+    double d[DCH], d2[DCH];
     Py_ssize_t good;
 } devacc_t;
 
+/* the missing-data tests of a float32 row in double (exact: the kernel's values are float32
+ * numbers, see f32_exact); an unused value is NaN, which equals nothing */
+typedef struct {
+    double v0, v1, lo, hi;
+    int nan;
+} devspec_t;
+
+static void devspec_init(devspec_t *m, const spec_t *s) {
+    m->v0 = s->nvalues > 0 ? s->fval[0] : __builtin_nan("");
+    m->v1 = s->nvalues > 1 ? s->fval[1] : __builtin_nan("");
+    m->lo = s->has_min ? s->fmin : -__builtin_inf();
+    m->hi = s->has_max ? s->fmax : __builtin_inf();
+    m->nan = s->nan;
+}
+
 #if HAVE_SSE2
-/* dev_f32 on a contiguous row with missing data: 4 elements per step, the missing-data tests
- * as vector compares (an unused value is NaN, which equals nothing; unused bounds are infinite),
- * missing lanes zeroed; lanes 0-3 are the chains k % 4 of the scalar code. */
-static Py_ssize_t dev_f32_sse2(const float *x, Py_ssize_t n, const spec_t *s, double mean,
-                               double *d, double *q, Py_ssize_t *good) {
-    const float qnan = __builtin_nanf("");
-    const __m128 v0 = _mm_set1_ps(s->nvalues > 0 ? (float)s->fval[0] : qnan);
-    const __m128 v1 = _mm_set1_ps(s->nvalues > 1 ? (float)s->fval[1] : qnan);
-    const __m128 lo = _mm_set1_ps(s->has_min ? (float)s->fmin : -__builtin_inff());
-    const __m128 hi = _mm_set1_ps(s->has_max ? (float)s->fmax : __builtin_inff());
-    const __m128 nanm = _mm_castsi128_ps(_mm_set1_epi32(s->nan ? -1 : 0));
+static ALWAYS_INLINE __m128d dev_bad_pd(__m128d a, const devspec_t *m) {
+    __m128d b = _mm_or_pd(_mm_cmpeq_pd(a, _mm_set1_pd(m->v0)), _mm_cmpeq_pd(a, _mm_set1_pd(m->v1)));
+    b = _mm_or_pd(b, _mm_or_pd(_mm_cmplt_pd(a, _mm_set1_pd(m->lo)),
+                               _mm_cmpgt_pd(a, _mm_set1_pd(m->hi))));
+    if (m->nan) b = _mm_or_pd(b, _mm_cmpunord_pd(a, a));
+    return b;
+}
+
+/* DCH elements per step as 8 pairs of doubles, pair i holding chains 2i and 2i+1 */
+static ALWAYS_INLINE Py_ssize_t dev_f32_sse2_body(int masked, const float *x, Py_ssize_t n,
+                                                  const devspec_t *m, double mean, double *d,
+                                                  double *q, Py_ssize_t *good) {
     const __m128d mv = _mm_set1_pd(mean);
-    __m128d dl = _mm_setzero_pd(), dh = _mm_setzero_pd(), ql = _mm_setzero_pd(),
-            qh = _mm_setzero_pd();
+    __m128d D[DCH / 2], Q[DCH / 2];
+    for (int i = 0; i < DCH / 2; i++) D[i] = Q[i] = _mm_setzero_pd();
     Py_ssize_t k = 0, bad = 0;
-    for (; k + 4 <= n; k += 4) {
-        __m128 v = _mm_loadu_ps(x + k);
-        __m128 m = _mm_or_ps(_mm_or_ps(_mm_cmpeq_ps(v, v0), _mm_cmpeq_ps(v, v1)),
-                             _mm_or_ps(_mm_and_ps(nanm, _mm_cmpunord_ps(v, v)),
-                                       _mm_or_ps(_mm_cmplt_ps(v, lo), _mm_cmpgt_ps(v, hi))));
-        bad += POP4[_mm_movemask_ps(m)];
-        __m128i mi = _mm_castps_si128(m);
-        __m128d a = _mm_sub_pd(_mm_cvtps_pd(v), mv);
-        __m128d b = _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), mv);
-        a = _mm_andnot_pd(_mm_castsi128_pd(_mm_unpacklo_epi32(mi, mi)), a);
-        b = _mm_andnot_pd(_mm_castsi128_pd(_mm_unpackhi_epi32(mi, mi)), b);
-        dl = _mm_add_pd(dl, a);
-        dh = _mm_add_pd(dh, b);
-        ql = _mm_add_pd(ql, _mm_mul_pd(a, a));
-        qh = _mm_add_pd(qh, _mm_mul_pd(b, b));
+    for (; k + DCH <= n; k += DCH) {
+        for (int i = 0; i < DCH / 4; i++) {
+            __m128 v = _mm_loadu_ps(x + k + 4 * i);
+            __m128d a = _mm_cvtps_pd(v), b = _mm_cvtps_pd(_mm_movehl_ps(v, v));
+            if (masked) {
+                __m128d ba = dev_bad_pd(a, m), bb = dev_bad_pd(b, m);
+                bad += POP4[_mm_movemask_pd(ba) | (_mm_movemask_pd(bb) << 2)];
+                a = _mm_andnot_pd(ba, _mm_sub_pd(a, mv));
+                b = _mm_andnot_pd(bb, _mm_sub_pd(b, mv));
+            } else {
+                a = _mm_sub_pd(a, mv);
+                b = _mm_sub_pd(b, mv);
+            }
+            D[2 * i] = _mm_add_pd(D[2 * i], a);
+            D[2 * i + 1] = _mm_add_pd(D[2 * i + 1], b);
+            Q[2 * i] = _mm_add_pd(Q[2 * i], _mm_mul_pd(a, a));
+            Q[2 * i + 1] = _mm_add_pd(Q[2 * i + 1], _mm_mul_pd(b, b));
+        }
     }
-    double t[2];
-    _mm_storeu_pd(t, dl); d[0] += t[0]; d[1] += t[1];
-    _mm_storeu_pd(t, dh); d[2] += t[0]; d[3] += t[1];
-    _mm_storeu_pd(t, ql); q[0] += t[0]; q[1] += t[1];
-    _mm_storeu_pd(t, qh); q[2] += t[0]; q[3] += t[1];
+    for (int i = 0; i < DCH / 2; i++) {
+        _mm_storeu_pd(d + 2 * i, D[i]);
+        _mm_storeu_pd(q + 2 * i, Q[i]);
+    }
     *good += k - bad;
     return k;
 }
+
+static Py_ssize_t dev_f32_sse2(const float *x, Py_ssize_t n, const spec_t *s, int masked,
+                               double mean, double *d, double *q, Py_ssize_t *good) {
+    devspec_t m;
+    devspec_init(&m, s);
+    return masked ? dev_f32_sse2_body(1, x, n, &m, mean, d, q, good)
+                  : dev_f32_sse2_body(0, x, n, &m, mean, d, q, good);
+}
+
+#if HAVE_AVX2
+TARGET_AVX2 static ALWAYS_INLINE __m256d dev_bad_pd4(__m256d a, const devspec_t *m) {
+    __m256d b = _mm256_or_pd(_mm256_cmp_pd(a, _mm256_set1_pd(m->v0), _CMP_EQ_OQ),
+                             _mm256_cmp_pd(a, _mm256_set1_pd(m->v1), _CMP_EQ_OQ));
+    b = _mm256_or_pd(b, _mm256_or_pd(_mm256_cmp_pd(a, _mm256_set1_pd(m->lo), _CMP_LT_OQ),
+                                     _mm256_cmp_pd(a, _mm256_set1_pd(m->hi), _CMP_GT_OQ)));
+    if (m->nan) b = _mm256_or_pd(b, _mm256_cmp_pd(a, a, _CMP_UNORD_Q));
+    return b;
+}
+
+/* the SSE2 order with 4 doubles per register: register i holds chains 4i..4i+3 */
+TARGET_AVX2 static ALWAYS_INLINE Py_ssize_t dev_f32_avx2_body(int masked, const float *x,
+                                                              Py_ssize_t n, const devspec_t *m,
+                                                              double mean, double *d, double *q,
+                                                              Py_ssize_t *good) {
+    const __m256d mv = _mm256_set1_pd(mean);
+    __m256d D0 = _mm256_setzero_pd(), D1 = D0, D2 = D0, D3 = D0, Q0 = D0, Q1 = D0, Q2 = D0,
+            Q3 = D0;
+    __m256i neg = _mm256_setzero_si256(); /* -1 per missing element, per lane */
+    Py_ssize_t k = 0;
+    for (; k + DCH <= n; k += DCH) {
+        __m256 v = _mm256_loadu_ps(x + k), w = _mm256_loadu_ps(x + k + 8);
+        __m256d a0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d a1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        __m256d a2 = _mm256_cvtps_pd(_mm256_castps256_ps128(w));
+        __m256d a3 = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+        if (masked) {
+            __m256d b0 = dev_bad_pd4(a0, m), b1 = dev_bad_pd4(a1, m);
+            __m256d b2 = dev_bad_pd4(a2, m), b3 = dev_bad_pd4(a3, m);
+            neg = _mm256_add_epi64(neg, _mm256_add_epi64(
+                _mm256_add_epi64(_mm256_castpd_si256(b0), _mm256_castpd_si256(b1)),
+                _mm256_add_epi64(_mm256_castpd_si256(b2), _mm256_castpd_si256(b3))));
+            a0 = _mm256_andnot_pd(b0, _mm256_sub_pd(a0, mv));
+            a1 = _mm256_andnot_pd(b1, _mm256_sub_pd(a1, mv));
+            a2 = _mm256_andnot_pd(b2, _mm256_sub_pd(a2, mv));
+            a3 = _mm256_andnot_pd(b3, _mm256_sub_pd(a3, mv));
+        } else {
+            a0 = _mm256_sub_pd(a0, mv);
+            a1 = _mm256_sub_pd(a1, mv);
+            a2 = _mm256_sub_pd(a2, mv);
+            a3 = _mm256_sub_pd(a3, mv);
+        }
+        D0 = _mm256_add_pd(D0, a0);
+        D1 = _mm256_add_pd(D1, a1);
+        D2 = _mm256_add_pd(D2, a2);
+        D3 = _mm256_add_pd(D3, a3);
+        Q0 = _mm256_add_pd(Q0, _mm256_mul_pd(a0, a0)); /* no FMA: the same bits as SSE2 */
+        Q1 = _mm256_add_pd(Q1, _mm256_mul_pd(a1, a1));
+        Q2 = _mm256_add_pd(Q2, _mm256_mul_pd(a2, a2));
+        Q3 = _mm256_add_pd(Q3, _mm256_mul_pd(a3, a3));
+    }
+    _mm256_storeu_pd(d, D0); _mm256_storeu_pd(d + 4, D1);
+    _mm256_storeu_pd(d + 8, D2); _mm256_storeu_pd(d + 12, D3);
+    _mm256_storeu_pd(q, Q0); _mm256_storeu_pd(q + 4, Q1);
+    _mm256_storeu_pd(q + 8, Q2); _mm256_storeu_pd(q + 12, Q3);
+    int64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, neg);
+    *good += k + (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    return k;
+}
+
+TARGET_AVX2 static Py_ssize_t dev_f32_avx2(const float *x, Py_ssize_t n, const spec_t *s,
+                                           int masked, double mean, double *d, double *q,
+                                           Py_ssize_t *good) {
+    devspec_t m;
+    devspec_init(&m, s);
+    return masked ? dev_f32_avx2_body(1, x, n, &m, mean, d, q, good)
+                  : dev_f32_avx2_body(0, x, n, &m, mean, d, q, good);
+}
 #endif
 
-#define DEV_ROW(NAME, T, TEST, FV, LO, HI, FAST, EXACT)                                                              \
+/* a contiguous float32 row's whole steps of DCH elements, the widest code the CPU runs */
+static Py_ssize_t dev_f32_simd(const float *x, Py_ssize_t n, const spec_t *s, int masked,
+                               double mean, double *d, double *q, Py_ssize_t *good) {
+#if HAVE_AVX2
+    if (simd_level >= 2) return dev_f32_avx2(x, n, s, masked, mean, d, q, good);
+#endif
+    return dev_f32_sse2(x, n, s, masked, mean, d, q, good);
+}
+#endif
+
+#define DEV_ROW(NAME, T, TEST, FV, LO, HI, FAST, EXACT)                                       \
     static void NAME(const char *p, Py_ssize_t n, Py_ssize_t stride, const spec_t *s,         \
                      int any_missing, double mean, devacc_t *acc) {                           \
-        double d0 = 0, d1 = 0, d2 = 0, d3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0;                \
+        double d[DCH] = {0}, q[DCH] = {0};                                                    \
         Py_ssize_t good = 0, k = 0;                                                           \
         if (FAST) {                                                                           \
-            double dd[4] = {0, 0, 0, 0}, qq[4] = {0, 0, 0, 0};                                \
-            k = dev_f32_sse2((const float *)p, n, s, mean, dd, qq, &good);                    \
-            d0 = dd[0]; d1 = dd[1]; d2 = dd[2]; d3 = dd[3];                                   \
-            q0 = qq[0]; q1 = qq[1]; q2 = qq[2]; q3 = qq[3];                                   \
+            k = dev_f32_simd((const float *)p, n, s, any_missing, mean, d, q, &good);         \
         } else if (!any_missing && stride == (Py_ssize_t)sizeof(T)) {                         \
             const T *x = (const T *)p;                                                        \
-            for (; k + 4 <= n; k += 4) {                                                      \
-                double a = (double)x[k] - mean, b = (double)x[k + 1] - mean;                  \
-                double c = (double)x[k + 2] - mean, e = (double)x[k + 3] - mean;              \
-                d0 += a; d1 += b; d2 += c; d3 += e;                                           \
-                q0 += a * a; q1 += b * b; q2 += c * c; q3 += e * e;                           \
-            }                                                                                 \
+            for (; k + DCH <= n; k += DCH)                                                    \
+                for (int j = 0; j < DCH; j++) {                                               \
+                    double a = (double)x[k + j] - mean;                                       \
+                    d[j] += a;                                                                \
+                    q[j] += a * a;                                                            \
+                }                                                                             \
             good = k;                                                                         \
-        } else if (stride == (Py_ssize_t)sizeof(T) && s->nvalues <= 2 && (EXACT)) {                     \
+        } else if (stride == (Py_ssize_t)sizeof(T) && s->nvalues <= 2 && (EXACT)) {           \
             /* branch-free: unused values never match (NaN for floats, a flag for integers) */ \
             const T *x = (const T *)p;                                                        \
             const int n0 = s->nvalues > 0, n1 = s->nvalues > 1, nanf = s->nan;                \
             const int hmin = s->has_min, hmax = s->has_max;                                   \
             const T v0 = (T)(FV(0)), v1 = (T)(FV(1)), lo = (T)(LO), hi = (T)(HI);              \
-            for (; k + 4 <= n; k += 4) {                                                      \
-                double dv[4];                                                                 \
-                for (int j = 0; j < 4; j++) {                                                 \
+            for (; k + DCH <= n; k += DCH)                                                    \
+                for (int j = 0; j < DCH; j++) {                                               \
                     T v = x[k + j];                                                           \
                     int bad = (n0 & (v == v0)) | (n1 & (v == v1)) | (nanf & (v != v)) |       \
                               (hmin & (v < lo)) | (hmax & (v > hi));                          \
-                    dv[j] = bad ? 0.0 : (double)v - mean;                                     \
+                    double a = bad ? 0.0 : (double)v - mean;                                  \
+                    d[j] += a;                                                                \
+                    q[j] += a * a;                                                            \
                     good += !bad;                                                             \
                 }                                                                             \
-                d0 += dv[0]; d1 += dv[1]; d2 += dv[2]; d3 += dv[3];                           \
-                q0 += dv[0] * dv[0]; q1 += dv[1] * dv[1];                                     \
-                q2 += dv[2] * dv[2]; q3 += dv[3] * dv[3];                                     \
-            }                                                                                 \
         }                                                                                     \
-        for (; k < n; k++) { /* the tail, in chain k % 4 as above */                          \
+        for (; k < n; k++) { /* the tail, in chain k % DCH as above */                        \
             T v = *(const T *)(p + k * stride);                                               \
             if (any_missing && (TEST)) continue;                                              \
-            double dv = (double)v - mean;                                                     \
-            switch (k & 3) {                                                                  \
-            case 0: d0 += dv; q0 += dv * dv; break;                                           \
-            case 1: d1 += dv; q1 += dv * dv; break;                                           \
-            case 2: d2 += dv; q2 += dv * dv; break;                                           \
-            default: d3 += dv; q3 += dv * dv; break;                                          \
-            }                                                                                 \
+            double a = (double)v - mean;                                                      \
+            d[k % DCH] += a;                                                                  \
+            q[k % DCH] += a * a;                                                              \
             good++;                                                                           \
         }                                                                                     \
-        acc->d[0] += d0; acc->d[1] += d1; acc->d[2] += d2; acc->d[3] += d3;                   \
-        acc->d2[0] += q0; acc->d2[1] += q1; acc->d2[2] += q2; acc->d2[3] += q3;               \
+        for (int j = 0; j < DCH; j++) {                                                       \
+            acc->d[j] += d[j];                                                                \
+            acc->d2[j] += q[j];                                                               \
+        }                                                                                     \
         acc->good += good;                                                                    \
     }
 
@@ -1144,8 +1246,12 @@ static PyObject *fused_deviations(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    result = Py_BuildValue("(ddn)", (acc.d[0] + acc.d[1]) + (acc.d[2] + acc.d[3]),
-                           (acc.d2[0] + acc.d2[1]) + (acc.d2[2] + acc.d2[3]), acc.good);
+    for (int w = DCH / 2; w >= 1; w /= 2) /* the chains pairwise, in a fixed order */
+        for (int j = 0; j < w; j++) {
+            acc.d[j] += acc.d[j + w];
+            acc.d2[j] += acc.d2[j + w];
+        }
+    result = Py_BuildValue("(ddn)", acc.d[0], acc.d2[0], acc.good);
 done:
     PyBuffer_Release(&view);
     return result;

@@ -9,7 +9,8 @@ and counts take the one-pass path of :mod:`activestorage.fused` where it is buil
 (missing test and addition in a single read of the data), NumPy otherwise. The ``moments``
 partial (``(sw, mean, m2, sw2)`` per output element, optionally weighted) is computed in two
 passes in float64 (the mean, then the squared deviations from it, corrected by their own sum):
-compiled for unweighted whole blocks, NumPy in cache-sized blocks otherwise; ``minmax`` is
+compiled for unweighted whole blocks (usually as one pass around a sampled shift, see
+:func:`_full_moments`), NumPy in cache-sized blocks otherwise; ``minmax`` is
 ``(min, max)`` side by side.
 
 Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
@@ -830,28 +831,79 @@ def _moments(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,
     return out
 
 
+#: elements (about) of the spread sample whose mean is the shift of :func:`_full_moments`
+_SHIFT_SAMPLE = 256
+#: largest Σd²/m2 (d = x - shift) :func:`_full_moments` accepts from its one pass: the error of
+#: m2 = Σd² - (Σd)²/n is at most about 3·γ·Σd² (γ: the relative error of the float64 sums), so
+#: at most 3·γ·4 of m2, against about γ for a pass around the exact mean
+_MAX_CONDITION = 4.0
+
+
+def _shift_of(x: np.ndarray, spec: tuple[Any, ...]) -> float:
+    """A cheap estimate of the mean of the elements of ``x`` not missing: the mean of a
+    strided sample of about :data:`_SHIFT_SAMPLE` of them, spread over every axis (so a trend
+    along any axis is seen), read in place. 0 when the sample has nothing."""
+    per = max(2, math.ceil(_SHIFT_SAMPLE ** (1 / x.ndim)))
+    sample = x[tuple(slice(None, None, max(1, n // per)) for n in x.shape)]
+    got = fused.sum_count(sample, *spec, want_sum=True)
+    if got is None or not got[1]:
+        return 0.0
+    shift = float(got[0]) / got[1]
+    return shift if math.isfinite(shift) else 0.0
+
+
 def _full_moments(x: np.ndarray, m: _Mask | None) -> Partial | None:
-    """Unweighted moments of every element of ``x`` in two compiled passes and no mask (None:
-    no fast path): the masked sum and count, then the deviations from their mean."""
+    """Unweighted moments of every element of ``x`` in compiled passes and no mask (None: no
+    fast path): :func:`_moments_of` as a partial."""
     if x.dtype.kind != "f" and x.dtype.itemsize == 8:
         return None  # 64-bit integer sums wrap in the compiled pass; NumPy's float64 does not
-    spec = _spec_of(m)
+    got = _moments_of(x, _spec_of(m))
+    if got is None:
+        return None
+    n, mean, m2 = got
+    out_shape = (1,) * x.ndim
+    values = np.array([float(n), mean, m2, float(n)]).reshape(out_shape + (4,))
+    return Partial(values, _filled(out_shape, n, _INT64))
+
+
+def _moments_of(x: np.ndarray, spec: tuple[Any, ...],
+                shift: float | None = None) -> tuple[int, float, float] | None:
+    """``(count, mean, m2)`` of the elements of ``x`` not missing (``spec`` as
+    :func:`_spec_of`), in compiled passes; None when they do not apply. All 0 when none is.
+
+    Usually one pass: Σd and Σd² of d = x - K in float64, K the mean of a small spread sample
+    (:func:`_shift_of`) or the given ``shift`` (a neighbouring cell's mean), and m2 = Σd² - (Σd)²/n. That is the corrected two-pass formula with K
+    in place of the computed mean; it keeps every digit while K is close to the mean compared
+    with the spread (Σd²/m2 = 1 + n(mean - K)²/m2 small; a sample of present elements is part
+    of the data, so the ratio stays below 1 + n/samples however the data lie). When it exceeds
+    :data:`_MAX_CONDITION` (adversarial data: a sample far from the mean, or a constant chunk
+    whose m2 is all rounding), or anything is not finite, the two exact passes run instead:
+    the masked sum and count, then the deviations from their mean."""
+    if x.size:
+        if shift is None or not math.isfinite(shift):
+            shift = _shift_of(x, spec)
+        dev = fused.deviations(x, shift, *spec)
+        if dev is None:
+            return None
+        c, q, n = dev
+        if not n:
+            return 0, 0.0, 0.0
+        m2 = q - c * (c / n)
+        if math.isfinite(q) and math.isfinite(c) and q <= _MAX_CONDITION * m2 or q == 0.0:
+            return n, shift + c / n, max(m2, 0.0)
     got = fused.sum_count(x, *spec, want_sum=True)
     if got is None:
         return None
     total, n = got
-    out_shape = (1,) * x.ndim
-    mean = float(total) / n if n else 0.0
-    dev = fused.deviations(x, mean, *spec) if n else (0.0, 0.0, 0)
+    if not n:
+        return 0, 0.0, 0.0
+    mean = float(total) / n
+    dev = fused.deviations(x, mean, *spec)
     if dev is None:
         return None
     c, m2, _ = dev
-    if n:  # the corrected two-pass algorithm, as _moments
-        shift = c / n
-        mean += shift
-        m2 = max(m2 - c * shift, 0.0)
-    values = np.array([float(n), mean, m2, float(n)]).reshape(out_shape + (4,))
-    return Partial(values, _filled(out_shape, n, _INT64))
+    shift = c / n  # the corrected two-pass algorithm, as _moments
+    return n, mean + shift, max(m2 - c * shift, 0.0)
 
 
 #: most output cells :func:`_trailing_moments` reduces one by one (beyond, NumPy's passes win)
@@ -860,23 +912,33 @@ _MAX_CELLS = 1024
 
 def _trailing_moments(x: np.ndarray, axis: tuple[int, ...], m: _Mask | None) -> Partial | None:
     """Unweighted moments along the trailing axes (a per-time-step statistic of a
-    (time, lat, lon) chunk): :func:`_full_moments` of each cell's block (None: no fast path)."""
+    (time, lat, lon) chunk): :func:`_moments_of` of each cell's block around the previous
+    cell's mean (time steps of a field differ less than its points; if not, the guard there
+    takes the exact passes), the first around a sample's (None: no fast path)."""
     k = x.ndim - len(axis)
     if axis != tuple(range(k, x.ndim)) or not fused.COMPILED:
         return None
+    if x.dtype.kind != "f" and x.dtype.itemsize == 8:
+        return None  # as _full_moments
     kept = x.shape[:k]
     if math.prod(kept) > _MAX_CELLS:
         return None
+    spec = _spec_of(m)
     out_shape = kept + (1,) * len(axis)
     values = np.empty(out_shape + (4,), _F8)
     counts = np.empty(out_shape, _INT64)
-    tail = (0,) * len(axis)
-    for idx in np.ndindex(*kept):
-        p = _full_moments(x[idx], m)
-        if p is None:
+    cells = values.reshape(-1, 4)
+    flat = counts.reshape(-1)
+    shift = None
+    for i, idx in enumerate(np.ndindex(*kept)):
+        got = _moments_of(x[idx], spec, shift)
+        if got is None:
             return None
-        values[idx + tail] = p.values.reshape(4)
-        counts[idx + tail] = p.counts.reshape(())
+        n, mean, m2 = got
+        if n:
+            shift = mean
+        cells[i] = (n, mean, m2, n)
+        flat[i] = n
     return Partial(values, counts)
 
 

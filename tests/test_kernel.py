@@ -32,6 +32,7 @@ from activestorage.kernel import (Partial, StoredPieces, decode, missing_mask, r
                                   reduce_chunk, streams, sum_dtype)
 from activestorage.request import ChunkRequest, Missing, make_request
 
+from activestorage import kernel
 from helpers import PATHS, kernel_path
 
 DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
@@ -1070,6 +1071,107 @@ def test_moments_keep_every_digit_of_float32_offsets(compiled):
     with np.errstate(all="ignore"):  # the naive sums in the data's float32
         naive = (np.sum(x * x) - np.sum(x) ** 2 / np.float32(x.size)) / np.float32(x.size)
     assert not abs(naive - np.var(x64)) < 0.5 * np.var(x64)  # the case really is hard
+
+
+@st.composite
+def shifted_cases(draw):
+    """float32 offset + noise where the mean of the spread sample that gives the one-pass
+    moments their shift (kernel._shift_of) may be far from the data's mean: the sampled
+    elements pushed away, the rest of the chunk one value, a trend along an axis."""
+    shape = tuple(draw(st.lists(st.integers(1, 40), min_size=1, max_size=3)))
+    offset = draw(st.sampled_from([0.0, 1e3, 1e6, -3e7]))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = offset + scale * rng.standard_normal(shape)
+    kind = draw(st.sampled_from(["noise", "sample_away", "constant_rest", "trend"]))
+    per = max(2, math.ceil(kernel._SHIFT_SAMPLE ** (1 / len(shape))))
+    sampled = tuple(slice(None, None, max(1, n // per)) for n in shape)
+    if kind == "sample_away":
+        x[sampled] += draw(st.sampled_from([10.0, 1e4, -1e6])) * scale
+    elif kind == "constant_rest":
+        sample = x[sampled].copy()
+        x[...] = offset
+        x[sampled] = sample
+    elif kind == "trend":
+        x += np.arange(shape[0]).reshape((-1,) + (1,) * (len(shape) - 1)) * scale * 1e3
+    x = x.astype(np.float32)
+    if draw(st.booleans()):  # missing elements, some of them in the sample
+        x.flat[rng.random(x.size) < draw(st.sampled_from([0.05, 0.5, 1.0]))] = -999.0
+    return x
+
+
+@PROPS
+@given(shifted_cases())
+def test_one_pass_moments_keep_every_digit(x):
+    """The compiled whole-chunk moments (one shifted pass, or two when the shift is too far
+    from the mean) match np.var in float64 to rtol 1e-9, whatever the sample saw."""
+    with kernel_path(True):
+        p = reduce_array(x, "moments", tuple(range(x.ndim)), Missing(values=(-999.0,)))
+    good = x[x != -999.0].astype(np.float64)
+    sw, mean, m2, sw2 = p.values.reshape(4)
+    assert sw == sw2 == good.size == p.counts.reshape(())
+    if not good.size:
+        assert not p.values.any()
+        return
+    tiny = 1e-12 * float(np.abs(good).max())  # a constant chunk: m2 is 0 up to rounding
+    np.testing.assert_allclose(mean, good.mean(), rtol=1e-9, atol=tiny)
+    np.testing.assert_allclose(m2 / sw, np.var(good), rtol=1e-9, atol=tiny ** 2)
+
+
+@PROPS
+@given(st.lists(st.sampled_from([0.0, 1.0, 1e3, 1e6, -3e7]), min_size=1, max_size=6),
+       st.sampled_from([1e-3, 1.0, 1e3]), st.integers(0, 2**32 - 1),
+       st.tuples(st.integers(1, 30), st.integers(1, 30)))
+def test_per_cell_moments_keep_every_digit(offsets, scale, seed, cell):
+    """Moments along the trailing axes (one cell per leading index, each around the previous
+    cell's mean): cells with far apart means, missing elements and empty cells still match
+    np.var in float64 to rtol 1e-9, cell by cell."""
+    rng = np.random.default_rng(seed)
+    x = np.array(offsets).reshape(-1, 1, 1) + scale * rng.standard_normal((len(offsets),) + cell)
+    x = x.astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = -999.0
+    if len(offsets) > 2:
+        x[1] = -999.0
+    with kernel_path(True):
+        p = reduce_array(x, "moments", (1, 2), Missing(values=(-999.0,)))
+    for i in range(len(offsets)):
+        good = x[i][x[i] != -999.0].astype(np.float64)
+        sw, mean, m2, _ = p.values[i].reshape(4)
+        assert sw == good.size == p.counts[i].reshape(())
+        if not good.size:
+            assert not p.values[i].any()
+            continue
+        tiny = 1e-12 * float(np.abs(good).max())
+        np.testing.assert_allclose(mean, good.mean(), rtol=1e-9, atol=tiny)
+        np.testing.assert_allclose(m2 / sw, np.var(good), rtol=1e-9, atol=tiny ** 2)
+
+
+def test_one_pass_moments_fall_back_when_the_shift_is_far(monkeypatch):
+    """The guard matters: every sampled element missing leaves the shift at 0, far from a mean
+    of 1e7; accepting the one pass regardless loses the digits, with the guard the second,
+    exact pass runs and keeps them. (A sample of present elements cannot do this: it is part
+    of the data, so Σd²/m2 stays below 1 + n/samples.)"""
+    if not kernel.fused.COMPILED:
+        pytest.skip("activestorage._fused is not built: the one-pass moments cannot run")
+    x = (1e7 + np.random.default_rng(3).standard_normal((64, 64, 64))).astype(np.float32)
+    per = math.ceil(kernel._SHIFT_SAMPLE ** (1 / 3))
+    x[tuple(slice(None, None, 64 // per) for _ in range(3))] = -999.0  # the sample only
+    good = x[x != -999.0].astype(np.float64)
+    missing = Missing(values=(-999.0,))
+    assert kernel._shift_of(x, ([-999.0], False, None, None)) == 0.0
+
+    def var_of() -> float:
+        sw, _, m2, _ = reduce_array(x, "moments", (0, 1, 2), missing).values.reshape(4)
+        return m2 / sw
+
+    calls = []
+    real = kernel.fused.sum_count
+    monkeypatch.setattr(kernel.fused, "sum_count",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    np.testing.assert_allclose(var_of(), np.var(good), rtol=1e-9)
+    assert len(calls) == 2  # the sample's sum, then the exact pass's
+    monkeypatch.setattr(kernel, "_MAX_CONDITION", math.inf)
+    assert not abs(var_of() / np.var(good) - 1) < 1e-6
 
 
 def test_weights_are_checked():
