@@ -152,7 +152,11 @@ def weighted_oracle(xm: np.ma.MaskedArray, w: np.ndarray | None, axis: tuple[int
     if op == "sum_of_squares":
         return (var0 + mean * mean) * sw
     sw2 = (we * we).sum(axis=axis, keepdims=True)
-    var = var0 * sw / (sw - ddof * sw2 / sw)
+    den = sw - ddof * sw2 / sw
+    # no degrees of freedom left (one weighted element with ddof=1: w - w*w/w is 0, which
+    # rounding can make a tiny positive or negative number): NaN, as the kernel answers
+    den = np.ma.where(den > 1e-12 * sw, den, np.nan)
+    var = var0 * sw / den
     return var if op == "var" else np.ma.sqrt(var)
 
 
