@@ -23,7 +23,7 @@ from activestorage.server.settings import Settings
 STORE: dict[str, bytes] = {}
 
 
-async def fake_read(target, offset, size, *, max_bytes):
+async def fake_read(target, offset, size, *, max_bytes, meta=None):
     data = STORE.get(target.url)
     if data is None:
         raise StorageError(f"object not found: {target.name}", status=400, store=target.store)
