@@ -9,7 +9,9 @@ and counts take the one-pass path of :mod:`activestorage.fused` where it is buil
 (missing test and addition in a single read of the data), NumPy otherwise. The ``moments``
 partial (``(sw, mean, m2, sw2)`` per output element, optionally weighted) is computed in two
 passes in float64 (the mean, then the squared deviations from it, corrected by their own sum):
-compiled for unweighted whole blocks, NumPy in cache-sized blocks otherwise; ``minmax`` is
+compiled for unweighted whole blocks, NumPy in cache-sized blocks otherwise; weights that do not
+vary along some reduced axes (separable) are applied to per-group unweighted moments instead of to
+every element (see :func:`_separable_moments`); ``minmax`` is
 ``(min, max)`` side by side.
 
 Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
