@@ -927,6 +927,13 @@ def _separable_moments(x: np.ndarray, axis: tuple[int, ...], missing: Missing | 
     counts = (np.add.reduce(gcounts, axis=own, dtype=_INT64, keepdims=True) if own
               else np.array(gcounts, _INT64)).reshape(out_shape)
     wn = np.multiply(w, n)  # each group's weight times its count (0 for an empty group)
+    if not own:  # one group per output element: its own mean and scaled m2, exactly
+        out = np.empty(out_shape + (4,), _F8)
+        out[..., 0] = wn
+        out[..., 1] = np.where(wn > 0, mean_g, 0.0)
+        out[..., 2] = np.where(wn > 0, w * m2_g, 0.0)
+        out[..., 3] = wn * w
+        return Partial(out, counts)
     sw = np.add.reduce(wn, axis=own, keepdims=True) if own else wn
     sw2 = np.add.reduce(wn * w, axis=own, keepdims=True) if own else wn * w
     zeros = functools.partial(np.zeros, sw.shape, _F8)
