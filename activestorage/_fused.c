@@ -31,6 +31,11 @@
  *   Sums of x - mean and (x - mean)**2 in double over the elements not missing (the second pass
  *   of the kernel's two-pass moments); sixteen chains per sum in a fixed order.
  *
+ * moments_cells(array, ncell, out, counts, values, nan, vmin, vmax)
+ *   Unweighted (n, mean, m2) of each cell of the first `ncell` axes over the remaining axes: the
+ *   two passes above per cell, while the cell is in cache (the groups of the kernel's separable
+ *   weighted moments).
+ *
  * The GIL is released while the loops run.
  */
 #define PY_SSIZE_T_CLEAN
@@ -1257,6 +1262,110 @@ done:
     return result;
 }
 
+/* ------------------------------------------------- moments of many cells (weighted moments) */
+
+/* Unweighted moments of every cell of an array whose first `ncell` axes are kept and whose other
+ * axes are reduced: per cell the masked sum and count (as `reduce`), then the deviations from
+ * their mean (as `deviations`) while the cell is still in cache, corrected by their own sum (the
+ * corrected two-pass algorithm). out: (cells, 3) doubles (n, mean, m2); counts: (cells,) int64.
+ * The kernel's separable weighted moments merge these cells with their weights. */
+static PyObject *fused_moments_cells(PyObject *self, PyObject *args) {
+    PyObject *obj, *outobj, *cntobj, *values, *vmin, *vmax;
+    int ncell, nan;
+    if (!PyArg_ParseTuple(args, "OiOOOpOO", &obj, &ncell, &outobj, &cntobj, &values, &nan, &vmin,
+                          &vmax))
+        return NULL;
+    Py_buffer view, outv, cntv;
+    type_t t;
+    if (get_array(obj, &view, &t) < 0) return NULL;
+    PyObject *result = NULL;
+    int have_out = 0, have_cnt = 0;
+    if (PyObject_GetBuffer(outobj, &outv, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    have_out = 1;
+    if (PyObject_GetBuffer(cntobj, &cntv, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    have_cnt = 1;
+    spec_t s;
+    if (parse_spec(&t, values, nan, vmin, vmax, &s) < 0) goto done;
+    if (ncell < 0 || ncell >= view.ndim) {
+        PyErr_SetString(PyExc_ValueError, "ncell must leave at least one reduced axis");
+        goto done;
+    }
+    Py_ssize_t cells = 1, inner = 1;
+    for (int d = 0; d < ncell; d++) cells *= view.shape[d];
+    for (int d = ncell; d < view.ndim; d++) inner *= view.shape[d];
+    if (outv.len != cells * 3 * (Py_ssize_t)sizeof(double) ||
+        cntv.len != cells * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "out must hold 3 doubles and counts 1 int64 per cell");
+        goto done;
+    }
+    double *out = (double *)outv.buf;
+    int64_t *cnt = (int64_t *)cntv.buf;
+    const int nr = view.ndim - ncell;
+    const Py_ssize_t *rshape = view.shape + ncell, *rstrides = view.strides + ncell;
+    dev_row_t dev = dev_row_for(&t);
+    const int any = s.nvalues > 0 || s.nan || s.has_min || s.has_max;
+    if (cells > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        Py_ssize_t idx[MAX_DIMS], ridx[MAX_DIMS];
+        memset(idx, 0, sizeof(idx));
+        for (Py_ssize_t c = 0; c < cells; c++) {
+            const char *base = (const char *)view.buf;
+            for (int d = 0; d < ncell; d++) base += idx[d] * view.strides[d];
+            double n = 0.0, mean = 0.0, m2 = 0.0;
+            Py_ssize_t good = 0;
+            if (inner > 0) {
+                acc_t acc = {0.0, 0.0, 0, 0, 0};
+                reduce_rows(base, nr, rshape, rstrides, &t, &s, 1, &acc);
+                good = acc.good;
+                if (good > 0) {
+                    double total = t.kind == K_INT ? (double)(int64_t)acc.isum
+                                   : t.kind == K_UINT ? (double)acc.isum
+                                                      : acc.total + acc.block;
+                    n = (double)good;
+                    mean = total / n;
+                    devacc_t da;
+                    memset(&da, 0, sizeof(da));
+                    memset(ridx, 0, sizeof(ridx));
+                    Py_ssize_t rn = rshape[nr - 1], rs = rstrides[nr - 1];
+                    for (;;) {
+                        const char *p = base;
+                        for (int d = 0; d < nr - 1; d++) p += ridx[d] * rstrides[d];
+                        dev(p, rn, rs, &s, any, mean, &da);
+                        int d = nr - 2;
+                        while (d >= 0 && ++ridx[d] == rshape[d]) ridx[d--] = 0;
+                        if (d < 0) break;
+                    }
+                    for (int w = DCH / 2; w >= 1; w /= 2) /* every chain, pairwise */
+                        for (int j = 0; j < w; j++) {
+                            da.d[j] += da.d[j + w];
+                            da.d2[j] += da.d2[j + w];
+                        }
+                    double sd = da.d[0];
+                    double sq = da.d2[0];
+                    double shift = sd / n;
+                    mean += shift;
+                    m2 = sq - sd * shift;
+                    if (!(m2 > 0.0)) m2 = m2 != m2 ? m2 : 0.0; /* keep NaN, clip negatives */
+                }
+            }
+            out[3 * c] = n;
+            out[3 * c + 1] = mean;
+            out[3 * c + 2] = m2;
+            cnt[c] = (int64_t)good;
+            int d = ncell - 1;
+            while (d >= 0 && ++idx[d] == view.shape[d]) idx[d--] = 0;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    if (have_cnt) PyBuffer_Release(&cntv);
+    if (have_out) PyBuffer_Release(&outv);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyObject *fused_simd(PyObject *self, PyObject *args) {
     int level = -1;
     if (!PyArg_ParseTuple(args, "|i", &level)) return NULL;
@@ -1285,6 +1394,10 @@ static PyMethodDef methods[] = {
     {"deviations", fused_deviations, METH_VARARGS,
      "deviations(array, mean, values, nan, vmin, vmax) -> (sum_d, sum_d2, count): sums of "
      "x - mean and (x - mean)**2 in double over the elements that are not missing."},
+    {"moments_cells", fused_moments_cells, METH_VARARGS,
+     "moments_cells(array, ncell, out, counts, values, nan, vmin, vmax): unweighted (n, mean, "
+     "m2) of each cell of the first ncell axes over the others into out (cells x 3 doubles), "
+     "the elements present into counts (int64)."},
     {NULL, NULL, 0, NULL},
 };
 

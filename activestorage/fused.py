@@ -110,3 +110,23 @@ def deviations(x: np.ndarray, mean: float, values: tuple[Any, ...] = (), nan: bo
         return _c.deviations(x, float(mean), *spec)
     except (TypeError, ValueError, BufferError):
         return None
+
+
+def moments_cells(x: np.ndarray, ncell: int, values: tuple[Any, ...] = (), nan: bool = False,
+                  vmin: Any = None, vmax: Any = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Unweighted ``(n, mean, m2)`` (float64, shape ``x.shape[:ncell] + (3,)``) and counts
+    (int64) of each cell of the first ``ncell`` axes of ``x`` over its other axes (at least one),
+    missing data as in :func:`sum_count`: per cell a masked sum and count, then the deviations
+    from their mean, corrected by their own sum. None when the fast path does not apply (also
+    for 8-byte integers, whose compiled sums wrap where NumPy's float64 ones do not)."""
+    spec = _spec(x, values, nan, vmin, vmax)
+    if (spec is None or not hasattr(_c, "moments_cells") or not 0 <= ncell < x.ndim
+            or (x.dtype.kind != "f" and x.dtype.itemsize == 8)):
+        return None
+    out = np.empty(x.shape[:ncell] + (3,), np.float64)
+    counts = np.empty(x.shape[:ncell], np.int64)
+    try:
+        _c.moments_cells(x, ncell, out, counts, *spec)
+    except (TypeError, ValueError, BufferError):
+        return None
+    return out, counts

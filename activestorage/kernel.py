@@ -10,7 +10,9 @@ and counts take the one-pass path of :mod:`activestorage.fused` where it is buil
 partial (``(sw, mean, m2, sw2)`` per output element, optionally weighted) is computed in two
 passes in float64 (the mean, then the squared deviations from it, corrected by their own sum):
 compiled for unweighted whole blocks (usually as one pass around a sampled shift, see
-:func:`_full_moments`), NumPy in cache-sized blocks otherwise; ``minmax`` is
+:func:`_full_moments`), NumPy in cache-sized blocks otherwise; weights that do not vary along
+some reduced axes (separable) are applied to per-group unweighted moments instead of to every
+element (see :func:`_separable_moments`); ``minmax`` is
 ``(min, max)`` side by side.
 
 Only :class:`~activestorage.errors.ActiveStorageError` subclasses leave this module for bad bytes:
@@ -643,6 +645,10 @@ def reduce_array(x: np.ndarray, operation: str, axis: tuple[int, ...],
              else _trailing_moments(x, axis, m) if axis else None)
         if p is not None:
             return p
+    elif operation == "moments":
+        p = _separable_moments(x, axis, missing, m, _weights_over(x.shape, weights))
+        if p is not None:
+            return p
     bad = None
     if m is not None:
         # one read-only pass usually shows nothing is missing: no mask to build and test
@@ -940,6 +946,77 @@ def _trailing_moments(x: np.ndarray, axis: tuple[int, ...], m: _Mask | None) -> 
         cells[i] = (n, mean, m2, n)
         flat[i] = n
     return Partial(values, counts)
+
+
+def _separable_moments(x: np.ndarray, axis: tuple[int, ...], missing: Missing | None,
+                       m: _Mask | None, w: np.ndarray | None) -> Partial | None:
+    """Weighted moments over ``axis`` when the weights ``w`` (from :func:`_weights_over`) are
+    constant along some reduced axes U (cos-lat weights of a mean over lat and lon: U = lon);
+    None when they vary along every reduced axis (the general :func:`_moments` path then).
+
+    The unweighted moments ``(n_g, mean_g, m2_g)`` of every group g (one per element of the
+    other axes) are first reduced over U, dropping missing elements: in one compiled call
+    (:func:`activestorage.fused.moments_cells`) when U are the trailing axes, else by
+    :func:`reduce_array`'s unweighted path; the groups are then merged exactly, each with its weight w_g:
+    ``sw = Σ w_g n_g``, ``mean = Σ w_g n_g mean_g / sw``, ``m2 = Σ w_g (m2_g + n_g (mean_g -
+    mean)²)``, ``sw2 = Σ w_g² n_g`` (Chan et al.'s pairwise merge with weighted groups). Per
+    element the work is then that of an unweighted reduction; the weights touch only the
+    groups.
+    """
+    if w is None:
+        return None
+    w = w.reshape((1,) * (x.ndim - w.ndim) + w.shape)
+    # U: reduced axes along which the weights do not vary (length 1 in w); W: the other ones
+    flat = tuple(i for i in axis if w.shape[i] == 1)
+    if not flat:
+        return None
+    own = tuple(i for i in axis if w.shape[i] != 1)
+    nkept = x.ndim - len(flat)
+    got = (fused.moments_cells(x, nkept, *_spec_of(m)) if flat == tuple(range(nkept, x.ndim))
+           else None)
+    if got is not None:
+        cells, gcounts = got
+        g_shape = x.shape[:nkept] + (1,) * len(flat)
+        gv = cells.reshape(g_shape + (3,))
+        gcounts = gcounts.reshape(g_shape)
+    else:  # unweighted: (n, mean, m2, n) per group
+        g = reduce_array(x, "moments", flat, missing)
+        gv, gcounts = g.values, g.counts
+    n = gv[..., 0]
+    mean_g = gv[..., 1]
+    m2_g = gv[..., 2]
+    out_shape = tuple(1 if i in axis else k for i, k in enumerate(x.shape))
+    counts = (np.add.reduce(gcounts, axis=own, dtype=_INT64, keepdims=True) if own
+              else np.array(gcounts, _INT64)).reshape(out_shape)
+    wn = np.multiply(w, n)  # each group's weight times its count (0 for an empty group)
+    if not own:  # one group per output element: its own mean and scaled m2, exactly
+        out = np.empty(out_shape + (4,), _F8)
+        out[..., 0] = wn
+        out[..., 1] = np.where(wn > 0, mean_g, 0.0)
+        out[..., 2] = np.where(wn > 0, w * m2_g, 0.0)
+        out[..., 3] = wn * w
+        return Partial(out, counts)
+    sw = np.add.reduce(wn, axis=own, keepdims=True) if own else wn
+    sw2 = np.add.reduce(wn * w, axis=own, keepdims=True) if own else wn * w
+    zeros = functools.partial(np.zeros, sw.shape, _F8)
+    positive = sw > 0
+    s = np.add.reduce(wn * mean_g, axis=own, keepdims=True) if own else wn * mean_g
+    mean = np.divide(s, sw, out=zeros(), where=positive)
+    # the deviations of the groups' means from the merged mean, corrected by their own
+    # (weighted) sum as the two-pass path does
+    d = mean_g - mean
+    wd = wn * d
+    c = np.add.reduce(wd, axis=own, keepdims=True) if own else wd
+    m2 = np.add.reduce(w * m2_g + wd * d, axis=own, keepdims=True) if own else w * m2_g + wd * d
+    shift = np.divide(c, sw, out=zeros(), where=positive)
+    mean = mean + shift
+    m2 = np.where(positive, np.maximum(m2 - c * shift, 0.0), 0.0)
+    out = np.empty(out_shape + (4,), _F8)
+    out[..., 0] = sw.reshape(out_shape)
+    out[..., 1] = mean.reshape(out_shape)
+    out[..., 2] = m2.reshape(out_shape)
+    out[..., 3] = sw2.reshape(out_shape)
+    return Partial(out, counts)
 
 
 def _minmax(x: np.ndarray, axis: tuple[int, ...], valid: np.ndarray | None,

@@ -18,6 +18,7 @@ import sys
 import tracemalloc
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -26,6 +27,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from activestorage import fused, kernel
 from activestorage.errors import (ActiveStorageError, DecodeError, RequestValidationError,
                                   UnsupportedError)
 from activestorage.kernel import (Partial, StoredPieces, decode, missing_mask, reduce_array,
@@ -1210,3 +1212,105 @@ def test_moments_of_chunks_larger_than_a_block(axis, weighted):
     p = reduce_array(y, "moments", (0,), None, {0: np.abs(y)})
     np.testing.assert_allclose(p.values, moments_oracle(y, np.zeros(y.shape, bool), (0,),
                                                         np.abs(y)), rtol=1e-9)
+
+
+# ------------------------------------------- separable weights: the decomposed moments (#21)
+
+@st.composite
+def separable_cases(draw):
+    """Data with missing elements, reduced axes and weights that vary along only some of them
+    (dict form or an N-D array, possibly varying along kept axes too), zero weights included."""
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(0, 6), min_size=2, max_size=4)))
+    data = draw(hnp.arrays(dtype, shape, elements=bounded(dtype)))
+    missing = None
+    if data.size and draw(st.booleans()):
+        missing = Missing(values=(data.flat[draw(st.integers(0, data.size - 1))],))
+    if dtype.kind == "f" and data.size and draw(st.booleans()):
+        data = data.copy()
+        data[tuple(draw(st.integers(0, n - 1)) for n in shape)] = np.nan
+        missing = Missing(values=(np.nan,))
+    axis = tuple(sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1))))
+    own = draw(st.sets(st.sampled_from(axis)))  # the weights' own axes W (U: the other ones)
+    w8 = st.floats(0, 10, allow_subnormal=False).map(float) | st.just(0.0)
+    if draw(st.booleans()):
+        w: Any = {ax: np.array(draw(st.lists(w8, min_size=shape[ax], max_size=shape[ax])))
+                  for ax in own}
+        if not w:
+            w = {axis[0]: None}
+    else:
+        wshape = tuple(n if (i in own or (i not in axis and draw(st.booleans()))) else 1
+                       for i, n in enumerate(shape))
+        w = draw(hnp.arrays(np.float64, wshape, elements=w8))
+    return data, axis, missing, w
+
+
+@pytest.mark.parametrize("compiled", PATHS)
+@PROPS
+@given(separable_cases())
+def test_separable_moments_equal_the_general_path(compiled, case):
+    """Weights constant along some reduced axes: the per-group unweighted moments merged with
+    their weights equal the general weighted two-pass moments (and the definitions)."""
+    x, axis, missing, w = case
+    note(f"shape={x.shape} dtype={x.dtype} axis={axis} missing={missing} w={w}")
+    with kernel_path(compiled):
+        fast = reduce_array(x, "moments", axis, missing, w)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(kernel, "_separable_moments", lambda *a: None)
+            general = reduce_array(x, "moments", axis, missing, w)
+    np.testing.assert_array_equal(fast.counts, general.counts)
+    assert fast.values.shape == general.values.shape
+    scale = np.abs(general.values).max(initial=0.0)  # m2 of equal values: 0 vs. a rounding
+    np.testing.assert_allclose(fast.values, general.values, rtol=1e-12, atol=1e-12 * scale)
+    mask = (np.zeros(x.shape, bool) if missing is None
+            else np.asarray(missing_mask(x, missing), bool))
+    wl = kernel._weights_over(x.shape, w)
+    full = None if wl is None else np.broadcast_to(wl, x.shape)
+    np.testing.assert_allclose(fast.values, moments_oracle(x, mask, axis, full), rtol=1e-9,
+                               atol=1e-9 * max(scale, 1.0))
+
+
+@pytest.mark.parametrize("compiled", PATHS)
+@pytest.mark.parametrize("w", [{1: "coslat"}, "nd"], ids=["separable", "nd"])
+def test_separable_weights_take_the_decomposed_path(compiled, monkeypatch, w):
+    """Cos-lat weights of a mean over (lat, lon): no weighted pass over the elements (the
+    general path's _moments is only ever called unweighted), one compiled call for the
+    groups when the extension is built; the answer is the definitions'."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 18, 36)) + 1e6).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    coslat = np.cos(np.linspace(-1.5, 1.5, 18))
+    coslat[2] = 0.0
+    weights = {1: coslat} if isinstance(w, dict) else coslat[:, None]
+    real_moments, real_cells, calls = kernel._moments, fused.moments_cells, []
+
+    def unweighted_only(x, axis, valid, w, out_shape):
+        assert w is None, "the general weighted pass ran"
+        return real_moments(x, axis, valid, w, out_shape)
+
+    def cells(*a, **k):
+        calls.append(a[1])
+        return real_cells(*a, **k)
+
+    monkeypatch.setattr(kernel, "_moments", unweighted_only)
+    monkeypatch.setattr(fused, "moments_cells", cells)
+    with kernel_path(compiled):
+        p = reduce_array(x, "moments", (1, 2), Missing(values=(np.nan,)), weights)
+    assert calls == [2]  # called either way; returns None without the extension
+    full = np.broadcast_to(coslat[:, None], x.shape)
+    want = moments_oracle(x, np.isnan(x), (1, 2), full)
+    np.testing.assert_allclose(p.values, want, rtol=1e-9)
+    np.testing.assert_array_equal(p.counts, (~np.isnan(x)).sum(axis=(1, 2), keepdims=True))
+
+
+def test_weights_along_every_reduced_axis_take_the_general_path(monkeypatch):
+    """Weights varying along all reduced axes cannot be decomposed: the general pass runs."""
+    x = np.arange(24.0).reshape(2, 3, 4)
+    seen = []
+    real = kernel._moments
+    monkeypatch.setattr(kernel, "_moments",
+                        lambda *a: seen.append(a[3] is not None) or real(*a))
+    p = reduce_array(x, "moments", (1, 2), None, {1: np.ones(3), 2: np.arange(4.0)})
+    assert seen == [True]
+    np.testing.assert_allclose(p.values, moments_oracle(
+        x, np.zeros(x.shape, bool), (1, 2), np.outer(np.ones(3), np.arange(4.0))), rtol=1e-12)
