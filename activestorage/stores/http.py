@@ -5,8 +5,8 @@ urllib3 (``Retry``) on 429/502/503/504; a pin is sent as ``If-Match`` and a 412 
 is :class:`ObjectChangedError`. A server that ignores ``Range`` (200) is read only up to the end of
 the range asked for.
 
-:class:`AsyncHTTPStore` is the async face (aiohttp) the reduction server reads S3 and HTTP stores
-through.
+:class:`AsyncHTTPStore` is the async face the reduction server reads S3 and HTTP stores through
+(its HTTP/1.1 client, :mod:`.aio_http`, receives bodies straight into the buffer returned).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import asyncio
 import functools
 import io
 import re
+import socket
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
-import aiohttp
-
 from ..errors import StorageError
 from ._body import Consumer, _Body, _http_body_error, _quote_etag, _read_body, _Transient
+from .aio_http import Check, HTTPError, Pool, Response, system_resolve
 from .base import Account, ObjectInfo, RemoteStore, changed, same_etag, status_error
 from .urls import public_name
 
@@ -161,18 +161,23 @@ class HTTPStore(RemoteStore):
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _S3_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _S3_MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
+#: bytes of an error answer's body read (for S3's ``<Code>`` and ``<Message>``)
+ERROR_BODY = 4096
 
 
 class AsyncHTTPStore:
     """The async face of HTTP range reads (S3 is HTTP with signed headers: :func:`.s3.sign_s3`),
     for the reduction server's event loop.
 
-    Pooled ``aiohttp.ClientSession``s keyed by (store, identity), so connections are reused but
-    never shared across credentials; at most ``max_concurrency`` reads at once; one deadline
-    (``read_timeout``) for a whole read. ``resolver()`` makes each connector's resolver (the
-    server's allow-list pins addresses there). Every answer is verified before its body is read
-    (status, ETag, ``Content-Range``) and bodies are read bounded. Errors go through the one
-    :func:`~.base.status_error` (a missing object is ``not_found``: the server's API says 400).
+    Connections (:mod:`.aio_http`: bodies are received straight into the buffer returned) are
+    pooled per (store, identity, host), so they are reused but never shared across credentials;
+    at most ``max_concurrency`` reads at once; one deadline (``read_timeout``) for a whole read,
+    connecting within ``connect_timeout``. ``resolver()`` makes the resolver each new connection
+    asks (the server's allow-list pins addresses there: ``resolve(host, port, family)`` returning
+    aiohttp-style ``{"host", "family"}`` dicts); an exception of ``refused`` from it is a 403.
+    Every answer is verified before its body is read (status, ETag, ``Content-Range``) and
+    bodies are read bounded. Errors go through the one :func:`~.base.status_error` (a missing
+    object is ``not_found``: the server's API says 400).
     """
 
     def __init__(self, *, max_concurrency: int = 64, connect_timeout: float = 5.0,
@@ -181,37 +186,34 @@ class AsyncHTTPStore:
                  refused: tuple[type[BaseException], ...] = (), ssl: Any = True) -> None:
         self._sem = asyncio.Semaphore(max_concurrency)
         self._max_concurrency = max_concurrency
-        # One deadline for a whole read, as documented: connecting and every byte of the answer
-        # within ``read_timeout`` (a store dripping a byte now and then cannot stretch it).
-        self._timeout = aiohttp.ClientTimeout(total=read_timeout,
-                                              connect=min(connect_timeout, read_timeout),
-                                              sock_connect=min(connect_timeout, read_timeout),
-                                              sock_read=read_timeout)
-        self._clients: OrderedDict[tuple[str, str], aiohttp.ClientSession] = OrderedDict()
+        self._connect_timeout = min(connect_timeout, read_timeout)
+        self._read_timeout = read_timeout
+        self._pools: OrderedDict[tuple[str, ...], Pool] = OrderedDict()
         self._max_clients = max_clients
         self._resolver = resolver
         self.not_found = not_found
         self._refused = refused
-        self._ssl = ssl  # True: the system's CAs; an ``ssl.SSLContext`` for a CA bundle
+        # True: the system's CAs; an ``ssl.SSLContext`` for a CA bundle
+        self._ssl = ssl if not isinstance(ssl, bool) else None
 
-    def _client(self, store: str, ident: str) -> aiohttp.ClientSession:
-        key = (store, ident)
-        client = self._clients.get(key)
-        if client is None or client.closed:
-            # no DNS cache of aiohttp's own: every new connection asks the resolver given
-            resolver = self._resolver() if self._resolver is not None else None
-            conn = aiohttp.TCPConnector(limit=self._max_concurrency, use_dns_cache=False,
-                                        resolver=resolver, ssl=self._ssl)
-            client = aiohttp.ClientSession(connector=conn, timeout=self._timeout,
-                                           auto_decompress=False, trust_env=False,
-                                           skip_auto_headers=("User-Agent",))
-            self._clients[key] = client
-            while len(self._clients) > self._max_clients:
-                _, old = self._clients.popitem(last=False)
-                asyncio.get_running_loop().create_task(old.close())
+    def _pool(self, key: tuple[str, ...]) -> Pool:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = Pool(self._resolve, ssl=self._ssl, connect_timeout=self._connect_timeout,
+                        max_idle=self._max_concurrency)
+            self._pools[key] = pool
+            while len(self._pools) > self._max_clients:
+                self._pools.popitem(last=False)[1].close()
         else:
-            self._clients.move_to_end(key)
-        return client
+            self._pools.move_to_end(key)
+        return pool
+
+    async def _resolve(self, host: str, port: int) -> list[tuple[int, str]]:
+        """The addresses a new connection may dial (every one asks the resolver given)."""
+        if self._resolver is None:
+            return await system_resolve(host, port)
+        found = await self._resolver().resolve(host, port, socket.AF_UNSPEC)
+        return [(int(a["family"]), str(a["host"])) for a in found]
 
     @staticmethod
     def headers(rng: str | None, etag: str | None) -> dict[str, str]:
@@ -223,13 +225,27 @@ class AsyncHTTPStore:
             headers["If-Match"] = etag if etag.startswith(('"', "W/")) else f'"{etag}"'
         return headers
 
+    async def _send(self, method: str, url: Any, headers: dict[str, str], ident: str,
+                    store: str, check: Check) -> Response:
+        """One request of ``url`` (a yarl URL, as the allow-list parsed it) under the
+        concurrency bound and the one deadline."""
+        scheme = url.scheme.lower()
+        host = url.raw_host or ""
+        port = url.port
+        target = url.raw_path_qs or "/"
+        async with self._sem:
+            async with asyncio.timeout(self._read_timeout):
+                pool = self._pool((store, ident, scheme, host, str(port)))
+                return await pool.request(method, scheme, host, port, target, headers, check)
+
     async def read_range(self, url: Any, offset: int, size: int | None, *, max_bytes: int,
                          name: str, store: str, headers: dict[str, str], etag: str | None = None,
                          ident: str = "", s3: bool = False,
-                         meta: dict[str, Any] | None = None) -> bytes:
+                         meta: dict[str, Any] | None = None) -> memoryview:
         """``size`` bytes at ``offset`` of ``url`` (to the end when None, at most ``max_bytes``),
         with ``headers`` as built by :meth:`headers` (and signed); ``name``/``store`` for errors.
         ``meta``, when given, receives the answer's ``"etag"`` (None when the store sent none).
+        The bytes come back as a read-only view of the one buffer they were received into.
 
         A ranged read must come back 206 with exactly the ``Content-Range`` asked for (or 200
         with exactly the whole object, when the whole object was asked for); anything else is a
@@ -237,45 +253,48 @@ class AsyncHTTPStore:
         body) is ever read."""
         rng = headers.get("Range")
         limit = size if size is not None else max_bytes
+
+        def check(resp: Response) -> int:
+            """Runs when the headers are in, before any of the body is read."""
+            if resp.status not in (200, 206):
+                return ERROR_BODY
+            if not same_etag(etag, resp.headers.get("etag")):
+                raise changed(name, [f"ETag {resp.headers.get('etag')} != {etag}"], store=store)
+            _check_range(name, store, resp.status, resp.headers, offset, size)
+            length = resp.headers.get("content-length", "")
+            if size is None and length.isdigit() and int(length) > max_bytes:
+                raise _too_large(name, store, max_bytes)
+            return limit
+
         try:
-            async with self._sem:
-                async with self._client(store, ident).get(url, headers=headers,
-                                                          allow_redirects=False) as resp:
-                    if resp.status not in (200, 206):
-                        body = await _read_bounded(resp, 4096)
-                        code, msg = (_S3_CODE.search(body), _S3_MESSAGE.search(body))
-                        raise status_error(
-                            name, resp.status, store=store, s3=s3, not_found=self.not_found,
-                            code=code.group(1).decode("utf-8", "replace") if code else "",
-                            message=msg.group(1).decode("utf-8", "replace") if msg else "",
-                            reason=resp.reason or "", rng=rng, total=_total_size(resp))
-                    if not same_etag(etag, resp.headers.get("etag")):
-                        raise changed(name, [f"ETag {resp.headers.get('etag')} != {etag}"],
-                                      store=store)
-                    _check_range(name, store, resp, offset, size)
-                    if meta is not None:
-                        meta["etag"] = resp.headers.get("etag")
-                    data = await _read_bounded(resp, limit + 1)
-                    total = _total_size(resp)
-        except asyncio.TimeoutError:
+            resp = await self._send("GET", url, headers, ident, store, check)
+        except TimeoutError:
             raise StorageError(f"timed out reading {name} from store {store}",
                                status=504, store=store, causes=["timeout"]) from None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, self._refused):  # an address the resolver refused
-                raise StorageError(str(exc.os_error), status=403, store=store) from None
+        except self._refused as exc:  # an address the resolver refused
+            raise StorageError(str(exc), status=403, store=store) from None
+        except (HTTPError, OSError, ValueError) as exc:
             raise _unreachable(name, store, exc) from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise _unreachable(name, store, exc) from None
+        if resp.status not in (200, 206):
+            body = bytes(resp.body)
+            code, msg = (_S3_CODE.search(body), _S3_MESSAGE.search(body))
+            raise status_error(
+                name, resp.status, store=store, s3=s3, not_found=self.not_found,
+                code=code.group(1).decode("utf-8", "replace") if code else "",
+                message=msg.group(1).decode("utf-8", "replace") if msg else "",
+                reason=resp.reason or "", rng=rng, total=_total_size(resp.headers))
+        if meta is not None:
+            meta["etag"] = resp.headers.get("etag")
+        data = resp.body
         if size is None:
-            if len(data) > max_bytes:
-                raise StorageError(
-                    f"{name} is larger than this server's limit of {max_bytes} bytes; "
-                    "give size", status=413, store=store)
+            if resp.overflow:
+                raise _too_large(name, store, max_bytes)
             return data
-        if len(data) > size:
+        if resp.overflow:
             raise StorageError(f"store {store} sent more than the {size} bytes asked "
                                f"for ({rng}) of {name}", status=502, store=store)
         if len(data) < size:
+            total = _total_size(resp.headers)
             if total is not None and offset + size > total:
                 raise StorageError(f"range {rng} is past the end of {name} ({total} bytes)",
                                    status=400, store=store)
@@ -290,18 +309,21 @@ class AsyncHTTPStore:
         timeouts are a status of 0; the caller then falls back to a GET, whose errors are the
         ones reported."""
         try:
-            async with self._sem:
-                async with self._client(store, ident).head(url, headers=headers,
-                                                           allow_redirects=False) as resp:
-                    return resp.status, resp.headers.get("etag")
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            resp = await self._send("HEAD", url, headers, ident, store, lambda r: 0)
+        except (TimeoutError, HTTPError, OSError, ValueError):
             return 0, None
+        return resp.status, resp.headers.get("etag")
 
     async def aclose(self) -> None:
-        clients = list(self._clients.values())
-        self._clients.clear()
-        for c in clients:
-            await c.close()
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for p in pools:
+            p.close()
+
+
+def _too_large(name: str, store: str, max_bytes: int) -> StorageError:
+    return StorageError(f"{name} is larger than this server's limit of {max_bytes} bytes; "
+                        "give size", status=413, store=store)
 
 
 def _unreachable(name: str, store: str, exc: BaseException) -> StorageError:
@@ -310,13 +332,13 @@ def _unreachable(name: str, store: str, exc: BaseException) -> StorageError:
                         causes=[str(exc) or type(exc).__name__])
 
 
-def _check_range(name: str, store: str, resp: aiohttp.ClientResponse, offset: int,
+def _check_range(name: str, store: str, status: int, headers: Mapping[str, str], offset: int,
                  size: int | None) -> None:
     """502 unless the answer is the range asked for (see :meth:`AsyncHTTPStore.read_range`)."""
     ranged = size is not None or offset > 0
-    got = resp.headers.get("content-range")
-    length = resp.headers.get("content-length")
-    if resp.status == 200:
+    got = headers.get("content-range")
+    length = headers.get("content-length")
+    if status == 200:
         if not ranged:
             return
         # 200 = the whole object: acceptable only when exactly the whole object was asked for
@@ -341,26 +363,11 @@ def _check_range(name: str, store: str, resp: aiohttp.ClientResponse, offset: in
     asked = f"bytes={offset}-" + (str(offset + size - 1) if size is not None else "")
     raise StorageError(f"store {store} did not honour the range {asked} of {name}: it {why}",
                        status=502, store=store,
-                       causes=[f"store answered HTTP {resp.status} with Content-Range {got!r}"])
+                       causes=[f"store answered HTTP {status} with Content-Range {got!r}"])
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Read at most ``limit`` bytes of the body; stop early instead of buffering a huge object."""
-    length = resp.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) <= limit:
-        return await resp.read()
-    parts: list[bytes] = []
-    n = 0
-    async for part in resp.content.iter_any():
-        parts.append(part)
-        n += len(part)
-        if n >= limit:
-            break
-    return b"".join(parts)
-
-
-def _total_size(resp: aiohttp.ClientResponse) -> int | None:
-    m = _CONTENT_RANGE.search(resp.headers.get("content-range", ""))
+def _total_size(headers: Mapping[str, str]) -> int | None:
+    m = _CONTENT_RANGE.search(headers.get("content-range", ""))
     if m and m.group(3) != "*":
         return int(m.group(3))
     return None
