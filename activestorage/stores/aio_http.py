@@ -291,7 +291,7 @@ class _Connection(asyncio.BufferedProtocol):
             n = min(len(data), self._want - self._pos)
             self._view[self._pos:self._pos + n] = data[:n]
             self._pos += n
-            if n < len(data):
+            if n < len(data) and self._want == self._length:
                 raise ProtocolError("the store sent more than its Content-Length")
             if self._pos == self._want:
                 self._finish(self._want == self._length)
