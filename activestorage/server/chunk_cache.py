@@ -64,9 +64,18 @@ def strong_etag(etag: str | None) -> str | None:
 class Entry:
     """One cached range: its bytes, the store's ETag for them, and when they were stored."""
 
-    data: bytes
+    data: bytes | memoryview
     etag: str | None
     stored: float
+
+
+def _owned(data: Any) -> Any:
+    """``data`` itself when nobody can change it and it is the whole of its buffer (a body as
+    :mod:`activestorage.stores.aio_http` returns it); else a copy as ``bytes``."""
+    if isinstance(data, memoryview) and data.readonly and data.c_contiguous \
+            and data.nbytes == getattr(data.obj, "nbytes", -1):
+        return data
+    return bytes(data)
 
 
 class CacheMetrics:
@@ -436,8 +445,9 @@ class CacheSession:
     async def put_many(self, target: Target, ranges: Sequence[tuple[int, int | None, Any]],
                        etag: str | None) -> None:
         """Offer ``(offset, size, bytes)`` ranges of one object that one GET brought (with the
-        ETag the store sent): copied (a slice must not keep a whole coalesced read alive), as
-        far as the request's allowance goes."""
+        ETag the store sent), as far as the request's allowance goes: a read-only body the
+        upstream client received is kept as it is; a slice is copied (it must not keep a whole
+        coalesced read alive)."""
         c = self.cache
         if not c.enabled or not ranges:
             return
@@ -458,7 +468,7 @@ class CacheSession:
             kept = {"memory": 0, "disk": 0}
             refused = 0
             for key, data in todo:
-                tiers = c.put(key, anon, Entry(bytes(data), etag, now))
+                tiers = c.put(key, anon, Entry(_owned(data), etag, now))
                 for t in tiers:
                     kept[t] += len(data)
                 refused += not tiers
