@@ -1,6 +1,6 @@
 """Which upstream hosts the server may read from, checked against what is actually connected to.
 
-One URL parser serves the check and the fetch (:func:`parse_url`, yarl, which aiohttp uses), so
+One URL parser serves the check and the fetch (:func:`parse_url`, yarl), so
 the host that is checked is the host that is dialled. A host is refused (400) unless it is plain
 ASCII: a canonical IPv4/IPv6 literal or a DNS name; spellings that the C library would read as
 IPv4 but ``ipaddress`` would not (``0x7f000001``, ``0251.0376.0251.0376``, ``169.254.43518``,
@@ -283,8 +283,9 @@ def allow_list(entries: Sequence[str]) -> AllowList:
 
 
 class PinnedResolver:
-    """aiohttp resolver that never resolves on its own: it returns the allow-list's checked
-    addresses (resolving through :meth:`AllowList.addresses`, which checks every answer)."""
+    """The upstream client's resolver, which never resolves on its own: it returns the
+    allow-list's checked addresses (resolving through :meth:`AllowList.addresses`, which checks
+    every answer)."""
 
     def __init__(self, allow: AllowList) -> None:
         self.allow = allow

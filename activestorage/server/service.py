@@ -260,9 +260,10 @@ class Service:
         return self.cache.session(self.upstream.etag) if self.cache.enabled else None
 
     async def fetch(self, item: Item, cache: CacheSession | None = None,
-                    lookup: bool = True) -> bytes:
+                    lookup: bool = True) -> bytes | memoryview:
         """The item's raw bytes: from the chunk ``cache`` when it may answer (``lookup``), else
-        upstream (and then offered to the cache)."""
+        upstream (a read-only view of the buffer they were received into, which the cache then
+        keeps as it is)."""
         cache = None if item.no_cache else cache
         if cache is not None and lookup:
             hit = await cache.get(item.target, item.req.offset, item.read_size)
