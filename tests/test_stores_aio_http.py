@@ -186,6 +186,18 @@ def test_headers_split_byte_by_byte_and_interim_answers_are_skipped():
     run(main())
 
 
+def test_long_headers_are_read_and_overlong_ones_refused():
+    async def main():
+        big = "X-Big: " + "a" * 30000 + "\r\n"
+        async with Raw(lambda h, n: [response(b"ok", headers=big)]) as srv:
+            resp = await get(srv.port)
+            assert bytes(resp.body) == b"ok" and len(resp.headers["x-big"]) == 30000
+        async with Raw(lambda h, n: [response(b"ok", headers=big * 3)]) as srv:
+            with pytest.raises(ProtocolError, match="longer than"):
+                await get(srv.port)
+    run(main())
+
+
 def test_a_truncated_body_is_a_body_error():
     async def main():
         async with Raw(lambda h, n: [response(b"x" * 100)[:-50]], close_after=1) as srv:
