@@ -41,14 +41,10 @@ def sign_s3(url: str, headers: dict[str, str], auth: tuple[str, str], region: st
             method: str = "GET") -> dict[str, str]:
     """``headers`` with a SigV4 signature of a GET (or ``method``) of ``url`` (as it will be
     sent) for the access key and secret ``auth``: how the server's async reads reach S3 with the
-    caller's credentials."""
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
+    caller's credentials (:mod:`.sigv4`: botocore's signature, without its per-request cost)."""
+    from .sigv4 import sign_v4
 
-    req = AWSRequest(method=method, url=url, headers=headers)
-    S3SigV4Auth(Credentials(*auth), "s3", region).add_auth(req)
-    return dict(req.headers.items())
+    return sign_v4(url, headers, auth, region, method)
 
 
 class S3Store(RemoteStore):
