@@ -253,6 +253,25 @@ def test_weak_or_missing_etag_is_not_kept_and_one_request_is_bounded():
     assert metric(reg, "activestorage_chunk_cache_refused_total", reason="request_bound") == 1
 
 
+def test_a_received_body_is_kept_without_a_copy_and_a_slice_is_copied():
+    """A body as the upstream client returns it (read-only, the whole of its buffer) is kept as
+    it is; a slice of a coalesced read is copied, so it cannot keep the whole read alive."""
+    cache = ChunkCache(max_bytes=1 << 20, registry=CollectorRegistry())
+    heads = Heads({"http://127.0.0.1:9/b/k": '"e"'})
+    body = memoryview(np.arange(16, dtype=np.uint8)).toreadonly()
+    shared = memoryview(np.arange(32, dtype=np.uint8)).toreadonly()
+
+    async def go() -> None:
+        s = cache.session(heads)
+        await s.put(target(), 0, 16, body, '"e"')
+        await s.put_many(target(), [(100, 8, shared[8:16])], '"e"')
+        s2 = cache.session(heads)
+        whole, part = await s2.get(target(), 0, 16), await s2.get(target(), 100, 8)
+        assert whole is body
+        assert isinstance(part, bytes) and part == bytes(range(8, 16))
+    run(go())
+
+
 def test_disk_tier_behind_memory_and_no_secret_on_disk(tmp_path: Path):
     cache = ChunkCache(max_bytes=16, disk_dir=tmp_path, disk_bytes=1 << 20)
     heads = Heads({"http://127.0.0.1:9/b/k": '"e"'})
