@@ -127,7 +127,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._resp: Response | None = None
         self._check: Check | None = None
         self._head_only = False
-        self._body: Any = None  # bytearray or numpy array: the body's final buffer
+        self._body: Any = None  # the body's final buffer (a numpy uint8 array)
         self._view: memoryview = memoryview(b"")
         self._pos = 0
         self._want = 0         # bytes of the body to keep (Content-Length bodies)
@@ -172,10 +172,8 @@ class _Connection(asyncio.BufferedProtocol):
             else:  # bytes nobody asked for: the connection can no longer be trusted
                 self._hlen = 0
                 self._fail(ProtocolError("the store sent bytes that answer no request"))
-        except HTTPError as exc:
-            self._fail(exc)
-        except Exception as exc:  # a check raised: the caller's error, connection closed
-            self._fail(exc)
+        except Exception as exc:  # a malformed answer, or the check refused it: the caller's
+            self._fail(exc)       # error, the connection closed
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost says what it meant
@@ -202,6 +200,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._check = check
         self._head_only = head_only
         self._hlen = 0
+        if len(self._head) > HEAD_BUFFER:  # grown by an earlier answer's long headers
+            self._head = bytearray(HEAD_BUFFER)
         self._state = _HEAD
         self._reusable = False
         self.used += 1
