@@ -337,6 +337,13 @@ def test_overlong_bodies_are_a_502_and_big_whole_objects_a_413():
                 close_after=1) == BLOB
 
 
+def test_redirects_are_not_followed():
+    answer = [response(b"", status="302 Found", headers="Location: http://10.0.0.1/x\r\n")]
+    with pytest.raises(StorageError) as e:
+        read(lambda h, n: answer)
+    assert e.value.status == 502 and "HTTP 302" in str(e.value)
+
+
 def test_chunked_error_bodies_are_read_bounded_for_the_store_s_words():
     xml = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>" + b" " * 10000
     raw = response(chunked(xml, [7, 100]), status="404 Not Found", length=False,
