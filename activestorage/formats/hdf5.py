@@ -216,10 +216,33 @@ def _needs_file(url: str) -> FormatError:
                        "with activestorage.formats.open_variable (the registry passes file=)")
 
 
+def _native(source: str | None, file: Any, url: str, call: Any) -> Any:
+    """``call(h5file)`` on the native reader (:mod:`.hdf5_native`) over the local path ``source``
+    or the open ``file``; None when it leaves the file to h5py (logged at debug level)."""
+    from .hdf5_native import NativeUnsupported, native_file
+
+    try:
+        h5 = native_file(file=file) if source is None else native_file(path=source)
+    except (NativeUnsupported, OSError) as exc:
+        log.debug("%s: read by h5py (%s)", url, exc)
+        return None
+    try:
+        return call(h5)
+    except NativeUnsupported as exc:
+        log.debug("%s: read by h5py (%s)", url, exc)
+        return None
+    finally:
+        h5.close()
+
+
 class Hdf5Reader:
-    """netCDF-4/HDF5 files, local (read by h5py itself) or remote (through the open file object
-    the registry passes as ``file``, each chunk then pinned to the object version the index was
-    read from; this module does not open remote objects itself)."""
+    """netCDF-4/HDF5 files, local or remote (through the open file object the registry passes as
+    ``file``, each chunk then pinned to the object version the index was read from; this module
+    does not open remote objects itself).
+
+    The metadata is read by :mod:`.hdf5_native` (no ``import h5py``, 20-30 ms of a fresh
+    process's first call); whatever it does not cover, and every error, goes to h5py.
+    """
 
     name = "hdf5"
     title = "netCDF-4/HDF5"
@@ -229,12 +252,17 @@ class Hdf5Reader:
 
     def open(self, source: str, ncvar: str, storage_options: Mapping[str, Any] | None = None, *,
              file: Any = None) -> Variable:
+        from .hdf5_native import open_native
+
         path = _local(source)
         if path is not None:
-            return open_hdf5(path, ncvar)
+            var = _native(path, None, path, lambda h5: open_native(h5, path, ncvar))
+            return var if var is not None else open_hdf5(path, ncvar)
         if file is None:
             raise _needs_file(source)
-        var = open_hdf5(file, ncvar, url=source)
+        var = _native(None, file, source, lambda h5: open_native(h5, source, ncvar))
+        if var is None:
+            var = open_hdf5(file, ncvar, url=source)
         etag, version = getattr(file, "etag", None), getattr(file, "version_id", None)
         if etag or version:  # pin every chunk to the object version the index came from
             var.chunks = pin_locators(var.chunks, etag, version)
@@ -246,7 +274,7 @@ class Hdf5Reader:
 
     def list_variables(self, source: str, storage_options: Mapping[str, Any] | None = None, *,
                        file: Any = None) -> list[Candidate]:
-        import h5py
+        from .hdf5_native import list_native
 
         if file is None:
             path = _local(source)
@@ -254,6 +282,11 @@ class Hdf5Reader:
                 raise _needs_file(source)
             with open(path, "rb") as f:
                 return self.list_variables(source, storage_options, file=f)
+        found = _native(None, file, source, lambda h5: list_native(h5, source))
+        if found is not None:
+            return found
+        import h5py
+
         try:
             h5 = h5py.File(file, "r")
         except OSError as exc:
