@@ -73,8 +73,11 @@ def _btree_v2_records(f: Any, address: int) -> list[tuple[bytes, int]]:
     if root < 0 or root_nrec == 0:
         return out
     stack = [(root, root_nrec, depth)]
+    visited: set[int] = set()
     while stack:
         node, nrec, d = stack.pop()
+        _need(node not in visited, "a v2 B-tree loop")
+        visited.add(node)
         _need(len(out) + nrec <= _MAX_COUNT, "too many v2 B-tree records")
         if d == 0:
             buf = f.read(node, 6 + nrec * rec_size)
@@ -123,6 +126,7 @@ class _FractalHeap:
         self.len_size = min((self.max_direct.bit_length() - 1 + 7) // 8, _enc_size(max_man))
         self.max_direct_rows = (self.max_direct.bit_length() - self.start.bit_length()) + 2
         self._blocks: list[tuple[int, int, int]] | None = None  # (heap offset, size, address)
+        self._indirects: set[int] = set()
         self._starts: list[int] = []
         self._data: dict[int, bytes] = {}
 
@@ -143,7 +147,9 @@ class _FractalHeap:
 
     def _indirect(self, address: int, nrows: int, offset: int, blocks: list[tuple[int, int, int]],
                   budget: int) -> None:
-        _need(budget > 0 and 0 < nrows <= 64, "a fractal heap too deep")
+        _need(budget > 0 and 0 < nrows <= 64 and address not in self._indirects,
+              "a fractal heap loop, or one too deep")
+        self._indirects.add(address)
         a = self.f.sizeof_addr
         ndirect = min(nrows, self.max_direct_rows) * self.width
         nentries = nrows * self.width

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,23 +48,25 @@ def _need(cond: bool, what: str) -> None:
         raise NativeUnsupported(what)
 
 
-@dataclass(slots=True)
 class Message:
-    """One object header message: its type, flags, body and creation order (v2 headers)."""
+    """One object header message: its type, flags, body and creation order (v2 headers).
+    (Plain classes, not dataclasses: building a dataclass costs a fresh process ~1 ms.)"""
 
-    type: int
-    flags: int
-    data: bytes
-    order: int = -1
+    __slots__ = ("data", "flags", "order", "type")
+
+    def __init__(self, mtype: int, flags: int, data: bytes, order: int = -1) -> None:
+        self.type, self.flags, self.data, self.order = mtype, flags, data, order
 
 
-@dataclass(slots=True)
 class ObjectHeader:
     """An object's header messages in file order, and whether attribute order is tracked."""
 
-    address: int
-    messages: list[Message] = field(default_factory=list)
-    attr_order_tracked: bool = False
+    __slots__ = ("address", "attr_order_tracked", "messages")
+
+    def __init__(self, address: int, attr_order_tracked: bool = False) -> None:
+        self.address = address
+        self.messages: list[Message] = []
+        self.attr_order_tracked = attr_order_tracked
 
     def first(self, mtype: int) -> Message | None:
         for m in self.messages:
@@ -168,11 +169,11 @@ class H5File:
         _need(nmsgs <= _MAX_COUNT, "too many header messages")
         oh = ObjectHeader(address)
         blocks = [(address + 16, size)]
-        seen = 0
+        done: set[int] = set()
         while blocks and len(oh.messages) < nmsgs:
-            seen += 1
-            _need(seen <= _MAX_CONTINUATIONS, "too many header continuations")
             start, length = blocks.pop(0)
+            _need(start not in done and len(done) < _MAX_CONTINUATIONS, "a header continuation loop")
+            done.add(start)
             buf = (first[16:16 + length] if start == address + 16 and 16 + length <= len(first)
                    else self.read(start, length))
             pos = 0
@@ -201,11 +202,11 @@ class H5File:
         _check_sum(buf, "object header")
         blocks: list[tuple[int, int]] = []
         self._messages_v2(oh, buf, pos, pos + size, flags, blocks)
-        seen = 0
+        done = {address}
         while blocks:
-            seen += 1
-            _need(seen <= _MAX_CONTINUATIONS, "too many header continuations")
             start, length = blocks.pop(0)
+            _need(start not in done and len(done) < _MAX_CONTINUATIONS, "a header continuation loop")
+            done.add(start)
             cbuf = self.read(start, length)
             _need(cbuf[:4] == b"OCHK", "a continuation block without its signature")
             _check_sum(cbuf, "object header continuation")
@@ -317,11 +318,12 @@ class H5File:
         if node_type == 0:
             key_size = self.sizeof_len
         stack = [(address, _MAX_DEPTH)]
-        visited = 0
+        visited: set[int] = set()
         while stack:
             node, budget = stack.pop()
-            visited += 1
-            _need(budget > 0 and visited <= _MAX_COUNT, "a B-tree too deep or too large")
+            _need(budget > 0 and node not in visited and len(visited) < _MAX_COUNT,
+                  "a B-tree loop, or one too deep or too large")
+            visited.add(node)
             head = self.read(node, 8 + 2 * a)
             _need(head[:4] == b"TREE" and head[4] == node_type, "a bad B-tree node")
             level, used = head[5], struct.unpack_from("<H", head, 6)[0]
@@ -343,16 +345,20 @@ class H5File:
         key_size = 8 + 8 * (rank + 1)
         parts = []
         stack = [(address, _MAX_DEPTH)]
-        visited = 0
+        visited: set[int] = set()
+        total = 0
         while stack:
             node, budget = stack.pop()
-            visited += 1
-            _need(budget > 0 and visited <= _MAX_COUNT, "a chunk B-tree too deep or too large")
+            _need(budget > 0 and node not in visited and len(visited) < _MAX_COUNT,
+                  "a chunk B-tree loop, or one too deep or too large")
+            visited.add(node)
             head = self.read(node, 8 + 2 * a)
             _need(head[:4] == b"TREE" and head[4] == 1, "a bad chunk B-tree node")
             level, used = head[5], struct.unpack_from("<H", head, 6)[0]
             buf = self.read(node + 8 + 2 * a, used * rec.itemsize + key_size)
             entries = np.frombuffer(buf, rec, count=used)
+            total += used
+            _need(total <= _MAX_COUNT * 16, "too many chunks")
             if level == 0:
                 parts.append(entries)
             else:
