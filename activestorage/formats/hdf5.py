@@ -283,15 +283,18 @@ class Hdf5Reader:
             with open(path, "rb") as f:
                 return self.list_variables(source, storage_options, file=f)
         found = _native(None, file, source, lambda h5: list_native(h5, source))
-        if found is not None:
-            return found
-        import h5py
+        return found if found is not None else list_with_h5py(file, source)
 
-        try:
-            h5 = h5py.File(file, "r")
-        except OSError as exc:
-            raise FormatError(f"{source}: cannot read the HDF5 metadata ({exc})") from exc
-        with h5:
-            return [Candidate(n, _dimension_names(h5[n]), _read_attrs(h5[n]),
-                              dtype=h5[n].dtype.newbyteorder("=").name)
-                    for n in list_variables(h5)]
+
+def list_with_h5py(file: Any, source: str) -> list[Candidate]:
+    """:meth:`Hdf5Reader.list_variables` of an open binary ``file`` through h5py."""
+    import h5py
+
+    try:
+        h5 = h5py.File(file, "r")
+    except OSError as exc:
+        raise FormatError(f"{source}: cannot read the HDF5 metadata ({exc})") from exc
+    with h5:
+        return [Candidate(n, _dimension_names(h5[n]), _read_attrs(h5[n]),
+                          dtype=h5[n].dtype.newbyteorder("=").name)
+                for n in list_variables(h5)]
