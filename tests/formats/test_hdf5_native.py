@@ -10,6 +10,7 @@ passing through h5py.
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 from activestorage import Active
 from activestorage.errors import ActiveStorageError
+from activestorage.formats.chunk_index import pin_locators
 from activestorage.formats.hdf5 import Hdf5Reader, list_with_h5py, open_hdf5
 from activestorage.formats.hdf5_native import (NativeUnsupported, list_native, native_file,
                                                open_native)
@@ -430,3 +432,37 @@ def test_a_file_the_native_reader_leaves_to_h5py_still_opens(tmp_path, caplog):
     assert any("read by h5py" in r.getMessage() for r in caplog.records)
     assert_same_variable(var, open_hdf5(str(path), "v"))
     assert math.prod(var.shape) == 6
+
+
+def test_a_sparse_chunk_grid_is_a_dict_as_on_the_h5py_path(tmp_path):
+    path = tmp_path / "sparse.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("v", shape=(200_000,), chunks=(1,), dtype="f4", compression="gzip")
+        ds[5] = 1.0
+        ds[70_000] = 2.0
+    got = native(path, "v")
+    assert type(got.chunks) is dict and len(got.chunks) == 2
+    assert_same_variable(got, open_hdf5(str(path), "v"))
+
+
+def test_a_remote_file_object_is_read_natively_and_pinned(tmp_path, monkeypatch):
+    """The registry's remote file object: read natively (h5py never asked), chunks pinned."""
+    path = tmp_path / "r.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("x", 10)
+        ds.createVariable("v", "i2", ("x",), zlib=True, chunksizes=(3,))[:] = np.arange(10)
+    raw = path.read_bytes()
+    url = "s3://bucket/r.nc"
+    want = open_hdf5(io.BytesIO(raw), "v", url=url)
+    want.chunks = pin_locators(want.chunks, '"abc"', "v1")
+
+    class Remote(io.BytesIO):
+        etag, version_id, size = '"abc"', "v1", len(raw)
+
+    from activestorage.formats import hdf5
+
+    monkeypatch.setattr(hdf5, "open_hdf5", lambda *a, **k: pytest.fail("h5py path used"))
+    got = Hdf5Reader().open(url, "v", file=Remote(raw))
+    assert all(loc.etag == '"abc"' and loc.version_id == "v1" and loc.url == url
+               for loc in got.chunks.values())
+    assert_same_variable(got, want)
