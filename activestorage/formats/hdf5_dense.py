@@ -21,7 +21,7 @@ from .hdf5_structures import (
     _need,
 )
 
-__all__ = ["dense_records"]
+__all__ = ["btree_v2_records", "dense_records"]
 
 #: v2 B-tree record types: links by name hash, attributes by name hash
 BT2_LINK_NAME, BT2_ATTR_NAME = 5, 8
@@ -37,7 +37,7 @@ def dense_records(f: Any, heap_addr: int, btree_addr: int) -> list[tuple[bytes, 
     -1 when the B-tree does not record it)."""
     heap = _FractalHeap(f, heap_addr)
     out = []
-    for rec, btype in _btree_v2_records(f, btree_addr):
+    for rec, btype in btree_v2_records(f, btree_addr):
         if btype == BT2_LINK_NAME:
             heap_id, order = rec[4:4 + heap.id_len], -1
         elif btype == BT2_ATTR_NAME:
@@ -49,7 +49,8 @@ def dense_records(f: Any, heap_addr: int, btree_addr: int) -> list[tuple[bytes, 
     return out
 
 
-def _btree_v2_records(f: Any, address: int) -> list[tuple[bytes, int]]:
+def btree_v2_records(f: Any, address: int) -> list[tuple[bytes, int]]:
+    """Every record of the v2 B-tree at ``address``: (record bytes, record type)."""
     head = f.read(address, 22 + f.sizeof_addr + f.sizeof_len)
     _need(head[:4] == b"BTHD" and head[4] == 0, "a bad v2 B-tree header")
     btype = head[5]

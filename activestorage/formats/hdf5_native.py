@@ -410,8 +410,9 @@ class _Reader:
         chunks: Mapping[tuple[int, ...], Locator] = {}
         try:
             if lclass == 2:
-                chunk_shape, records = self._chunked(layout, len(shape), native.itemsize)
-                pipeline = pipeline_from_codes(self._filters(oh), native.itemsize, where)
+                codes = self._filters(oh)
+                chunk_shape, records = self._chunked(layout, shape, native.itemsize, bool(codes))
+                pipeline = pipeline_from_codes(codes, native.itemsize, where)
                 compression, filters = _codecs(pipeline, 0, where)
                 chunks = _chunk_index(records, url, shape, chunk_shape, pipeline, where)
             elif lclass == 1:
@@ -496,10 +497,12 @@ class _Reader:
             raise NativeUnsupported(f"filter pipeline version {version}")
         return codes
 
-    def _chunked(self, layout: bytes, rank: int, itemsize: int
+    def _chunked(self, layout: bytes, shape: tuple[int, ...], itemsize: int, filtered: bool
                  ) -> tuple[tuple[int, ...], np.ndarray]:
-        """(chunk shape, chunk records) of a chunked layout (v3: a v1 B-tree; v4: single chunk)."""
+        """(chunk shape, chunk records) of a chunked layout (v3: a v1 B-tree; v4: a single
+        chunk, a fixed array or a v2 B-tree)."""
         f = self.f
+        rank = len(shape)
         if layout[0] == 3:
             ndims = layout[2]
             _need(ndims == rank + 1, "a chunked layout of another rank than its dataspace")
@@ -521,8 +524,24 @@ class _Reader:
         chunk_shape = tuple(dims[:-1])
         index_type = layout[pos]
         pos += 1
+        _need(not flags & 1, "partial edge chunks stored unfiltered")
+        chunk_bytes = math.prod(chunk_shape) * itemsize
+        if index_type in (3, 5):
+            from .hdf5_v4index import btree_v2_chunk_records, fixed_array_records
+
+            if index_type == 3:
+                address = f.addr(layout, pos + 1)  # after the page bits
+                if address < 0:
+                    return chunk_shape, _no_records(rank)
+                return chunk_shape, fixed_array_records(f, address, shape, chunk_shape, filtered,
+                                                        chunk_bytes)
+            address = f.addr(layout, pos + 6)  # after node size, split and merge percentages
+            if address < 0:
+                return chunk_shape, _no_records(rank)
+            return chunk_shape, btree_v2_chunk_records(f, address, chunk_shape, filtered,
+                                                       chunk_bytes)
         _need(index_type == 1, f"layout-v4 chunk index type {index_type}")
-        size, mask = math.prod(chunk_shape) * itemsize, 0
+        size, mask = chunk_bytes, 0
         if flags & 2:
             size, mask = f.length(layout, pos), unpack("<I", layout, pos + f.sizeof_len)[0]
             pos += f.sizeof_len + 4
