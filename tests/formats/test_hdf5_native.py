@@ -288,10 +288,11 @@ def netcdf_files(draw, tmp: Path):
         dims = []
         for i, n in enumerate(sizes):
             dname = f"d{i}"
-            g.createDimension(dname, None if (unlimited and i == 0) else n)
+            owner = ds if i == 0 else g  # a group's variable may use the root group's dimension
+            owner.createDimension(dname, None if (unlimited and i == 0) else n)
             dims.append(dname)
             if i % 2 == 0:  # a coordinate variable for some dimensions
-                g.createVariable(dname, "f8", (dname,))[:] = np.arange(n, dtype="f8")
+                owner.createVariable(dname, "f8", (dname,))[:] = np.arange(n, dtype="f8")
         kw: dict = {"endian": endian, "zlib": zlib, "shuffle": shuffle, "fletcher32": fletcher32,
                     "contiguous": contiguous}
         if not contiguous and rank:
