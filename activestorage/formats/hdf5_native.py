@@ -141,6 +141,20 @@ def _dataspace(f: H5File, b: bytes) -> tuple[int, ...] | None:
     return tuple(f.length(b, pos + i * n) for i in range(rank))
 
 
+def _max_shape(f: H5File, b: bytes) -> tuple[int | None, ...] | None:
+    """The maximum shape of a simple dataspace message (None per unlimited dimension); None
+    when the message records none (then it is the shape)."""
+    version, rank, flags = b[0], b[1], b[2]
+    if not flags & 1 or rank == 0:
+        return None
+    pos = (8 if version == 1 else 4) + rank * f.sizeof_len
+    n = f.sizeof_len
+    _need(len(b) >= pos + rank * n, "a truncated dataspace")
+    unlimited = (1 << (8 * n)) - 1
+    return tuple(None if v == unlimited else v
+                 for v in (f.length(b, pos + i * n) for i in range(rank)))
+
+
 def _attribute(b: bytes) -> tuple[str, bytes, bytes, bytes]:
     """(name, datatype, dataspace, data) of an attribute message."""
     version = b[0]
@@ -411,7 +425,9 @@ class _Reader:
         try:
             if lclass == 2:
                 codes = self._filters(oh)
-                chunk_shape, records = self._chunked(layout, shape, native.itemsize, bool(codes))
+                maxshape = _max_shape(self.f, space.data) or shape  # type: ignore[union-attr]
+                chunk_shape, records = self._chunked(layout, shape, maxshape, native.itemsize,
+                                                     bool(codes))
                 pipeline = pipeline_from_codes(codes, native.itemsize, where)
                 compression, filters = _codecs(pipeline, 0, where)
                 chunks = _chunk_index(records, url, shape, chunk_shape, pipeline, where)
@@ -497,10 +513,10 @@ class _Reader:
             raise NativeUnsupported(f"filter pipeline version {version}")
         return codes
 
-    def _chunked(self, layout: bytes, shape: tuple[int, ...], itemsize: int, filtered: bool
-                 ) -> tuple[tuple[int, ...], np.ndarray]:
+    def _chunked(self, layout: bytes, shape: tuple[int, ...], maxshape: tuple[int | None, ...],
+                 itemsize: int, filtered: bool) -> tuple[tuple[int, ...], np.ndarray]:
         """(chunk shape, chunk records) of a chunked layout (v3: a v1 B-tree; v4: a single
-        chunk, a fixed array or a v2 B-tree)."""
+        chunk, a fixed or extensible array or a v2 B-tree)."""
         f = self.f
         rank = len(shape)
         if layout[0] == 3:
@@ -526,15 +542,26 @@ class _Reader:
         pos += 1
         _need(not flags & 1, "partial edge chunks stored unfiltered")
         chunk_bytes = math.prod(chunk_shape) * itemsize
-        if index_type in (3, 5):
-            from .hdf5_v4index import btree_v2_chunk_records, fixed_array_records
+        if index_type in (3, 4, 5):
+            from .hdf5_v4index import (
+                btree_v2_chunk_records,
+                extensible_array_records,
+                fixed_array_records,
+            )
 
             if index_type == 3:
                 address = f.addr(layout, pos + 1)  # after the page bits
                 if address < 0:
                     return chunk_shape, _no_records(rank)
-                return chunk_shape, fixed_array_records(f, address, shape, chunk_shape, filtered,
-                                                        chunk_bytes)
+                _need(None not in maxshape, "a fixed array over an unlimited dimension")
+                return chunk_shape, fixed_array_records(f, address, maxshape,  # type: ignore[arg-type]
+                                                        chunk_shape, filtered, chunk_bytes)
+            if index_type == 4:
+                address = f.addr(layout, pos + 5)  # after five creation parameters
+                if address < 0:
+                    return chunk_shape, _no_records(rank)
+                return chunk_shape, extensible_array_records(f, address, shape, maxshape,
+                                                             chunk_shape, filtered, chunk_bytes)
             address = f.addr(layout, pos + 6)  # after node size, split and merge percentages
             if address < 0:
                 return chunk_shape, _no_records(rank)
