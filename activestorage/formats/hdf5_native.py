@@ -2,11 +2,13 @@
 
 ``import h5py`` costs a fresh process 20-30 ms (more on a loaded machine), a quarter of its first
 ``Active(...).mean``. The metadata a netCDF-4 variable needs (dtype, shape, layout, chunk index,
-filters, fill value, attributes, dimension scales) is a few small structures, decoded here by
-:mod:`.hdf5_structures` (and :mod:`.hdf5_dense` for dense links/attributes) through one
-``pread(offset, size)`` function.
+filters, fill value, attributes, dimension scales) is a few small structures: the file's
+structures are decoded by :mod:`.hdf5_structures` (with :mod:`.hdf5_dense` for dense links and
+attributes and :mod:`.hdf5_v4index` for layout-v4 chunk indices), the messages by
+:mod:`.hdf5_messages`, all through one ``pread(offset, size)`` function; this module puts them
+together as h5py's path does.
 
-Anything not covered (user blocks, shared messages, layout-v4 array indices, compound or enum
+Anything not covered (user blocks, shared messages, HDF5 2.0's layout v5, compound or enum
 attributes, corrupt structures, ...) raises :class:`NativeUnsupported`; :class:`~.hdf5.Hdf5Reader`
 then asks h5py, so results never depend on this module's coverage. Errors the user should see
 (unsupported dtypes and filters, a missing variable) are also left to the h5py path, which words
@@ -37,13 +39,20 @@ from .hdf5_common import (
     pipeline_from_codes,
     stored_dtype,
 )
+from .hdf5_messages import (
+    _FILL_TIME_NEVER,
+    attribute,
+    dataspace,
+    datatype,
+    fill_message,
+    filter_codes,
+    fixed_string,
+    max_shape,
+)
 from .hdf5_structures import (
     MSG_ATTRIBUTE,
     MSG_DATASPACE,
     MSG_DATATYPE,
-    MSG_FILL,
-    MSG_FILL_OLD,
-    MSG_FILTERS,
     MSG_LAYOUT,
     MSG_LINK,
     MSG_SYMBOL_TABLE,
@@ -58,14 +67,8 @@ __all__ = ["NativeUnsupported", "list_native", "native_file", "open_native"]
 
 log = logging.getLogger(__name__)
 
-#: HDF5 fill time "never" (H5D_FILL_TIME_NEVER), and the default when no message says otherwise
-_FILL_TIME_NEVER, _FILL_TIME_IFSET = 1, 2
+#: the external data files message: such a dataset's bytes are not in this file
 _MSG_EXTERNAL = 7
-#: IEEE layouts (bit offset, precision, exponent location, exponent size, mantissa location,
-#: mantissa size, bias) by float size: other float layouts are left to h5py
-_IEEE = {2: (0, 16, 10, 5, 0, 10, 15), 4: (0, 32, 23, 8, 0, 23, 127),
-         8: (0, 64, 52, 11, 0, 52, 1023)}
-_MAX_RANK = 32
 
 #: the exceptions that mean "a structure this reader misread": fall back, never surface
 _DECODE_ERRORS = (NativeUnsupported, struct.error, IndexError, KeyError, ValueError,
@@ -91,95 +94,6 @@ def native_file(file: Any = None, path: str | None = None) -> H5File:
     f = H5File(pread, getattr(file, "size", None))
     f.close = lambda: None  # type: ignore[attr-defined]
     return f
-
-
-# --------------------------------------------------------------------------- messages
-
-def _datatype(b: bytes) -> tuple[int, Any]:
-    """(class, detail) of a datatype message: a NumPy dtype for numbers, ``("S", size, pad)`` for
-    fixed-length strings, ``("vlen-str",)`` / ``("vlen", base)`` for variable-length data,
-    ``("ref", size)`` for object references; other classes give (class, None)."""
-    cls, _version = b[0] & 0x0F, b[0] >> 4
-    bits = b[1] | (b[2] << 8) | (b[3] << 16)
-    size = unpack("<I", b, 4)[0]
-    if cls == 0:
-        offset, precision = unpack("<HH", b, 8)
-        _need(size in (1, 2, 4, 8) and offset == 0 and precision == 8 * size, "an odd integer type")
-        return cls, np.dtype(f"{'>' if bits & 1 else '<'}{'i' if bits & 8 else 'u'}{size}")
-    if cls == 1:
-        props = unpack("<HHBBBBI", b, 8)
-        _need(size in _IEEE and props == _IEEE[size] and not bits & 0x40
-              and (bits >> 8) & 0xFF == 8 * size - 1, "a non-IEEE float type")
-        return cls, np.dtype(f"{'>' if bits & 1 else '<'}f{size}")
-    if cls == 3:
-        return cls, ("S", size, bits & 0x0F)
-    if cls == 9:
-        if bits & 0x0F == 1:
-            return cls, ("vlen-str",)
-        return cls, ("vlen", _datatype(b[8:]))
-    if cls == 7:
-        return cls, ("ref", bits & 0x0F)
-    return cls, None
-
-
-def _dataspace(f: H5File, b: bytes) -> tuple[int, ...] | None:
-    """The shape of a dataspace message (None for a null dataspace)."""
-    version, rank = b[0], b[1]
-    _need(rank <= _MAX_RANK, "a dataspace of too many dimensions")
-    if version == 1:
-        pos, kind = 8, (1 if rank else 0)
-    elif version == 2:
-        pos, kind = 4, b[3]
-    else:
-        raise NativeUnsupported(f"dataspace version {version}")
-    if kind == 2:
-        return None
-    if kind == 0:
-        return ()
-    n = f.sizeof_len
-    _need(len(b) >= pos + rank * n, "a truncated dataspace")
-    return tuple(f.length(b, pos + i * n) for i in range(rank))
-
-
-def _max_shape(f: H5File, b: bytes) -> tuple[int | None, ...] | None:
-    """The maximum shape of a simple dataspace message (None per unlimited dimension); None
-    when the message records none (then it is the shape)."""
-    version, rank, flags = b[0], b[1], b[2]
-    if not flags & 1 or rank == 0:
-        return None
-    pos = (8 if version == 1 else 4) + rank * f.sizeof_len
-    n = f.sizeof_len
-    _need(len(b) >= pos + rank * n, "a truncated dataspace")
-    unlimited = (1 << (8 * n)) - 1
-    return tuple(None if v == unlimited else v
-                 for v in (f.length(b, pos + i * n) for i in range(rank)))
-
-
-def _attribute(b: bytes) -> tuple[str, bytes, bytes, bytes]:
-    """(name, datatype, dataspace, data) of an attribute message."""
-    version = b[0]
-    nlen, tlen, slen = unpack("<HHH", b, 2)
-    if version == 1:
-        pos, pad = 8, (lambda n: (n + 7) & ~7)
-    elif version in (2, 3):
-        _need(not b[1] & 3, "an attribute with a shared datatype or dataspace")
-        pos, pad = (8 if version == 2 else 9), (lambda n: n)
-    else:
-        raise NativeUnsupported(f"attribute message version {version}")
-    name = b[pos:pos + nlen].split(b"\0", 1)[0].decode("utf-8")
-    pos += pad(nlen)
-    tb = b[pos:pos + tlen]
-    pos += pad(tlen)
-    sb = b[pos:pos + slen]
-    pos += pad(slen)
-    return name, tb, sb, b[pos:]
-
-
-def _fixed_string(raw: bytes, pad: int) -> bytes:
-    """A fixed-length string element as HDF5 converts it for NumPy: up to the first NUL, trailing
-    spaces dropped when space-padded."""
-    raw = raw.split(b"\0", 1)[0]
-    return raw.rstrip(b" ") if pad == 2 else raw
 
 
 class _Reader:
@@ -283,13 +197,13 @@ class _Reader:
         (creation order when the object tracks it, else name order)."""
         found: list[tuple[int, tuple[str, bytes, bytes, bytes]]] = []
         for m in oh.all(MSG_ATTRIBUTE):
-            found.append((m.order, _attribute(m.data)))
+            found.append((m.order, attribute(m.data)))
         heap, index = self.f.attribute_info(oh)
         if heap >= 0:
             from .hdf5_dense import dense_records
 
             for raw, order in dense_records(self.f, heap, index):
-                found.append((order, _attribute(raw)))
+                found.append((order, attribute(raw)))
         if oh.attr_order_tracked:
             found.sort(key=lambda t: t[0])
         else:
@@ -298,11 +212,11 @@ class _Reader:
 
     def attr_value(self, tb: bytes, sb: bytes, data: bytes) -> Any:
         """An attribute's value as h5py returns it (NumPy scalar or array, bytes, str)."""
-        shape = _dataspace(self.f, sb)
+        shape = dataspace(self.f, sb)
         _need(shape is not None, "an empty (null) attribute")
         n = math.prod(shape)  # type: ignore[arg-type]
         _need(n <= 1 << 24, "an attribute too large")
-        cls, detail = _datatype(tb)
+        cls, detail = datatype(tb)
         if isinstance(detail, np.dtype):
             _need(len(data) >= n * detail.itemsize, "a truncated attribute")
             arr = np.frombuffer(data, detail, count=n).reshape(shape).copy()
@@ -310,7 +224,7 @@ class _Reader:
         if cls == 3:
             _, size, pad = detail
             _need(size > 0 and len(data) >= n * size, "a truncated string attribute")
-            items = [_fixed_string(data[i * size:(i + 1) * size], pad) for i in range(n)]
+            items = [fixed_string(data[i * size:(i + 1) * size], pad) for i in range(n)]
             arr = np.array(items, dtype=f"S{size}").reshape(shape)
             return arr[()] if shape == () else arr
         if cls == 9 and detail[0] == "vlen-str":
@@ -366,8 +280,8 @@ class _Reader:
         refs: list[list[int]] = [[] for _ in range(rank)]
         if "DIMENSION_LIST" in raw:
             tb, sb, data = raw["DIMENSION_LIST"]
-            shape = _dataspace(self.f, sb)
-            cls, detail = _datatype(tb)
+            shape = dataspace(self.f, sb)
+            cls, detail = datatype(tb)
             _need(cls == 9 and detail[0] == "vlen" and detail[1][0] == 7 and shape == (rank,),
                   "an odd DIMENSION_LIST")
             a = self.f.sizeof_addr
@@ -388,7 +302,7 @@ class _Reader:
     def dataset_type(self, oh: ObjectHeader) -> tuple[int, Any]:
         m = oh.first(MSG_DATATYPE)
         _need(m is not None, "a dataset without a datatype")
-        return _datatype(m.data)  # type: ignore[union-attr]
+        return datatype(m.data)  # type: ignore[union-attr]
 
     def variable(self, ncvar: str) -> Variable | None:
         """The :class:`Variable` ``ncvar``; None when the file has no such dataset."""
@@ -409,12 +323,12 @@ class _Reader:
             raise NativeUnsupported(str(exc)) from None
         space = oh.first(MSG_DATASPACE)
         _need(space is not None, "a dataset without a dataspace")
-        shape = _dataspace(self.f, space.data)  # type: ignore[union-attr]
+        shape = dataspace(self.f, space.data)  # type: ignore[union-attr]
         _need(shape is not None, "a null dataspace")
         shape = tuple(shape)  # type: ignore[arg-type]
         _need(oh.first(_MSG_EXTERNAL) is None, "external storage")
         attrs = self.attributes(oh)
-        fill_time, h5fill = self._fill(oh, dtype)
+        fill_time, h5fill = fill_message(oh, dtype)
         missing, fill = missing_from_attrs(attrs, native, fill_time != _FILL_TIME_NEVER)
         fill_value = fill if "_FillValue" in attrs else native.type(h5fill)
         scale, offset = packing_from_attrs(attrs)
@@ -424,8 +338,8 @@ class _Reader:
         chunks: Mapping[tuple[int, ...], Locator] = {}
         try:
             if lclass == 2:
-                codes = self._filters(oh)
-                maxshape = _max_shape(self.f, space.data) or shape  # type: ignore[union-attr]
+                codes = filter_codes(oh)
+                maxshape = max_shape(self.f, space.data) or shape  # type: ignore[union-attr]
                 chunk_shape, records = self._chunked(layout, shape, maxshape, native.itemsize,
                                                      bool(codes))
                 pipeline = pipeline_from_codes(codes, native.itemsize, where)
@@ -449,69 +363,6 @@ class _Reader:
             filters=filters, missing=missing, fill_value=fill_value, scale_factor=scale,
             add_offset=offset, attrs=attrs,
             dimensions=self.dimension_names(own, oh, len(shape), groups), format="hdf5")
-
-    def _fill(self, oh: ObjectHeader, dtype: np.dtype) -> tuple[int, Any]:
-        """(fill time, HDF5 fill value as h5py's ``Dataset.fillvalue`` gives it: 0 if unset)."""
-        value = b""
-        fill_time = _FILL_TIME_IFSET
-        new = oh.first(MSG_FILL)
-        if new is not None:
-            b = new.data
-            version = b[0]
-            if version in (1, 2):
-                fill_time = b[2]
-                defined = b[3]
-                if version == 1 or defined:
-                    size = unpack("<I", b, 4)[0]
-                    value = b[8:8 + size]
-            elif version == 3:
-                flags = b[1]
-                fill_time = (flags >> 2) & 3
-                if flags & 0x20:
-                    size = unpack("<I", b, 2)[0]
-                    value = b[6:6 + size]
-            else:
-                raise NativeUnsupported(f"fill value message version {version}")
-        else:
-            old = oh.first(MSG_FILL_OLD)
-            if old is not None:
-                size = unpack("<I", old.data, 0)[0]
-                value = old.data[4:4 + size]
-        if not value:
-            return fill_time, 0
-        _need(len(value) == dtype.itemsize, "a fill value of another size than the dataset's type")
-        return fill_time, np.frombuffer(value, dtype, count=1)[0]
-
-    def _filters(self, oh: ObjectHeader) -> list[int]:
-        """The filter ids of a dataset's pipeline, in write order."""
-        m = oh.first(MSG_FILTERS)
-        if m is None:
-            return []
-        b = m.data
-        version, n = b[0], b[1]
-        _need(n <= 32, "too many filters")
-        codes = []
-        if version == 1:
-            pos = 8
-            for _ in range(n):
-                code, nlen, _flags, nvals = unpack("<HHHH", b, pos)
-                pos += 8 + ((nlen + 7) & ~7) + 4 * nvals + (4 if nvals % 2 else 0)
-                codes.append(code)
-        elif version == 2:
-            pos = 2
-            for _ in range(n):
-                code = unpack("<H", b, pos)[0]
-                pos += 2
-                nlen = 0
-                if code >= 256:
-                    nlen = unpack("<H", b, pos)[0]
-                    pos += 2
-                _flags, nvals = unpack("<HH", b, pos)
-                pos += 4 + nlen + 4 * nvals
-                codes.append(code)
-        else:
-            raise NativeUnsupported(f"filter pipeline version {version}")
-        return codes
 
     def _chunked(self, layout: bytes, shape: tuple[int, ...], maxshape: tuple[int | None, ...],
                  itemsize: int, filtered: bool) -> tuple[tuple[int, ...], np.ndarray]:
@@ -598,7 +449,7 @@ class _Reader:
                     continue
             space = oh.first(MSG_DATASPACE)
             _need(space is not None, "a dataset without a dataspace")
-            shape = _dataspace(self.f, space.data)  # type: ignore[union-attr]
+            shape = dataspace(self.f, space.data)  # type: ignore[union-attr]
             rank = len(shape) if shape is not None else 0
             out.append(Candidate(path, self.dimension_names(path.rsplit("/", 1)[-1], oh, rank,
                                                             groups),
