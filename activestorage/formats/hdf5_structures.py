@@ -32,6 +32,9 @@ _MAX_COUNT = 1 << 22
 #: object header continuation blocks followed per header, B-tree depth, link nesting
 _MAX_CONTINUATIONS = 4096
 _MAX_DEPTH = 64
+#: chunk index entries decoded natively; larger indices (and corrupt counts) are left to h5py,
+#: so a damaged count never makes this reader allocate more than a few hundred MB
+MAX_CHUNKS = 1 << 24
 
 # message types
 MSG_NIL, MSG_DATASPACE, MSG_LINK_INFO, MSG_DATATYPE, MSG_FILL_OLD, MSG_FILL = 0, 1, 2, 3, 4, 5
@@ -358,7 +361,7 @@ class H5File:
             buf = self.read(node + 8 + 2 * a, used * rec.itemsize + key_size)
             entries = np.frombuffer(buf, rec, count=used)
             total += used
-            _need(total <= _MAX_COUNT * 16, "too many chunks")
+            _need(total <= MAX_CHUNKS, "too many chunks")
             if level == 0:
                 parts.append(entries)
             else:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .hdf5_dense import btree_v2_records
-from .hdf5_structures import _MAX_COUNT, _need
+from .hdf5_structures import MAX_CHUNKS, _need
 
 __all__ = ["btree_v2_chunk_records", "chunk_records_dtype", "fixed_array_records"]
 
@@ -53,7 +53,7 @@ def fixed_array_records(f: Any, address: int, shape: tuple[int, ...],
     nelmts = f.length(head, 8)
     dblock = f.addr(head, 8 + n)
     grid = tuple(-(-s // c) for s, c in zip(shape, chunk_shape))
-    _need(nelmts == math.prod(grid) and nelmts <= _MAX_COUNT * 16, "a fixed array of another size")
+    _need(nelmts == math.prod(grid) and nelmts <= MAX_CHUNKS, "a fixed array of another size")
     _need(client == (1 if filtered else 0), "a fixed array of another client")
     if filtered:
         size_len = esize - a - 4
@@ -146,7 +146,7 @@ def extensible_array_records(f: Any, address: int, shape: tuple[int, ...],
     _need((1 <= size_len <= 8) if filtered else esize == a, "an odd extensible array element")
     ok = (0 < max_bits <= 64 and dblk_min and dblk_min & (dblk_min - 1) == 0
           and sblk_min_ptrs and sblk_min_ptrs & (sblk_min_ptrs - 1) == 0
-          and nelmts <= _MAX_COUNT * 16)
+          and nelmts <= MAX_CHUNKS)
     _need(bool(ok), "extensible array parameters out of range")
     rank = len(shape)
     if iblock < 0 or nelmts == 0:
