@@ -525,3 +525,59 @@ def test_a_remote_file_object_is_read_natively_and_pinned(tmp_path, monkeypatch)
     assert all(loc.etag == '"abc"' and loc.version_id == "v1" and loc.url == url
                for loc in got.chunks.values())
     assert_same_variable(got, want)
+
+
+def test_text_variables_and_string_attributes(tmp_path):
+    """char and string variables are listed by neither path; NC_STRING attributes (vlen strings
+    in the global heap), arrays of them and utf-8 text read as h5py reads them."""
+    path = tmp_path / "text.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("x", 3)
+        ds.createDimension("n", 4)
+        ds.createVariable("label", "S1", ("x", "n"))[:] = netCDF4.stringtochar(
+            np.array(["ab", "cd", "ef"], "S4"))
+        ds.createVariable("names", str, ("x",))[:] = np.array(["a", "bb", "ccc"], object)
+        v = ds.createVariable("v", "f4", ("x",))
+        v[:] = [1, 2, 3]
+        v.setncattr_string("title", "a vlen string")
+        v.setncattr_string("many", ["one", "two", "three"])
+        v.setncattr("utf8", "température")
+        v.setncattr("empty", "")
+    check_file(path)
+    assert [c.name for c in Hdf5Reader().list_variables(str(path))] == ["v"]
+
+
+def test_what_cannot_be_reduced_gives_the_h5py_paths_errors(tmp_path):
+    """An unsupported filter (lzf) or dtype (strings, compound): the native reader defers, and the
+    reader raises the h5py path's UnsupportedError."""
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("lzf", data=np.arange(10.0), chunks=(5,), compression="lzf")
+        f.create_dataset("text", data=np.array([b"ab", b"cd"]))
+        f.create_dataset("pairs", data=np.zeros(3, dtype=[("a", "i4"), ("b", "f8")]))
+        f.create_dataset("ok", data=np.arange(4, dtype="i2"))
+    check_file(path)
+    for name in ("lzf", "text", "pairs"):
+        with pytest.raises(ActiveStorageError):
+            Hdf5Reader().open(str(path), name)
+
+
+def test_an_enum_variable_is_left_to_h5py(tmp_path):
+    """h5py reads an enum as its base integer type; the native reader defers such files (the
+    variable and the listing) to it, and the answers are h5py's."""
+    path = tmp_path / "enum.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("x", 2)
+        kind = ds.createEnumType("u1", "kind", {"a": 0, "b": 1})
+        ds.createVariable("v", "f8", ("x",))[:] = [1.5, 2.5]
+        ds.createVariable("e", kind, ("x",))[:] = np.array([0, 1], "u1")
+    with pytest.raises(NativeUnsupported):
+        native(path, "e")
+    with pytest.raises(NativeUnsupported):
+        list_native(native_file(path=str(path)), str(path))
+    assert_same_variable(native(path, "v"), open_hdf5(str(path), "v"))
+    assert_same_variable(Hdf5Reader().open(str(path), "e"), open_hdf5(str(path), "e"))
+    with open(path, "rb") as fh:
+        assert_same_candidates(Hdf5Reader().list_variables(str(path)),
+                               list_with_h5py(fh, str(path)))
+    assert float(Active(str(path), "v").sum[...]) == 4.0
