@@ -272,7 +272,17 @@ class _Reader:
         """netCDF dimension names, as :func:`.hdf5._dimension_names` derives them."""
         raw = {name: (tb, sb, data) for name, tb, sb, data in self.raw_attributes(oh)
                if name in ("CLASS", "DIMENSION_LIST", "DIMENSION_LABELS")}
-        _need("DIMENSION_LABELS" not in raw, "dimension labels")
+        labels: list[str] = [""] * rank
+        if "DIMENSION_LABELS" in raw:  # as h5py's DimensionProxy.label reads them
+            value = self.attr_value(*raw["DIMENSION_LABELS"])
+            _need(isinstance(value, np.ndarray) and value.ndim == 1, "odd dimension labels")
+            for axis, label in enumerate(value.tolist()[:rank]):
+                if isinstance(label, bytes):
+                    try:
+                        label = label.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise NativeUnsupported("a dimension label that is not UTF-8") from None
+                labels[axis] = label
         is_scale = False
         if "CLASS" in raw:
             cls = self.attr_value(*raw["CLASS"])
@@ -294,7 +304,7 @@ class _Reader:
             elif axis == 0 and is_scale:
                 names.append(own)
             else:
-                names.append("")
+                names.append(labels[axis])
         return tuple(names)
 
     # ------------------------------------------------------------------ datasets

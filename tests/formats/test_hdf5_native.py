@@ -581,3 +581,26 @@ def test_an_enum_variable_is_left_to_h5py(tmp_path):
         assert_same_candidates(Hdf5Reader().list_variables(str(path)),
                                list_with_h5py(fh, str(path)))
     assert float(Active(str(path), "v").sum[...]) == 4.0
+
+
+def test_h5py_dimension_scales_and_labels(tmp_path):
+    """Scales attached with h5py (one in another group: found by walking the file), several
+    scales on one axis (the first names it), labels on axes without a scale."""
+    path = tmp_path / "scales.h5"
+    with h5py.File(path, "w") as f:
+        v = f.create_dataset("v", data=np.ones((2, 3, 4), "f4"))
+        f["t"] = np.arange(2.0)
+        f["t"].make_scale("time")
+        f.create_group("grid")["y"] = np.arange(3.0)
+        f["grid/y"].make_scale()
+        f["t2"] = np.arange(2.0) * 2
+        f["t2"].make_scale()
+        v.dims[0].attach_scale(f["t"])
+        v.dims[0].attach_scale(f["t2"])
+        v.dims[1].attach_scale(f["grid/y"])
+        v.dims[2].label = "x axis"
+        w = f.create_dataset("w", data=np.zeros((3, 2), "i2"))
+        w.dims[1].label = "only the second"
+    check_file(path)
+    assert native(path, "v").dimensions == ("t", "y", "x axis")
+    assert native(path, "w").dimensions == ("", "only the second")
