@@ -19,58 +19,17 @@ from .base import Locator, Variable
 from .cf import missing_from_attrs, packing_from_attrs
 from .choose import Candidate
 from .chunk_index import UNWRITTEN, ChunkIndex, pin_locators
+from .hdf5_common import (_COMPRESSORS, _DENSE_ALLOWANCE, _DENSE_CELLS_PER_CHUNK,  # noqa: F401
+                          _FILTER_NAMES, _HIDDEN_ATTRS, H5Z_BLOSC, H5Z_BZIP2, H5Z_DEFLATE,
+                          H5Z_FLETCHER32, H5Z_LZ4, H5Z_NBIT, H5Z_SCALEOFFSET, H5Z_SHUFFLE,
+                          H5Z_SZIP, H5Z_ZSTD, _codecs, pipeline_from_codes, stored_dtype)
 
 log = logging.getLogger(__name__)
 
-#: HDF5 filter ids we can undo, and what they become in a ChunkRequest.
-H5Z_DEFLATE, H5Z_SHUFFLE, H5Z_FLETCHER32, H5Z_SZIP, H5Z_NBIT, H5Z_SCALEOFFSET = 1, 2, 3, 4, 5, 6
-H5Z_BZIP2, H5Z_BLOSC, H5Z_LZ4, H5Z_ZSTD = 307, 32001, 32004, 32015
-_COMPRESSORS = {H5Z_DEFLATE: "zlib", H5Z_BZIP2: "bz2", H5Z_BLOSC: "blosc", H5Z_ZSTD: "zstd"}
-_FILTER_NAMES = {H5Z_SZIP: "szip", H5Z_NBIT: "nbit", H5Z_SCALEOFFSET: "scaleoffset",
-                 H5Z_LZ4: "lz4 (HDF5 framing)"}
-
-#: attributes that are HDF5/netCDF plumbing, not user metadata
-_HIDDEN_ATTRS = {"DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME", "_Netcdf4Dimid",
-                 "_Netcdf4Coordinates", "_nc3_strict", "_NCProperties"}
-
-
 def _pipeline(dcpl: Any, itemsize: int, where: str) -> list[tuple[int, dict[str, Any]]]:
     """The dataset's filters in write order as (hdf5 filter id, request dict)."""
-    out = []
-    for i in range(dcpl.get_nfilters()):
-        code, _flags, _values, _name = dcpl.get_filter(i)[:4]
-        if code in _COMPRESSORS:
-            out.append((code, {"id": _COMPRESSORS[code]}))
-        elif code == H5Z_SHUFFLE:
-            out.append((code, {"id": "shuffle", "element_size": itemsize}))
-        elif code == H5Z_FLETCHER32:
-            out.append((code, {"id": "fletcher32"}))
-        else:
-            name = _FILTER_NAMES.get(code, f"HDF5 filter {code}")
-            raise UnsupportedError(f"{where}: the {name} filter is not supported; supported are "
-                                   "deflate/zlib, shuffle, fletcher32, bzip2, blosc and zstd")
-    return out
-
-
-def _codecs(pipeline: list[tuple[int, dict[str, Any]]], skip_mask: int,
-            where: str) -> tuple[dict[str, Any] | None, tuple[dict[str, Any], ...]]:
-    """Map a write-order pipeline (minus filters skipped by ``skip_mask``) to compression+filters."""
-    compression = None
-    filters: list[dict[str, Any]] = []
-    for i, (_code, spec) in enumerate(pipeline):
-        if skip_mask & (1 << i):
-            continue
-        if spec["id"] in ("zlib", "bz2", "blosc", "zstd"):
-            if compression is not None:
-                raise UnsupportedError(f"{where}: two compressors in one pipeline are not supported")
-            compression = spec
-        elif spec["id"] == "fletcher32" and compression is not None:
-            filters.append({"id": "fletcher32", "outer": True})
-        elif compression is not None:
-            raise UnsupportedError(f"{where}: a {spec['id']} filter after compression is not supported")
-        else:
-            filters.append(spec)
-    return compression, tuple(filters)
+    codes = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    return pipeline_from_codes(codes, itemsize, where)
 
 
 def _read_attrs(ds: Any) -> dict[str, Any]:
@@ -127,11 +86,6 @@ def list_variables(h5file: Any) -> list[str]:
     return names
 
 
-#: a dense index is used while its arrays hold at most this many grid cells per written chunk
-#: (plus a fixed allowance); sparser grids keep a dict, whose size follows the written chunks
-_DENSE_CELLS_PER_CHUNK, _DENSE_ALLOWANCE = 8, 1 << 16
-
-
 def _chunk_index(dsid: Any, url: str, shape: tuple[int, ...], chunk_shape: tuple[int, ...],
                  pipeline: list[tuple[int, dict[str, Any]]],
                  where: str) -> Mapping[tuple[int, ...], Locator]:
@@ -177,17 +131,6 @@ def _chunk_index(dsid: Any, url: str, shape: tuple[int, ...], chunk_shape: tuple
     if not dense:
         return special
     return ChunkIndex(url, offsets, sizes, exceptions=special)
-
-
-def stored_dtype(dtype: Any, where: str) -> tuple[str, np.dtype]:
-    """(byte order as stored, native dtype) of an HDF5 dataset's dtype (h5py's or pyfive's);
-    :class:`UnsupportedError` for anything but integers and floats."""
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "iuf":
-        raise UnsupportedError(f"{where} has dtype {dtype}; only integer and float variables "
-                               "can be reduced")
-    big = dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian)
-    return "big" if big else "little", dtype.newbyteorder("=")
 
 
 def variable_from_dataset(ds: Any, url: str, name: str | None = None) -> Variable:
@@ -273,10 +216,33 @@ def _needs_file(url: str) -> FormatError:
                        "with activestorage.formats.open_variable (the registry passes file=)")
 
 
+def _native(source: str | None, file: Any, url: str, call: Any) -> Any:
+    """``call(h5file)`` on the native reader (:mod:`.hdf5_native`) over the local path ``source``
+    or the open ``file``; None when it leaves the file to h5py (logged at debug level)."""
+    from .hdf5_native import NativeUnsupported, native_file
+
+    try:
+        h5 = native_file(file=file) if source is None else native_file(path=source)
+    except (NativeUnsupported, OSError) as exc:
+        log.debug("%s: read by h5py (%s)", url, exc)
+        return None
+    try:
+        return call(h5)
+    except NativeUnsupported as exc:
+        log.debug("%s: read by h5py (%s)", url, exc)
+        return None
+    finally:
+        h5.close()
+
+
 class Hdf5Reader:
-    """netCDF-4/HDF5 files, local (read by h5py itself) or remote (through the open file object
-    the registry passes as ``file``, each chunk then pinned to the object version the index was
-    read from; this module does not open remote objects itself)."""
+    """netCDF-4/HDF5 files, local or remote (through the open file object the registry passes as
+    ``file``, each chunk then pinned to the object version the index was read from; this module
+    does not open remote objects itself).
+
+    The metadata is read by :mod:`.hdf5_native` (no ``import h5py``, 20-30 ms of a fresh
+    process's first call); whatever it does not cover, and every error, goes to h5py.
+    """
 
     name = "hdf5"
     title = "netCDF-4/HDF5"
@@ -286,12 +252,17 @@ class Hdf5Reader:
 
     def open(self, source: str, ncvar: str, storage_options: Mapping[str, Any] | None = None, *,
              file: Any = None) -> Variable:
+        from .hdf5_native import open_native
+
         path = _local(source)
         if path is not None:
-            return open_hdf5(path, ncvar)
+            var = _native(path, None, path, lambda h5: open_native(h5, path, ncvar))
+            return var if var is not None else open_hdf5(path, ncvar)
         if file is None:
             raise _needs_file(source)
-        var = open_hdf5(file, ncvar, url=source)
+        var = _native(None, file, source, lambda h5: open_native(h5, source, ncvar))
+        if var is None:
+            var = open_hdf5(file, ncvar, url=source)
         etag, version = getattr(file, "etag", None), getattr(file, "version_id", None)
         if etag or version:  # pin every chunk to the object version the index came from
             var.chunks = pin_locators(var.chunks, etag, version)
@@ -303,7 +274,7 @@ class Hdf5Reader:
 
     def list_variables(self, source: str, storage_options: Mapping[str, Any] | None = None, *,
                        file: Any = None) -> list[Candidate]:
-        import h5py
+        from .hdf5_native import list_native
 
         if file is None:
             path = _local(source)
@@ -311,11 +282,19 @@ class Hdf5Reader:
                 raise _needs_file(source)
             with open(path, "rb") as f:
                 return self.list_variables(source, storage_options, file=f)
-        try:
-            h5 = h5py.File(file, "r")
-        except OSError as exc:
-            raise FormatError(f"{source}: cannot read the HDF5 metadata ({exc})") from exc
-        with h5:
-            return [Candidate(n, _dimension_names(h5[n]), _read_attrs(h5[n]),
-                              dtype=h5[n].dtype.newbyteorder("=").name)
-                    for n in list_variables(h5)]
+        found = _native(None, file, source, lambda h5: list_native(h5, source))
+        return found if found is not None else list_with_h5py(file, source)
+
+
+def list_with_h5py(file: Any, source: str) -> list[Candidate]:
+    """:meth:`Hdf5Reader.list_variables` of an open binary ``file`` through h5py."""
+    import h5py
+
+    try:
+        h5 = h5py.File(file, "r")
+    except OSError as exc:
+        raise FormatError(f"{source}: cannot read the HDF5 metadata ({exc})") from exc
+    with h5:
+        return [Candidate(n, _dimension_names(h5[n]), _read_attrs(h5[n]),
+                          dtype=h5[n].dtype.newbyteorder("=").name)
+                for n in list_variables(h5)]

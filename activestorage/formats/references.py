@@ -42,11 +42,9 @@ A locator pinned to a version id alone reads that version even after the object 
 
 from __future__ import annotations
 
-import base64
 import functools
 import datetime as _dt
 import itertools
-import json
 import logging
 import math
 import os
@@ -328,6 +326,8 @@ def _pin_index(var: Variable, index: ChunkIndex,
 def save_manifest(doc: Mapping[str, Any], path: str,
                   storage_options: Mapping[str, Any] | None = None) -> None:
     """Write a manifest document as JSON to a local path or an ``s3://`` URL."""
+    import json
+
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     if "://" in path and not path.startswith("file://"):
         from ..stores.s3 import S3Store
@@ -470,6 +470,8 @@ def load(path_or_dict: str | Mapping[str, Any], storage_options: Mapping[str, An
             raise FormatError(f"{path}: manifest of {f.size} bytes exceeds the "
                               f"{MAX_MANIFEST_BYTES}-byte limit (ACTIVESTORAGE_MAX_MANIFEST_BYTES)")
         raw = f.read()
+    import json  # here, not at module level: a fresh process opening netCDF never needs it
+
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -734,6 +736,9 @@ def _expand_gen(gen: Mapping[str, Any], templates: Mapping[str, Any], where: str
 
 
 def _json_ref(v: Any, key: str, where: str) -> Any:
+    import base64
+    import json
+
     if isinstance(v, Mapping):
         return dict(v)
     if isinstance(v, (str, bytes)):
