@@ -253,7 +253,8 @@ for line in sys.stdin:
     result = runner.run(cases[name])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     key = ds["name"] + "/" + name
-    check = compare(result, oracle[key]) if key in oracle.files else {"ok": True}
+    checked = getattr(runner, "checks_result", True) and key in oracle.files  # limits: no result
+    check = compare(result, oracle[key]) if checked else {"ok": True}
     result = None
     print(json.dumps({"wall": wall, "cpu": cpu, "ok": check["ok"], "why": check.get("why")}),
           flush=True)
