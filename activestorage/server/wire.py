@@ -210,6 +210,9 @@ def prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
             if item is None:
                 item = _prepare(body, operation, api, auth, settings)
                 memo.learn(body, key, api, item)
+                if targets is not None:
+                    t = item.target
+                    targets.setdefault((t.url, t.kind, t.etag, t.version_id), t)
             return item
     return _prepare(body, operation, api, auth, settings)
 
