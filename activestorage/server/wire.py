@@ -413,6 +413,19 @@ class Result:
     select: bool
 
 
+#: dtype -> its name (``np.dtype.name`` is computed in Python each time: ~1 us)
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = dtype.name
+        if len(_DTYPE_NAMES) < 64:
+            _DTYPE_NAMES[dtype] = name
+    return name
+
+
 def v2_map(res: Result, item: Item) -> dict[str, Any]:
     """The v2 CBOR response map for one result (``bytes``: the values array, written from its
     own memory by :func:`.responses.cbor_map_parts`)."""
@@ -421,7 +434,7 @@ def v2_map(res: Result, item: Item) -> dict[str, Any]:
     counts: Any = [int(res.counts)] if res.select else res.counts.reshape(-1)
     # the result's bytes in the request's order (a multi-dimensional F result in Fortran order)
     out: dict[str, Any] = {"bytes": in_order(res.values, item.req.order),
-                           "dtype": res.values.dtype.name,
+                           "dtype": _dtype_name(res.values.dtype),
                            "shape": shape, "count": counts, "byte_order": NATIVE_BYTE_ORDER}
     if item.shape_as_bytes:
         out["shape_as_bytes"] = np.asarray(shape, dtype=np.uint64).tobytes()
