@@ -391,9 +391,9 @@ def _reduction(server: Service, api: str) -> Callable[[Request], Awaitable[Respo
 
     async def endpoint(request: Request) -> Response:
         op = check_operation(request.path_params["operation"], served)
-        auth = parse_basic_auth(request.headers.get("authorization"))
-        body = decode_body(await read_body(request, settings),
-                           request.headers.get("content-type", ""))
+        authorization, content_type = _headers(request.scope)
+        auth = parse_basic_auth(authorization)
+        body = decode_body(await read_body(request, settings), content_type)
         if api == "batch":
             answer = await server.batch(body, op, auth)
         else:
@@ -401,6 +401,20 @@ def _reduction(server: Service, api: str) -> Callable[[Request], Awaitable[Respo
         return _respond(server, answer)
 
     return endpoint
+
+
+def _headers(scope: dict[str, Any]) -> tuple[str | None, str]:
+    """The request's ``authorization`` (None when absent) and ``content-type`` ("" when absent)
+    headers, the first of each as Starlette's ``request.headers`` gives it, in one pass over the
+    raw list (ASGI header names are lower case)."""
+    authorization = content_type = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value.decode("latin-1")
+        elif name == b"content-type" and content_type is None:
+            content_type = value.decode("latin-1")
+    return authorization, content_type or ""
 
 
 def _respond(server: Service, answer: Answer) -> Response:

@@ -10,6 +10,7 @@ batch item name it (:func:`at_item`). Nothing here does I/O: :mod:`.service` doe
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, replace
@@ -113,13 +114,19 @@ RESULT_BYTES_PER_ELEMENT = 64
 def result_bytes(req: ChunkRequest, operation: str) -> int:
     """An upper bound on the memory of one item's result and its encoding (beyond the decoded
     array): a selection's values, or a reduction's values, counts and count list."""
-    shape = req.shape
-    sl = req.selection_slices()
+    return _result_bytes(req.shape, req.selection, req.axis, req.dtype.itemsize, operation)
+
+
+@functools.lru_cache(maxsize=1024)
+def _result_bytes(shape: tuple[int, ...], selection: tuple[tuple[int, int, int], ...] | None,
+                  axis: tuple[int, ...] | None, itemsize: int, operation: str) -> int:
+    """:func:`result_bytes` of what it depends on (a batch's items share it: computed once)."""
+    sl = ChunkRequest(np.dtype("u1"), shape, selection=selection).selection_slices()
     if sl is not None:
         shape = tuple(len(range(*s.indices(n))) for s, n in zip(sl, shape))
     if operation == "select":
-        return math.prod(shape) * req.dtype.itemsize + 4096
-    axes = set(req.reduce_axes)
+        return math.prod(shape) * itemsize + 4096
+    axes = set(range(len(shape)) if axis is None else axis)
     kept = math.prod(n for i, n in enumerate(shape) if i not in axes)
     width = RESULT_WIDTH.get(operation, 1)
     # the weights (float64, at most one per selected element) and the kernel's float64 work
