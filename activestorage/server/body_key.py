@@ -49,9 +49,11 @@ def body_key(body: dict[str, Any], skip: Collection[str], *extra: Hashable) -> t
     """The key of a request body's fields other than ``skip`` (in the body's order), after
     ``extra``; :class:`Unkeyable` when a value has a type keys do not cover."""
     out: list[Hashable] = list(extra)
+    append = out.append
     for k, v in body.items():
         if k in skip:
             continue
-        out.append(value_key(k))
-        out.append(value_key(v))
+        append(k if type(k) is str else value_key(k))
+        t = type(v)  # strings and integers (most fields) are their own keys
+        append(v if t is str or t is int or v is None else value_key(v))
     return tuple(out)

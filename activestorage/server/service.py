@@ -33,7 +33,7 @@ from .responses import Part, cbor_head, cbor_map_parts
 from .settings import Settings
 from .upstream import Target, Upstream
 from .wire import (CBOR_NULL, OPTIONS, Item, Memo, Result, at_item, extensions, item_index,
-                   prepare, prepare_batch, served_operations, v1_parts, v2_map)
+                   prepare, prepare_batch, served_operations, v1_parts, v2_map, with_fields)
 
 
 #: a single request whose stored and decoded bytes are both at most this is reduced on the event
@@ -228,10 +228,10 @@ def _stackable(item: Item, shared: dict[Any, Any]) -> ChunkRequest:
     when theirs is the same object, as the requests of one variable are in-process)."""
     req = item.req
     if req.size is None and item.read_size == req.nbytes:
-        req = req._replace(size=item.read_size)
+        req = with_fields(req, size=item.read_size)
     if req.missing is not None:
         try:
-            req = req._replace(missing=shared.setdefault(req.missing, req.missing))
+            req = with_fields(req, missing=shared.setdefault(req.missing, req.missing))
         except TypeError:  # an unhashable spec: this chunk is reduced on its own
             pass
     return req

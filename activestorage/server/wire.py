@@ -57,9 +57,25 @@ def extensions(settings: Settings) -> dict[str, Any]:
             "max_body_bytes": settings.max_body_bytes}
 
 
-@dataclass(frozen=True, slots=True)
+_REQ_FIELD = {name: i for i, name in enumerate(ChunkRequest._fields)}
+
+
+def with_fields(req: ChunkRequest, **changes: Any) -> ChunkRequest:
+    """``req._replace(**changes)`` in a fifth of the time (a named tuple's ``_replace`` of its
+    15 fields costs ~8 us: per item of a batch, that was the largest cost left)."""
+    values = list(req)
+    for name, value in changes.items():
+        values[_REQ_FIELD[name]] = value
+    return tuple.__new__(ChunkRequest, values)
+
+
+@dataclass(slots=True)
 class Item:
-    """One validated chunk reduction: what to read, how to reduce, what it may cost."""
+    """One validated chunk reduction: what to read, how to reduce, what it may cost.
+
+    Never changed once made (changes are new items, by :func:`dataclasses.replace`); not a
+    frozen dataclass only because a frozen one's ``__init__`` takes three times as long, and a
+    batch makes one per item."""
 
     req: ChunkRequest
     target: Target
@@ -335,7 +351,7 @@ class Memo:
                             version_id=t.target.version_id)
             if targets is not None:
                 targets[tk] = target
-        return Item(req=req._replace(offset=offset, size=size), target=target,
+        return Item(req=with_fields(req, offset=offset, size=size), target=target,
                     operation=operation, read_size=t.read_size if size is None else size,
                     max_raw=t.max_raw, wide_sum=t.wide_sum, shape_as_bytes=t.shape_as_bytes,
                     count_as_bytes=t.count_as_bytes, no_cache=t.no_cache)
