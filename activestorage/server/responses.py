@@ -145,9 +145,12 @@ class BudgetedResponse(Response):
     def __init__(self, parts: Sequence[Part], *, media_type: str,
                  headers: dict[str, str] | None = None,
                  release: Callable[[], None] | None = None, held: int = 0) -> None:
-        super().__init__(b"", headers=headers, media_type=media_type)
         self.parts = list(parts)
-        self.headers["content-length"] = str(nbytes_of(self.parts))
+        # the length among the given headers: where Starlette would put it, without the
+        # MutableHeaders rewrite of setting it afterwards
+        length = {"content-length": str(nbytes_of(self.parts))}
+        super().__init__(b"", headers={**headers, **length} if headers else length,
+                         media_type=media_type)
         self._release = release
         self._held = held
 
