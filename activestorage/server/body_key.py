@@ -28,13 +28,18 @@ def value_key(v: Any) -> Hashable:
     t = type(v)
     if t is str or t is int or v is None:
         return v
-    if t is list:
-        return (_LIST, *map(value_key, v))
+    if t is list:  # strings and integers inline: no call per element of a shape
+        out: list[Hashable] = [_LIST]
+        for x in v:
+            tx = type(x)
+            out.append(x if tx is str or tx is int or x is None else value_key(x))
+        return tuple(out)
     if t is dict:
-        out: list[Hashable] = [_DICT]
+        out = [_DICT]
         for k, x in v.items():
-            out.append(value_key(k))
-            out.append(value_key(x))
+            out.append(k if type(k) is str else value_key(k))
+            tx = type(x)
+            out.append(x if tx is str or tx is int or x is None else value_key(x))
         return tuple(out)
     if t is float:  # by its bits: -0.0 and 0.0, or two NaNs, are different floats here
         return (_FLOAT, _pack_double(v))
