@@ -135,7 +135,10 @@ def cbor_uint_array(a: np.ndarray) -> bytes:
 
 
 def nbytes_of(parts: Iterable[Part]) -> int:
-    return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    n = 0
+    for p in parts:  # a loop, not sum() over a generator: an answer has a dozen small parts
+        n += p.nbytes if type(p) is memoryview else len(p)
+    return n
 
 
 class BudgetedResponse(Response):
