@@ -299,9 +299,11 @@ class Memo:
     Both are pure functions of the body and the (fixed) settings: the allow-list check of a URL is
     of its text only (addresses are checked when connecting). A hit skips the numeric description's
     validation and the URL's parsing and allow-list check: in a cached batch of 64 KiB chunks those
-    were ~70 % of the server's event-loop time. No credentials are kept (templates hold none)."""
+    were ~70 % of the server's event-loop time. No credentials are kept (templates hold none),
+    and the memory is bounded: at most ``max_entries`` of each, a key at most
+    :data:`.body_key.MAX_VALUES` values (larger bodies are validated the full way)."""
 
-    def __init__(self, settings: Settings, max_entries: int = 4096) -> None:
+    def __init__(self, settings: Settings, max_entries: int = 1024) -> None:
         self.settings = settings
         self.max_entries = max_entries
         self._items: dict[tuple[Any, ...], Item] = {}

@@ -221,3 +221,24 @@ def test_body_key_skips_per_item_fields_and_refuses_unknown_types() -> None:
     assert body_key(a, ()) != body_key(b, ())
     with pytest.raises(Unkeyable):
         body_key({"shape": {1, 2}}, ())
+
+
+@pytest.mark.parametrize("extra", [{"note": "x" * 300}, {f"f{i}": i for i in range(70)},
+                                   {"junk": list(range(300))}, {"junk": 2**70},
+                                   {"junk": [[0] * 100] * 3}, {"junk": b"\0" * 300}])
+def test_large_bodies_are_validated_but_not_remembered(extra: dict[str, Any]) -> None:
+    """Unknown fields are allowed (the spec ignores them), so a client could make every
+    remembered key large: beyond the limits a body is validated the full way and not kept."""
+    body = {"interface_type": "http", "url": "http://127.0.0.1:8080/a.nc", "dtype": "float32",
+            "shape": [4], "size": 16, **extra}
+    memo = Memo(SETTINGS)
+    for offset in (0, 16):
+        placed_body = {**body, "offset": offset}
+        assert outcome(lambda: prepare(placed_body, "sum", "v2", AUTH, SETTINGS, memo)) == \
+            outcome(lambda: _prepare(placed_body, "sum", "v2", AUTH, SETTINGS))
+    assert not memo._items
+    with pytest.raises(Unkeyable):
+        body_key(body, PER_ITEM)
+
+
+PER_ITEM = {"offset", "size", "url"}
