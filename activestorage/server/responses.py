@@ -85,6 +85,11 @@ def cbor_map_parts(m: dict[str, Any], raw_key: str = "bytes") -> list[Part]:
     return out
 
 
+#: CBOR's unsigned integer encodings: (exclusive upper bound, initial byte, argument bytes)
+_UINT_CLASSES = ((24, None, 0), (1 << 8, 0x18, 1), (1 << 16, 0x19, 2), (1 << 32, 0x1A, 4),
+                 (None, 0x1B, 8))
+
+
 def cbor_uint_array(a: np.ndarray) -> bytes:
     """The CBOR array of the non-negative integers ``a`` (flattened in C order), byte for byte
     what ``cbor2.dumps(a.ravel().tolist())`` gives, without a Python int per element (an axis
