@@ -357,10 +357,18 @@ class Service:
         cache = self.cache_session()
         hits, todo, twins = await self._reuse(items, cache)
         jobs = self._plan(items, todo)
+        # cached items are reduced by all the kernel threads: when folding, runs of ranges
+        # stored back to back stacked (as a first read's GETs are), the rest in slices
+        hit_idx = sorted(hits)
+        joined, hit_idx = (_cached_runs(hit_idx, items) if folding and len(hit_idx) > 1
+                           else ([], hit_idx))
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
+        # + the copies of the cached runs being reduced (one per kernel thread at a time)
         total = sum(size if size is not None else items[run[0]].max_raw
                     for run, _t, _o, size in jobs) + sum(
-            it.beyond_raw for it in items)
+            it.beyond_raw for it in items) + min(
+            sum(items[i].read_size or 0 for run in joined for i in run),
+            self.settings.kernel_threads * MAX_RUN_BYTES)
         loop = asyncio.get_running_loop()
         computed: list[Any] = [None] * len(items)
         slots: list[int] | None = None
@@ -390,12 +398,7 @@ class Service:
             if any(it.weights_item is not None for it in items):
                 items[:] = await self._weigh(items)
             hraws: list[Any] = [hits.get(i, b"") for i in range(len(items))]
-            hit_idx = sorted(hits)
             hits.clear()
-            # cached items are reduced by all the kernel threads: when folding, runs of ranges
-            # stored back to back stacked (as a first read's GETs are), the rest in slices
-            joined, hit_idx = (_cached_runs(hit_idx, items) if folding and len(hit_idx) > 1
-                               else ([], hit_idx))
             k = max(1, min(self.settings.kernel_threads, len(hit_idx)))
             cut = [len(hit_idx) * j // k for j in range(k + 1)]
             done = await asyncio.gather(
