@@ -288,6 +288,8 @@ def _prepare(body: Any, operation: str, api: str, auth: tuple[str, str] | None,
 
 #: the fields a batch's items usually differ in: on a :class:`Memo` hit only these are checked
 PER_ITEM_FIELDS = frozenset(("offset", "size", "url"))
+#: longer URLs are checked in full each time (not kept: the memo stays small)
+MAX_URL = 4096
 _INT64_MAX = 2**63 - 1
 
 
@@ -365,11 +367,11 @@ class Memo:
         if len(self._items) >= self.max_entries:
             self._items.clear()
         self._items[key] = replace(item, target=replace(item.target, auth=None))
-        if api != "v1":
+        kind, url = body.get("interface_type"), body.get("url")
+        if api != "v1" and type(kind) is str and type(url) is str and len(url) <= MAX_URL:
             if len(self._urls) >= self.max_entries:
                 self._urls.clear()
-            self._urls[(body["interface_type"], body["url"])] = (item.target.url,
-                                                                 item.target.kind)
+            self._urls[(kind, url)] = (item.target.url, item.target.kind)
 
 
 def _weights_item(ref: wire_extension.WeightsRef, auth: tuple[str, str] | None,

@@ -242,3 +242,14 @@ def test_large_bodies_are_validated_but_not_remembered(extra: dict[str, Any]) ->
 
 
 PER_ITEM = {"offset", "size", "url"}
+
+
+def test_long_urls_are_checked_each_time_not_kept() -> None:
+    memo = Memo(SETTINGS)
+    url = "http://127.0.0.1:8080/" + "a" * 5000
+    body = {"interface_type": "http", "url": url, "dtype": "uint8", "shape": [2], "size": 2}
+    for offset in (0, 2):
+        placed_body = {**body, "offset": offset}
+        assert outcome(lambda: prepare(placed_body, "sum", "v2", AUTH, SETTINGS, memo)) == \
+            outcome(lambda: _prepare(placed_body, "sum", "v2", AUTH, SETTINGS))
+    assert memo._items and not memo._urls
