@@ -189,8 +189,12 @@ class ChunkRequest(NamedTuple):
         return self._replace(**changes)
 
     # -------------------------------------------------------------------- wire
-    def to_wire(self) -> dict[str, Any]:
-        """The Reductionist JSON body fields (without source/bucket/object/url routing fields)."""
+    def to_wire(self, memo: dict[Any, Any] | None = None) -> dict[str, Any]:
+        """The Reductionist JSON body fields (without source/bucket/object/url routing fields).
+
+        ``memo``: a dict the caller keeps while it builds many bodies (a batch's), remembering
+        the wire form of each ``missing`` object with its dtype (the chunks of one variable share
+        one: converting it is most of a body's cost)."""
         body: dict[str, Any] = {
             "dtype": self.dtype.name,
             "byte_order": self.byte_order,
@@ -213,7 +217,14 @@ class ChunkRequest(NamedTuple):
         if self.filters:
             body["filters"] = [dict(f) for f in self.filters]
         if self.missing is not None and not self.missing.is_empty():
-            missing = self.missing.to_wire(self.dtype)
+            seen = None if memo is None else memo.get(id(self.missing))
+            if seen is not None and seen[0] is self.missing and seen[1] == self.dtype:
+                missing = dict(seen[2])
+            else:
+                missing = self.missing.to_wire(self.dtype)
+                if memo is not None:  # the object is held: its id is not reused meanwhile
+                    memo[id(self.missing)] = (self.missing, self.dtype, missing)
+                    missing = dict(missing)
             if missing:  # empty when no value fits the dtype (the kernel ignores those too)
                 body["missing"] = missing
         if self.etag:

@@ -358,3 +358,20 @@ def test_wire_round_trip(req):
         assert _same_scalar(back.missing.valid_min, req.missing.valid_min)
         assert _same_scalar(back.missing.valid_max, req.missing.valid_max)
     assert json.dumps(back.to_wire()) == text  # and the wire form is stable
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["float32", "int16", "uint8", "float64"]),
+                          st.integers(0, 2)), min_size=1, max_size=8))
+def test_to_wire_memo_gives_what_to_wire_gives(chunks):
+    """A batch's bodies built with one memo are those built without it, each with its own
+    ``missing`` dict, whichever dtypes share a missing-data object."""
+    specs = [Missing(values=(np.float32(1e20), -1)), Missing(valid_min=0, valid_max=-0.0),
+             Missing(values=(np.nan, 300))]
+    reqs = [make_request(dtype, (2, 3), offset=8 * i, missing=specs[m])
+            for i, (dtype, m) in enumerate(chunks)]
+    memo: dict = {}
+    got = [r.to_wire(memo) for r in reqs]
+    assert json.dumps(got) == json.dumps([r.to_wire() for r in reqs])
+    missing = [b["missing"] for b in got if "missing" in b]
+    assert len({id(m) for m in missing}) == len(missing)  # a caller may change one body

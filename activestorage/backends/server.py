@@ -263,12 +263,12 @@ def routing_fields(url: str, api_version: int, s3_endpoint_url: str | None,
 
 def request_body(req: ChunkRequest, operation: str, routing: Mapping[str, Any], *,
                  wide_sum: bool = True, disable_chunk_cache: bool = False,
-                 binary: bool = False) -> dict[str, Any]:
+                 binary: bool = False, memo: dict[Any, Any] | None = None) -> dict[str, Any]:
     """One chunk's request body: routing + the wire model (+ option_wide_sum for integer sums,
     + option_disable_chunk_cache when asked, + the chunk's weights: our extension, float64 bytes
-    when ``binary``, i.e. for a CBOR body)."""
+    when ``binary``, i.e. for a CBOR body). ``memo``: see :meth:`ChunkRequest.to_wire`."""
     body = dict(routing)
-    body.update(req.to_wire())
+    body.update(req.to_wire(memo))
     if operation == "sum" and wide_sum and req.dtype.kind in "iu":
         body["option_wide_sum"] = True
     if disable_chunk_cache:
@@ -704,8 +704,18 @@ class ServerBackend(Backend):
         ids the server combines results sharing an id (``None`` for the folded-away ones)."""
         import cbor2
 
-        items = [request_body(r, operation, self._routing(r), wide_sum=self.wide_sum,
-                              disable_chunk_cache=self.disable_chunk_cache, binary=True)
+        memo: dict[Any, Any] = {}  # the batch's chunks share their missing-data spec
+        routes: dict[Any, dict[str, Any]] = {}  # ... and their object
+
+        def routing(r: ChunkRequest) -> dict[str, Any]:
+            got = routes.get(r.url)
+            if got is None:
+                got = routes[r.url] = self._routing(r)
+            return got
+
+        items = [request_body(r, operation, routing(r), wide_sum=self.wide_sum,
+                              disable_chunk_cache=self.disable_chunk_cache, binary=True,
+                              memo=memo)
                  for r in requests]
         body: dict[str, Any] = {"requests": items}
         if fold is not None:

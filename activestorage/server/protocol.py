@@ -107,6 +107,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None:  # a JSON error instead of uvicorn's plain-text 500
             cycle.send_500_response = lambda: _send_json_error(cycle, self._draining)
+            cycle.transport = CorkedTransport(self.transport, self.loop)
 
     def _busy(self) -> bool:
         """An earlier (pipelined) request on this connection is still being answered."""
@@ -156,6 +157,66 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
             self._write_deadline.cancel()
             self._write_deadline = None
         super().connection_lost(exc)
+
+
+class CorkedTransport:
+    """The connection's transport as one request's response cycle sees it: the cycle's first
+    write (the status line and headers) is held back and sent with the next one (the body) in
+    one write: one system call and one TCP segment instead of two for a small answer (the two
+    writes were ~9 % of a 64 KiB request's CPU in a py-spy profile). What is held is written
+    at the event loop's next turn at the latest, and before anything else the cycle writes or
+    closes: the bytes on the wire are the same, in the same order."""
+
+    __slots__ = ("_transport", "_loop", "_held", "_timer", "_first")
+
+    #: a body up to this size is joined to the held head; a larger one follows it separately
+    JOIN_BYTES = 64 << 10
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._timer: asyncio.Handle | None = None
+        self._first = True
+
+    def write(self, data: Any) -> None:
+        if self._first:  # the head: held until the body comes (or the loop turns)
+            self._first = False
+            self._held = bytes(data)
+            self._timer = self._loop.call_soon(self.flush)
+            return
+        held = self._held
+        if held is not None:
+            self._release()
+            if len(data) <= self.JOIN_BYTES:
+                self._transport.write(held + bytes(data))
+                return
+            self._transport.write(held)
+        self._transport.write(data)
+
+    def _release(self) -> None:
+        self._held = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def flush(self) -> None:
+        """Write what is held (if the connection is still open)."""
+        held = self._held
+        self._release()
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._release()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, ...: the transport's
+        return getattr(self._transport, name)
 
 
 async def _send_json_error(cycle: Any, draining: bool) -> None:

@@ -44,21 +44,44 @@ def cbor_head(major: int, n: int) -> bytes:
     return bytes((m | 27,)) + struct.pack(">Q", n)
 
 
+#: CBOR encodings of the short strings answers repeat (map keys, dtype names, byte orders)
+_STRINGS: dict[str, bytes] = {}
+
+
+def _cbor_str(v: str) -> bytes:
+    enc = _STRINGS.get(v)
+    if enc is None:
+        enc = cbor2.dumps(v)
+        if len(v) <= 32 and len(_STRINGS) < 256:
+            _STRINGS[v] = enc
+    return enc
+
+
+def _cbor_value(v: Any) -> bytes:
+    """``cbor2.dumps(v)``, byte for byte, with the small values of an answer written directly."""
+    t = type(v)
+    if t is str:
+        return _cbor_str(v)
+    if t is list and len(v) < 24 and all(type(n) is int and 0 <= n < 24 for n in v):
+        return bytes((0x80 | len(v), *v))  # a shape: a short array of small integers
+    if isinstance(v, np.ndarray) and v.dtype.kind in "iu":
+        return cbor_uint_array(v)
+    return cbor2.dumps(v)
+
+
 def cbor_map_parts(m: dict[str, Any], raw_key: str = "bytes") -> list[Part]:
     """``m`` as CBOR pieces; ``m[raw_key]`` (an ndarray) is emitted as a byte string straight
     from its memory instead of being copied into the encoding; any other integer ndarray (the
     counts) as a CBOR array of its elements, encoded by NumPy (:func:`cbor_uint_array`)."""
     out: list[Part] = [cbor_head(5, len(m))]
     for k, v in m.items():
-        out.append(cbor2.dumps(k))
+        out.append(_cbor_str(k) if type(k) is str else cbor2.dumps(k))
         if k == raw_key and isinstance(v, np.ndarray):
             flat = np.ascontiguousarray(v).reshape(-1).view(np.uint8)
             out.append(cbor_head(2, flat.nbytes))
             out.append(memoryview(flat))
-        elif isinstance(v, np.ndarray) and v.dtype.kind in "iu":
-            out.append(cbor_uint_array(v))
         else:
-            out.append(cbor2.dumps(v))
+            out.append(_cbor_value(v))
     return out
 
 
@@ -72,7 +95,12 @@ def cbor_uint_array(a: np.ndarray) -> bytes:
     what ``cbor2.dumps(a.ravel().tolist())`` gives, without a Python int per element (an axis
     reduction has one count per result element: 64,800 for a 180 x 360 field)."""
     v = np.asarray(a).reshape(-1)
-    if v.size and v.min() < 0:
+    if v.size <= 64:  # a few counts (a whole chunk's one): cheaper through Python ints
+        ints = v.tolist()
+        if ints and min(ints) < 0:
+            raise ValueError("counts are never negative")
+        return cbor2.dumps(ints)
+    if v.min() < 0:
         raise ValueError("counts are never negative")
     v = v.astype(np.uint64, copy=False)
     head = cbor_head(4, v.size)
@@ -112,7 +140,10 @@ def cbor_uint_array(a: np.ndarray) -> bytes:
 
 
 def nbytes_of(parts: Iterable[Part]) -> int:
-    return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    n = 0
+    for p in parts:  # a loop, not sum() over a generator: an answer has a dozen small parts
+        n += p.nbytes if type(p) is memoryview else len(p)
+    return n
 
 
 class BudgetedResponse(Response):
@@ -122,9 +153,12 @@ class BudgetedResponse(Response):
     def __init__(self, parts: Sequence[Part], *, media_type: str,
                  headers: dict[str, str] | None = None,
                  release: Callable[[], None] | None = None, held: int = 0) -> None:
-        super().__init__(b"", headers=headers, media_type=media_type)
         self.parts = list(parts)
-        self.headers["content-length"] = str(nbytes_of(self.parts))
+        # the length among the given headers: where Starlette would put it, without the
+        # MutableHeaders rewrite of setting it afterwards
+        length = {"content-length": str(nbytes_of(self.parts))}
+        super().__init__(b"", headers={**headers, **length} if headers else length,
+                         media_type=media_type)
         self._release = release
         self._held = held
 

@@ -22,7 +22,7 @@ from .. import __version__, wire_extension
 from ..combine import Accumulator
 from ..errors import (ActiveStorageError, DecodeError, RequestValidationError, StorageError,
                       UnsupportedError)
-from ..coalesce import reduce_run, runs
+from ..coalesce import MAX_RUN_BYTES, reduce_run, runs
 from ..kernel import Partial, decode, reduce_chunk, scratch_bytes
 from ..request import NATIVE_BYTE_ORDER, ChunkRequest
 from ..stores.base import merge_spans
@@ -32,8 +32,8 @@ from .metrics import Metrics
 from .responses import Part, cbor_head, cbor_map_parts
 from .settings import Settings
 from .upstream import Target, Upstream
-from .wire import (CBOR_NULL, OPTIONS, Item, Result, at_item, extensions, item_index, prepare,
-                   prepare_batch, served_operations, v1_parts, v2_map)
+from .wire import (CBOR_NULL, OPTIONS, Item, Memo, Result, at_item, extensions, item_index,
+                   prepare, prepare_batch, served_operations, v1_parts, v2_map, with_fields)
 
 
 #: a single request whose stored and decoded bytes are both at most this is reduced on the event
@@ -160,6 +160,43 @@ def _compute_items(idx: list[int], raws: list[Any], items: list[Item],
     return [done[i] for i in idx]
 
 
+def _cached_runs(idx: list[int], items: list[Item], max_bytes: int = MAX_RUN_BYTES
+                 ) -> tuple[list[list[int]], list[int]]:
+    """Cached items of a folding batch split into runs of uncompressed ranges of one object
+    stored back to back (at most ``max_bytes`` each; worth joining into one buffer and reducing
+    stacked, :func:`_compute_joined`) and the rest."""
+    order = sorted(idx, key=lambda i: (items[i].target.url, items[i].req.offset))
+    out: list[list[int]] = []
+    rest: list[int] = []
+    run: list[int] = []
+    end = total = 0
+    for i in order:
+        it = items[i]
+        r = it.req
+        size = it.read_size
+        if size is None or r.compression is not None or r.filters or size >= max_bytes:
+            rest.append(i)
+            continue
+        if run and (r.offset != end or it.target != items[run[0]].target
+                    or total + size > max_bytes):
+            (out.append(run) if len(run) > 1 else rest.extend(run))
+            run, total = [], 0
+        run.append(i)
+        end, total = r.offset + size, total + size
+    (out.append(run) if len(run) > 1 else rest.extend(run))
+    return out, rest
+
+
+def _compute_joined(idx: list[int], raws: list[Any], items: list[Item],
+                    slots: list[int]) -> list[Result | None]:
+    """:func:`_compute_items` of a run of cached ranges stored back to back (from
+    :func:`_cached_runs`): their bytes copied into one buffer so that they are reduced stacked,
+    as the one GET of a first read is (a 64 KiB chunk's copy costs a fraction of its own trip
+    through the kernel)."""
+    joined = memoryview(b"".join(raws[i] for i in idx))
+    return _compute_items(idx, raws, items, slots, (joined, items[idx[0]].req.offset))
+
+
 def _stacked_results(idx: list[int], items: list[Item], slots: list[int], body: memoryview,
                      start: int) -> dict[int, Result | None]:
     """Results of the items of ``idx`` that :func:`activestorage.coalesce.runs` finds in runs of
@@ -191,10 +228,10 @@ def _stackable(item: Item, shared: dict[Any, Any]) -> ChunkRequest:
     when theirs is the same object, as the requests of one variable are in-process)."""
     req = item.req
     if req.size is None and item.read_size == req.nbytes:
-        req = req._replace(size=item.read_size)
+        req = with_fields(req, size=item.read_size)
     if req.missing is not None:
         try:
-            req = req._replace(missing=shared.setdefault(req.missing, req.missing))
+            req = with_fields(req, missing=shared.setdefault(req.missing, req.missing))
         except TypeError:  # an unhashable spec: this chunk is reduced on its own
             pass
     return req
@@ -248,6 +285,8 @@ class Service:
                                  addressing_style=settings.s3_addressing_style,
                                  ca_bundle=settings.upstream_ca_bundle)
         self.pool = ThreadPoolExecutor(settings.kernel_threads, thread_name_prefix="as-kernel")
+        #: validations of bodies seen before (a batch's alike items are validated once)
+        self.memo = Memo(settings)
         self.cache = ChunkCache(max_bytes=settings.chunk_cache_size, ttl=settings.chunk_cache_ttl,
                                 request_bytes=settings.chunk_cache_request_bytes,
                                 revalidate=settings.chunk_cache_revalidate,
@@ -282,7 +321,7 @@ class Service:
     async def single(self, body: Any, op: str, api: str,
                      auth: tuple[str, str] | None) -> Answer:
         """One v1 or v2 reduction of a decoded ``body`` (``op`` already checked)."""
-        item = prepare(body, op, api, auth, self.settings)
+        item = prepare(body, op, api, auth, self.settings, self.memo)
         loop = asyncio.get_running_loop()
         held = await self.budget.acquire(item.cost)
         try:
@@ -315,14 +354,22 @@ class Service:
     async def batch(self, body: Any, op: str, auth: tuple[str, str] | None) -> Answer:
         """A batch of v2 reductions (``op`` already checked); results sharing a ``fold`` id are
         combined here, in request order."""
-        items, groups, folding = prepare_batch(body, op, auth, self.settings)
+        items, groups, folding = prepare_batch(body, op, auth, self.settings, self.memo)
         cache = self.cache_session()
         hits, todo, twins = await self._reuse(items, cache)
         jobs = self._plan(items, todo)
+        # cached items are reduced by all the kernel threads: when folding, runs of ranges
+        # stored back to back stacked (as a first read's GETs are), the rest in slices
+        hit_idx = sorted(hits)
+        joined, hit_idx = (_cached_runs(hit_idx, items) if folding and len(hit_idx) > 1
+                           else ([], hit_idx))
         # what this batch holds at once: every fetched range (gaps included) + decoded arrays
+        # + the copies of the cached runs being reduced (one per kernel thread at a time)
         total = sum(size if size is not None else items[run[0]].max_raw
                     for run, _t, _o, size in jobs) + sum(
-            it.beyond_raw for it in items)
+            it.beyond_raw for it in items) + min(
+            sum(items[i].read_size or 0 for run in joined for i in run),
+            self.settings.kernel_threads * MAX_RUN_BYTES)
         loop = asyncio.get_running_loop()
         computed: list[Any] = [None] * len(items)
         slots: list[int] | None = None
@@ -333,14 +380,16 @@ class Service:
                     slots[i] = g
 
         async def ready(idx: list[int], raws: list[Any],
-                        base: tuple[memoryview, int] | None = None) -> None:
-            """Reduce items as soon as their GET is in: kernels overlap the other GETs."""
+                        base: tuple[memoryview, int] | None = None, join: bool = False) -> None:
+            """Reduce items as soon as their GET is in: kernels overlap the other GETs.
+            ``join``: cached ranges stored back to back (:func:`_compute_joined`)."""
             for i in list(idx):
                 for j in twins.get(i, ()):
                     raws[j] = raws[i]
                     idx.append(j)
-            for i, res in zip(idx, await loop.run_in_executor(
-                    self.pool, _compute_items, idx, raws, items, slots, base)):
+            work: tuple[Any, ...] = ((_compute_joined, idx, raws, items, slots) if join else
+                                     (_compute_items, idx, raws, items, slots, base))
+            for i, res in zip(idx, await loop.run_in_executor(self.pool, *work)):
                 computed[i] = res
                 raws[i] = b""  # the bytes are no longer needed
 
@@ -350,12 +399,11 @@ class Service:
             if any(it.weights_item is not None for it in items):
                 items[:] = await self._weigh(items)
             hraws: list[Any] = [hits.get(i, b"") for i in range(len(items))]
-            hit_idx = sorted(hits)
             hits.clear()
-            # cached items are reduced by all the kernel threads, in contiguous slices
             k = max(1, min(self.settings.kernel_threads, len(hit_idx)))
             cut = [len(hit_idx) * j // k for j in range(k + 1)]
             done = await asyncio.gather(
+                *(ready(run, hraws, join=True) for run in joined),
                 *(ready(hit_idx[cut[j]:cut[j + 1]], hraws) for j in range(k) if hit_idx),
                 self._fetch(items, jobs, ready, cache), return_exceptions=True)
             errors = [e for e in done if isinstance(e, BaseException)]
