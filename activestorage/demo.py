@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -155,7 +156,10 @@ class Child:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: have the kernel SIGTERM this child if the demo dies without cleaning up (SIGKILL)."""
+    """Linux: have the kernel SIGTERM this child if the demo dies without cleaning up (SIGKILL).
+
+    The kernel sends it when the *thread* that started the child ends: the demo's work thread
+    (:func:`wait_in_main_thread`), which outlives every use of the children."""
     try:
         import ctypes
 
@@ -232,7 +236,8 @@ def upload(path: Path, endpoint: str) -> None:
 
 @contextlib.contextmanager
 def terminate_on_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so ``finally`` blocks stop the children."""
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt (as Ctrl-C is) so ``finally`` blocks stop the
+    children; see :func:`wait_in_main_thread` for where that exception may be raised."""
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
     old = {}
@@ -244,6 +249,42 @@ def terminate_on_signals() -> Iterator[None]:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def wait_in_main_thread(work: Callable[[], int], stop: threading.Event) -> int:
+    """Run ``work`` in a daemon thread and wait for it in this (the main) thread; on an exception
+    here (Ctrl-C, or SIGTERM/SIGHUP under :func:`terminate_on_signals`) set ``stop`` and re-raise.
+
+    Why: Python runs signal handlers in the main thread at whatever bytecode it is at. Had the
+    demo's work run there, the KeyboardInterrupt could be raised anywhere inside the libraries it
+    calls, and CPython does not always pass it on as raised: one raised inside ``exec()`` of
+    generated source (dataclasses and namedtuples make such code at import) marks the interpreter
+    to kill itself with SIGINT at exit, whatever exit code the program then asks for (-2, not
+    130); class creation wraps one in a RuntimeError (``Error calling __set_name__``: exit code
+    1); a finalizer would swallow it. Under load, with the demo still importing when SIGTERM came,
+    the first two each happened about once in 60 runs. Waiting here, the exception can only be
+    raised in this wait. ``work`` should look at ``stop`` between steps and return when it is set.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="activestorage-demo", daemon=True)
+    try:
+        thread.start()
+        # with a timeout: a signal the kernel gave the work thread is handled here within 0.2 s
+        while thread.is_alive():
+            thread.join(0.2)
+    except BaseException:
+        stop.set()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 # ------------------------------------------------------------------------------ reductions
@@ -336,13 +377,17 @@ class Backend:
 MISSING_PART = (ImportError, NotImplementedError)
 
 
-def run_backend(be: Backend, todo: list[Case], expected: list[Any]) -> None:
+def run_backend(be: Backend, todo: list[Case], expected: list[Any],
+                stop: threading.Event | None = None) -> None:
+    """Run every case on ``be`` into ``be.rows``; the cases left when ``stop`` is set are not run."""
     try:
         active = be.open()
     except MISSING_PART as exc:
         be.skip = f"not available: {exc}"
         return
     for case, want in zip(todo, expected):
+        if stop is not None and stop.is_set():
+            return
         t0 = time.perf_counter()
         try:
             got = case.run(active)
@@ -411,9 +456,12 @@ def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | 
     root = Path(tempfile.mkdtemp(prefix="activestorage-demo-")) if made_tmp else Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
+    stop = threading.Event()
     try:
         with terminate_on_signals():
-            return _demo(root, size_mb, keep_running, wanted, children, (s3_port, server_port))
+            return wait_in_main_thread(
+                lambda: _demo(root, size_mb, keep_running, wanted, children,
+                              (s3_port, server_port), stop), stop)
     finally:
         for c in reversed(children):
             c.stop()
@@ -422,8 +470,11 @@ def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | 
 
 
 def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
-          children: list[Child], ports: tuple[int | None, int | None] = (None, None)) -> int:
+          children: list[Child], ports: tuple[int | None, int | None] = (None, None),
+          stop: threading.Event | None = None) -> int:
     from . import Active
+
+    stop = stop or threading.Event()
 
     path = root / "tos.nc"
     t0 = time.perf_counter()
@@ -490,7 +541,9 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
                              skip=None if server else server_problem))
     for be in table:
         if be.skip is None:
-            run_backend(be, todo, expected)
+            run_backend(be, todo, expected, stop)
+    if stop.is_set():  # interrupted: the main thread reports it and stops the children
+        return 130
 
     rows = oracle_rows + [r for be in table for r in be.rows]
     print()
@@ -512,7 +565,7 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
     else:
         print(f"\nAll {len(checked)} results agree with netCDF4 + NumPy.")
     if keep_running and moto is not None:
-        wait_for_user(moto, server)
+        wait_for_user(moto, server, stop)
     return 1 if bad or not checked else 0
 
 
@@ -547,16 +600,16 @@ def print_endpoints(moto: Child, server: Child | None, s3_url: str, storage_opti
     print("    a.mean[0:12, 40:80, 100:200], a.stats\n", flush=True)
 
 
-def wait_for_user(moto: Child, server: Child | None) -> None:
-    """Keep the servers up until Ctrl-C/SIGTERM (or until one of them exits)."""
+def wait_for_user(moto: Child, server: Child | None, stop: threading.Event | None = None) -> None:
+    """Keep the servers up until Ctrl-C/SIGTERM (``stop`` set) or until one of them exits."""
     where = moto.url + (f" and {server.url}" if server is not None else "")
     print(f"\nServers still running at {where}; press Ctrl-C to stop them.", flush=True)
-    while True:
+    stop = stop or threading.Event()
+    while not stop.wait(0.5):
         for c in (moto, server):
             if c is not None and c.proc.poll() is not None:
                 print(f"{c.name} exited (code {c.proc.returncode}); stopping.", file=sys.stderr)
                 return
-        time.sleep(0.5)
 
 
 __all__ = ["make_sample", "run_demo", "free_port", "pick_port", "start_child", "Child",
