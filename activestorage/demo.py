@@ -251,9 +251,13 @@ def terminate_on_signals() -> Iterator[None]:
             signal.signal(sig, h)
 
 
-def wait_in_main_thread(work: Callable[[], int], stop: threading.Event) -> int:
-    """Run ``work`` in a daemon thread and wait for it in this (the main) thread; on an exception
-    here (Ctrl-C, or SIGTERM/SIGHUP under :func:`terminate_on_signals`) set ``stop`` and re-raise.
+def wait_in_main_thread(work: Callable[[], int], stop: threading.Event,
+                        on_interrupt: Callable[[], None] = lambda: None,
+                        grace: float = 5.0) -> int:
+    """Run ``work`` in a daemon thread and wait for it in this (the main) thread. On an exception
+    here (Ctrl-C, or SIGTERM/SIGHUP under :func:`terminate_on_signals`): set ``stop``, call
+    ``on_interrupt`` (stop what the work waits on), give the work up to ``grace`` seconds to
+    return (closing its files before the interpreter exits), and re-raise.
 
     Why: Python runs signal handlers in the main thread at whatever bytecode it is at. Had the
     demo's work run there, the KeyboardInterrupt could be raised anywhere inside the libraries it
@@ -281,6 +285,8 @@ def wait_in_main_thread(work: Callable[[], int], stop: threading.Event) -> int:
             thread.join(0.2)
     except BaseException:
         stop.set()
+        on_interrupt()
+        thread.join(grace)  # a second interrupt here ends the wait at once
         raise
     if "error" in outcome:
         raise outcome["error"]
@@ -457,14 +463,18 @@ def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | 
     root.mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
     stop = threading.Event()
+
+    def stop_children() -> None:
+        for c in reversed(children):
+            c.stop()
+
     try:
         with terminate_on_signals():
             return wait_in_main_thread(
                 lambda: _demo(root, size_mb, keep_running, wanted, children,
-                              (s3_port, server_port), stop), stop)
+                              (s3_port, server_port), stop), stop, on_interrupt=stop_children)
     finally:
-        for c in reversed(children):
-            c.stop()
+        stop_children()
         if made_tmp:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -24,7 +24,8 @@ PROGRAM = textwrap.dedent("""
     def signal_me():
         os.kill(os.getpid(), signal.SIGTERM)
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 5:  # the handler runs on one of these bytecodes
+        # the handler runs on one of these bytecodes (in the main thread: the wait's; stop is set)
+        while not stop.is_set() and time.monotonic() - t0 < 5:
             pass
 
     WORK
@@ -99,3 +100,34 @@ def test_the_work_s_result_and_errors_come_back_to_the_caller() -> None:
     with pytest.raises(ValueError, match="bad sample"):
         wait_in_main_thread(fails, stop)
     assert not stop.is_set()  # an error of the work is not an interruption
+
+
+def test_an_interrupt_stops_the_work_then_gives_it_time_to_return(tmp_path: Path) -> None:
+    """On Ctrl-C/SIGTERM: ``stop`` is set, ``on_interrupt`` runs, and the work gets ``grace``
+    seconds to return before the interrupt goes on (a program that signals itself)."""
+    program = textwrap.dedent("""
+        import os, signal, sys, threading, time
+        from activestorage.demo import terminate_on_signals, wait_in_main_thread
+
+        events = []
+        stop = threading.Event()
+
+        def work():
+            os.kill(os.getpid(), signal.SIGTERM)
+            while not stop.wait(0.01):
+                pass
+            time.sleep(0.3)  # unwinding
+            events.append("work returned")
+            return 0
+
+        try:
+            with terminate_on_signals():
+                wait_in_main_thread(work, stop, on_interrupt=lambda: events.append("on_interrupt"))
+        except KeyboardInterrupt:
+            print(",".join(events))
+            sys.exit(130)
+    """)
+    (tmp_path / "graceful.py").write_text(program)
+    r = subprocess.run([sys.executable, "-m", "graceful"], capture_output=True, text=True,
+                       timeout=60, cwd=tmp_path)
+    assert (r.returncode, r.stdout.strip()) == (130, "on_interrupt,work returned"), r.stderr
