@@ -104,6 +104,31 @@ typedef struct {
     Py_ssize_t good;
 } acc_t;
 
+/* ------------------------------------------------------------------------------ walking rows */
+
+/* Every walk over an array's rows: the axes before the last are an odometer `idx` (first axis
+ * slowest, so rows come in C order) and the last axis is one row, handed whole to a row function:
+ *
+ *     memset(idx, 0, sizeof(idx));
+ *     do row(row_at(base, idx, nd - 1, strides), shape[nd - 1], strides[nd - 1], ...);
+ *     while (odometer_next(idx, nd - 1, shape));
+ *
+ * The order of the rows (and so of every sum across them) is the same as before these helpers. */
+
+/* the first element of the row at odometer position idx over `nouter` axes */
+static ALWAYS_INLINE const char *row_at(const char *base, const Py_ssize_t *idx, int nouter,
+                                        const Py_ssize_t *strides) {
+    for (int d = 0; d < nouter; d++) base += idx[d] * strides[d];
+    return base;
+}
+
+/* idx one step on over `nouter` axes (last axis fastest); 0 once it has wrapped back to zeros */
+static ALWAYS_INLINE int odometer_next(Py_ssize_t *idx, int nouter, const Py_ssize_t *shape) {
+    int d = nouter - 1;
+    while (d >= 0 && ++idx[d] == shape[d]) idx[d--] = 0;
+    return d >= 0;
+}
+
 /* ------------------------------------------------------------------------------------ floats */
 
 static inline void add_group(acc_t *acc, double g) {
@@ -539,9 +564,8 @@ static void reduce_rows(const char *base, int ndim, const Py_ssize_t *shape,
     vspec_t m;
     if (t->kind == K_F32 || t->kind == K_F64) vspec_init(&m, s);
 #endif
-    for (;;) {
-        const char *p = base;
-        for (int d = 0; d < ndim - 1; d++) p += idx[d] * strides[d];
+    do {
+        const char *p = row_at(base, idx, ndim - 1, strides);
         if (t->kind == K_F32 || t->kind == K_F64) {
 #if HAVE_SSE2
             if (stride == t->itemsize && simd_level >= 1)
@@ -552,10 +576,7 @@ static void reduce_rows(const char *base, int ndim, const Py_ssize_t *shape,
         } else {
             t->int_row(p, n, stride, s, want_sum, acc);
         }
-        int d = ndim - 2;
-        while (d >= 0 && ++idx[d] == shape[d]) idx[d--] = 0;
-        if (d < 0) break;
-    }
+    } while (odometer_next(idx, ndim - 1, shape));
 }
 
 static int parse_type(const char *fmt, Py_ssize_t itemsize, type_t *t) {
@@ -881,14 +902,13 @@ static Py_ssize_t reduce_leading_rows(const char *base, int nr, const Py_ssize_t
     if (is_float && simd_level >= 2) vspec8_init(&m8, s);
 #endif
     memset(ridx, 0, sizeof(ridx));
-    for (;;) {
-        const char *rp = base;
-        for (int d = 0; d < nr; d++) rp += ridx[d] * rstrides[d];
+    do {
+        /* the reduced axes are all outer (none is a row): the odometer covers all nr of them */
+        const char *rp = row_at(base, ridx, nr, rstrides);
         memset(kidx, 0, sizeof(kidx));
         Py_ssize_t o = 0; /* C-order index of the row's first kept element */
-        for (;;) {
-            const char *p = rp;
-            for (int d = 0; d < nk - 1; d++) p += kidx[d] * kstrides[d];
+        do {
+            const char *p = row_at(rp, kidx, nk - 1, kstrides);
 #if HAVE_AVX2
             if (is_float && contiguous && simd_level >= 2)
                 bad += lead_float_avx2(p, n, t->f32, &m8, s, want_sum, out + o * out_itemsize,
@@ -903,14 +923,8 @@ static Py_ssize_t reduce_leading_rows(const char *base, int nr, const Py_ssize_t
 #endif
                 bad += row(p, n, stride, s, want_sum, out + o * out_itemsize, miss + o);
             o += n;
-            int d = nk - 2;
-            while (d >= 0 && ++kidx[d] == kshape[d]) kidx[d--] = 0;
-            if (d < 0) break;
-        }
-        int d = nr - 1;
-        while (d >= 0 && ++ridx[d] == rshape[d]) ridx[d--] = 0;
-        if (d < 0) break;
-    }
+        } while (odometer_next(kidx, nk - 1, kshape));
+    } while (odometer_next(ridx, nr, rshape));
     return bad;
 }
 
@@ -1217,6 +1231,26 @@ static dev_row_t dev_row_for(const type_t *t) {
     return NULL;
 }
 
+/* the deviations from `mean` of every row of an nd-dimensional array (nd >= 1) into acc */
+static ALWAYS_INLINE void dev_rows(const char *base, int nd, const Py_ssize_t *shape,
+                                    const Py_ssize_t *strides, dev_row_t row, const spec_t *s,
+                                    int any, double mean, devacc_t *acc) {
+    Py_ssize_t idx[MAX_DIMS];
+    memset(idx, 0, (size_t)(nd - 1) * sizeof(idx[0])); /* the odometer reads no more */
+    Py_ssize_t n = shape[nd - 1], stride = strides[nd - 1];
+    do row(row_at(base, idx, nd - 1, strides), n, stride, s, any, mean, acc);
+    while (odometer_next(idx, nd - 1, shape));
+}
+
+/* acc's DCH chains added pairwise, in a fixed order, into chain 0 */
+static void fold_chains(devacc_t *acc) {
+    for (int w = DCH / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) {
+            acc->d[j] += acc->d[j + w];
+            acc->d2[j] += acc->d2[j + w];
+        }
+}
+
 static PyObject *fused_deviations(PyObject *self, PyObject *args) {
     PyObject *obj, *values, *vmin, *vmax;
     double mean;
@@ -1238,24 +1272,10 @@ static PyObject *fused_deviations(PyObject *self, PyObject *args) {
     int any = s.nvalues > 0 || s.nan || s.has_min || s.has_max;
     if (total > 0) {
         Py_BEGIN_ALLOW_THREADS
-        Py_ssize_t idx[MAX_DIMS];
-        memset(idx, 0, sizeof(idx));
-        Py_ssize_t n = shape[nd - 1], stride = strides[nd - 1];
-        for (;;) {
-            const char *p = (const char *)view.buf;
-            for (int d = 0; d < nd - 1; d++) p += idx[d] * strides[d];
-            row(p, n, stride, &s, any, mean, &acc);
-            int d = nd - 2;
-            while (d >= 0 && ++idx[d] == shape[d]) idx[d--] = 0;
-            if (d < 0) break;
-        }
+        dev_rows((const char *)view.buf, nd, shape, strides, row, &s, any, mean, &acc);
         Py_END_ALLOW_THREADS
     }
-    for (int w = DCH / 2; w >= 1; w /= 2) /* the chains pairwise, in a fixed order */
-        for (int j = 0; j < w; j++) {
-            acc.d[j] += acc.d[j + w];
-            acc.d2[j] += acc.d2[j + w];
-        }
+    fold_chains(&acc);
     result = Py_BuildValue("(ddn)", acc.d[0], acc.d2[0], acc.good);
 done:
     PyBuffer_Release(&view);
@@ -1306,11 +1326,10 @@ static PyObject *fused_moments_cells(PyObject *self, PyObject *args) {
     const int any = s.nvalues > 0 || s.nan || s.has_min || s.has_max;
     if (cells > 0) {
         Py_BEGIN_ALLOW_THREADS
-        Py_ssize_t idx[MAX_DIMS], ridx[MAX_DIMS];
+        Py_ssize_t idx[MAX_DIMS];
         memset(idx, 0, sizeof(idx));
         for (Py_ssize_t c = 0; c < cells; c++) {
-            const char *base = (const char *)view.buf;
-            for (int d = 0; d < ncell; d++) base += idx[d] * view.strides[d];
+            const char *base = row_at((const char *)view.buf, idx, ncell, view.strides);
             double n = 0.0, mean = 0.0, m2 = 0.0;
             Py_ssize_t good = 0;
             if (inner > 0) {
@@ -1325,21 +1344,8 @@ static PyObject *fused_moments_cells(PyObject *self, PyObject *args) {
                     mean = total / n;
                     devacc_t da;
                     memset(&da, 0, sizeof(da));
-                    memset(ridx, 0, sizeof(ridx));
-                    Py_ssize_t rn = rshape[nr - 1], rs = rstrides[nr - 1];
-                    for (;;) {
-                        const char *p = base;
-                        for (int d = 0; d < nr - 1; d++) p += ridx[d] * rstrides[d];
-                        dev(p, rn, rs, &s, any, mean, &da);
-                        int d = nr - 2;
-                        while (d >= 0 && ++ridx[d] == rshape[d]) ridx[d--] = 0;
-                        if (d < 0) break;
-                    }
-                    for (int w = DCH / 2; w >= 1; w /= 2) /* every chain, pairwise */
-                        for (int j = 0; j < w; j++) {
-                            da.d[j] += da.d[j + w];
-                            da.d2[j] += da.d2[j + w];
-                        }
+                    dev_rows(base, nr, rshape, rstrides, dev, &s, any, mean, &da);
+                    fold_chains(&da); /* every chain, pairwise */
                     double sd = da.d[0];
                     double sq = da.d2[0];
                     double shift = sd / n;
@@ -1352,8 +1358,7 @@ static PyObject *fused_moments_cells(PyObject *self, PyObject *args) {
             out[3 * c + 1] = mean;
             out[3 * c + 2] = m2;
             cnt[c] = (int64_t)good;
-            int d = ncell - 1;
-            while (d >= 0 && ++idx[d] == view.shape[d]) idx[d--] = 0;
+            odometer_next(idx, ncell, view.shape);
         }
         Py_END_ALLOW_THREADS
     }

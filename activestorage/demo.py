@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 VARIABLE = "tos"
 BUCKET = "activestorage-demo"
@@ -155,7 +159,10 @@ class Child:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: have the kernel SIGTERM this child if the demo dies without cleaning up (SIGKILL)."""
+    """Linux: have the kernel SIGTERM this child if the demo dies without cleaning up (SIGKILL).
+
+    The kernel sends it when the *thread* that started the child ends: the demo's work thread
+    (:func:`wait_in_main_thread`), which outlives every use of the children."""
     try:
         import ctypes
 
@@ -232,7 +239,8 @@ def upload(path: Path, endpoint: str) -> None:
 
 @contextlib.contextmanager
 def terminate_on_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so ``finally`` blocks stop the children."""
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt (as Ctrl-C is) so ``finally`` blocks stop the
+    children; see :func:`wait_in_main_thread` for where that exception may be raised."""
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
     old = {}
@@ -244,6 +252,54 @@ def terminate_on_signals() -> Iterator[None]:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def wait_in_main_thread(work: Callable[[], int], stop: threading.Event,
+                        on_interrupt: Callable[[], None] = lambda: None,
+                        grace: float = 30.0) -> int:
+    """Run ``work`` in a daemon thread and wait for it in this (the main) thread. On an exception
+    here (Ctrl-C, or SIGTERM/SIGHUP under :func:`terminate_on_signals`): set ``stop``, call
+    ``on_interrupt`` (stop what the work waits on), wait up to ``grace`` seconds for the work to
+    return, and re-raise. The work must be over before the interpreter finalizes: a daemon
+    thread still inside C code then can crash the process (SIGSEGV, seen once in 10 runs before
+    this wait). A second interrupt ends the wait at once.
+
+    Why: Python runs signal handlers in the main thread at whatever bytecode it is at. Had the
+    demo's work run there, the KeyboardInterrupt could be raised anywhere inside the libraries it
+    calls, and CPython does not always pass it on as raised: one raised inside ``exec()`` of
+    generated source (dataclasses and namedtuples make such code at import) marks the interpreter
+    to kill itself with SIGINT at exit, whatever exit code the program then asks for (-2, not
+    130); class creation wraps one in a RuntimeError (``Error calling __set_name__``: exit code
+    1); a finalizer would swallow it. Under load, with the demo still importing when SIGTERM came,
+    the first two each happened about once in 60 runs. Waiting here, the exception can only be
+    raised in this wait. ``work`` should look at ``stop`` between steps and return when it is set.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="activestorage-demo", daemon=True)
+    try:
+        thread.start()
+        # with a timeout: a signal the kernel gave the work thread is handled here within 0.2 s
+        while thread.is_alive():
+            thread.join(0.2)
+    except BaseException:
+        stop.set()
+        on_interrupt()
+        deadline = time.monotonic() + grace
+        while thread.is_alive() and time.monotonic() < deadline:
+            thread.join(0.2)
+        if thread.is_alive():
+            log.warning("the demo's work did not stop within %.0f s of the interrupt", grace)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 # ------------------------------------------------------------------------------ reductions
@@ -336,13 +392,17 @@ class Backend:
 MISSING_PART = (ImportError, NotImplementedError)
 
 
-def run_backend(be: Backend, todo: list[Case], expected: list[Any]) -> None:
+def run_backend(be: Backend, todo: list[Case], expected: list[Any],
+                stop: threading.Event | None = None) -> None:
+    """Run every case on ``be`` into ``be.rows``; the cases left when ``stop`` is set are not run."""
     try:
         active = be.open()
     except MISSING_PART as exc:
         be.skip = f"not available: {exc}"
         return
     for case, want in zip(todo, expected):
+        if stop is not None and stop.is_set():
+            return
         t0 = time.perf_counter()
         try:
             got = case.run(active)
@@ -411,23 +471,35 @@ def run_demo(size_mb: float = 128.0, keep_running: bool = False, workdir: str | 
     root = Path(tempfile.mkdtemp(prefix="activestorage-demo-")) if made_tmp else Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
-    try:
-        with terminate_on_signals():
-            return _demo(root, size_mb, keep_running, wanted, children, (s3_port, server_port))
-    finally:
+    stop = threading.Event()
+
+    def stop_children() -> None:
         for c in reversed(children):
             c.stop()
+
+    try:
+        with terminate_on_signals():
+            return wait_in_main_thread(
+                lambda: _demo(root, size_mb, keep_running, wanted, children,
+                              (s3_port, server_port), stop), stop, on_interrupt=stop_children)
+    finally:
+        stop_children()
         if made_tmp:
             shutil.rmtree(root, ignore_errors=True)
 
 
 def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
-          children: list[Child], ports: tuple[int | None, int | None] = (None, None)) -> int:
+          children: list[Child], ports: tuple[int | None, int | None] = (None, None),
+          stop: threading.Event | None = None) -> int:
     from . import Active
+
+    stop = stop or threading.Event()  # set: interrupted, start nothing more (the caller cleans up)
 
     path = root / "tos.nc"
     t0 = time.perf_counter()
     make_sample(path, size_mb)
+    if stop.is_set():
+        return 130
     import netCDF4
 
     with netCDF4.Dataset(path) as ds:
@@ -449,6 +521,8 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
             oracle_rows.append(Row("netCDF4+numpy", case.label, show(want),
                                    time.perf_counter() - t0, None, None, None))
             expected.append(want)
+    if stop.is_set():
+        return 130
 
     s3_url = f"s3://{BUCKET}/{KEY}"
     moto = server = None
@@ -460,9 +534,11 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
         else:
             moto = start_on_port(start_moto, root, ports[0], "S3 (moto)")
             children.append(moto)
+            if stop.is_set():
+                return 130
             upload(path, moto.url)
             print(f"Local S3 (moto) at {moto.url}: uploaded {s3_url}")
-    if "server" in wanted and moto is not None:
+    if "server" in wanted and moto is not None and not stop.is_set():
         try:
             server = start_on_port(start_reduction_server, root, ports[1], "the reduction server")
             children.append(server)
@@ -472,6 +548,8 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
     storage_options = None if moto is None else {
         "key": S3_KEY_ID, "secret": S3_SECRET, "client_kwargs": {"endpoint_url": moto.url,
                                                                   "region_name": "us-east-1"}}
+    if stop.is_set():
+        return 130
     if keep_running and moto is not None:  # endpoints first: usable while the comparisons run
         print_endpoints(moto, server, s3_url, storage_options)
 
@@ -490,7 +568,9 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
                              skip=None if server else server_problem))
     for be in table:
         if be.skip is None:
-            run_backend(be, todo, expected)
+            run_backend(be, todo, expected, stop)
+    if stop.is_set():  # interrupted: the main thread reports it and stops the children
+        return 130
 
     rows = oracle_rows + [r for be in table for r in be.rows]
     print()
@@ -512,7 +592,7 @@ def _demo(root: Path, size_mb: float, keep_running: bool, wanted: list[str],
     else:
         print(f"\nAll {len(checked)} results agree with netCDF4 + NumPy.")
     if keep_running and moto is not None:
-        wait_for_user(moto, server)
+        wait_for_user(moto, server, stop)
     return 1 if bad or not checked else 0
 
 
@@ -547,16 +627,16 @@ def print_endpoints(moto: Child, server: Child | None, s3_url: str, storage_opti
     print("    a.mean[0:12, 40:80, 100:200], a.stats\n", flush=True)
 
 
-def wait_for_user(moto: Child, server: Child | None) -> None:
-    """Keep the servers up until Ctrl-C/SIGTERM (or until one of them exits)."""
+def wait_for_user(moto: Child, server: Child | None, stop: threading.Event | None = None) -> None:
+    """Keep the servers up until Ctrl-C/SIGTERM (``stop`` set) or until one of them exits."""
     where = moto.url + (f" and {server.url}" if server is not None else "")
     print(f"\nServers still running at {where}; press Ctrl-C to stop them.", flush=True)
-    while True:
+    stop = stop or threading.Event()
+    while not stop.wait(0.5):
         for c in (moto, server):
             if c is not None and c.proc.poll() is not None:
                 print(f"{c.name} exited (code {c.proc.returncode}); stopping.", file=sys.stderr)
                 return
-        time.sleep(0.5)
 
 
 __all__ = ["make_sample", "run_demo", "free_port", "pick_port", "start_child", "Child",

@@ -29,10 +29,8 @@ The page cache is left as it is, the same for every method (see benchmarks/pagec
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -42,7 +40,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import data  # noqa: E402
+from benchmarks import data, services  # noqa: E402
 
 DIMS = ("lat", "lon")
 
@@ -140,45 +138,28 @@ def run(path: Path, repeat: int) -> dict[str, dict[str, Any]]:
         a.count[0:1]
     out: dict[str, dict[str, Any]] = {}
     for name, (fn, key) in METHODS.items():
-        best = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            values, extra = fn(path, loaded)
-            best = min(best, extra.pop("seconds", time.perf_counter() - t0))
         # xarray's weighted mean of float32 data sums in float32 (~1e-6 off); an unweighted
         # mean of float32 data is float32 (as NumPy's); the moments answers are float64
         rtol = {"xarray": 2e-5, "active mean": 1e-6}.get(name, 1e-9)
-        agree = bool(np.allclose(values, want[key], rtol=rtol, atol=0, equal_nan=True))
-        out[name] = {"seconds": best, "agrees": agree, **extra}
+        out[name], _ = services.timed_row(repeat, lambda: fn(path, loaded), want[key], rtol)
     return out
 
 
 def run_remote(paths: list[Path], data_dir: Path, repeat: int) -> dict[str, dict[str, Any]]:
     """The weighted mean of each file through our server (S3 in moto, HTTP from nginx) and
     through fetch (the client reads the bytes), with the bytes each moved to the client."""
-    from benchmarks import services
-
     out: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-weighted-") as tmp, services.started(
-            Path(tmp), paths, data_dir, moto=True, server=True, nginx=True) as sv:
-        so = {"key": sv.s3["key"], "secret": sv.s3["secret"],
-              "client_kwargs": {"endpoint_url": sv.s3["endpoint"], "region_name": "us-east-1"}}
+    with services.remote("bench-weighted-", paths, data_dir, nginx=True) as sv:
         for path in paths:
             want = oracle(path)["wmean"]
-            where = {"s3": (sv.s3_url(path), so), "http": (sv.http_url(path), None)}
+            where = {"s3": (sv.s3_url(path), sv.s3_options()), "http": (sv.http_url(path), None)}
             for store, (url, opts) in where.items():
                 if url is None:
                     continue
                 for label, kw in (("server", {"active_storage_url": sv.server_url}),
                                   ("fetch", {"backend": "fetch"})):
-                    best, extra, values = float("inf"), {}, None
-                    for _ in range(repeat):
-                        t0 = time.perf_counter()
-                        values, extra = _remote(url, path, opts, kw)
-                        best = min(best, time.perf_counter() - t0)
-                    agree = bool(np.allclose(values, want, rtol=1e-6, equal_nan=True))
-                    out[f"{path.stem} {store} {label}"] = {"seconds": best, "agrees": agree,
-                                                           **extra}
+                    out[f"{path.stem} {store} {label}"], _ = services.timed_row(
+                        repeat, lambda: _remote(url, path, opts, kw), want, 1e-6)
     return out
 
 
@@ -195,46 +176,30 @@ def _remote(url: str, path: Path, so: dict[str, Any] | None, kw: dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the 21 MB files instead of 415 MB")
-    p.add_argument("--repeat", type=int, default=3, help="runs per method; the best is kept")
-    p.add_argument("--data-dir", type=Path, default=data.DEFAULT_DIR,
-                   help="where the benchmark files are (written there if absent)")
-    p.add_argument("--remote", action="store_true",
-                   help="also through our server (moto S3 and nginx) against fetch")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = p.parse_args(argv)
+    args = services.arguments(
+        __doc__, "also through our server (moto S3 and nginx) against fetch").parse_args(argv)
     results: dict[str, Any] = {"quick": args.quick, "repeat": args.repeat, "files": {}}
     failed = False
     print(f"{'file':<8} {'method':<12} {'seconds':>9} {'x numpy':>8} {'x xarray':>9} "
           f"{'read MB':>8}  agrees")
-    paths = []
-    for spec in data.specs(args.quick):
-        if spec.name not in ("plain", "zlib"):
-            continue
-        path = data.ensure(spec, args.data_dir)
-        paths.append(path)
+    files = services.plain_and_zlib(args.quick, args.data_dir)
+    for name, path in files:
         got = run(path, args.repeat)
-        results["files"][spec.name] = {"path": str(path), "methods": got}
+        results["files"][name] = {"path": str(path), "methods": got}
         np_s, xr_s = got["numpy"]["seconds"], got["xarray"]["seconds"]
-        for name, r in got.items():
+        for method, r in got.items():
             read = f"{r['bytes_read'] / 1e6:8.1f}" if "bytes_read" in r else f"{'-':>8}"
-            print(f"{spec.name:<8} {name:<12} {r['seconds']:9.3f} {r['seconds'] / np_s:8.2f} "
+            print(f"{name:<8} {method:<12} {r['seconds']:9.3f} {r['seconds'] / np_s:8.2f} "
                   f"{xr_s / r['seconds']:9.2f} {read}  {'yes' if r['agrees'] else 'NO'}")
             failed |= not r["agrees"]
         ratios = {"active/numpy": got["active"]["seconds"] / np_s,
                   "xarray/active": xr_s / got["active"]["seconds"],
                   "var/mean": got["active var"]["seconds"] / got["active mean"]["seconds"]}
-        results["files"][spec.name]["ratios"] = ratios
-        print(f"{spec.name:<8} ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        results["files"][name]["ratios"] = ratios
+        print(f"{name:<8} ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     if args.remote:
-        remote = run_remote(paths, args.data_dir, args.repeat)
-        results["remote"] = remote
-        print(f"\n{'case':<28} {'seconds':>9} {'to client':>12} {'ran':<22} agrees")
-        for name, r in remote.items():
-            print(f"{name:<28} {r['seconds']:9.3f} {r['bytes_received']:12d} {r['ran']:<22} "
-                  f"{'yes' if r['agrees'] else 'NO'}")
-            failed |= not r["agrees"]
+        results["remote"] = run_remote([p for _, p in files], args.data_dir, args.repeat)
+        failed |= services.print_remote("case", results["remote"], ran=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 1 if failed else 0

@@ -27,10 +27,8 @@ every method; see benchmarks/pagecache.py and ``python -m benchmarks`` for cold-
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +37,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import data  # noqa: E402
+from benchmarks import services  # noqa: E402
 
 DIMS = ("lat", "lon")
 
@@ -90,97 +88,68 @@ def run(path: Path, repeat: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     reference: np.ndarray | None = None
     for name, fn in METHODS.items():
-        best = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            values, extra = fn(path)
-            best = min(best, time.perf_counter() - t0)
-        if reference is None:
-            reference = values
-        agree = bool(np.allclose(values, reference, rtol=1e-5, equal_nan=True))
-        out[name] = {"seconds": best, "agrees": agree, **extra}
+        out[name], values = services.timed_row(repeat, lambda: fn(path), reference, 1e-5)
+        reference = values if reference is None else reference
     return out
 
 
 def run_remote(paths: list[Path], data_dir: Path, repeat: int) -> dict[str, dict[str, Any]]:
     """The global mean of each file in moto S3: xarray, our server and fetch; bytes moved."""
-    import tempfile
-
-    import xarray as xr
-
-    import activestorage.xarray  # noqa: F401
-    from benchmarks import services
-
     out: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-xarray-") as tmp, services.started(
-            Path(tmp), paths, data_dir, moto=True, server=True, nginx=False) as sv:
-        so = {"key": sv.s3["key"], "secret": sv.s3["secret"],
-              "client_kwargs": {"endpoint_url": sv.s3["endpoint"], "region_name": "us-east-1"}}
+    with services.remote("bench-xarray-", paths, data_dir, nginx=False) as sv:
         for path in paths:
-            url = sv.s3_url(path)
+            url, so = sv.s3_url(path), sv.s3_options()
             reference = None
             for label in ("xarray", "active server", "active fetch"):
-                best, extra, values = float("inf"), {}, None
-                for _ in range(repeat):
-                    t0 = time.perf_counter()
-                    with xr.open_dataset(url, engine="h5netcdf", storage_options=so) as ds:
-                        if label == "xarray":
-                            values = ds.tas.mean(DIMS).values
-                            extra = {"bytes_received": path.stat().st_size}  # (at least)
-                        else:
-                            kw = ({"active_storage_url": sv.server_url} if label ==
-                                  "active server" else {"backend": "fetch"})
-                            got = ds.tas.active(**kw).mean(DIMS)
-                            values, st = got.values, got.active.last_stats
-                            extra = {"bytes_received": st.bytes_received,
-                                     "bytes_without_active": st.bytes_without_active,
-                                     "requests": st.requests}
-                    best = min(best, time.perf_counter() - t0)
-                if reference is None:
-                    reference = values
-                agree = bool(np.allclose(values, reference, rtol=1e-5, equal_nan=True))
-                out[f"{path.stem} {label}"] = {"seconds": best, "agrees": agree, **extra}
+                kw = ({} if label == "xarray" else {"active_storage_url": sv.server_url}
+                      if label == "active server" else {"backend": "fetch"})
+                out[f"{path.stem} {label}"], values = services.timed_row(
+                    repeat, lambda: _remote_mean(url, path, so, kw), reference, 1e-5)
+                reference = values if reference is None else reference
     return out
 
 
+def _remote_mean(url: str, path: Path, so: dict[str, Any], active: dict[str, Any] | None
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The global mean of the S3 object ``url`` (a copy of ``path``) opened with xarray: by
+    xarray itself when ``active`` is empty, else by ``.active(**active)``."""
+    import xarray as xr
+
+    import activestorage.xarray  # noqa: F401
+
+    with xr.open_dataset(url, engine="h5netcdf", storage_options=so) as ds:
+        if not active:
+            return ds.tas.mean(DIMS).values, {"bytes_received": path.stat().st_size}  # at least
+        got = ds.tas.active(**active).mean(DIMS)
+        st = got.active.last_stats
+        return got.values, {"bytes_received": st.bytes_received,
+                            "bytes_without_active": st.bytes_without_active,
+                            "requests": st.requests}
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the 21 MB files instead of 415 MB")
-    p.add_argument("--repeat", type=int, default=3, help="runs per method; the best is kept")
-    p.add_argument("--data-dir", type=Path, default=data.DEFAULT_DIR,
-                   help="where the benchmark files are (written there if absent)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--remote", action="store_true",
-                   help="also from moto S3: xarray vs .active through our server and fetch")
-    args = p.parse_args(argv)
+    args = services.arguments(
+        __doc__, "also from moto S3: xarray vs .active through our server and fetch"
+    ).parse_args(argv)
     results: dict[str, Any] = {"quick": args.quick, "repeat": args.repeat, "files": {}}
     failed = False
     header = f"{'file':<8} {'method':<12} {'seconds':>9} {'x xarray':>9} {'read MB':>8} " \
              f"{'to client':>10}  agrees"
     print(header)
-    paths = []
-    for spec in data.specs(args.quick):
-        if spec.name not in ("plain", "zlib"):
-            continue
-        path = data.ensure(spec, args.data_dir)
-        paths.append(path)
+    files = services.plain_and_zlib(args.quick, args.data_dir)
+    for name, path in files:
         got = run(path, args.repeat)
-        results["files"][spec.name] = {"path": str(path), "methods": got}
+        results["files"][name] = {"path": str(path), "methods": got}
         base = got["xarray"]["seconds"]
-        for name, r in got.items():
+        for method, r in got.items():
             read = f"{r['bytes_read'] / 1e6:8.1f}" if "bytes_read" in r else f"{'-':>8}"
             sent = f"{r['bytes_received']:>10d}" if "bytes_received" in r else f"{'-':>10}"
-            print(f"{spec.name:<8} {name:<12} {r['seconds']:9.3f} {base / r['seconds']:9.2f} "
+            print(f"{name:<8} {method:<12} {r['seconds']:9.3f} {base / r['seconds']:9.2f} "
                   f"{read} {sent}  {'yes' if r['agrees'] else 'NO'}")
             failed |= not r["agrees"]
     if args.remote:
-        remote = run_remote(paths, args.data_dir, args.repeat)
-        results["remote"] = remote
-        print(f"\n{'S3 (moto)':<28} {'seconds':>9} {'to client':>12}  agrees")
-        for name, r in remote.items():
-            print(f"{name:<28} {r['seconds']:9.3f} {r['bytes_received']:12d}  "
-                  f"{'yes' if r['agrees'] else 'NO'}")
-            failed |= not r["agrees"]
+        results["remote"] = run_remote([p for _, p in files], args.data_dir, args.repeat)
+        failed |= services.print_remote("S3 (moto)", results["remote"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 1 if failed else 0

@@ -6,18 +6,29 @@ would let it constrain ours, so it gets a venv, made once and reused: ``$ACTIVES
 (another spec: the venv is made again, minutes) and the checkout installed editable (another
 checkout: only that is installed again). cf-python needs Debian's ``libudunits2-0``
 (scripts/test installs it when root, and warms this venv before the tests run).
+
+The cf-python tests share the rest through here too: the ``cf_python`` fixture (the venv's
+interpreter, after the libudunits2 check) and :func:`run_worker` (a worker script run there).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 CF_SPEC = "cf-python==3.21.*"
-REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+#: where Debian (and a hand-built udunits) put libudunits2, which cfunits loads at import
+LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib")
 
 
 def venv_dir() -> Path:
@@ -64,6 +75,35 @@ def ensure_cf_venv(timeout: float = 1500.0) -> Path:
         repo_stamp.unlink(missing_ok=True)
         raise RuntimeError(f"cf-python does not import in {venv}: {check.stderr[-2000:]}")
     return python
+
+
+@pytest.fixture(scope="session")
+def cf_python() -> Path:
+    """The cf venv's interpreter (made when missing: minutes). Without libudunits2 the cf tests
+    skip, or fail under CI=true (scripts/test installs it there)."""
+    if not any(Path(d, "libudunits2.so.0").exists() for d in LIB_DIRS):
+        msg = "cf-python needs libudunits2-0 (apt-get install libudunits2-0; scripts/test does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return ensure_cf_venv()
+
+
+def run_worker(python: Path, worker: str, cfg: dict[str, Any], tmp_path: Path, *,
+               timeout: float, this_checkout: bool = False) -> dict[str, Any]:
+    """Run ``tests/integration/<worker>`` with ``python`` on ``cfg`` (JSON in argv[1]), copied
+    to and run in ``tmp_path`` (outside this checkout, so the venv's own imports are what load;
+    ``this_checkout``: put this checkout first on PYTHONPATH instead), without our ACTIVESTORAGE_*
+    or AWS_* variables. Returns the JSON object the worker prints last."""
+    script = tmp_path / worker
+    shutil.copy(HERE / worker, script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIVESTORAGE_", "AWS_"))}
+    if this_checkout:
+        env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([str(python), str(script), json.dumps(cfg)], capture_output=True,
+                       text=True, timeout=timeout, cwd=tmp_path, env=env)
+    assert r.returncode == 0, f"{worker} failed:\n{r.stderr[-4000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":  # warm the cache: python tests/integration/cf_env.py

@@ -9,18 +9,14 @@ must agree; cf must have reduced through ``Active`` without falling back; over S
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from cf_env import ensure_cf_venv
+from cf_env import cf_python, run_worker  # noqa: F401 - cf_python is a fixture
 from servers import S3_KEY, S3_SECRET
 
 HERE = Path(__file__).resolve().parent
@@ -32,29 +28,16 @@ METHODS = ["mean", "max", "min", "sum"]
 
 
 @pytest.fixture(scope="module")
-def cf_python():
+def cmip6() -> Path:
     if not DATA.exists():
         pytest.fail(f"{DATA} is missing: the CMIP6 test files belong in tests/data/")
-    if not any(Path(p, "libudunits2.so.0").exists()
-               for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib",
-                         "/usr/local/lib")):
-        msg = "cf-python needs libudunits2-0 (apt-get install libudunits2-0; scripts/test does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return ensure_cf_venv()
+    return DATA
 
 
 def run_cf(python: Path, tmp_path: Path, **cfg) -> dict:
-    """Run cf_worker.py in cf's venv, outside this checkout (so its own imports are what load)."""
+    """cf_worker.py in cf's venv (its own install of this checkout, see cf_env.run_worker)."""
     cfg.setdefault("methods", METHODS)
-    worker = tmp_path / "cf_worker.py"
-    shutil.copy(HERE / "cf_worker.py", worker)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIVESTORAGE_", "AWS_"))}
-    r = subprocess.run([str(python), str(worker), json.dumps(cfg)], capture_output=True,
-                       text=True, timeout=240, cwd=tmp_path, env=env)
-    assert r.returncode == 0, f"cf worker failed:\n{r.stderr[-4000:]}"
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_worker(python, "cf_worker.py", cfg, tmp_path, timeout=240)
 
 
 def reductions_served(server_url: str) -> dict[str, float]:
@@ -80,25 +63,25 @@ def check(out: dict) -> None:
         np.testing.assert_allclose(active, local, rtol=1e-6, err_msg=method)
 
 
-def test_cf_collapse_local_file(cf_python, active_server, tmp_path):
+def test_cf_collapse_local_file(cf_python, cmip6, active_server, tmp_path):
     """A local file: Active reduces it here (one log line), cf's answers unchanged."""
-    out = run_cf(cf_python, tmp_path, dataset=str(DATA), active_storage_url=active_server.url,
+    out = run_cf(cf_python, tmp_path, dataset=str(cmip6), active_storage_url=active_server.url,
                  dask_chunks={"time": 600})
     check(out)
 
 
 @pytest.mark.parametrize("backend", [None, "h5py"])
-def test_cf_collapse_over_s3_through_our_server(cf_python, moto_server, s3, active_server,
-                                                tmp_path, backend):
+def test_cf_collapse_over_s3_through_our_server(cf_python, cmip6, moto_server, s3,
+                                                active_server, tmp_path, backend):
     """From moto S3: cf hands Active a pyfive Dataset (default) or an S3File (h5py backend);
     every reduction goes to our server."""
     try:
         s3.create_bucket(Bucket=BUCKET)
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
-    s3.upload_file(str(DATA), BUCKET, DATA.name)
+    s3.upload_file(str(cmip6), BUCKET, cmip6.name)
     before = reductions_served(active_server.url)
-    out = run_cf(cf_python, tmp_path, dataset=f"s3://{BUCKET}/{DATA.name}",
+    out = run_cf(cf_python, tmp_path, dataset=f"s3://{BUCKET}/{cmip6.name}",
                  storage_options={"key": S3_KEY, "secret": S3_SECRET,
                                   "endpoint_url": moto_server.url},
                  backend=backend, active_storage_url=active_server.url,

@@ -9,32 +9,16 @@ components, and cf's aggregate of both.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cf_env import ensure_cf_venv
+from cf_env import cf_python, run_worker  # noqa: F401 - cf_python is a fixture
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 pytestmark = pytest.mark.timeout(1800)  # making the cf venv the first time takes minutes
-
-
-@pytest.fixture(scope="module")
-def cf_python() -> Path:
-    if not any(Path(p, "libudunits2.so.0").exists()
-               for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib",
-                         "/usr/local/lib")):
-        msg = "cf-python needs libudunits2-0 (apt-get install libudunits2-0; scripts/test does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return ensure_cf_venv()
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +51,11 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def test_cf_chunk_dictionaries_match_cf_pythons_own(cf_python, dataset, tmp_path):
-    worker = tmp_path / "cf_components_worker.py"
-    shutil.copy(HERE / "cf_components_worker.py", worker)
     cfg = {"path": str(dataset), "variables": ["tas", "offset", "packed"], "cases": 12,
            "seed": 2026}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIVESTORAGE_", "AWS_"))}
-    env["PYTHONPATH"] = str(REPO)  # this checkout's activestorage, whatever the venv holds
-    r = subprocess.run([str(cf_python), str(worker), json.dumps(cfg)], capture_output=True,
-                       text=True, timeout=900, cwd=tmp_path, env=env)
-    assert r.returncode == 0, f"worker failed:\n{r.stderr[-4000:]}"
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # this checkout's activestorage first on the path, whatever the venv holds
+    out = run_worker(cf_python, "cf_components_worker.py", cfg, tmp_path, timeout=900,
+                     this_checkout=True)
     assert out["module"].startswith(str(REPO)), out["module"]
     assert out["n_failures"] == 0, "\n".join(out["failures"])
     # 3 variables x 12 cases x 12 methods, each with >= 2 fields and an aggregate
