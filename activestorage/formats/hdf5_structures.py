@@ -245,20 +245,21 @@ class H5File:
 
     def link_info(self, oh: ObjectHeader) -> tuple[int, int]:
         """(fractal heap, name index B-tree) addresses of a group's dense links; -1 if none."""
-        info = oh.first(MSG_LINK_INFO)
-        if info is None:
-            return -1, -1
-        _need(len(info.data) >= 2 and info.data[0] == 0, "link info version")
-        pos = 2 + (8 if info.data[1] & 1 else 0)
-        return self.addr(info.data, pos), self.addr(info.data, pos + self.sizeof_addr)
+        return self._dense_storage(oh, MSG_LINK_INFO, "link info", 8)  # max creation index
 
     def attribute_info(self, oh: ObjectHeader) -> tuple[int, int]:
         """(fractal heap, name index B-tree) addresses of an object's dense attributes; -1 if none."""
-        info = oh.first(MSG_ATTRIBUTE_INFO)
+        return self._dense_storage(oh, MSG_ATTRIBUTE_INFO, "attribute info", 2)  # max index
+
+    def _dense_storage(self, oh: ObjectHeader, mtype: int, what: str,
+                       tracked: int) -> tuple[int, int]:
+        """The two addresses of a link/attribute info message, which differ only in the width
+        (``tracked`` bytes) of the field present when creation order is tracked (flag bit 0)."""
+        info = oh.first(mtype)
         if info is None:
             return -1, -1
-        _need(len(info.data) >= 2 and info.data[0] == 0, "attribute info version")
-        pos = 2 + (2 if info.data[1] & 1 else 0)
+        _need(len(info.data) >= 2 and info.data[0] == 0, f"{what} version")
+        pos = 2 + (tracked if info.data[1] & 1 else 0)
         return self.addr(info.data, pos), self.addr(info.data, pos + self.sizeof_addr)
 
     def decode_link(self, b: bytes) -> tuple[str, int | None]:
